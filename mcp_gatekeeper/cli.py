@@ -1,0 +1,526 @@
+"""The command line: ``main(argv) -> exit code``.
+
+Exit codes: 0 done; 1 refused or not found (already decided, expired, unknown id, invalid edit);
+2 bad config or usage; 3 the store or an upstream is unusable.
+Everything printed from a tool, an argument or an upstream is escaped: no control character reaches
+the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mcp_gatekeeper import __version__
+from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, resolve_config_path
+from mcp_gatekeeper.errors import (
+    AlreadyDecidedError,
+    CallNotFoundError,
+    ConfigError,
+    GatekeeperError,
+    InvalidModificationError,
+    StoreError,
+    UpstreamError,
+)
+from mcp_gatekeeper.models import CallRecord, Decision, State
+from mcp_gatekeeper.serve import open_runtime, run_proxy
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def escape(text: str) -> str:
+    """Terminal-safe text: C0/C1 controls, ESC, CR, bidi and invisible characters become visible escapes."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch == "\n":
+            out.append("\n")
+        elif o < 0x20 or 0x7F <= o <= 0x9F or 0x200B <= o <= 0x200F or 0x202A <= o <= 0x202E or 0x2066 <= o <= 0x2069:
+            out.append(f"\\u{o:04x}")
+        elif 0xE0000 <= o <= 0xE007F or o == 0xFEFF:
+            out.append(f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    s = int(now - ts)
+    if s < 0:
+        return f"in {_dur(-s)}"
+    return f"{_dur(s)} ago"
+
+
+def _dur(s: float) -> str:
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def _json_out(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def _load(args: argparse.Namespace) -> GatekeeperConfig:
+    return load_config(getattr(args, "config", None))
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_wrap(args: argparse.Namespace) -> int:
+    config = _load(args)
+    cmd: list[str] = list(args.command or [])
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if args.url and cmd:
+        raise ConfigError(["wrap: give either --url URL or -- CMD ARGS, not both"])
+    if not args.url and not cmd:
+        raise ConfigError(["wrap: nothing to wrap; use: mcp-gatekeeper wrap -- CMD [ARGS...]  or  wrap --url URL"])
+    name = args.name or (Path(cmd[0]).name if cmd else "remote")
+    name = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name).strip("-_.") or "upstream"
+    base = config.upstreams.get(name)
+    extra: dict[str, Any] = {}
+    if base is not None:
+        extra = {"timeout": base.timeout, "connect_timeout": base.connect_timeout, "mode": base.mode}
+    if args.url:
+        headers = dict(base.headers) if base is not None else {}
+        for h in args.header or []:
+            key, sep, value = h.partition(":")
+            if not sep:
+                raise ConfigError([f"--header {h!r}: expected 'Name: value'"])
+            headers[key.strip()] = value.strip()
+        up = UpstreamConfig(url=args.url, headers=headers, transport=args.transport, **extra)
+    else:
+        env = dict(base.env) if base is not None else {}
+        up = UpstreamConfig(command=cmd[0], args=cmd[1:], env=env, cwd=base.cwd if base else None, **extra)
+    anyio.run(lambda: run_proxy(config, {name: up}, label=f"wrap {name}"))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    http = None
+    if args.http:
+        host, _, port = args.http.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError([f"--http {args.http!r}: expected HOST:PORT, e.g. 127.0.0.1:8766"])
+        http = (host.strip("[]"), int(port))
+    anyio.run(lambda: run_proxy(config, dict(config.upstreams), label="run", http=http, require_all=False))
+    return EXIT_OK
+
+
+def _render_call(rec: CallRecord, now: float, *, full: bool) -> str:
+    lines = [
+        f"call      {rec.id}",
+        f"state     {rec.state.value}",
+        f"tool      {escape(rec.upstream)} / {escape(rec.tool)}",
+        f"gate      {rec.gate} (risk {rec.risk}){'  rule ' + escape(rec.rule) if rec.rule else ''}",
+    ]
+    if rec.summary:
+        lines.append(f"summary   {escape(rec.summary)}")
+    if rec.client.get("name"):
+        lines.append(f"client    {escape(str(rec.client.get('name')))} {escape(str(rec.client.get('version') or ''))}")
+    lines.append(
+        f"created   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.created_at))} ({_ago(rec.created_at, now)})"
+    )
+    if rec.state == State.PENDING and rec.deadline_at:
+        lines.append(f"deadline  {_ago(rec.deadline_at, now)} (then rejected by default)")
+    if rec.effects:
+        for k in ("approve", "reject"):
+            if rec.effects.get(k):
+                lines.append(f"if {k:<7}{escape(str(rec.effects[k]))}")
+    lines.append(
+        "arguments " + escape(json.dumps(rec.arguments, indent=2, ensure_ascii=False)).replace("\n", "\n          ")
+    )
+    lines.append(f"digest    {rec.args_digest}")
+    if rec.modified_arguments is not None:
+        lines.append(
+            "modified  "
+            + escape(json.dumps(rec.modified_arguments, indent=2, ensure_ascii=False)).replace("\n", "\n          ")
+        )
+    if rec.decided_by:
+        lines.append(f"decided   by {escape(rec.decided_by)} via {rec.channel}")
+    if rec.reason:
+        lines.append(f"reason    {escape(rec.reason)}")
+    if full:
+        for r in rec.reasons:
+            lines.append(f"why       {escape(r)}")
+        if rec.result is not None:
+            lines.append("result    " + escape(json.dumps(rec.result, ensure_ascii=False))[:2000])
+        if rec.error:
+            lines.append(f"error     {escape(rec.error)}")
+    return "\n".join(lines)
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            calls = await rt.store.list_calls(states=[State.PENDING], limit=args.limit, oldest_first=True)
+            if args.json:
+                _json_out([c.to_json() for c in calls])
+                return EXIT_OK
+            if not calls:
+                print("no calls are waiting for a decision")
+                return EXIT_OK
+            now = rt.clock.now()
+            for c in calls:
+                what = c.summary or f"{c.tool} {json.dumps(c.arguments, ensure_ascii=False)[:80]}"
+                left = _ago(c.deadline_at, now) if c.deadline_at else "-"
+                print(
+                    f"{c.id[:10]}  {c.risk:<8} {escape(c.upstream)}/{escape(c.tool)}  {escape(what)}  (waiting {_dur(now - c.created_at)}, expires {left})"
+                )
+            print(f"\n{len(calls)} pending. Decide: mcp-gatekeeper approve ID | reject ID --reason TEXT")
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            rec = await rt.store.find(args.id)
+            if args.json:
+                out = rec.to_json()
+                out["audit"] = [e.to_json() for e in await rt.store.audit_events(call_id=rec.id)]
+                _json_out(out)
+            else:
+                print(_render_call(rec, rt.clock.now(), full=True))
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _decider() -> tuple[str, dict[str, Any]]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    tty = sys.stdin.isatty()
+    return f"cli:{user}", {"tty": tty, "pid": os.getpid()}
+
+
+def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
+    config = _load(args)
+    if config.security.cli_requires_tty and not sys.stdin.isatty():
+        print(
+            "mcp-gatekeeper: refusing to decide from a non-interactive shell (security.cli_requires_tty = true);"
+            " use a terminal or the approval page",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    arguments = None
+    if approve and args.args is not None:
+        try:
+            arguments = json.loads(args.args)
+        except json.JSONDecodeError as e:
+            print(f"mcp-gatekeeper: --args is not valid JSON: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(arguments, dict):
+            print("mcp-gatekeeper: --args must be a JSON object", file=sys.stderr)
+            return EXIT_USAGE
+    who, detail = _decider()
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            rec = await rt.store.find(args.id)
+            done = await rt.gate.decide(
+                rec.id,
+                Decision(
+                    approve=approve,
+                    decided_by=who,
+                    channel="cli" if detail["tty"] else "cli-noninteractive",
+                    reason=args.reason,
+                    arguments=arguments,
+                    args_digest=rec.args_digest,
+                ),
+            )
+            verb = "approved" if approve else "rejected"
+            extra = " with modified arguments" if done.modified_arguments is not None else ""
+            print(f"{verb}{extra}: {done.id[:12]} {escape(done.upstream)}/{escape(done.tool)}")
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    config = load_config(args.config)
+    where = str(path) if path else "built-in defaults (no config file found)"
+    print(f"ok: {where}: {len(config.upstreams)} upstream(s), {len(config.rules)} rule(s)")
+    for name, up in config.upstreams.items():
+        target = up.url if up.url else " ".join([up.command or "", *up.args])
+        print(f"  upstream {name}: {up.kind} {escape(target)}")
+    for i, rule in enumerate(config.rules):
+        tools = rule.tool if isinstance(rule.tool, str) else ", ".join(rule.tool)
+        print(f"  rule {i} {rule.name or ''}: {rule.gate:<5} upstream={rule.upstream} tool={tools}")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mcp_gatekeeper.policy import Policy
+
+    config = _load(args)
+    try:
+        arguments = json.loads(args.args) if args.args else {}
+        annotations = json.loads(args.annotations) if args.annotations else None
+    except json.JSONDecodeError as e:
+        print(f"mcp-gatekeeper: not valid JSON: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    upstream = args.upstream or (next(iter(config.upstreams)) if len(config.upstreams) == 1 else "default")
+    verdict = Policy(config).evaluate(upstream, args.tool, arguments, annotations)
+    if args.json:
+        _json_out({"upstream": upstream, "tool": args.tool, **verdict.to_json()})
+        return EXIT_OK
+    print(
+        f"{escape(upstream)}/{escape(args.tool)} -> {verdict.action.upper()} (gate {verdict.gate}, risk {verdict.risk})"
+    )
+    print(f"rule: {verdict.rule or '(none: built-in default)'}")
+    for r in verdict.reasons:
+        print(f"  - {escape(r)}")
+    if verdict.summary:
+        print(f"summary: {escape(verdict.summary)}")
+    if verdict.action == "hold":
+        print(f"timeout: {verdict.timeout:g} s, then rejected")
+    if verdict.deny_reason:
+        print(f"deny reason: {escape(verdict.deny_reason)}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            if args.verify:
+                ok, _count, msg = await rt.store.verify_audit()
+                print(msg)
+                return EXIT_OK if ok else EXIT_REFUSED
+            call_id = (await rt.store.find(args.call)).id if args.call else None
+            events = await rt.store.audit_events(call_id=call_id, limit=args.limit)
+            if args.json:
+                _json_out([e.to_json() for e in events])
+                return EXIT_OK
+            for e in events:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+                detail = " ".join(f"{k}={escape(str(v))}" for k, v in e.detail.items() if v not in (None, "", {}))
+                print(
+                    f"{e.seq:>6} {when} {e.event:<16} {(e.call_id or '-')[:10]}  {escape(e.actor or '-')} via {e.channel or '-'}  {detail}"
+                )
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from mcp_gatekeeper.serve import start_ui_if_possible
+
+    config = _load(args)
+    if args.port is not None:
+        config = config.model_copy(update={"ui": config.ui.model_copy(update={"port": args.port})})
+
+    async def go() -> int:
+        async with open_runtime(config, label="ui") as rt, anyio.create_task_group() as tg:
+            await start_ui_if_possible(rt, tg, force=True)
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mcp_gatekeeper.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_install(args: argparse.Namespace, uninstall: bool) -> int:
+    from mcp_gatekeeper import install
+
+    exe = shutil.which("mcp-gatekeeper") or str(Path(sys.argv[0]).resolve())
+    project = Path(args.project) if args.project else None
+    config_path = Path(args.config_path) if args.config_path else None
+    if uninstall:
+        return install.uninstall(
+            args.client, config_path=config_path, project=project, only=args.only, dry_run=args.dry_run, out=sys.stdout
+        )
+    return install.install(
+        args.client,
+        executable=str(Path(exe).resolve()),
+        config_path=config_path,
+        project=project,
+        only=args.only,
+        dry_run=args.dry_run,
+        out=sys.stdout,
+    )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mcp_gatekeeper.doctor import run_doctor
+
+    return run_doctor(args)
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mcp-gatekeeper",
+        description="A human-in-the-loop gate for MCP tool calls.",
+    )
+    p.add_argument("--version", action="version", version=f"mcp-gatekeeper {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (to stderr)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument(
+            "--config",
+            metavar="FILE",
+            help="config file (default: $MCP_GATEKEEPER_CONFIG or ~/.config/mcp-gatekeeper/config.toml)",
+        )
+        return sp
+
+    w = with_config(sub.add_parser("wrap", help="proxy one upstream (stdio command or URL) on stdio"))
+    w.add_argument("--name", help="the upstream's name (used by rules and shown to reviewers)")
+    w.add_argument("--url", help="a Streamable HTTP (or SSE) upstream instead of a command")
+    w.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="HTTP header for --url (repeatable)")
+    w.add_argument("--transport", choices=["http", "sse"], help="for --url: force the transport")
+    w.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    w.set_defaults(func=cmd_wrap)
+
+    r = with_config(sub.add_parser("run", help="proxy every upstream in the config, as one server"))
+    r.add_argument("--http", metavar="HOST:PORT", help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    r.set_defaults(func=cmd_run)
+
+    pe = with_config(sub.add_parser("pending", help="list calls waiting for a decision"))
+    pe.add_argument("--json", action="store_true")
+    pe.add_argument("--limit", type=int, default=200)
+    pe.set_defaults(func=cmd_pending)
+
+    sh = with_config(sub.add_parser("show", help="show one call in full"))
+    sh.add_argument("id", help="call id (a unique prefix is enough)")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_show)
+
+    ap = with_config(sub.add_parser("approve", help="approve a held call (optionally with modified arguments)"))
+    ap.add_argument("id")
+    ap.add_argument("--args", metavar="JSON", help="modified arguments (a JSON object) to run instead")
+    ap.add_argument("--reason", help="a note recorded with the decision")
+    ap.set_defaults(func=lambda a: cmd_decide(a, True))
+
+    rj = with_config(sub.add_parser("reject", help="reject a held call"))
+    rj.add_argument("id")
+    rj.add_argument("--reason", help="why (the agent reads this)")
+    rj.set_defaults(func=lambda a: cmd_decide(a, False))
+
+    cc = with_config(sub.add_parser("check-config", help="validate the config and summarise it"))
+    cc.set_defaults(func=cmd_check_config)
+
+    ex = with_config(sub.add_parser("explain", help="which rule, gate and risk a call would get, and why"))
+    ex.add_argument("tool")
+    ex.add_argument("--upstream")
+    ex.add_argument("--args", metavar="JSON")
+    ex.add_argument("--annotations", metavar="JSON", help="the tool's annotations, e.g. '{\"destructiveHint\": true}'")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_explain)
+
+    au = with_config(sub.add_parser("audit", help="the decision log"))
+    au.add_argument("--json", action="store_true")
+    au.add_argument("--verify", action="store_true", help="check the hash chain")
+    au.add_argument("--call", metavar="ID", help="only this call's events")
+    au.add_argument("--limit", type=int, default=200)
+    au.set_defaults(func=cmd_audit)
+
+    ui = with_config(sub.add_parser("ui", help="serve the approval page"))
+    ui.add_argument("--port", type=int)
+    ui.set_defaults(func=cmd_ui)
+
+    de = sub.add_parser("demo", help="run the demo: an agent, the gatekeeper and a sample order desk")
+    de.add_argument("--no-ui", action="store_true", help="do not serve the approval page")
+    de.add_argument("--port", type=int, default=None, help="approval page port (default 8765)")
+    de.set_defaults(func=cmd_demo)
+
+    for verb, un in (("install", False), ("uninstall", True)):
+        ins = sub.add_parser(verb, help=f"{verb} the gatekeeper in an MCP client's config")
+        from mcp_gatekeeper import install as install_mod
+
+        install_mod.add_arguments(ins)
+        ins.set_defaults(func=lambda a, un=un: cmd_install(a, un))
+
+    do = with_config(sub.add_parser("doctor", help="check the whole set-up"))
+    do.add_argument("--project", help="project directory to inspect for client configs")
+    do.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each upstream")
+    do.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="mcp-gatekeeper %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        try:
+            rc: int = args.func(args)
+            return rc
+        except BaseExceptionGroup as group:
+            raise _single_gatekeeper_error(group) from group
+    except ConfigError as e:
+        print(f"mcp-gatekeeper: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CallNotFoundError, AlreadyDecidedError, InvalidModificationError) as e:
+        print(f"mcp-gatekeeper: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (StoreError, UpstreamError) as e:
+        print(f"mcp-gatekeeper: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except GatekeeperError as e:
+        print(f"mcp-gatekeeper: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _single_gatekeeper_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Task groups wrap errors; show the user the one that matters (a GatekeeperError) if there is one."""
+    found = [e for e in _leaves(group) if isinstance(e, GatekeeperError | KeyboardInterrupt)]
+    return found[0] if found else group
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    from mcp import MCPDeprecationWarning
+
+    # sampling/roots/logging still work on handshake-era connections; their deprecation is not the user's problem
+    warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The configuration file: pydantic models of the TOML, loaded fail-closed.
+
+``load_config()`` raises one :class:`~mcp_gatekeeper.errors.ConfigError` that names every bad field by
+its path and, where the file shows it, its line (``config.toml:14: rules[2].gate: ...``).
+Where the config lives: ``--config``, else ``$MCP_GATEKEEPER_CONFIG``, else
+``~/.config/mcp-gatekeeper/config.toml`` if present, else built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from mcp_gatekeeper.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+PREDICATE_OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "glob", "regex", "exists")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30``, ``2.5``, ``"30s"``, ``"5m"``, ``"1h"``, ``"250ms"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 30, '30s', '5m' or '1h', got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamConfig(_Model):
+    """One upstream MCP server: a command (stdio) or a URL (Streamable HTTP or legacy SSE)."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for a stdio child (``${VAR}`` expands from the gatekeeper's environment)."""
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    """HTTP headers for a URL upstream; ``${VAR}`` expands from the environment (keep secrets there)."""
+    transport: Literal["stdio", "http", "sse"] | None = None
+    """Inferred: ``stdio`` with ``command``, ``http`` with ``url`` (``sse`` if the URL ends in ``/sse``)."""
+    timeout: Duration = 120.0
+    """Per-call timeout for a forwarded call; past it the call fails (``outcome_unknown`` if it was sent)."""
+    connect_timeout: Duration = 30.0
+    mode: Literal["legacy", "auto"] = "legacy"
+    """Protocol era used towards this upstream: ``legacy`` (handshake) keeps push features working."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UpstreamConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of 'command' (stdio) or 'url' (HTTP)")
+        if self.url is not None and (self.args or self.env or self.cwd):
+            raise ValueError("'args', 'env' and 'cwd' apply only to a 'command' upstream")
+        if self.command is not None and self.headers:
+            raise ValueError("'headers' apply only to a 'url' upstream")
+        if self.transport == "stdio" and self.url is not None:
+            raise ValueError("transport 'stdio' needs 'command', not 'url'")
+        if self.transport in ("http", "sse") and self.command is not None:
+            raise ValueError(f"transport {self.transport!r} needs 'url', not 'command'")
+        return self
+
+    @property
+    def kind(self) -> Literal["stdio", "http", "sse"]:
+        if self.transport is not None:
+            return self.transport
+        if self.command is not None:
+            return "stdio"
+        assert self.url is not None
+        return "sse" if self.url.rstrip("/").endswith("/sse") else "http"
+
+
+Predicate = dict[str, Any]
+
+
+class Effects(_Model):
+    """What happens if the reviewer approves, and if they reject. Shown on the card."""
+
+    approve: str | None = None
+    reject: str | None = None
+    reversible: bool | None = None
+
+
+class RuleConfig(_Model):
+    """One policy rule. Rules are tried in order; the first that matches decides."""
+
+    name: str | None = None
+    upstream: str | list[str] = "*"
+    """Glob(s) on the upstream name."""
+    tool: str | list[str] = "*"
+    """Glob(s) on the tool name (the upstream's own name, without any ``upstream__`` prefix)."""
+    when: dict[str, Predicate | Any] = Field(default_factory=dict)
+    """Argument predicates on dotted paths, all must hold: ``{"amount" = {gt = 1000}}``; a bare value means eq."""
+    gate: Literal["allow", "deny", "hard", "soft", "audit"]
+    risk: Literal["low", "medium", "high", "critical"] | None = None
+    summary: str | None = None
+    """Plain-words template for the reviewer, e.g. ``"Refund {amount} {currency} on order {order_id}"``."""
+    effects: Effects = Field(default_factory=Effects)
+    timeout: Duration | None = None
+    """How long a held call waits for a human before the safe default (reject)."""
+    reason: str | None = None
+    """For ``deny``: the reason the agent reads."""
+    on_timeout: Literal["reject"] = "reject"
+    """What a timeout does. Only ``reject`` exists: nothing in mcp-gatekeeper approves by default."""
+
+    @model_validator(mode="after")
+    def _check_predicates(self) -> RuleConfig:
+        for path, pred in self.when.items():
+            if not path or any(not part for part in path.split(".")):
+                raise ValueError(f"when: bad argument path {path!r}")
+            if isinstance(pred, dict):
+                if not pred:
+                    raise ValueError(f"when.{path}: empty predicate")
+                for op, arg in pred.items():
+                    if op not in PREDICATE_OPS:
+                        raise ValueError(
+                            f"when.{path}: unknown operator {op!r} (use one of {', '.join(PREDICATE_OPS)})"
+                        )
+                    if op in ("in", "not_in") and not isinstance(arg, list):
+                        raise ValueError(f"when.{path}.{op}: expected a list")
+                    if op in ("gt", "gte", "lt", "lte") and (
+                        isinstance(arg, bool) or not isinstance(arg, int | float | str)
+                    ):
+                        raise ValueError(f"when.{path}.{op}: expected a number")
+                    if op in ("glob", "regex") and not isinstance(arg, str):
+                        raise ValueError(f"when.{path}.{op}: expected a string")
+                    if op == "regex":
+                        try:
+                            re.compile(arg)
+                        except re.error as e:
+                            raise ValueError(f"when.{path}.regex: invalid regular expression: {e}") from None
+                    if op == "exists" and not isinstance(arg, bool):
+                        raise ValueError(f"when.{path}.exists: expected true or false")
+        return self
+
+
+class DefaultsConfig(_Model):
+    """What happens to calls no rule matches."""
+
+    read_like: list[str] = Field(default_factory=list)
+    """Extra tool-name words (or globs) treated as reads that pass (added to the built-in list)."""
+    write_like: list[str] = Field(default_factory=list)
+    """Extra tool-name words (or globs) treated as writes that are held (added to the built-in list)."""
+    unknown: Literal["hard", "allow"] = "hard"
+    """Tools whose name is neither read- nor write-like: held by default."""
+    timeout: Duration = 600.0
+    """Default hold timeout (10 minutes)."""
+
+
+class UiConfig(_Model):
+    autostart: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    allow_remote: bool = False
+    """Required to bind a non-loopback address (a loud warning is printed)."""
+
+
+class SecurityConfig(_Model):
+    cli_requires_tty: bool = False
+    """Refuse ``approve``/``reject`` from a CLI without a terminal (an agent's shell usually has none)."""
+    max_argument_bytes: int = Field(default=1_048_576, gt=0)
+    """Calls whose canonical arguments exceed this size are denied (never stored or forwarded)."""
+
+
+class GatekeeperConfig(_Model):
+    """The whole file."""
+
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    status_tool: bool = True
+    """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
+    heartbeat_interval: Duration = 15.0
+    """Seconds between progress notifications while a call is held (when the client sent a token)."""
+
+    @model_validator(mode="after")
+    def _names(self) -> GatekeeperConfig:
+        bad = [n for n in self.upstreams if not _NAME.match(n) or "__" in n]
+        if bad:
+            raise ValueError(
+                f"upstream names must be letters, digits, '_', '.', '-' without '__': {', '.join(map(repr, bad))}"
+            )
+        return self
+
+
+def default_config_path() -> Path:
+    return Path(os.path.expanduser("~/.config/mcp-gatekeeper/config.toml"))
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """Which file to load: ``--config``, ``$MCP_GATEKEEPER_CONFIG``, the user file if present, or none."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MCP_GATEKEEPER_CONFIG")
+    if env:
+        return Path(env)
+    p = default_config_path()
+    return p if p.exists() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatekeeperConfig:
+    """Load and validate the config at ``path`` (resolved as documented); defaults if there is none."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return GatekeeperConfig()
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"cannot read the file: {e.strerror or e}"], source=str(resolved)) from None
+    return parse_config(text, source=str(resolved))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> GatekeeperConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"not valid TOML: {e}"], source=source) from None
+    return validate_config(data, text=text, source=source)
+
+
+def validate_config(data: Mapping[str, Any], *, text: str = "", source: str = "<config>") -> GatekeeperConfig:
+    try:
+        return GatekeeperConfig.model_validate(data)
+    except ValidationError as e:
+        lines = _KeyLines(text)
+        problems = []
+        for err in e.errors(include_url=False):
+            path = _format_loc(err["loc"])
+            line = lines.find(err["loc"])
+            where = f"line {line}: " if line else ""
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see the config reference in the README)"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append(f"{where}{path or '(top level)'}: {msg}")
+        raise ConfigError(problems, source=source) from None
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "list[str]")):
+            continue  # pydantic's internal union-branch labels
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _KeyLines:
+    """Maps a validation error's location to the line of the TOML file that holds it (best effort)."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_.-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.entries: list[tuple[tuple[str | int, ...], int]] = []
+        table: tuple[str | int, ...] = ()
+        counts: dict[str, int] = {}
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if m := self._HEADER.match(raw):
+                parts = tuple(_split_key(m.group(2)))
+                if m.group(1) == "[[":
+                    key = ".".join(parts)
+                    index = counts.get(key, 0)
+                    counts[key] = index + 1
+                    table = (*parts, index)
+                else:
+                    table = parts
+                self.entries.append((table, number))
+            elif m := self._KEY.match(raw):
+                self.entries.append(((*table, *_split_key(m.group(1))), number))
+
+    def find(self, loc: tuple[int | str, ...]) -> int | None:
+        wanted = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        best: tuple[int, int] | None = None
+        for path, number in self.entries:
+            n = 0
+            while n < len(path) and n < len(wanted) and path[n] == wanted[n]:
+                n += 1
+            if n == len(path) and n > 0 and (best is None or n > best[0]):
+                best = (n, number)
+        return best[1] if best else None
+
+
+def _split_key(key: str) -> list[str]:
+    parts = re.findall(r"\"([^\"]*)\"|'([^']*)'|([^.\s]+)", key)
+    return [a or b or c for a, b, c in parts]
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Expand ``${VAR}`` from the environment; an unset variable is an error (never an empty secret)."""
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in env:
+            raise ConfigError([f"environment variable ${{{name}}} is not set"])
+        return env[name]
+
+    return _ENV_REF.sub(sub, value)

@@ -1,0 +1,61 @@
+"""The one exception tree of mcp-gatekeeper.
+
+::
+
+    GatekeeperError
+    ├── ConfigError               bad config or policy: every bad field named (CLI exit 2)
+    ├── StoreError                database unusable (full, read-only, locked, corrupt, newer schema)
+    │   ├── CallNotFoundError     no call with that id (or the prefix is ambiguous)
+    │   └── AlreadyDecidedError   lost a compare-and-set: decided, expired, cancelled or a stale digest
+    ├── InvalidModificationError  edited arguments fail the tool's schema or land in a deny rule
+    └── UpstreamError             upstream unreachable, crashed or timed out
+
+Outcomes (rejected, expired, denied) are *values*, not exceptions: see :mod:`mcp_gatekeeper.models`.
+HTTP statuses live only in the web layer, exit codes only in the CLI.
+"""
+
+from __future__ import annotations
+
+
+class GatekeeperError(Exception):
+    """Base of every error mcp-gatekeeper raises on purpose."""
+
+
+class ConfigError(GatekeeperError):
+    """The configuration is invalid. ``problems`` lists every bad field, each naming its path."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{where}invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class StoreError(GatekeeperError):
+    """The store cannot be used safely. Callers fail closed: nothing is allowed or approved."""
+
+
+class CallNotFoundError(StoreError):
+    """No call matches the given id or id prefix."""
+
+
+class AlreadyDecidedError(StoreError):
+    """A compare-and-set lost: the call is no longer pending, has expired, or its arguments changed.
+
+    ``state`` is the call's state at the time of the refusal; ``why`` is one of
+    ``"decided"``, ``"expired"``, ``"stale_digest"``, ``"not_pending"``.
+    """
+
+    def __init__(self, message: str, *, state: str | None = None, why: str = "decided") -> None:
+        super().__init__(message)
+        self.state = state
+        self.why = why
+
+
+class InvalidModificationError(GatekeeperError):
+    """Reviewer-edited arguments were refused (schema violation or a deny rule). The call stays pending."""
+
+
+class UpstreamError(GatekeeperError):
+    """An upstream server is unreachable, crashed or timed out."""

@@ -1,0 +1,312 @@
+"""Holding and deciding: the only place a decision is made.
+
+``Gate.hold(call)`` records a pending row, notifies, waits (in-process event, or the store's change
+signal when another process decides), expires at the deadline (reject, never approve) and returns an
+:data:`~mcp_gatekeeper.models.Outcome`. ``Gate.decide(id, decision)`` validates a reviewer's edit
+(schema + policy) and commits the decision as one compare-and-set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import jsonschema
+from jsonschema.exceptions import SchemaError
+
+from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.errors import InvalidModificationError, StoreError
+from mcp_gatekeeper.models import (
+    Approved,
+    CallRecord,
+    Decision,
+    NewCall,
+    Outcome,
+    Refused,
+    State,
+    canonical_json,
+    digest,
+)
+from mcp_gatekeeper.notify import Notifier
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.store import Store
+
+log = logging.getLogger(__name__)
+
+Tick = Callable[[CallRecord, float], Awaitable[None]]
+"""Called every heartbeat while a call waits: ``(call, seconds_left)``."""
+
+
+class Gate:
+    """Holds calls and takes decisions. Use :meth:`running` to start its change watcher."""
+
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        clock: Clock,
+        *,
+        notifier: Notifier | None = None,
+        poll_interval: float = 0.02,
+        heartbeat_interval: float = 15.0,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.notifier = notifier
+        self._poll = poll_interval
+        self._heartbeat = heartbeat_interval
+        self._waiters: dict[str, anyio.Event] = {}
+        self._have_waiters = anyio.Event()
+
+    # ------------------------------------------------------------------ watcher
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gate]:
+        """Run the cross-process change watcher for as long as the context is open."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        version: int | None = None
+        while True:
+            if not self._waiters:
+                self._have_waiters = anyio.Event()
+                await self._have_waiters.wait()
+            try:
+                current = await self.store.data_version()
+                if current != version:
+                    version = current
+                    ids = list(self._waiters)
+                    states = await self.store.states_of(ids)
+                    for cid in ids:
+                        st = states.get(cid)
+                        if st is not None and st != State.PENDING and cid in self._waiters:
+                            self._waiters[cid].set()
+            except StoreError:
+                log.warning("store unreadable while watching for decisions; retrying", exc_info=True)
+            await anyio.sleep(self._poll)
+
+    def _wake(self, call_id: str) -> None:
+        ev = self._waiters.get(call_id)
+        if ev is not None:
+            ev.set()
+
+    # ------------------------------------------------------------------ recording
+
+    async def record(self, new: NewCall, state: State, *, reason: str | None = None) -> CallRecord:
+        """Record a call that is not held (``allowed`` or ``denied``). Raises StoreError: fail closed."""
+        return await self.store.insert_call(new, state=state, reason=reason)
+
+    # ------------------------------------------------------------------ holding
+
+    async def hold(self, new: NewCall, *, timeout: float, on_tick: Tick | None = None) -> Outcome:
+        """Record ``new`` as pending and wait for a human until ``timeout`` seconds have passed."""
+        rec = await self.store.insert_call(new, state=State.PENDING, deadline_at=self.clock.now() + timeout)
+        if self.notifier is not None:
+            try:
+                await self.notifier.held(rec)
+            except Exception:  # notification never blocks or decides a hold
+                log.warning("notifying about %s failed", rec.id[:8], exc_info=True)
+        outcome = await self.wait(rec, on_tick=on_tick)
+        assert outcome is not None
+        return outcome
+
+    async def wait(
+        self, rec: CallRecord, *, budget: float | None = None, on_tick: Tick | None = None
+    ) -> Outcome | None:
+        """Wait for a decision on ``rec``.
+
+        Returns the outcome, or ``None`` if ``budget`` seconds ran out first (the call stays pending).
+        At the call's own deadline it expires (CAS pending → expired): a timeout never approves.
+        Cancellation (the client cancelled or went away) cancels the hold, shielded, and re-raises.
+        """
+        ev = self._waiters.get(rec.id)
+        if ev is None:
+            ev = self._waiters[rec.id] = anyio.Event()
+        self._have_waiters.set()
+        wall_left = (rec.deadline_at - self.clock.now()) if rec.deadline_at is not None else float("inf")
+        start = self.clock.monotonic()
+        deadline = start + wall_left
+        stop = min(deadline, start + budget) if budget is not None else deadline
+        try:
+            current = await self.store.get(rec.id)
+            while current.state == State.PENDING:
+                now = self.clock.monotonic()
+                if now >= deadline:
+                    current = await self._expire(rec)
+                    break
+                if now >= stop:
+                    return None
+                next_tick = min(stop, now + self._heartbeat) if on_tick is not None else stop
+                async with anyio.create_task_group() as tg:
+
+                    async def _timer(until: float = next_tick) -> None:
+                        await self.clock.sleep_until(until)
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(_timer)
+                    await ev.wait()
+                    tg.cancel_scope.cancel()
+                if ev.is_set():
+                    current = await self.store.get(rec.id)
+                    if current.state == State.PENDING:  # spurious wake: re-arm
+                        ev = self._waiters[rec.id] = anyio.Event()
+                elif on_tick is not None and self.clock.monotonic() < stop:
+                    try:
+                        await on_tick(current, max(0.0, deadline - self.clock.monotonic()))
+                    except Exception:  # a heartbeat failure never decides
+                        log.debug("heartbeat for %s failed", rec.id[:8], exc_info=True)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.store.transition(
+                        rec.id,
+                        [State.PENDING],
+                        State.CANCELLED,
+                        event="cancelled",
+                        channel="client",
+                        error="the client cancelled the call or went away before a decision",
+                        finished_at=self.clock.now(),
+                    )
+                except StoreError:
+                    log.error("could not record the cancellation of %s", rec.id[:8], exc_info=True)
+            raise
+        finally:
+            self._waiters.pop(rec.id, None)
+        return outcome_of(current)
+
+    async def _expire(self, rec: CallRecord) -> CallRecord:
+        timeout_s = (rec.deadline_at or 0) - rec.created_at
+        done = await self.store.transition(
+            rec.id,
+            [State.PENDING],
+            State.EXPIRED,
+            event="expired",
+            channel="timeout",
+            reason=f"no decision within {_human_seconds(timeout_s)}; the safe default is to reject",
+            finished_at=self.clock.now(),
+        )
+        return done if done is not None else await self.store.get(rec.id)
+
+    # ------------------------------------------------------------------ deciding
+
+    async def decide(self, call_id: str, decision: Decision) -> CallRecord:
+        """Approve, reject, or modify-and-approve ``call_id`` (a unique prefix is enough).
+
+        Raises CallNotFoundError, AlreadyDecidedError (decided, expired, stale digest) or
+        InvalidModificationError (the edit breaks the tool's schema or lands in a deny rule).
+        """
+        rec = await self.store.find(call_id)
+        modified: dict[str, Any] | None = None
+        if decision.approve and decision.arguments is not None:
+            if digest(decision.arguments) != rec.args_digest:
+                self.check_modification(rec, decision.arguments)
+                modified = decision.arguments
+        elif decision.arguments is not None:
+            raise InvalidModificationError("arguments can only be given with an approval")
+        detail: dict[str, Any] = {}
+        if modified is not None:
+            detail["modified"] = True
+        done: CallRecord = await self.store.decide(
+            rec.id,
+            approve=decision.approve,
+            decided_by=decision.decided_by,
+            channel=decision.channel,
+            reason=decision.reason,
+            modified_arguments=modified,
+            expected_digest=decision.args_digest,
+            detail=detail,
+        )
+        self._wake(rec.id)
+        return done
+
+    def check_modification(self, rec: CallRecord, arguments: Mapping[str, Any]) -> None:
+        """Edited arguments must satisfy the tool's input schema and must not land in a deny rule."""
+        if not isinstance(arguments, Mapping):
+            raise InvalidModificationError("the modified arguments must be a JSON object")
+        size = len(canonical_json(arguments).encode())
+        cap = self.policy.config.security.max_argument_bytes
+        if size > cap:
+            raise InvalidModificationError(f"the modified arguments are {size} bytes; the limit is {cap}")
+        schema = rec.input_schema or {"type": "object"}
+        try:
+            validator_cls = jsonschema.validators.validator_for(schema)
+            validator = validator_cls(schema)
+            errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.path))
+        except SchemaError as e:
+            raise InvalidModificationError(
+                f"the tool's input schema is itself invalid, so edits cannot be checked: {e.message}"
+            ) from e
+        if errors:
+            msgs = "; ".join(f"{'/'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in errors[:5])
+            raise InvalidModificationError(f"the modified arguments do not match {rec.tool}'s input schema: {msgs}")
+        verdict = self.policy.evaluate(rec.upstream, rec.tool, arguments)
+        if verdict.action == "deny":
+            raise InvalidModificationError(
+                f"the modified arguments are denied by policy ({verdict.rule}): {verdict.deny_reason}"
+            )
+
+    # ------------------------------------------------------------------ forwarding bookkeeping
+
+    async def begin_forward(self, rec: CallRecord, *, from_state: State = State.APPROVED) -> CallRecord | None:
+        """CAS approved/allowed → forwarding, written *before* the upstream call (at-most-once)."""
+        return await self.store.transition(rec.id, [from_state], State.FORWARDING, event="forwarding")
+
+    async def finish(
+        self, rec: CallRecord, *, result: dict[str, Any] | None, error: str | None, unknown: bool = False
+    ) -> None:
+        """Record how a forwarded call ended; shielded so a cancellation cannot lose it."""
+        if unknown:
+            state = State.OUTCOME_UNKNOWN
+        elif error is not None:
+            state = State.FAILED
+        else:
+            state = State.FORWARDED
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.transition(
+                    rec.id,
+                    [State.FORWARDING, State.ALLOWED],
+                    state,
+                    result=result,
+                    error=error,
+                    finished_at=self.clock.now(),
+                    detail={"is_error": bool(result and result.get("isError"))}
+                    if result is not None
+                    else {"error": error},
+                )
+            except StoreError:
+                log.error("could not record the outcome of %s", rec.id[:8], exc_info=True)
+
+
+def outcome_of(rec: CallRecord) -> Outcome:
+    """The outcome a (no longer pending) call stands for."""
+    if rec.state in (State.APPROVED, State.FORWARDING, State.FORWARDED, State.FAILED, State.OUTCOME_UNKNOWN):
+        return Approved(call=rec, arguments=rec.forward_arguments, modified=rec.modified_arguments is not None)
+    if rec.state == State.REJECTED:
+        who = f" by {rec.decided_by}" if rec.decided_by else ""
+        because = f": {rec.reason}" if rec.reason else " (no reason given)"
+        return Refused(call=rec, state=rec.state, reason=f"a human reviewer rejected this call{who}{because}")
+    if rec.state == State.EXPIRED:
+        return Refused(call=rec, state=rec.state, reason=rec.reason or "no decision in time; rejected by default")
+    if rec.state == State.CANCELLED:
+        return Refused(call=rec, state=rec.state, reason="the call was cancelled before a decision")
+    if rec.state == State.ORPHANED:
+        return Refused(call=rec, state=rec.state, reason=rec.error or "the gatekeeper holding this call stopped")
+    return Refused(call=rec, state=rec.state, reason=rec.reason or f"the call is {rec.state}")
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds:g} s"

@@ -1,0 +1,238 @@
+"""Frozen domain values: call states, held calls, decisions and outcomes; canonical JSON and digests.
+
+Nothing here does I/O. The store turns rows into these values; the gate and proxy pass them around.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class State(enum.StrEnum):
+    """Every state a call can be in. Transitions happen only in the store, each a compare-and-set."""
+
+    ALLOWED = "allowed"  # passed policy without a hold, forwarded
+    DENIED = "denied"  # refused by policy, never forwarded
+    PENDING = "pending"  # held, waiting for a human
+    APPROVED = "approved"  # a human approved; about to be forwarded
+    REJECTED = "rejected"  # a human rejected
+    EXPIRED = "expired"  # nobody decided before the deadline: the safe default (reject)
+    CANCELLED = "cancelled"  # the client cancelled or went away; never runs later
+    ORPHANED = "orphaned"  # the holding process died while pending/approved; never runs
+    FORWARDING = "forwarding"  # written before the upstream call (at-most-once)
+    FORWARDED = "forwarded"  # the upstream answered (a tool error counts as forwarded)
+    FAILED = "failed"  # the upstream could not be reached / raised a protocol error
+    OUTCOME_UNKNOWN = "outcome_unknown"  # crashed or timed out after sending upstream: never re-sent
+
+
+OPEN_STATES = frozenset({State.PENDING})
+FINAL_STATES = frozenset(
+    {
+        State.DENIED,
+        State.REJECTED,
+        State.EXPIRED,
+        State.CANCELLED,
+        State.ORPHANED,
+        State.FORWARDED,
+        State.FAILED,
+        State.OUTCOME_UNKNOWN,
+    }
+)
+
+GateKind = Literal["allow", "deny", "hard", "soft", "audit"]
+RiskLevel = Literal["low", "medium", "high", "critical"]
+RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation used for digests and storage: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``value``."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def new_call_id() -> str:
+    """A fresh call id: 26 lowercase hex characters (104 bits); a short prefix is enough to type."""
+    return secrets.token_hex(13)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One call as the store holds it (every call, held or not)."""
+
+    id: str
+    state: State
+    upstream: str
+    tool: str
+    arguments: dict[str, Any]
+    args_digest: str
+    gate: str
+    risk: str
+    created_at: float
+    rule: str | None = None
+    tooldef_hash: str | None = None
+    summary: str | None = None
+    effects: dict[str, str] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    agent_reason: str | None = None
+    agent_confidence: float | None = None
+    client: dict[str, Any] = field(default_factory=dict)
+    input_schema: dict[str, Any] | None = None
+    instance_id: str | None = None
+    deadline_at: float | None = None
+    decided_at: float | None = None
+    decided_by: str | None = None
+    channel: str | None = None
+    reason: str | None = None
+    modified_arguments: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    finished_at: float | None = None
+    wait_strategy: str | None = None
+
+    @property
+    def forward_arguments(self) -> dict[str, Any]:
+        """The arguments that run if this call is (or was) approved: the reviewer's edit wins."""
+        return self.modified_arguments if self.modified_arguments is not None else self.arguments
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (CLI ``--json`` and the web API share it)."""
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "upstream": self.upstream,
+            "tool": self.tool,
+            "arguments": self.arguments,
+            "args_digest": self.args_digest,
+            "modified_arguments": self.modified_arguments,
+            "gate": self.gate,
+            "risk": self.risk,
+            "rule": self.rule,
+            "summary": self.summary,
+            "effects": self.effects,
+            "reasons": list(self.reasons),
+            "agent_reason": self.agent_reason,
+            "agent_confidence": self.agent_confidence,
+            "client": self.client,
+            "tooldef_hash": self.tooldef_hash,
+            "input_schema": self.input_schema,
+            "created_at": self.created_at,
+            "deadline_at": self.deadline_at,
+            "decided_at": self.decided_at,
+            "decided_by": self.decided_by,
+            "channel": self.channel,
+            "reason": self.reason,
+            "result": self.result,
+            "error": self.error,
+            "finished_at": self.finished_at,
+            "wait_strategy": self.wait_strategy,
+            "instance_id": self.instance_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewCall:
+    """What the proxy knows about a call before it is recorded."""
+
+    upstream: str
+    tool: str
+    arguments: dict[str, Any]
+    gate: str
+    risk: str
+    rule: str | None = None
+    tooldef_hash: str | None = None
+    summary: str | None = None
+    effects: dict[str, str] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    agent_reason: str | None = None
+    agent_confidence: float | None = None
+    client: dict[str, Any] = field(default_factory=dict)
+    input_schema: dict[str, Any] | None = None
+    wait_strategy: str | None = None
+
+    @property
+    def args_digest(self) -> str:
+        return digest(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A human's decision on a held call.
+
+    ``args_digest`` is the digest of the arguments the reviewer saw; when given it must match the
+    stored digest (a stale view is refused). ``arguments`` present means "modify, then approve".
+    """
+
+    approve: bool
+    decided_by: str
+    channel: str
+    reason: str | None = None
+    arguments: dict[str, Any] | None = None
+    args_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Approved:
+    """Outcome: a human approved. ``arguments`` are the ones to forward (modified or original)."""
+
+    call: CallRecord
+    arguments: dict[str, Any]
+    modified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Outcome: the call will not run. ``state`` says why (rejected, expired, cancelled, denied...)."""
+
+    call: CallRecord
+    state: State
+    reason: str
+
+
+Outcome = Approved | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One append-only, hash-chained audit event."""
+
+    seq: int
+    at: float
+    call_id: str | None
+    event: str
+    actor: str | None
+    channel: str | None
+    args_digest: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "call_id": self.call_id,
+            "event": self.event,
+            "actor": self.actor,
+            "channel": self.channel,
+            "args_digest": self.args_digest,
+            "detail": self.detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def audit_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """The chain link: SHA-256 over the previous hash and the canonical event body."""
+    return hashlib.sha256((prev_hash + "\n" + canonical_json(body)).encode("utf-8")).hexdigest()
+
+
+GENESIS_HASH = "0" * 64

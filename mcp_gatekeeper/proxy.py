@@ -1,0 +1,679 @@
+"""The downstream MCP server: routes, gates and forwards; the only place outcomes become MCP types.
+
+Everything that is not a gated ``tools/call`` passes through as raw dicts, in both directions. A
+``tools/call`` runs policy → (record allowed | record denied | gate.hold) → upstream → record outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import mcp.types as types
+from mcp import MCPError
+from mcp.server import CacheHint, NotificationOptions, Server, ServerRequestContext
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types.methods import CACHEABLE_METHODS, CacheableMethod
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from mcp_gatekeeper import __version__
+from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.config import GatekeeperConfig
+from mcp_gatekeeper.errors import StoreError, UpstreamError
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import Approved, CallRecord, NewCall, Refused, State, canonical_json, digest
+from mcp_gatekeeper.policy import Policy, Verdict
+from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "__"
+STATUS_TOOL = "gatekeeper_status"
+META_PREFIX = "io.modelcontextprotocol/"
+
+
+def tooldef_hash(tool: Mapping[str, Any]) -> str:
+    """Identity of a tool definition: name, description, schemas and annotations."""
+    return digest(
+        {k: tool.get(k) for k in ("name", "title", "description", "inputSchema", "outputSchema", "annotations")}
+    )
+
+
+def clean_meta(meta: Any) -> dict[str, Any]:
+    """Hop-by-hop ``_meta`` keys removed: the progress token (re-minted upstream) and 2026 envelope keys."""
+    if not isinstance(meta, Mapping):
+        return {}
+    return {k: v for k, v in meta.items() if k != "progressToken" and not str(k).startswith(META_PREFIX)}
+
+
+def text_result(text: str, *, is_error: bool, structured: dict[str, Any] | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": is_error}
+    if structured is not None:
+        result["structuredContent"] = structured
+    return result
+
+
+@dataclass
+class _Inflight:
+    session: ServerSession
+    request_id: Any
+
+
+@dataclass
+class ProxyState:
+    sessions: weakref.WeakSet[ServerSession] = field(default_factory=weakref.WeakSet)
+
+
+class Proxy:
+    """Serves one downstream MCP server in front of one or more upstreams."""
+
+    def __init__(
+        self,
+        *,
+        config: GatekeeperConfig,
+        policy: Policy,
+        gate: Gate,
+        clock: Clock,
+        upstreams: dict[str, Upstream] | None = None,
+        namespaced: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.gate = gate
+        self.clock = clock
+        self.upstreams: dict[str, Upstream] = upstreams or {}
+        self._namespaced = namespaced
+        self.state = ProxyState()
+        self._inflight: dict[str, list[_Inflight]] = {}
+        self._resource_owner: dict[str, str] = {}
+
+    @property
+    def namespaced(self) -> bool:
+        return self._namespaced if self._namespaced is not None else len(self.upstreams) > 1
+
+    def hooks(self) -> UpstreamHooks:
+        return UpstreamHooks(
+            on_notification=self._on_upstream_notification,
+            on_elicit=self._on_upstream_elicit,
+            on_sample=self._on_upstream_sample,
+            on_roots=self._on_upstream_roots,
+        )
+
+    # ------------------------------------------------------------------ server construction
+
+    def build_server(self) -> Server[ProxyState]:
+        caps = [u.client.server_capabilities for u in self.upstreams.values() if u.connected]
+        handlers: dict[str, Any] = {"on_list_tools": self._list_tools, "on_call_tool": self._call_tool}
+        if any(c and c.resources for c in caps):
+            handlers |= {
+                "on_list_resources": self._fwd_list("resources/list", "resources"),
+                "on_list_resource_templates": self._fwd_list("resources/templates/list", "resourceTemplates"),
+                "on_read_resource": self._fwd_by_uri("resources/read"),
+            }
+            if any(c and c.resources and c.resources.subscribe for c in caps):
+                handlers |= {
+                    "on_subscribe_resource": self._fwd_by_uri("resources/subscribe"),
+                    "on_unsubscribe_resource": self._fwd_by_uri("resources/unsubscribe"),
+                }
+        if any(c and c.prompts for c in caps):
+            handlers |= {
+                "on_list_prompts": self._fwd_list("prompts/list", "prompts"),
+                "on_get_prompt": self._get_prompt,
+            }
+        if any(c and c.completions for c in caps):
+            handlers["on_completion"] = self._complete
+
+        state = self.state
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Server[ProxyState]) -> AsyncIterator[ProxyState]:
+            yield state
+
+        first = next(iter(self.upstreams.values()), None)
+        info = first.client.server_info if first is not None and first.connected and len(self.upstreams) == 1 else None
+        instructions = (
+            first.client.instructions if first is not None and first.connected and len(self.upstreams) == 1 else None
+        )
+        server: Server[ProxyState] = Server(
+            f"mcp-gatekeeper:{info.name}" if info else "mcp-gatekeeper",
+            version=info.version if info else __version__,
+            instructions=instructions,
+            lifespan=lifespan,
+            cache_hints=dict.fromkeys(cast("frozenset[CacheableMethod]", CACHEABLE_METHODS), CacheHint(ttl_ms=0, scope="private")),
+            **handlers,
+        )
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, self._on_initialized)
+        server.add_notification_handler(
+            "notifications/roots/list_changed", types.NotificationParams, self._on_roots_changed
+        )
+        if any(c and c.logging is not None for c in caps):
+            server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_level)
+        return server
+
+    def init_options(self, server: Server[ProxyState]) -> InitializationOptions:
+        caps = [u.client.server_capabilities for u in self.upstreams.values() if u.connected]
+        return server.create_initialization_options(
+            NotificationOptions(
+                tools_changed=True,
+                resources_changed=any(c and c.resources and c.resources.list_changed for c in caps),
+                prompts_changed=any(c and c.prompts and c.prompts.list_changed for c in caps),
+            )
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _split(self, name: str) -> tuple[str, str] | None:
+        if not self.namespaced:
+            if not self.upstreams:
+                return None
+            return next(iter(self.upstreams)), name
+        up, sep, rest = name.partition(SEPARATOR)
+        if not sep or up not in self.upstreams or not rest:
+            return None
+        return up, rest
+
+    def _public(self, upstream: str, name: str) -> str:
+        return f"{upstream}{SEPARATOR}{name}" if self.namespaced else name
+
+    @staticmethod
+    def _raw_params(ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
+        raw = dict(ctx.params or {})
+        meta = clean_meta(raw.pop("_meta", None))
+        if meta:
+            raw["_meta"] = meta
+        return raw
+
+    @staticmethod
+    def _finish(ctx: ServerRequestContext[ProxyState], result: dict[str, Any]) -> Any:
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            result.setdefault("resultType", "complete")
+        return result
+
+    @staticmethod
+    def _progress_fn(ctx: ServerRequestContext[ProxyState]) -> Any:
+        raw_meta = (ctx.params or {}).get("_meta") or {}
+        if not isinstance(raw_meta, Mapping) or "progressToken" not in raw_meta:
+            return None
+
+        async def progress(p: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(p, total, message)
+
+        return progress
+
+    def _client_info(self, ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
+        info: dict[str, Any] = {"protocol": ctx.protocol_version}
+        params = ctx.session.client_params
+        if params is not None and params.client_info is not None:
+            info["name"] = params.client_info.name
+            info["version"] = params.client_info.version
+        else:
+            raw_meta = (ctx.params or {}).get("_meta") or {}
+            ci = raw_meta.get(types.CLIENT_INFO_META_KEY) if isinstance(raw_meta, Mapping) else None
+            if isinstance(ci, Mapping):
+                info["name"] = ci.get("name")
+                info["version"] = ci.get("version")
+        caps = ctx.session.client_capabilities
+        if caps is not None:
+            info["elicitation"] = caps.elicitation is not None
+        if ctx.request is not None:
+            sid = ctx.request.headers.get("mcp-session-id")
+            if sid:
+                info["session"] = sid
+        return info
+
+    async def _ensure_tools(self, upstream: Upstream) -> None:
+        if not upstream.tools or not upstream.connected:
+            await upstream.refresh_tools()
+
+    # ------------------------------------------------------------------ tools
+
+    async def _list_tools(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+        raw = self._raw_params(ctx)
+        tools: list[dict[str, Any]] = []
+        result: dict[str, Any] = {}
+        if not self.namespaced and len(self.upstreams) == 1:
+            up = next(iter(self.upstreams.values()))
+            result = await self._forward(up, "tools/list", raw)
+            page = [t for t in result.get("tools") or [] if isinstance(t, dict)]
+            if not raw.get("cursor"):
+                up.tools = {}
+            up.tools.update({t["name"]: t for t in page if isinstance(t.get("name"), str)})
+            tools = page
+            last_page = not result.get("nextCursor")
+        else:
+            for name, up in self.upstreams.items():
+                try:
+                    found = await up.refresh_tools()
+                except (UpstreamError, MCPError) as e:
+                    log.warning("tools/list from upstream %s failed: %s", name, e)
+                    continue
+                for t in found.values():
+                    tools.append({**t, "name": self._public(name, t["name"])})
+            result = {}
+            last_page = True
+        if last_page and self.config.status_tool:
+            tools = [*tools, self._status_tool_def()]
+        result["tools"] = tools
+        return self._finish(ctx, result)
+
+    @staticmethod
+    def _status_tool_def() -> dict[str, Any]:
+        return {
+            "name": STATUS_TOOL,
+            "title": "Status of a call held for human approval",
+            "description": (
+                "mcp-gatekeeper holds risky tool calls until a human approves them. When a call comes back saying it"
+                " is waiting for approval, call this tool with its id to see whether it was approved (and its result),"
+                " rejected (and why) or is still waiting. Retrying the identical call also works."
+            ),
+            "inputSchema": {
+                "type": "object",
+                "properties": {"id": {"type": "string", "description": "the call id (a unique prefix is enough)"}},
+                "required": ["id"],
+            },
+            "annotations": {"readOnlyHint": True, "openWorldHint": False},
+        }
+
+    async def _call_tool(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+        raw = self._raw_params(ctx)
+        name = raw.get("name")
+        arguments = raw.get("arguments") or {}
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            return self._finish(ctx, text_result("mcp-gatekeeper: malformed tools/call", is_error=True))
+        if name == STATUS_TOOL and self.config.status_tool:
+            return self._finish(ctx, await self._status(arguments))
+        route = self._split(name)
+        client = self._client_info(ctx)
+        if route is None:
+            return self._finish(ctx, await self._deny_unrouted(name, arguments, client))
+        up_name, tool = route
+        upstream = self.upstreams[up_name]
+        try:
+            await self._ensure_tools(upstream)
+            if tool not in upstream.tools:
+                await upstream.refresh_tools()
+        except (UpstreamError, MCPError) as e:
+            return self._finish(
+                ctx, text_result(f"mcp-gatekeeper: upstream {up_name!r} is unavailable: {e}", is_error=True)
+            )
+        tooldef = upstream.tools.get(tool)
+        if tooldef is None:
+            return self._finish(ctx, await self._deny_unrouted(name, arguments, client, upstream=up_name))
+        try:
+            verdict = self.policy.evaluate(up_name, tool, arguments, tooldef.get("annotations"))
+        except Exception as e:  # fail closed: a policy error never executes
+            log.exception("policy evaluation failed for %s/%s", up_name, tool)
+            verdict = Verdict(
+                gate="deny", hold=False, risk="critical", rule=None, rule_index=None,
+                reasons=(f"policy error: {type(e).__name__}",), deny_reason="policy error: the call was denied to be safe",
+            )  # fmt: skip
+        size = len(canonical_json(arguments).encode())
+        cap = self.config.security.max_argument_bytes
+        if size > cap:
+            verdict = Verdict(
+                gate="deny", hold=False, risk=verdict.risk, rule=None, rule_index=None,
+                reasons=(f"arguments are {size} bytes, over the {cap}-byte limit",),
+                deny_reason=f"the arguments are too large to review ({size} bytes; the limit is {cap})",
+            )  # fmt: skip
+        new = NewCall(
+            upstream=up_name,
+            tool=tool,
+            arguments=arguments,
+            gate=verdict.gate,
+            risk=verdict.risk,
+            rule=verdict.rule,
+            tooldef_hash=tooldef_hash(tooldef),
+            summary=verdict.summary,
+            effects=dict(verdict.effects),
+            reasons=verdict.reasons,
+            client=client,
+            input_schema=tooldef.get("inputSchema") if isinstance(tooldef.get("inputSchema"), dict) else None,
+            wait_strategy="hold" if verdict.action == "hold" else None,
+        )
+        try:
+            if verdict.action == "deny":
+                rec = await self.gate.record(new, State.DENIED, reason=verdict.deny_reason)
+                return self._finish(ctx, self._refused_result(rec, verdict.deny_reason or "denied by policy"))
+            if verdict.action == "allow":
+                rec = await self.gate.record(new, State.ALLOWED)
+                return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
+            outcome = await self.gate.hold(new, timeout=verdict.timeout or 600.0, on_tick=self._ticker(ctx, tool))
+        except StoreError as e:
+            log.error("store error; failing closed: %s", e)
+            return self._finish(
+                ctx,
+                text_result(
+                    f"mcp-gatekeeper could not record this call, so it was not run (fail closed): {e}", is_error=True
+                ),
+            )
+        if isinstance(outcome, Refused):
+            return self._finish(ctx, self._refused_result(outcome.call, outcome.reason))
+        assert isinstance(outcome, Approved)
+        try:
+            started = await self.gate.begin_forward(outcome.call)
+        except StoreError as e:
+            return self._finish(
+                ctx,
+                text_result(
+                    f"mcp-gatekeeper could not record the approval's forwarding, so the call was not run: {e}",
+                    is_error=True,
+                ),
+            )
+        if started is None:
+            return self._finish(
+                ctx,
+                text_result(
+                    f"mcp-gatekeeper: call {outcome.call.id[:12]} was already forwarded once; it is not run again",
+                    is_error=True,
+                ),
+            )
+        return self._finish(
+            ctx, await self._run(ctx, upstream, tool, started, raw, outcome.arguments, modified=outcome.modified)
+        )
+
+    def _ticker(self, ctx: ServerRequestContext[ProxyState], tool: str) -> Any:
+        raw_meta = (ctx.params or {}).get("_meta") or {}
+        if not isinstance(raw_meta, Mapping) or "progressToken" not in raw_meta:
+            return None
+        count = 0
+
+        async def tick(rec: CallRecord, left: float) -> None:
+            nonlocal count
+            count += 1
+            minutes = int(left // 60)
+            left_text = f"{minutes} min {int(left % 60)} s" if minutes else f"{int(left)} s"
+            await ctx.session.report_progress(
+                float(count), None, f"waiting for human approval of {tool} (call {rec.id[:8]}), {left_text} left"
+            )
+
+        return tick
+
+    async def _run(
+        self,
+        ctx: ServerRequestContext[ProxyState],
+        upstream: Upstream,
+        tool: str,
+        rec: CallRecord,
+        raw: dict[str, Any],
+        arguments: dict[str, Any],
+        *,
+        modified: bool,
+    ) -> dict[str, Any]:
+        """Forward the call (exactly these arguments) and record how it ended."""
+        fwd = {**raw, "name": tool, "arguments": arguments}
+        entry = _Inflight(ctx.session, ctx.request_id)
+        self._inflight.setdefault(upstream.name, []).append(entry)
+        try:
+            result = await upstream.request(
+                "tools/call", fwd, progress=self._progress_fn(ctx), timeout=upstream.config.timeout
+            )
+        except MCPError as e:
+            if e.code == types.REQUEST_TIMEOUT:
+                await self.gate.finish(
+                    rec, result=None, error=f"timed out after {upstream.config.timeout:g} s", unknown=True
+                )
+                return text_result(
+                    f"mcp-gatekeeper: the upstream did not answer within {upstream.config.timeout:g} s; whether the call"
+                    f" took effect is unknown (call {rec.id[:12]}). It is not retried automatically.",
+                    is_error=True,
+                )
+            await self.gate.finish(rec, result=None, error=f"upstream error {e.code}: {e.message}")
+            raise
+        except UpstreamError as e:
+            await self.gate.finish(rec, result=None, error=str(e), unknown=True)
+            return text_result(
+                f"mcp-gatekeeper: {e}. Whether the call took effect is unknown (call {rec.id[:12]}); it is not retried"
+                " automatically.",
+                is_error=True,
+            )
+        except BaseException:
+            await self.gate.finish(rec, result=None, error="cancelled while the upstream was running it", unknown=True)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._inflight[upstream.name].remove(entry)
+        await self.gate.finish(rec, result=result, error=None)
+        if modified:
+            note = (
+                "Note from mcp-gatekeeper: a human reviewer changed the arguments before approving. The call ran with: "
+                + canonical_json(arguments)
+            )
+            result = {**result, "content": [*(result.get("content") or []), {"type": "text", "text": note}]}
+        return result
+
+    def _refused_result(self, rec: CallRecord, reason: str) -> dict[str, Any]:
+        verb = {
+            State.DENIED: "denied by policy",
+            State.REJECTED: "rejected by a human reviewer",
+            State.EXPIRED: "not approved in time",
+            State.CANCELLED: "cancelled",
+            State.ORPHANED: "abandoned",
+        }.get(rec.state, str(rec.state))
+        text = (
+            f"mcp-gatekeeper: this call to {rec.tool} was {verb} and did not run. Reason: {reason} (call {rec.id[:12]})"
+        )
+        return text_result(text, is_error=True, structured=None)
+
+    async def _deny_unrouted(
+        self, name: str, arguments: dict[str, Any], client: dict[str, Any], *, upstream: str | None = None
+    ) -> dict[str, Any]:
+        reason = f"unknown tool {name!r}" + (f" on upstream {upstream!r}" if upstream else "")
+        new = NewCall(
+            upstream=upstream or "?", tool=name, arguments=arguments, gate="deny", risk="high",
+            reasons=(reason,), client=client,
+        )  # fmt: skip
+        try:
+            rec = await self.gate.record(new, State.DENIED, reason=reason)
+        except StoreError:
+            return text_result(f"mcp-gatekeeper: {reason}; the call was not run", is_error=True)
+        return self._refused_result(rec, reason)
+
+    async def _status(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        cid = arguments.get("id")
+        if not isinstance(cid, str) or not cid:
+            return text_result("gatekeeper_status needs an 'id'", is_error=True)
+        try:
+            rec = await self.gate.store.find(cid)
+        except StoreError as e:
+            return text_result(f"mcp-gatekeeper: {e}", is_error=True)
+        info: dict[str, Any] = {
+            "id": rec.id,
+            "state": rec.state.value,
+            "tool": rec.tool,
+            "upstream": rec.upstream,
+            "reason": rec.reason,
+        }
+        if rec.state == State.PENDING:
+            left = max(0.0, (rec.deadline_at or 0) - self.clock.now())
+            text = f"call {rec.id[:12]} ({rec.tool}) is still waiting for a human decision ({int(left)} s left)"
+        elif rec.state == State.FORWARDED and rec.result is not None:
+            text = f"call {rec.id[:12]} ({rec.tool}) was approved and ran. Its result: {canonical_json(rec.result)}"
+            info["result"] = rec.result
+        else:
+            text = f"call {rec.id[:12]} ({rec.tool}) is {rec.state.value}" + (f": {rec.reason}" if rec.reason else "")
+        return text_result(text, is_error=False, structured=info)
+
+    # ------------------------------------------------------------------ resources, prompts, completion
+
+    async def _forward(
+        self, up: Upstream, method: str, raw: dict[str, Any], ctx: ServerRequestContext[ProxyState] | None = None
+    ) -> dict[str, Any]:
+        try:
+            return await up.request(method, raw, progress=self._progress_fn(ctx) if ctx else None)
+        except UpstreamError as e:
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"mcp-gatekeeper: {e}") from e
+
+    def _fwd_list(self, method: str, key: str) -> Any:
+        async def handler(ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+            raw = self._raw_params(ctx)
+            if not self.namespaced:
+                up = next(iter(self.upstreams.values()))
+                result = await self._forward(up, method, raw, ctx)
+                self._remember_owner(up.name, key, result.get(key) or [])
+                return self._finish(ctx, result)
+            items: list[dict[str, Any]] = []
+            for name, up in self.upstreams.items():
+                caps = up.client.server_capabilities if up.connected else None
+                if caps is not None and key in ("resources", "resourceTemplates") and not caps.resources:
+                    continue
+                if caps is not None and key == "prompts" and not caps.prompts:
+                    continue
+                try:
+                    found = await up.list_all(method, key)
+                except (UpstreamError, MCPError) as e:
+                    log.warning("%s from upstream %s failed: %s", method, name, e)
+                    continue
+                self._remember_owner(name, key, found)
+                if key == "prompts":
+                    found = [{**p, "name": self._public(name, p["name"])} for p in found]
+                items.extend(found)
+            return self._finish(ctx, {key: items})
+
+        return handler
+
+    def _remember_owner(self, upstream: str, key: str, items: list[Any]) -> None:
+        field_name = {"resources": "uri", "resourceTemplates": "uriTemplate"}.get(key)
+        if field_name is None:
+            return
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get(field_name), str):
+                self._resource_owner[item[field_name]] = upstream
+
+    def _owner_of_uri(self, uri: str) -> Upstream:
+        if not self.namespaced:
+            return next(iter(self.upstreams.values()))
+        owner = self._resource_owner.get(uri)
+        if owner is None:
+            for template, up in self._resource_owner.items():
+                prefix = template.split("{", 1)[0]
+                if "{" in template and prefix and uri.startswith(prefix):
+                    owner = up
+                    break
+        if owner is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"mcp-gatekeeper: no upstream lists the resource {uri!r}")
+        return self.upstreams[owner]
+
+    def _fwd_by_uri(self, method: str) -> Any:
+        async def handler(ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+            raw = self._raw_params(ctx)
+            up = self._owner_of_uri(str(raw.get("uri", "")))
+            return self._finish(ctx, await self._forward(up, method, raw, ctx))
+
+        return handler
+
+    async def _get_prompt(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+        raw = self._raw_params(ctx)
+        route = self._split(str(raw.get("name", "")))
+        if route is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"mcp-gatekeeper: unknown prompt {raw.get('name')!r}")
+        up, name = route
+        return self._finish(ctx, await self._forward(self.upstreams[up], "prompts/get", {**raw, "name": name}, ctx))
+
+    async def _complete(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+        raw = self._raw_params(ctx)
+        ref = dict(raw.get("ref") or {})
+        if ref.get("type") == "ref/prompt":
+            route = self._split(str(ref.get("name", "")))
+            if route is None:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"mcp-gatekeeper: unknown prompt {ref.get('name')!r}")
+            up = self.upstreams[route[0]]
+            ref["name"] = route[1]
+        else:
+            up = self._owner_of_uri(str(ref.get("uri", "")))
+        return self._finish(ctx, await self._forward(up, "completion/complete", {**raw, "ref": ref}, ctx))
+
+    async def _set_level(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+        raw = self._raw_params(ctx)
+        for up in self.upstreams.values():
+            caps = up.client.server_capabilities if up.connected else None
+            if caps is not None and caps.logging is not None:
+                await self._forward(up, "logging/setLevel", raw, ctx)
+        return self._finish(ctx, {})
+
+    # ------------------------------------------------------------------ notifications and server→client requests
+
+    async def _on_initialized(self, ctx: ServerRequestContext[ProxyState], params: Any) -> None:
+        self.state.sessions.add(ctx.session)
+
+    async def _on_roots_changed(self, ctx: ServerRequestContext[ProxyState], params: Any) -> None:
+        for up in self.upstreams.values():
+            with contextlib.suppress(Exception):
+                await up.notify(types.RootsListChangedNotification())
+
+    async def _on_upstream_notification(self, upstream: str, msg: Any) -> None:
+        if isinstance(msg, types.ToolListChangedNotification):
+            up = self.upstreams.get(upstream)
+            if up is not None:
+                with contextlib.suppress(UpstreamError, MCPError):
+                    await up.refresh_tools()
+        for session in list(self.state.sessions):
+            try:
+                await session.send_notification(msg)
+            except Exception:
+                log.debug("could not relay %s to a downstream session", type(msg).__name__, exc_info=True)
+
+    def _downstream_for(self, upstream: str) -> tuple[ServerSession, ServerMessageMetadata | None] | None:
+        inflight = self._inflight.get(upstream) or []
+        if inflight:
+            last = inflight[-1]
+            return last.session, ServerMessageMetadata(related_request_id=last.request_id)
+        sessions = list(self.state.sessions)
+        if sessions:
+            return sessions[-1], None
+        return None
+
+    async def _on_upstream_elicit(self, upstream: str, params: types.ElicitRequestParams) -> Any:
+        target = self._downstream_for(upstream)
+        if target is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="no downstream client can answer elicitation")
+        session, meta = target
+        if not session.check_client_capability(types.ClientCapabilities(elicitation=types.ElicitationCapability())):
+            return types.ErrorData(
+                code=types.INVALID_REQUEST, message="the downstream client does not support elicitation"
+            )
+        try:
+            return await session.send_request(types.ElicitRequest(params=params), types.ElicitResult, metadata=meta)
+        except MCPError as e:
+            return types.ErrorData(code=e.code, message=e.message, data=e.data)
+
+    async def _on_upstream_sample(self, upstream: str, params: types.CreateMessageRequestParams) -> Any:
+        target = self._downstream_for(upstream)
+        if target is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="no downstream client can sample")
+        session, meta = target
+        if not session.check_client_capability(types.ClientCapabilities(sampling=types.SamplingCapability())):
+            return types.ErrorData(
+                code=types.INVALID_REQUEST, message="the downstream client does not support sampling"
+            )
+        try:
+            return await session.send_request(
+                types.CreateMessageRequest(params=params), types.CreateMessageResult, metadata=meta
+            )
+        except MCPError as e:
+            return types.ErrorData(code=e.code, message=e.message, data=e.data)
+
+    async def _on_upstream_roots(self, upstream: str) -> Any:
+        target = self._downstream_for(upstream)
+        if target is None:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="no downstream client has roots")
+        session, meta = target
+        if not session.check_client_capability(types.ClientCapabilities(roots=types.RootsCapability())):
+            return types.ErrorData(code=types.INVALID_REQUEST, message="the downstream client does not expose roots")
+        try:
+            return await session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=meta)
+        except MCPError as e:
+            return types.ErrorData(code=e.code, message=e.message, data=e.data)
+
+
+async def serve_stdio(server: Server[ProxyState], init: InitializationOptions) -> None:
+    """Serve the proxy on this process's stdin/stdout (both protocol eras)."""
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server() as (read, write):
+        await server.run(read, write, init)

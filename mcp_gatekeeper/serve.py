@@ -1,0 +1,202 @@
+"""The composition root: opens the store, builds the gate, upstreams, proxy and page, runs them together.
+
+Nothing else in the package wires objects together; the CLI calls into here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mcp_gatekeeper.clock import Clock, SystemClock
+from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
+from mcp_gatekeeper.errors import ConfigError, UpstreamError
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.notify import MultiNotifier, StderrNotifier
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.proxy import Proxy, serve_stdio
+from mcp_gatekeeper.store import Store, default_home
+from mcp_gatekeeper.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10.0
+
+
+@dataclass
+class Runtime:
+    """What every long-running command shares: config, policy, store, gate, clock, home."""
+
+    config: GatekeeperConfig
+    policy: Policy
+    store: Store
+    gate: Gate
+    clock: Clock
+    home: Path
+
+
+def db_path(home: Path) -> Path:
+    return home / "gatekeeper.db"
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    config: GatekeeperConfig,
+    *,
+    home: Path | None = None,
+    clock: Clock | None = None,
+    label: str = "gatekeeper",
+    register: bool = True,
+    poll_interval: float = 0.02,
+) -> AsyncIterator[Runtime]:
+    """Open the store (recovering a dead neighbour's calls), start the gate's watcher and the heartbeat."""
+    home = home or default_home()
+    clock = clock or SystemClock()
+    policy = Policy(config)
+    async with Store.open(db_path(home), clock) as store:
+        if register:
+            await store.register_instance(label)
+            recovered = await store.recover_orphans()
+            if recovered:
+                log.warning("recovered %d call(s) left by a gatekeeper process that died (never executed)", recovered)
+        notifier = MultiNotifier([StderrNotifier()])
+        gate = Gate(
+            store,
+            policy,
+            clock,
+            notifier=notifier,
+            poll_interval=poll_interval,
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        async with gate.running(), anyio.create_task_group() as tg:
+            if register:
+                tg.start_soon(_heartbeat, store)
+            try:
+                yield Runtime(config=config, policy=policy, store=store, gate=gate, clock=clock, home=home)
+            finally:
+                tg.cancel_scope.cancel()
+
+
+async def _heartbeat(store: Store) -> None:
+    while True:
+        await anyio.sleep(HEARTBEAT_SECONDS)
+        try:
+            await store.heartbeat()
+            await store.recover_orphans()
+        except Exception:  # liveness bookkeeping never stops the proxy
+            log.warning("heartbeat failed", exc_info=True)
+
+
+@contextlib.asynccontextmanager
+async def connected_upstreams(
+    upstream_configs: dict[str, UpstreamConfig], proxy: Proxy, *, require_all: bool
+) -> AsyncIterator[dict[str, Upstream]]:
+    """Start and connect every upstream; with ``require_all`` a failure to connect is fatal."""
+    async with contextlib.AsyncExitStack() as stack:
+        ups: dict[str, Upstream] = {}
+        for name, cfg in upstream_configs.items():
+            up = Upstream(name, cfg, proxy.hooks())
+            ups[name] = await stack.enter_async_context(up.running())
+        proxy.upstreams = ups
+        errors: list[str] = []
+
+        async def connect(up: Upstream) -> None:
+            try:
+                await up.connect()
+                await up.refresh_tools()
+            except Exception as e:
+                errors.append(f"{up.name}: {e}")
+
+        async with anyio.create_task_group() as tg:
+            for up in ups.values():
+                tg.start_soon(connect, up)
+        if errors:
+            if require_all or len(errors) == len(ups):
+                raise UpstreamError("could not start upstream(s): " + "; ".join(errors))
+            for e in errors:
+                log.error("upstream unavailable (its tools are not listed until it answers): %s", e)
+        yield ups
+
+
+async def start_ui_if_possible(runtime: Runtime, tg: anyio.abc.TaskGroup, *, force: bool = False) -> int | None:
+    """Serve the approval page if ``[ui] autostart`` (or ``force``) and the port is free; the bound port."""
+    ui = runtime.config.ui
+    if not (ui.autostart or force):
+        return None
+    from mcp_gatekeeper import web
+
+    token = web.load_or_create_token(runtime.home)
+    app = web.build_app(
+        store=runtime.store, gate=runtime.gate, policy=runtime.policy, token=token, port=ui.port, clock=runtime.clock
+    )
+    try:
+        port: int = await tg.start(
+            lambda task_status: web.serve(
+                app, host=ui.host, port=ui.port, allow_remote=ui.allow_remote, task_status=task_status
+            )
+        )
+    except OSError as e:
+        if force:
+            raise
+        log.info("approval page not started here (%s); another gatekeeper process probably serves it", e)
+        print(
+            f"mcp-gatekeeper: approval page: {web.login_url(ui.host, ui.port, token)} (served by another process)",
+            file=sys.stderr,
+        )
+        return None
+    print(f"mcp-gatekeeper: approval page: {web.login_url(ui.host, port, token)}", file=sys.stderr, flush=True)
+    return port
+
+
+async def run_proxy(
+    config: GatekeeperConfig,
+    upstream_configs: dict[str, UpstreamConfig],
+    *,
+    label: str,
+    http: tuple[str, int] | None = None,
+    home: Path | None = None,
+    require_all: bool = True,
+) -> None:
+    """``wrap`` and ``run``: serve the proxy on stdio (or Streamable HTTP) until the client goes away."""
+    if not upstream_configs:
+        raise ConfigError(["upstreams: no upstream to proxy (add [upstreams.NAME] to the config, or use wrap)"])
+    async with open_runtime(config, home=home, label=label) as rt:
+        proxy = Proxy(config=config, policy=rt.policy, gate=rt.gate, clock=rt.clock)
+        async with (
+            connected_upstreams(upstream_configs, proxy, require_all=require_all),
+            anyio.create_task_group() as tg,
+        ):
+            with contextlib.suppress(Exception):
+                await start_ui_if_possible(rt, tg)
+            server = proxy.build_server()
+            if http is None:
+                await serve_stdio(server, proxy.init_options(server))
+            else:
+                await serve_http(server, host=http[0], port=http[1])
+            tg.cancel_scope.cancel()
+
+
+async def serve_http(server: Any, *, host: str, port: int) -> None:
+    """Serve the proxy as Streamable HTTP at ``/mcp`` (both eras; Host/Origin checked by the SDK)."""
+    import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
+        if port
+        else ["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=[f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
+        if port
+        else ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+    app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
+    cfg = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    await uvicorn.Server(cfg).serve()

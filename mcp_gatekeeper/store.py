@@ -1,0 +1,715 @@
+"""The durable store (SQLite): schema, migrations, every SQL statement, CAS transitions, the audit chain.
+
+One connection per process, WAL, ``synchronous=FULL``, ``busy_timeout``, ``BEGIN IMMEDIATE`` for writes.
+Every state change is a compare-and-set ``UPDATE ... WHERE state IN (...)`` and appends a hash-chained
+audit event in the same transaction: if the audit write fails, the change does not happen.
+Several processes share one file; ``PRAGMA data_version`` tells a process that another one committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, StoreError
+from mcp_gatekeeper.models import (
+    GENESIS_HASH,
+    AuditEvent,
+    CallRecord,
+    NewCall,
+    State,
+    audit_hash,
+    canonical_json,
+    digest,
+    new_call_id,
+)
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            label TEXT,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            stopped_at REAL
+        );
+        CREATE TABLE calls (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            args_digest TEXT NOT NULL,
+            gate TEXT NOT NULL,
+            risk TEXT NOT NULL,
+            rule TEXT,
+            tooldef_hash TEXT,
+            summary TEXT,
+            effects TEXT,
+            reasons TEXT,
+            agent_reason TEXT,
+            agent_confidence REAL,
+            client TEXT,
+            input_schema TEXT,
+            instance_id TEXT,
+            created_at REAL NOT NULL,
+            deadline_at REAL,
+            decided_at REAL,
+            decided_by TEXT,
+            channel TEXT,
+            reason TEXT,
+            modified_arguments TEXT,
+            result TEXT,
+            error TEXT,
+            finished_at REAL,
+            wait_strategy TEXT
+        );
+        CREATE INDEX calls_state_created ON calls (state, created_at);
+        CREATE INDEX calls_created ON calls (created_at);
+        CREATE INDEX calls_instance ON calls (instance_id, state);
+        CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at);
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            call_id TEXT,
+            event TEXT NOT NULL,
+            actor TEXT,
+            channel TEXT,
+            args_digest TEXT,
+            detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_call ON audit (call_id, seq);
+        """,
+    ),
+)
+
+_JSON_COLUMNS = ("arguments", "effects", "reasons", "client", "input_schema", "modified_arguments", "result")
+_COLUMNS = (
+    "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, "
+    "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
+    "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
+)
+LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _record(row: sqlite3.Row | tuple[Any, ...]) -> CallRecord:
+    (
+        cid,
+        state,
+        upstream,
+        tool,
+        arguments,
+        args_digest,
+        gate,
+        risk,
+        rule,
+        tooldef_hash,
+        summary,
+        effects,
+        reasons,
+        agent_reason,
+        agent_confidence,
+        client,
+        input_schema,
+        instance_id,
+        created_at,
+        deadline_at,
+        decided_at,
+        decided_by,
+        channel,
+        reason,
+        modified_arguments,
+        result,
+        error,
+        finished_at,
+        wait_strategy,
+    ) = tuple(row)
+    return CallRecord(
+        id=cid,
+        state=State(state),
+        upstream=upstream,
+        tool=tool,
+        arguments=json.loads(arguments),
+        args_digest=args_digest,
+        gate=gate,
+        risk=risk,
+        rule=rule,
+        tooldef_hash=tooldef_hash,
+        summary=summary,
+        effects=_loads(effects) or {},
+        reasons=tuple(_loads(reasons) or ()),
+        agent_reason=agent_reason,
+        agent_confidence=agent_confidence,
+        client=_loads(client) or {},
+        input_schema=_loads(input_schema),
+        instance_id=instance_id,
+        created_at=created_at,
+        deadline_at=deadline_at,
+        decided_at=decided_at,
+        decided_by=decided_by,
+        channel=channel,
+        reason=reason,
+        modified_arguments=_loads(modified_arguments),
+        result=_loads(result),
+        error=error,
+        finished_at=finished_at,
+        wait_strategy=wait_strategy,
+    )
+
+
+def default_home() -> Path:
+    """``$MCP_GATEKEEPER_HOME``, else the platform's user state dir."""
+    env = os.environ.get("MCP_GATEKEEPER_HOME")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "mcp-gatekeeper"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """The store of one process. Use :meth:`open` (an async context manager)."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, clock: Clock) -> None:
+        self._conn = conn
+        self.path = path
+        self.clock = clock
+        self._lock = anyio.Lock()
+        self.instance_id: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: str | os.PathLike[str], clock: Clock) -> AsyncIterator[Store]:
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            existed = p.exists() and p.stat().st_size > 0
+            conn = await aiosqlite.connect(str(p), isolation_level=None, timeout=5.0)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the database {p}: {e}") from e
+        store = cls(conn, p, clock)
+        try:
+            await store._setup(existed)
+            yield store
+        finally:
+            with anyio.CancelScope(shield=True):
+                if store.instance_id is not None:
+                    with contextlib.suppress(StoreError):
+                        await store._stop_instance()
+                await conn.close()
+
+    async def _setup(self, existed: bool) -> None:
+        try:
+            c = self._conn
+            await c.execute("PRAGMA busy_timeout = 5000")
+            mode = await (await c.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if not mode or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+            await c.execute("PRAGMA synchronous = FULL")
+            await c.execute("PRAGMA foreign_keys = ON")
+            tables = {
+                r[0] for r in await (await c.execute("SELECT name FROM sqlite_master WHERE type='table'")).fetchall()
+            }
+            if existed and tables and "schema_migrations" not in tables:
+                raise StoreError(
+                    f"{self.path} is a SQLite database that mcp-gatekeeper did not create; refusing to use it"
+                )
+            await self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a usable database ({e}); it was left as it is") from e
+
+    async def _migrate(self) -> None:
+        async with self._write() as c:
+            await c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            done = {r[0] for r in await (await c.execute("SELECT name FROM schema_migrations")).fetchall()}
+            known = {name for name, _ in MIGRATIONS}
+            if unknown := done - known:
+                raise StoreError(
+                    f"{self.path} was written by a newer mcp-gatekeeper (migrations {sorted(unknown)}); upgrade to use it"
+                )
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in (s.strip() for s in sql.split(";")):
+                    if statement:
+                        await c.execute(statement)
+                await c.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, self.clock.now())
+                )
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; any failure rolls back and raises :class:`StoreError`."""
+        async with self._lock:
+            c = self._conn
+            try:
+                await c.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot write to {self.path}: {e}") from e
+            try:
+                yield c
+                await c.execute("COMMIT")
+            except BaseException as e:
+                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                    await c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"cannot write to {self.path}: {e}") from e
+                raise
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            try:
+                cur = await self._conn.execute(sql, params)
+                return [tuple(r) for r in await cur.fetchall()]
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from e
+
+    # ------------------------------------------------------------------ audit chain
+
+    async def _append_audit(
+        self,
+        c: aiosqlite.Connection,
+        *,
+        event: str,
+        call_id: str | None,
+        actor: str | None = None,
+        channel: str | None = None,
+        args_digest: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        row = await (await c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")).fetchone()
+        prev = row[0] if row else GENESIS_HASH
+        at = self.clock.now()
+        body = {
+            "at": at,
+            "call_id": call_id,
+            "event": event,
+            "actor": actor,
+            "channel": channel,
+            "args_digest": args_digest,
+            "detail": detail or {},
+        }
+        h = audit_hash(prev, body)
+        await c.execute(
+            "INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, call_id, event, actor, channel, args_digest, canonical_json(detail or {}), prev, h),
+        )
+
+    async def audit_events(
+        self, *, call_id: str | None = None, limit: int = 1000, before_seq: int | None = None
+    ) -> list[AuditEvent]:
+        where: list[str] = []
+        params: list[Any] = []
+        if call_id is not None:
+            where.append("call_id = ?")
+            params.append(call_id)
+        if before_seq is not None:
+            where.append("seq < ?")
+            params.append(before_seq)
+        sql = "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        rows = await self._read(sql, (*params, limit))
+        return [
+            AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9]) for r in reversed(rows)
+        ]
+
+    async def verify_audit(self) -> tuple[bool, int, str]:
+        """Walk the whole chain: (ok, events checked, message)."""
+        prev = GENESIS_HASH
+        count = 0
+        async with self._lock:
+            cur = await self._conn.execute(
+                "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit ORDER BY seq"
+            )
+            async for r in cur:
+                seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, h = tuple(r)
+                body = {
+                    "at": at,
+                    "call_id": call_id,
+                    "event": event,
+                    "actor": actor,
+                    "channel": channel,
+                    "args_digest": args_digest,
+                    "detail": json.loads(detail),
+                }
+                if prev_hash != prev:
+                    return (
+                        False,
+                        count,
+                        f"event {seq}: its previous-hash link is broken (an event was removed or reordered)",
+                    )
+                if audit_hash(prev, body) != h:
+                    return False, count, f"event {seq}: its content does not match its hash (it was altered)"
+                prev = h
+                count += 1
+        return True, count, f"audit chain intact: {count} events"
+
+    # ------------------------------------------------------------------ instances (liveness)
+
+    async def register_instance(self, label: str) -> str:
+        iid = new_call_id()[:16]
+        now = self.clock.now()
+        async with self._write() as c:
+            await c.execute(
+                "INSERT INTO instances (id, pid, host, label, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (iid, os.getpid(), socket.gethostname(), label, now, now),
+            )
+        self.instance_id = iid
+        return iid
+
+    async def heartbeat(self) -> None:
+        if self.instance_id is None:
+            return
+        async with self._write() as c:
+            await c.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (self.clock.now(), self.instance_id))
+
+    async def _stop_instance(self) -> None:
+        iid = self.instance_id
+        async with self._write() as c:
+            await self._orphan_calls_of(c, [iid], why="the gatekeeper process holding it shut down")
+            await c.execute("UPDATE instances SET stopped_at = ? WHERE id = ?", (self.clock.now(), iid))
+
+    async def recover_orphans(self, *, stale_after: float = 60.0) -> int:
+        """Calls whose owning process is gone: pending/approved → ``orphaned``, forwarding → ``outcome_unknown``.
+
+        A live neighbour's calls are never touched: an instance is dead only if it stopped, or its pid is gone
+        on this host, or (another host) its heartbeat is older than ``stale_after`` seconds.
+        """
+        now = self.clock.now()
+        host = socket.gethostname()
+        rows = await self._read(
+            "SELECT id, pid, host, heartbeat_at, stopped_at FROM instances WHERE id != ?", (self.instance_id or "",)
+        )
+        dead = []
+        for iid, pid, ihost, hb, stopped in rows:
+            if (
+                stopped is not None
+                or (ihost == host and not _pid_alive(pid))
+                or (ihost != host and now - hb > stale_after)
+            ):
+                dead.append(iid)
+        if not dead:
+            return 0
+        async with self._write() as c:
+            n = await self._orphan_calls_of(c, dead, why="the gatekeeper process holding it died")
+            for iid in dead:
+                await c.execute("UPDATE instances SET stopped_at = COALESCE(stopped_at, ?) WHERE id = ?", (now, iid))
+            await c.execute(
+                "DELETE FROM instances WHERE stopped_at IS NOT NULL AND stopped_at < ? AND id NOT IN "
+                "(SELECT DISTINCT instance_id FROM calls WHERE state IN ('pending','approved','forwarding') AND instance_id IS NOT NULL)",
+                (now - 7 * 86400,),
+            )
+        return n
+
+    async def _orphan_calls_of(self, c: aiosqlite.Connection, instance_ids: Iterable[str | None], *, why: str) -> int:
+        n = 0
+        now = self.clock.now()
+        for iid in instance_ids:
+            rows = await (
+                await c.execute(
+                    f"SELECT id, state, args_digest FROM calls WHERE instance_id = ? AND state IN ({_q(LIVE_OWNER_STATES)})",
+                    (iid, *LIVE_OWNER_STATES),
+                )
+            ).fetchall()
+            for cid, state, args_digest in rows:
+                new = State.OUTCOME_UNKNOWN if state == State.FORWARDING else State.ORPHANED
+                await c.execute(
+                    "UPDATE calls SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = ?",
+                    (new, why, now, cid, state),
+                )
+                await self._append_audit(
+                    c,
+                    event=new.value,
+                    call_id=cid,
+                    actor="gatekeeper",
+                    channel="recovery",
+                    args_digest=args_digest,
+                    detail={"from": state, "why": why},
+                )
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ calls
+
+    async def insert_call(
+        self, new: NewCall, *, state: State, deadline_at: float | None = None, reason: str | None = None
+    ) -> CallRecord:
+        """Record a new call (``allowed``, ``denied`` or ``pending``) and its audit event, atomically."""
+        cid = new_call_id()
+        now = self.clock.now()
+        args_digest = new.args_digest
+        finished = now if state == State.DENIED else None
+        async with self._write() as c:
+            await c.execute(
+                f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join('?' * 29)})",
+                (
+                    cid, state.value, new.upstream, new.tool, canonical_json(new.arguments), args_digest, new.gate,
+                    new.risk, new.rule, new.tooldef_hash, new.summary, canonical_json(new.effects),
+                    canonical_json(list(new.reasons)), new.agent_reason, new.agent_confidence,
+                    canonical_json(new.client), None if new.input_schema is None else canonical_json(new.input_schema),
+                    self.instance_id, now, deadline_at, None, None, None, reason, None, None, None, finished,
+                    new.wait_strategy,
+                ),
+            )  # fmt: skip
+            await self._append_audit(
+                c,
+                event={State.PENDING: "held"}.get(state, state.value),
+                call_id=cid,
+                actor="policy",
+                channel="policy",
+                args_digest=args_digest,
+                detail={
+                    "upstream": new.upstream,
+                    "tool": new.tool,
+                    "gate": new.gate,
+                    "risk": new.risk,
+                    "rule": new.rule,
+                    "reason": reason,
+                    "deadline_at": deadline_at,
+                    "client": new.client.get("name"),
+                },
+            )
+        return await self.get(cid)
+
+    async def get(self, call_id: str) -> CallRecord:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (call_id,))
+        if not rows:
+            raise CallNotFoundError(f"no call with id {call_id!r}")
+        return _record(rows[0])
+
+    async def find(self, prefix: str) -> CallRecord:
+        """The call whose id is ``prefix`` or starts with it; an ambiguous prefix is refused."""
+        prefix = prefix.strip().lower()
+        if not prefix or any(ch not in "0123456789abcdef" for ch in prefix):
+            raise CallNotFoundError(f"no call with id {prefix!r} (ids are lowercase hex)")
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM calls WHERE id >= ? AND id < ? ORDER BY id LIMIT 2", (prefix, prefix + "g")
+        )
+        if not rows:
+            raise CallNotFoundError(f"no call with id {prefix!r}")
+        if len(rows) > 1:
+            raise CallNotFoundError(f"id prefix {prefix!r} is ambiguous; type more characters")
+        return _record(rows[0])
+
+    async def list_calls(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        upstream: str | None = None,
+        tool: str | None = None,
+        decided_by: str | None = None,
+        text: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        oldest_first: bool = False,
+    ) -> list[CallRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if states:
+            where.append(f"state IN ({_q(states)})")
+            params.extend(states)
+        for col, val in (("upstream", upstream), ("tool", tool), ("decided_by", decided_by)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        if text:
+            where.append(
+                "(summary LIKE ? ESCAPE '\\' OR arguments LIKE ? ESCAPE '\\' OR reason LIKE ? ESCAPE '\\' OR tool LIKE ? ESCAPE '\\')"
+            )
+            like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            params.extend([like] * 4)
+        if before is not None:
+            op = ">" if oldest_first else "<"
+            where.append(f"(created_at, id) {op} (?, ?)")
+            params.extend(before)
+        order = "ASC" if oldest_first else "DESC"
+        sql = f"SELECT {_COLUMNS} FROM calls"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created_at {order}, id {order} LIMIT ?"
+        params.append(limit)
+        return [_record(r) for r in await self._read(sql, params)]
+
+    async def states_of(self, ids: Sequence[str]) -> dict[str, State]:
+        if not ids:
+            return {}
+        rows = await self._read(f"SELECT id, state FROM calls WHERE id IN ({_q(ids)})", list(ids))
+        return {r[0]: State(r[1]) for r in rows}
+
+    async def decide(
+        self,
+        call_id: str,
+        *,
+        approve: bool,
+        decided_by: str,
+        channel: str,
+        reason: str | None,
+        modified_arguments: dict[str, Any] | None,
+        expected_digest: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> CallRecord:
+        """The one compare-and-set of a human decision: first writer wins, late or stale writers lose."""
+        now = self.clock.now()
+        new_state = State.APPROVED if approve else State.REJECTED
+        async with self._write() as c:
+            row = await (
+                await c.execute("SELECT state, args_digest, deadline_at FROM calls WHERE id = ?", (call_id,))
+            ).fetchone()
+            if row is None:
+                raise CallNotFoundError(f"no call with id {call_id!r}")
+            state, args_digest, deadline_at = row
+            if state != State.PENDING:
+                raise AlreadyDecidedError(f"call {call_id[:12]} is already {state}", state=state, why="decided")
+            if deadline_at is not None and now >= deadline_at:
+                raise AlreadyDecidedError(
+                    f"call {call_id[:12]} has expired (its deadline passed)", state=state, why="expired"
+                )
+            if expected_digest is not None and expected_digest != args_digest:
+                raise AlreadyDecidedError(
+                    f"call {call_id[:12]}: the arguments you reviewed are not the ones held (stale digest); reload and review again",
+                    state=state,
+                    why="stale_digest",
+                )
+            cur = await c.execute(
+                "UPDATE calls SET state = ?, decided_at = ?, decided_by = ?, channel = ?, reason = ?, modified_arguments = ?"
+                " WHERE id = ? AND state = 'pending' AND args_digest = ?",
+                (
+                    new_state, now, decided_by, channel, reason,
+                    None if modified_arguments is None else canonical_json(modified_arguments),
+                    call_id, args_digest,
+                ),
+            )  # fmt: skip
+            if cur.rowcount != 1:
+                raise AlreadyDecidedError(f"call {call_id[:12]} was decided by someone else", why="decided")
+            d = dict(detail or {})
+            if reason:
+                d["reason"] = reason
+            if modified_arguments is not None:
+                d["modified_args_digest"] = digest(modified_arguments)
+            await self._append_audit(
+                c,
+                event="approved" if approve else "rejected",
+                call_id=call_id,
+                actor=decided_by,
+                channel=channel,
+                args_digest=args_digest,
+                detail=d,
+            )
+        return await self.get(call_id)
+
+    async def transition(
+        self,
+        call_id: str,
+        from_states: Sequence[State],
+        to_state: State,
+        *,
+        event: str | None = None,
+        actor: str = "gatekeeper",
+        channel: str = "proxy",
+        detail: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> CallRecord | None:
+        """CAS ``from_states → to_state`` setting ``fields``; ``None`` if the call was not in ``from_states``."""
+        allowed = {"result", "error", "finished_at", "reason", "decided_at", "decided_by", "channel", "wait_strategy"}
+        if bad := set(fields) - allowed:
+            raise ValueError(f"cannot set {bad}")
+        sets = ["state = ?"]
+        params: list[Any] = [to_state.value]
+        for k, v in fields.items():
+            col = "channel" if k == "channel" else k
+            sets.append(f"{col} = ?")
+            params.append(canonical_json(v) if k == "result" and v is not None else v)
+        async with self._write() as c:
+            cur = await c.execute(
+                f"UPDATE calls SET {', '.join(sets)} WHERE id = ? AND state IN ({_q(from_states)})",
+                (*params, call_id, *from_states),
+            )
+            if cur.rowcount != 1:
+                return None
+            row = await (await c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,))).fetchone()
+            await self._append_audit(
+                c,
+                event=event or to_state.value,
+                call_id=call_id,
+                actor=actor,
+                channel=channel,
+                args_digest=row[0] if row else None,
+                detail=detail or {},
+            )
+        return await self.get(call_id)
+
+    async def find_retry(
+        self, upstream: str, tool: str, args_digest: str, *, since: float, session: str | None
+    ) -> CallRecord | None:
+        """The newest held call an identical retry attaches to (same upstream, tool, digest and session)."""
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM calls WHERE upstream = ? AND tool = ? AND args_digest = ? AND created_at >= ?"
+            " AND gate != 'allow' AND state NOT IN ('allowed', 'denied') ORDER BY created_at DESC LIMIT 20",
+            (upstream, tool, args_digest, since),
+        )
+        for r in rows:
+            rec = _record(r)
+            if session is None or rec.client.get("session") == session:
+                return rec
+        return None
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read-only query for reports (stats pages). Writes are refused."""
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise StoreError("Store.query is for reads only")
+        return await self._read(sql, params)
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits."""
+        rows = await self._read("PRAGMA data_version")
+        return int(rows[0][0])
+
+    async def integrity_check(self) -> str:
+        rows = await self._read("PRAGMA integrity_check")
+        return str(rows[0][0]) if rows else "no answer"
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._read("SELECT state, COUNT(*) FROM calls GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+
+def _q(items: Sequence[Any]) -> str:
+    return ", ".join("?" * len(items))
