@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -36,6 +35,7 @@ log = logging.getLogger(__name__)
 SEPARATOR = "__"
 STATUS_TOOL = "gatekeeper_status"
 META_PREFIX = "io.modelcontextprotocol/"
+MAX_SESSIONS = 256
 
 
 def tooldef_hash(tool: Mapping[str, Any]) -> str:
@@ -67,7 +67,8 @@ class _Inflight:
 
 @dataclass
 class ProxyState:
-    sessions: weakref.WeakSet[ServerSession] = field(default_factory=weakref.WeakSet)
+    sessions: list[ServerSession] = field(default_factory=list)
+    """Downstream sessions that completed the handshake (push notifications go to them); dead ones are dropped."""
 
 
 class Proxy:
@@ -599,7 +600,9 @@ class Proxy:
     # ------------------------------------------------------------------ notifications and server→client requests
 
     async def _on_initialized(self, ctx: ServerRequestContext[ProxyState], params: Any) -> None:
-        self.state.sessions.add(ctx.session)
+        sessions = self.state.sessions
+        sessions.append(ctx.session)
+        del sessions[:-MAX_SESSIONS]
 
     async def _on_roots_changed(self, ctx: ServerRequestContext[ProxyState], params: Any) -> None:
         for up in self.upstreams.values():
@@ -616,7 +619,9 @@ class Proxy:
             try:
                 await session.send_notification(msg)
             except Exception:
-                log.debug("could not relay %s to a downstream session", type(msg).__name__, exc_info=True)
+                log.debug("could not relay %s to a downstream session; dropping it", type(msg).__name__, exc_info=True)
+                with contextlib.suppress(ValueError):
+                    self.state.sessions.remove(session)
 
     def _downstream_for(self, upstream: str) -> tuple[ServerSession, ServerMessageMetadata | None] | None:
         inflight = self._inflight.get(upstream) or []

@@ -106,6 +106,7 @@ _COLUMNS = (
     "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
     "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
 )
+_DB_ERRORS = (sqlite3.Error, ValueError)  # aiosqlite raises ValueError once its connection is gone
 LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING)
 
 
@@ -279,15 +280,15 @@ class Store:
             c = self._conn
             try:
                 await c.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
+            except _DB_ERRORS as e:
                 raise StoreError(f"cannot write to {self.path}: {e}") from e
             try:
                 yield c
                 await c.execute("COMMIT")
             except BaseException as e:
-                with anyio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                with anyio.CancelScope(shield=True), contextlib.suppress(*_DB_ERRORS):
                     await c.execute("ROLLBACK")
-                if isinstance(e, sqlite3.Error):
+                if isinstance(e, _DB_ERRORS):
                     raise StoreError(f"cannot write to {self.path}: {e}") from e
                 raise
 
@@ -296,7 +297,7 @@ class Store:
             try:
                 cur = await self._conn.execute(sql, params)
                 return [tuple(r) for r in await cur.fetchall()]
-            except sqlite3.Error as e:
+            except _DB_ERRORS as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from e
 
     # ------------------------------------------------------------------ audit chain
