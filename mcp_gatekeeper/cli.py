@@ -34,7 +34,9 @@ from mcp_gatekeeper.errors import (
     StoreError,
     UpstreamError,
 )
+from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, State
+from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.serve import open_runtime, run_proxy
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -82,6 +84,11 @@ def _load(args: argparse.Namespace) -> GatekeeperConfig:
     return load_config(getattr(args, "config", None))
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    path = resolve_config_path(getattr(args, "config", None))
+    return str(path.resolve()) if path is not None else None
+
+
 # ---------------------------------------------------------------------- commands
 
 
@@ -111,7 +118,7 @@ def cmd_wrap(args: argparse.Namespace) -> int:
     else:
         env = dict(base.env) if base is not None else {}
         up = UpstreamConfig(command=cmd[0], args=cmd[1:], env=env, cwd=base.cwd if base else None, **extra)
-    anyio.run(lambda: run_proxy(config, {name: up}, label=f"wrap {name}"))
+    anyio.run(lambda: run_proxy(config, {name: up}, label=f"wrap {name}", config_path=_config_path(args)))
     return EXIT_OK
 
 
@@ -123,7 +130,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not host or not port.isdigit():
             raise ConfigError([f"--http {args.http!r}: expected HOST:PORT, e.g. 127.0.0.1:8766"])
         http = (host.strip("[]"), int(port))
-    anyio.run(lambda: run_proxy(config, dict(config.upstreams), label="run", http=http, require_all=False))
+    anyio.run(
+        lambda: run_proxy(
+            config, dict(config.upstreams), label="run", http=http, require_all=False, config_path=_config_path(args)
+        )
+    )
     return EXIT_OK
 
 
@@ -245,7 +256,13 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
             rec = await rt.store.find(args.id)
-            done = await rt.gate.decide(
+            gate = rt.gate
+            if args.config is None and arguments is not None:
+                # check an edit against the policy of the process that holds the call, not a guess
+                holder_config = await rt.store.instance_config_path(rec.instance_id)
+                if holder_config and Path(holder_config).exists():
+                    gate = Gate(rt.store, Policy(load_config(holder_config)), rt.clock)
+            done = await gate.decide(
                 rec.id,
                 Decision(
                     approve=approve,
@@ -279,8 +296,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from mcp_gatekeeper.policy import Policy
-
     config = _load(args)
     try:
         arguments = json.loads(args.args) if args.args else {}
@@ -366,7 +381,7 @@ def cmd_install(args: argparse.Namespace, uninstall: bool) -> int:
         )
     return install.install(
         args.client,
-        executable=str(Path(exe).resolve()),
+        executable=str(Path(exe).absolute()),
         config_path=config_path,
         project=project,
         only=args.only,

@@ -39,7 +39,9 @@ def run_doctor(args: argparse.Namespace) -> int:
     project = Path(args.project) if getattr(args, "project", None) else Path.cwd()
 
     exe = shutil.which("mcp-gatekeeper")
-    rows.append(("executable", OK if exe else WARN, exe or "mcp-gatekeeper is not on PATH (clients need its absolute path)"))
+    rows.append(
+        ("executable", OK if exe else WARN, exe or "mcp-gatekeeper is not on PATH (clients need its absolute path)")
+    )
 
     for client in install.CLIENTS:
         files = install.find_config_files(client, project=project)
@@ -92,7 +94,11 @@ def run_doctor(args: argparse.Namespace) -> int:
                         client: Client = await up.connect()
                         tools = await up.refresh_tools()
                         caps = client.server_capabilities
-                        families = [f for f in ("tools", "resources", "prompts", "completions", "logging") if caps and getattr(caps, f)]
+                        families = [
+                            f
+                            for f in ("tools", "resources", "prompts", "completions", "logging")
+                            if caps and getattr(caps, f)
+                        ]
                         rows.append(
                             (
                                 f"upstream {name}",

@@ -146,7 +146,9 @@ class Proxy:
             version=info.version if info else __version__,
             instructions=instructions,
             lifespan=lifespan,
-            cache_hints=dict.fromkeys(cast("frozenset[CacheableMethod]", CACHEABLE_METHODS), CacheHint(ttl_ms=0, scope="private")),
+            cache_hints=dict.fromkeys(
+                cast("frozenset[CacheableMethod]", CACHEABLE_METHODS), CacheHint(ttl_ms=0, scope="private")
+            ),
             **handlers,
         )
         server.add_notification_handler("notifications/initialized", types.NotificationParams, self._on_initialized)
@@ -356,6 +358,21 @@ class Proxy:
         if isinstance(outcome, Refused):
             return self._finish(ctx, self._refused_result(outcome.call, outcome.reason))
         assert isinstance(outcome, Approved)
+        if outcome.modified:
+            # the decider checked the edit against its policy; the holder checks it against this one too
+            recheck = self.policy.evaluate(up_name, tool, outcome.arguments, tooldef.get("annotations"))
+            if recheck.action == "deny":
+                reason = (
+                    f"the reviewer's modified arguments are denied by policy ({recheck.rule}): {recheck.deny_reason}"
+                )
+                try:
+                    await self.gate.store.transition(
+                        outcome.call.id, [State.APPROVED], State.DENIED, event="denied", reason=reason,
+                        finished_at=self.clock.now(),
+                    )  # fmt: skip
+                except StoreError:
+                    log.error("could not record the denial of %s", outcome.call.id[:8])
+                return self._finish(ctx, self._refused_result(outcome.call, reason))
         try:
             started = await self.gate.begin_forward(outcome.call)
         except StoreError as e:

@@ -55,6 +55,7 @@ async def open_runtime(
     label: str = "gatekeeper",
     register: bool = True,
     poll_interval: float = 0.02,
+    config_path: str | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the store (recovering a dead neighbour's calls), start the gate's watcher and the heartbeat."""
     home = home or default_home()
@@ -62,7 +63,7 @@ async def open_runtime(
     policy = Policy(config)
     async with Store.open(db_path(home), clock) as store:
         if register:
-            await store.register_instance(label)
+            await store.register_instance(label, config_path)
             recovered = await store.recover_orphans()
             if recovered:
                 log.warning("recovered %d call(s) left by a gatekeeper process that died (never executed)", recovered)
@@ -163,11 +164,12 @@ async def run_proxy(
     http: tuple[str, int] | None = None,
     home: Path | None = None,
     require_all: bool = True,
+    config_path: str | None = None,
 ) -> None:
     """``wrap`` and ``run``: serve the proxy on stdio (or Streamable HTTP) until the client goes away."""
     if not upstream_configs:
         raise ConfigError(["upstreams: no upstream to proxy (add [upstreams.NAME] to the config, or use wrap)"])
-    async with open_runtime(config, home=home, label=label) as rt:
+    async with open_runtime(config, home=home, label=label, config_path=config_path) as rt:
         proxy = Proxy(config=config, policy=rt.policy, gate=rt.gate, clock=rt.clock)
         async with (
             connected_upstreams(upstream_configs, proxy, require_all=require_all),

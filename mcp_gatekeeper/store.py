@@ -98,6 +98,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX audit_call ON audit (call_id, seq);
         """,
     ),
+    (
+        "0002_instance_config",
+        """
+        ALTER TABLE instances ADD COLUMN config_path TEXT;
+        """,
+    ),
 )
 
 _JSON_COLUMNS = ("arguments", "effects", "reasons", "client", "input_schema", "modified_arguments", "result")
@@ -385,13 +391,14 @@ class Store:
 
     # ------------------------------------------------------------------ instances (liveness)
 
-    async def register_instance(self, label: str) -> str:
+    async def register_instance(self, label: str, config_path: str | None = None) -> str:
         iid = new_call_id()[:16]
         now = self.clock.now()
         async with self._write() as c:
             await c.execute(
-                "INSERT INTO instances (id, pid, host, label, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (iid, os.getpid(), socket.gethostname(), label, now, now),
+                "INSERT INTO instances (id, pid, host, label, started_at, heartbeat_at, config_path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (iid, os.getpid(), socket.gethostname(), label, now, now, config_path),
             )
         self.instance_id = iid
         return iid
@@ -691,6 +698,13 @@ class Store:
             if session is None or rec.client.get("session") == session:
                 return rec
         return None
+
+    async def instance_config_path(self, instance_id: str | None) -> str | None:
+        """The config file the process that holds a call was started with (the CLI decides under the same policy)."""
+        if instance_id is None:
+            return None
+        rows = await self._read("SELECT config_path FROM instances WHERE id = ?", (instance_id,))
+        return rows[0][0] if rows else None
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query for reports (stats pages). Writes are refused."""

@@ -61,7 +61,9 @@ def wrap_params(home: Path, config: Path | None, name: str, upstream: list[str],
     args = ["-m", "mcp_gatekeeper", "wrap", "--name", name]
     if config is not None:
         args += ["--config", str(config)]
-    return StdioServerParameters(command=sys.executable, args=[*args, "--", *upstream], env=gk_env(home, **env), cwd=str(ROOT))
+    return StdioServerParameters(
+        command=sys.executable, args=[*args, "--", *upstream], env=gk_env(home, **env), cwd=str(ROOT)
+    )
 
 
 async def cli(home: Path, *args: str, check: bool = True, config: Path | None = None) -> tuple[int, str, str]:

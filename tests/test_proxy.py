@@ -163,7 +163,9 @@ async def test_held_call_approved_runs_once_with_original_arguments(stack: Stack
             rec = await stack.held.next()
             assert rec.summary == "Write a note to /tmp/a" and rec.state == State.PENDING
             assert [x["tool"] for x in stack.received] == []  # nothing ran while held
-            await stack.gate.decide(rec.id, Decision(approve=True, decided_by="t", channel="test", args_digest=rec.args_digest))
+            await stack.gate.decide(
+                rec.id, Decision(approve=True, decided_by="t", channel="test", args_digest=rec.args_digest)
+            )
     assert not results[0].is_error
     assert [x["arguments"] for x in stack.received if x["tool"] == "write_note"] == [{"path": "/tmp/a", "content": "x"}]
     assert (await stack.store.get(rec.id)).state == State.FORWARDED
@@ -175,7 +177,9 @@ async def test_rejected_call_never_runs_and_agent_reads_reason(stack: Stack) -> 
             results: list[types.CallToolResult] = []
             tg.start_soon(lambda: _collect(c, results, "write_note", {"path": "/tmp/b", "content": "y"}))
             rec = await stack.held.next()
-            await stack.gate.decide(rec.id, Decision(approve=False, decided_by="t", channel="test", reason="wrong file"))
+            await stack.gate.decide(
+                rec.id, Decision(approve=False, decided_by="t", channel="test", reason="wrong file")
+            )
     assert results[0].is_error and "wrong file" in text(results[0]) and "rejected" in text(results[0])
     assert not [x for x in stack.received if x["tool"] == "write_note"]
     assert (await stack.store.get(rec.id)).state == State.REJECTED
@@ -276,7 +280,9 @@ async def test_elicitation_sampling_roots_progress_relay(stack: Stack) -> None:
         return types.ElicitResult(action="accept", content={"ok": True})
 
     async def on_sample(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="sampled!"), model="m")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled!"), model="m"
+        )
 
     async def on_roots(ctx: Any) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[types.Root(uri="file:///srv/project")])
@@ -342,7 +348,9 @@ async def test_resources_prompts_completion_pass_through(stack: Stack) -> None:
             assert [t.uri_template for t in templates.resource_templates] == ["memo://note/{name}"]
             prompt = await c.get_prompt("greet", {"name": "Ada"})
             assert prompt.messages == (await direct.get_prompt("greet", {"name": "Ada"})).messages
-            done = await c.complete(types.PromptReference(type="ref/prompt", name="greet"), {"name": "name", "value": "Al"})
+            done = await c.complete(
+                types.PromptReference(type="ref/prompt", name="greet"), {"name": "name", "value": "Al"}
+            )
             assert done.completion.values == ["Alice", "Alan"]
 
 
