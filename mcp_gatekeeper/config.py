@@ -124,6 +124,15 @@ class RuleConfig(_Model):
     """What a timeout does. Only ``reject`` exists: nothing in mcp-gatekeeper approves by default."""
 
     @model_validator(mode="after")
+    def _check_gate(self) -> RuleConfig:
+        if self.gate == "audit":
+            raise ValueError(
+                "gate 'audit' (run now, review later, roll back on failure) is not available in this version;"
+                " use 'hard' to review before the call runs"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_predicates(self) -> RuleConfig:
         for path, pred in self.when.items():
             if not path or any(not part for part in path.split(".")):

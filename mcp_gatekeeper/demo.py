@@ -14,7 +14,7 @@ import os
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 from mcp import Client, StdioServerParameters
@@ -76,7 +76,9 @@ def demo_config(home: Path, *, port: int | None, ui: bool) -> Path:
     return path
 
 
-async def run_agent(config: Path, home: Path, *, steps: list[tuple[str, str, dict[str, Any]]] = STEPS) -> list[Any]:
+async def run_agent(
+    config: Path, home: Path, *, steps: list[tuple[str, str, dict[str, Any]]] = STEPS, errlog: TextIO | None = None
+) -> list[Any]:
     """Run the scripted agent through the gatekeeper; returns every tool result."""
     state = home / "orderdesk.json"
     env = dict(os.environ)
@@ -95,7 +97,7 @@ async def run_agent(config: Path, home: Path, *, steps: list[tuple[str, str, dic
             _say(f"      … {message}")
 
     results = []
-    async with Client(stdio_client(params, errlog=sys.stderr), mode="legacy") as agent:
+    async with Client(stdio_client(params, errlog=errlog or sys.stderr), mode="legacy") as agent:
         tools = await agent.list_tools()
         _say(f"agent: connected through mcp-gatekeeper; tools: {', '.join(t.name for t in tools.tools)}\n")
         for intent, tool, arguments in steps:

@@ -18,6 +18,7 @@ import anyio
 import mcp.types as types
 import pytest
 from mcp import Client, MCPError
+from upstreams.feature_server import FeatureServer, build_server
 
 from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.config import parse_config
@@ -27,7 +28,6 @@ from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import Proxy
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.upstream import Upstream
-from upstreams.feature_server import FeatureServer, build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -369,12 +369,11 @@ async def test_status_tool_reports_pending_then_result(stack: Stack) -> None:
 
 
 async def test_store_failure_fails_closed(tmp_path: Path) -> None:
-    async with make_stack(tmp_path) as stack:
-        async with stack.client() as c:
-            await stack.store._conn.close()  # the database goes away under the proxy
-            with anyio.fail_after(10):
-                allowed = await c.call_tool("echo", {"text": "x"})
-                held = await c.call_tool("write_note", {"path": "/tmp/x", "content": "x"})
+    async with make_stack(tmp_path) as stack, stack.client() as c:
+        await stack.store._conn.close()  # the database goes away under the proxy
+        with anyio.fail_after(10):
+            allowed = await c.call_tool("echo", {"text": "x"})
+            held = await c.call_tool("write_note", {"path": "/tmp/x", "content": "x"})
     assert allowed.is_error and "could not record" in text(allowed)
     assert held.is_error and "could not record" in text(held)
     assert stack.received == []
