@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from mcp_gatekeeper.errors import ConfigError
 
@@ -122,6 +122,9 @@ class RuleConfig(_Model):
     """For ``deny``: the reason the agent reads."""
     on_timeout: Literal["reject"] = "reject"
     """What a timeout does. Only ``reject`` exists: nothing in mcp-gatekeeper approves by default."""
+    in_client: Literal["decide", "notify", "off"] | None = None
+    """Whether an answer given inside the MCP client counts as the human decision (``decide``), only points
+    the user at the approval card (``notify``), or is not asked at all (``off``). Default: ``[waiting].in_client``."""
 
     @model_validator(mode="after")
     def _check_gate(self) -> RuleConfig:
@@ -176,6 +179,32 @@ class DefaultsConfig(_Model):
     """Default hold timeout (10 minutes)."""
 
 
+class ClientProfile(_Model):
+    """How long one kind of client waits for a tool call, matched on ``clientInfo.name`` (a glob)."""
+
+    name: str
+    budget: Duration | None = None
+    """Seconds the client waits before giving up on a call; none = it does not give up."""
+    progress_resets: bool = False
+    """The client restarts its timeout when it receives progress for the call (Claude Code does)."""
+    label: str | None = None
+
+
+class WaitingConfig(_Model):
+    """How held calls wait without losing the client (see the README's "Waiting" section)."""
+
+    margin: Duration = 10.0
+    """Answer this long before the client's budget runs out (at most half the budget)."""
+    in_client: Literal["decide", "notify", "off"] = "notify"
+    """Default for rules: an in-client answer only points at the approval card; the web/CLI decision is authoritative."""
+    clients: list[ClientProfile] = Field(default_factory=list)
+    """Extra or overriding client profiles, tried before the built-in table."""
+    unknown: ClientProfile | None = None
+    """The profile for clients nobody recognises (built-in: 60 s, progress does not reset)."""
+    retry_grace: Duration = 600.0
+    """How long after a held call's deadline an identical retry still gets its stored outcome."""
+
+
 class UiConfig(_Model):
     autostart: bool = True
     host: str = "127.0.0.1"
@@ -191,27 +220,30 @@ class SecurityConfig(_Model):
     """Calls whose canonical arguments exceed this size are denied (never stored or forwarded)."""
 
 
+def _check_upstream_name(name: str) -> str:
+    if not _NAME.match(name) or "__" in name:
+        raise ValueError(
+            f"upstream name {name!r}: use letters, digits, '_', '.', '-' (not '__', which separates tool names)"
+        )
+    return name
+
+
+UpstreamName = Annotated[str, AfterValidator(_check_upstream_name)]
+
+
 class GatekeeperConfig(_Model):
     """The whole file."""
 
-    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    upstreams: dict[UpstreamName, UpstreamConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    waiting: WaitingConfig = Field(default_factory=WaitingConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0
     """Seconds between progress notifications while a call is held (when the client sent a token)."""
-
-    @model_validator(mode="after")
-    def _names(self) -> GatekeeperConfig:
-        bad = [n for n in self.upstreams if not _NAME.match(n) or "__" in n]
-        if bad:
-            raise ValueError(
-                f"upstream names must be letters, digits, '_', '.', '-' without '__': {', '.join(map(repr, bad))}"
-            )
-        return self
 
 
 def default_config_path() -> Path:
@@ -273,7 +305,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "list[str]")):
+        elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "list[str]", "[key]")):
             continue  # pydantic's internal union-branch labels
         else:
             out += f".{part}" if out else str(part)
@@ -299,13 +331,24 @@ class _KeyLines:
                     counts[key] = index + 1
                     table = (*parts, index)
                 else:
-                    table = parts
+                    table = self._within_arrays(parts, counts)
                 self.entries.append((table, number))
             elif m := self._KEY.match(raw):
                 self.entries.append(((*table, *_split_key(m.group(1))), number))
 
+    @staticmethod
+    def _within_arrays(parts: tuple[str, ...], counts: dict[str, int]) -> tuple[str | int, ...]:
+        """``[rules.effects]`` after ``[[rules]]`` is the effects of the latest rules element."""
+        out: list[str | int] = []
+        for i, part in enumerate(parts):
+            out.append(part)
+            key = ".".join(parts[: i + 1])
+            if key in counts and i < len(parts) - 1:
+                out.append(counts[key] - 1)
+        return tuple(out)
+
     def find(self, loc: tuple[int | str, ...]) -> int | None:
-        wanted = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        wanted = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
         best: tuple[int, int] | None = None
         for path, number in self.entries:
             n = 0

@@ -92,7 +92,7 @@ async def run_agent(
         env=env,
     )  # fmt: skip
 
-    async def progress(p: float, total: float | None, message: str | None) -> None:
+    async def progress(progress: float, total: float | None, message: str | None) -> None:
         if message:
             _say(f"      … {message}")
 

@@ -61,6 +61,7 @@ class Gate:
         self._heartbeat = heartbeat_interval
         self._waiters: dict[str, anyio.Event] = {}
         self._have_waiters = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ watcher
 
@@ -69,9 +70,11 @@ class Gate:
         """Run the cross-process change watcher for as long as the context is open."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
+            self._tg = tg
             try:
                 yield self
             finally:
+                self._tg = None
                 tg.cancel_scope.cancel()
 
     async def _watch(self) -> None:
@@ -109,24 +112,42 @@ class Gate:
 
     async def hold(self, new: NewCall, *, timeout: float, on_tick: Tick | None = None) -> Outcome:
         """Record ``new`` as pending and wait for a human until ``timeout`` seconds have passed."""
-        rec = await self.store.insert_call(new, state=State.PENDING, deadline_at=self.clock.now() + timeout)
-        if self.notifier is not None:
-            try:
-                await self.notifier.held(rec)
-            except Exception:  # notification never blocks or decides a hold
-                log.warning("notifying about %s failed", rec.id[:8], exc_info=True)
+        rec = await self.start_hold(new, timeout=timeout)
         outcome = await self.wait(rec, on_tick=on_tick)
         assert outcome is not None
         return outcome
 
+    async def start_hold(self, new: NewCall, *, timeout: float) -> CallRecord:
+        """Record ``new`` as pending with a deadline ``timeout`` seconds away, and tell the humans."""
+        rec = await self.store.insert_call(new, state=State.PENDING, deadline_at=self.clock.now() + timeout)
+        if self.notifier is not None:
+            if self._tg is not None:
+                self._tg.start_soon(self._notify, rec)  # a slow channel never delays or blocks the hold
+            else:
+                await self._notify(rec)
+        return rec
+
+    async def _notify(self, rec: CallRecord) -> None:
+        assert self.notifier is not None
+        try:
+            await self.notifier.held(rec)
+        except Exception:  # notification never blocks or decides a hold
+            log.warning("notifying about %s failed", rec.id[:8], exc_info=True)
+
     async def wait(
-        self, rec: CallRecord, *, budget: float | None = None, on_tick: Tick | None = None
+        self,
+        rec: CallRecord,
+        *,
+        budget: float | None = None,
+        on_tick: Tick | None = None,
+        cancel_on_abort: bool = True,
     ) -> Outcome | None:
         """Wait for a decision on ``rec``.
 
         Returns the outcome, or ``None`` if ``budget`` seconds ran out first (the call stays pending).
         At the call's own deadline it expires (CAS pending → expired): a timeout never approves.
-        Cancellation (the client cancelled or went away) cancels the hold, shielded, and re-raises.
+        Cancellation (the client cancelled or went away) cancels the hold, shielded, and re-raises; with
+        ``cancel_on_abort=False`` (a 2026 HTTP client closing its stream) only this wait ends.
         """
         ev = self._waiters.get(rec.id)
         if ev is None:
@@ -165,6 +186,8 @@ class Gate:
                     except Exception:  # a heartbeat failure never decides
                         log.debug("heartbeat for %s failed", rec.id[:8], exc_info=True)
         except BaseException:
+            if not cancel_on_abort:
+                raise
             with anyio.CancelScope(shield=True):
                 try:
                     await self.store.transition(

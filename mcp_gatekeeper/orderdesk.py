@@ -392,9 +392,7 @@ def _check_known(args: dict[str, Any], allowed: Sequence[str]) -> None:
         raise ToolFailure(f"Unexpected argument(s): {', '.join(unknown)}.")
 
 
-def _str_arg(
-    args: dict[str, Any], key: str, *, required: bool = True, max_len: int | None = None
-) -> str | None:
+def _str_arg(args: dict[str, Any], key: str, *, required: bool = True, max_len: int | None = None) -> str | None:
     value = args.get(key)
     if value is None:
         if required:
@@ -407,9 +405,7 @@ def _str_arg(
     return value
 
 
-def _required_str(
-    args: dict[str, Any], key: str, *, max_len: int | None = None, non_empty: bool = True
-) -> str:
+def _required_str(args: dict[str, Any], key: str, *, max_len: int | None = None, non_empty: bool = True) -> str:
     value = _str_arg(args, key, required=True, max_len=max_len)
     if value is None:  # unreachable: _str_arg raises for a missing required value
         raise ToolFailure(f"Missing required argument '{key}'.")
@@ -653,9 +649,7 @@ class OrderDesk:
         seq = int(state["next_message"])
         message_id = f"MSG-{seq:04d}"
         state["next_message"] = seq + 1
-        state["outbox"].append(
-            {"id": message_id, "to": to, "subject": subject, "body": body, "queued_at": time.time()}
-        )
+        state["outbox"].append({"id": message_id, "to": to, "subject": subject, "body": body, "queued_at": time.time()})
         self.save(state)
         logger.info("queued email %s to %s", message_id, to)
         return {"message_id": message_id, "to": to, "subject": subject, "status": "queued"}
@@ -674,9 +668,7 @@ def build_server(desk: OrderDesk) -> Server[Any]:
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=list(TOOLS))
 
-    async def call_tool(
-        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         arguments: dict[str, Any] = dict(params.arguments or {})
         desk.record_call(params.name, arguments)
         return desk.call(params.name, arguments)

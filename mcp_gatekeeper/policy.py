@@ -8,11 +8,11 @@ the upstream annotates ``destructiveHint: true`` is always held. Annotations onl
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mcp_gatekeeper.config import GatekeeperConfig, RuleConfig
@@ -268,6 +268,7 @@ class Verdict:
     effects: Mapping[str, Any] = field(default_factory=dict)
     timeout: float | None = None
     deny_reason: str | None = None
+    in_client: str = "notify"
 
     @property
     def action(self) -> str:
@@ -289,6 +290,7 @@ class Verdict:
             "effects": dict(self.effects),
             "timeout": self.timeout,
             "deny_reason": self.deny_reason,
+            "in_client": self.in_client,
         }
 
 
@@ -308,17 +310,18 @@ def lookup(arguments: Any, path: str) -> Any:
     return value
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> Decimal | float | None:
+    """A number (or numeric string) as an exact Decimal; huge values compare instead of overflowing."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, int | float | str):
         try:
-            f = float(value)
-        except ValueError:
+            d = Decimal(value.strip() if isinstance(value, str) else value)
+        except (InvalidOperation, ValueError):
             return None
-        return f if math.isfinite(f) else None
+        if d.is_nan():
+            return None
+        return float(d) if d.is_infinite() else d  # ±inf still compares: 1e999 on the wire is more than 1000
     return None
 
 
@@ -516,6 +519,7 @@ class Policy:
                 reasons=tuple(reasons),
                 summary=None,
                 timeout=self.config.defaults.timeout,
+                in_client=self.config.waiting.in_client,
             )
         cfg = rule.config
         conds = "; ".join(p.describe() for p in rule.predicates)
@@ -544,4 +548,5 @@ class Policy:
             effects=effects,
             timeout=cfg.timeout or self.config.defaults.timeout,
             deny_reason=(cfg.reason or f"denied by policy rule {rule.name}") if gate == "deny" else None,
+            in_client=cfg.in_client or self.config.waiting.in_client,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -26,6 +27,7 @@ from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.config import GatekeeperConfig
 from mcp_gatekeeper.errors import StoreError, UpstreamError
 from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.holding import Holding, Reply
 from mcp_gatekeeper.models import Approved, CallRecord, NewCall, Refused, State, canonical_json, digest
 from mcp_gatekeeper.policy import Policy, Verdict
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
@@ -83,6 +85,7 @@ class Proxy:
         clock: Clock,
         upstreams: dict[str, Upstream] | None = None,
         namespaced: bool | None = None,
+        state_key: bytes | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -93,6 +96,15 @@ class Proxy:
         self.state = ProxyState()
         self._inflight: dict[str, list[_Inflight]] = {}
         self._resource_owner: dict[str, str] = {}
+        self.holding = Holding(
+            gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=self.card_url
+        )
+
+    def card_url(self, call_id: str) -> str | None:
+        """Where a human decides this call: the approval page's card (no credential in the URL)."""
+        ui = self.config.ui
+        host = f"[{ui.host}]" if ":" in ui.host else ui.host
+        return f"http://{host}:{ui.port}/#/call/{call_id}" if ui.port else None
 
     @property
     def namespaced(self) -> bool:
@@ -226,8 +238,10 @@ class Proxy:
             info["elicitation"] = caps.elicitation is not None
         if ctx.request is not None:
             sid = ctx.request.headers.get("mcp-session-id")
-            if sid:
-                info["session"] = sid
+            if sid:  # handshake-era HTTP has sessions; 2026-07-28 HTTP has none
+                info["session"] = f"http:{sid}"
+        else:  # stdio: this process serves exactly one client connection
+            info["session"] = f"proc:{self.gate.store.instance_id}"
         return info
 
     async def _ensure_tools(self, upstream: Upstream) -> None:
@@ -285,6 +299,9 @@ class Proxy:
 
     async def _call_tool(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
         raw = self._raw_params(ctx)
+        # 2026-07-28 input rounds are ours (we asked); never forward them upstream
+        request_state = raw.pop("requestState", None)
+        input_responses = raw.pop("inputResponses", None)
         name = raw.get("name")
         arguments = raw.get("arguments") or {}
         if not isinstance(name, str) or not isinstance(arguments, dict):
@@ -346,7 +363,10 @@ class Proxy:
             if verdict.action == "allow":
                 rec = await self.gate.record(new, State.ALLOWED)
                 return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
-            outcome = await self.gate.hold(new, timeout=verdict.timeout or 600.0, on_tick=self._ticker(ctx, tool))
+            outcome = await self.holding.run(
+                ctx, new, verdict, request_state=request_state, input_responses=input_responses,
+                session=client.get("session"),
+            )  # fmt: skip
         except StoreError as e:
             log.error("store error; failing closed: %s", e)
             return self._finish(
@@ -355,9 +375,13 @@ class Proxy:
                     f"mcp-gatekeeper could not record this call, so it was not run (fail closed): {e}", is_error=True
                 ),
             )
+        if isinstance(outcome, Reply):
+            return outcome.result if not isinstance(outcome.result, dict) else self._finish(ctx, outcome.result)
         if isinstance(outcome, Refused):
             return self._finish(ctx, self._refused_result(outcome.call, outcome.reason))
         assert isinstance(outcome, Approved)
+        if outcome.call.state != State.APPROVED:
+            return self._finish(ctx, self._already_ran(outcome.call))
         if outcome.modified:
             # the decider checked the edit against its policy; the holder checks it against this one too
             recheck = self.policy.evaluate(up_name, tool, outcome.arguments, tooldef.get("annotations"))
@@ -395,22 +419,21 @@ class Proxy:
             ctx, await self._run(ctx, upstream, tool, started, raw, outcome.arguments, modified=outcome.modified)
         )
 
-    def _ticker(self, ctx: ServerRequestContext[ProxyState], tool: str) -> Any:
-        raw_meta = (ctx.params or {}).get("_meta") or {}
-        if not isinstance(raw_meta, Mapping) or "progressToken" not in raw_meta:
-            return None
-        count = 0
-
-        async def tick(rec: CallRecord, left: float) -> None:
-            nonlocal count
-            count += 1
-            minutes = int(left // 60)
-            left_text = f"{minutes} min {int(left % 60)} s" if minutes else f"{int(left)} s"
-            await ctx.session.report_progress(
-                float(count), None, f"waiting for human approval of {tool} (call {rec.id[:8]}), {left_text} left"
+    def _already_ran(self, rec: CallRecord) -> dict[str, Any]:
+        """An identical retry of a call that was approved earlier: the stored outcome, never a second run."""
+        if rec.state == State.FORWARDED and rec.result is not None:
+            return dict(rec.result)
+        if rec.state == State.FORWARDING:
+            return text_result(
+                f"mcp-gatekeeper: call {rec.id[:12]} was approved and is running right now; retry the identical"
+                " call in a moment for its result (it will not run twice)",
+                is_error=True,
             )
-
-        return tick
+        return text_result(
+            f"mcp-gatekeeper: call {rec.id[:12]} was approved and sent to the upstream, which {rec.state.value}"
+            f" ({rec.error or 'no detail'}). It is not run again.",
+            is_error=True,
+        )
 
     async def _run(
         self,

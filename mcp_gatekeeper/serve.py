@@ -22,6 +22,7 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.notify import MultiNotifier, StderrNotifier
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import Proxy, serve_stdio
+from mcp_gatekeeper.sealing import load_or_create_key
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.upstream import Upstream
 
@@ -170,7 +171,9 @@ async def run_proxy(
     if not upstream_configs:
         raise ConfigError(["upstreams: no upstream to proxy (add [upstreams.NAME] to the config, or use wrap)"])
     async with open_runtime(config, home=home, label=label, config_path=config_path) as rt:
-        proxy = Proxy(config=config, policy=rt.policy, gate=rt.gate, clock=rt.clock)
+        proxy = Proxy(
+            config=config, policy=rt.policy, gate=rt.gate, clock=rt.clock, state_key=load_or_create_key(rt.home)
+        )
         async with (
             connected_upstreams(upstream_configs, proxy, require_all=require_all),
             anyio.create_task_group() as tg,

@@ -104,6 +104,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE instances ADD COLUMN config_path TEXT;
         """,
     ),
+    (
+        "0003_waiting",
+        """
+        ALTER TABLE calls ADD COLUMN retry_offered INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN session TEXT;
+        CREATE TABLE used_states (nonce TEXT PRIMARY KEY, call_id TEXT NOT NULL, used_at REAL NOT NULL);
+        """,
+    ),
 )
 
 _JSON_COLUMNS = ("arguments", "effects", "reasons", "client", "input_schema", "modified_arguments", "result")
@@ -242,11 +250,7 @@ class Store:
         try:
             c = self._conn
             await c.execute("PRAGMA busy_timeout = 5000")
-            mode = await (await c.execute("PRAGMA journal_mode = WAL")).fetchone()
-            if not mode or str(mode[0]).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
-            await c.execute("PRAGMA synchronous = FULL")
-            await c.execute("PRAGMA foreign_keys = ON")
+            # look before touching: a foreign or newer database is refused before anything is written to it
             tables = {
                 r[0] for r in await (await c.execute("SELECT name FROM sqlite_master WHERE type='table'")).fetchall()
             }
@@ -254,6 +258,18 @@ class Store:
                 raise StoreError(
                     f"{self.path} is a SQLite database that mcp-gatekeeper did not create; refusing to use it"
                 )
+            if "schema_migrations" in tables:
+                done = {r[0] for r in await (await c.execute("SELECT name FROM schema_migrations")).fetchall()}
+                if unknown := done - {name for name, _ in MIGRATIONS}:
+                    raise StoreError(
+                        f"{self.path} was written by a newer mcp-gatekeeper (migrations {sorted(unknown)});"
+                        " upgrade to use it"
+                    )
+            mode = await (await c.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if not mode or str(mode[0]).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+            await c.execute("PRAGMA synchronous = FULL")
+            await c.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable database ({e}); it was left as it is") from e
@@ -487,14 +503,14 @@ class Store:
         finished = now if state == State.DENIED else None
         async with self._write() as c:
             await c.execute(
-                f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join('?' * 29)})",
+                f"INSERT INTO calls ({_COLUMNS}, session) VALUES ({', '.join('?' * 30)})",
                 (
                     cid, state.value, new.upstream, new.tool, canonical_json(new.arguments), args_digest, new.gate,
                     new.risk, new.rule, new.tooldef_hash, new.summary, canonical_json(new.effects),
                     canonical_json(list(new.reasons)), new.agent_reason, new.agent_confidence,
                     canonical_json(new.client), None if new.input_schema is None else canonical_json(new.input_schema),
                     self.instance_id, now, deadline_at, None, None, None, reason, None, None, None, finished,
-                    new.wait_strategy,
+                    new.wait_strategy, new.client.get("session"),
                 ),
             )  # fmt: skip
             await self._append_audit(
@@ -685,19 +701,41 @@ class Store:
         return await self.get(call_id)
 
     async def find_retry(
-        self, upstream: str, tool: str, args_digest: str, *, since: float, session: str | None
+        self, upstream: str, tool: str, args_digest: str, *, now: float, grace: float, session: str | None
     ) -> CallRecord | None:
-        """The newest held call an identical retry attaches to (same upstream, tool, digest and session)."""
-        rows = await self._read(
-            f"SELECT {_COLUMNS} FROM calls WHERE upstream = ? AND tool = ? AND args_digest = ? AND created_at >= ?"
-            " AND gate != 'allow' AND state NOT IN ('allowed', 'denied') ORDER BY created_at DESC LIMIT 20",
-            (upstream, tool, args_digest, since),
+        """The held call an identical retry attaches to.
+
+        Same upstream, tool and arguments digest, the same client session where the era has one, a call whose
+        client was told to retry (``retry_offered``), and still within its deadline plus ``grace``.
+        """
+        sql = (
+            f"SELECT {_COLUMNS} FROM calls WHERE upstream = ? AND tool = ? AND args_digest = ? AND retry_offered = 1"
+            " AND deadline_at + ? > ? AND state NOT IN ('cancelled', 'orphaned')"
         )
-        for r in rows:
-            rec = _record(r)
-            if session is None or rec.client.get("session") == session:
-                return rec
-        return None
+        params: list[Any] = [upstream, tool, args_digest, grace, now]
+        if session is not None:
+            sql += " AND session = ?"
+            params.append(session)
+        rows = await self._read(sql + " ORDER BY created_at DESC LIMIT 1", params)
+        return _record(rows[0]) if rows else None
+
+    async def mark_retry_offered(self, call_id: str, *, strategy: str) -> None:
+        """The client was answered "still waiting, retry": a later identical call attaches to this one."""
+        async with self._write() as c:
+            await c.execute("UPDATE calls SET retry_offered = 1, wait_strategy = ? WHERE id = ?", (strategy, call_id))
+            await self._append_audit(
+                c, event="retry_offered", call_id=call_id, actor="gatekeeper", channel="proxy",
+                detail={"strategy": strategy},
+            )  # fmt: skip
+
+    async def consume_state(self, nonce: str, call_id: str) -> bool:
+        """Record a requestState nonce as used; False if it was used before (a replay)."""
+        async with self._write() as c:
+            cur = await c.execute(
+                "INSERT OR IGNORE INTO used_states (nonce, call_id, used_at) VALUES (?, ?, ?)",
+                (nonce, call_id, self.clock.now()),
+            )
+            return cur.rowcount == 1
 
     async def instance_config_path(self, instance_id: str | None) -> str | None:
         """The config file the process that holds a call was started with (the CLI decides under the same policy)."""

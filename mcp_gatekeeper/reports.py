@@ -1,0 +1,187 @@
+"""Reports over the store for the Stats page and the audit export (read-only SQL via ``Store.query``).
+
+Held calls are the rows with a deadline (only a hold sets one). Each is classed by how it ended:
+``approved``, ``modified`` (approved with edited arguments), ``rejected``, ``expired``, ``cancelled``
+(cancelled or orphaned) or still ``pending``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.webredact import redact
+
+OUTCOMES = ("approved", "modified", "rejected", "expired", "cancelled", "pending")
+_OUTCOME_SQL = """
+    CASE
+      WHEN state = 'pending' THEN 'pending'
+      WHEN state = 'rejected' THEN 'rejected'
+      WHEN state = 'expired' THEN 'expired'
+      WHEN state IN ('cancelled', 'orphaned') AND decided_at IS NULL THEN 'cancelled'
+      WHEN modified_arguments IS NOT NULL THEN 'modified'
+      ELSE 'approved'
+    END"""
+_HUMAN_DECIDED = "decided_at IS NOT NULL AND decided_by IS NOT NULL AND state NOT IN ('expired', 'pending')"
+FAST_DECISION_S = 2.0
+"""Decisions faster than this are a fatigue signal (nobody reads a card in under two seconds)."""
+MIN_DECISIONS_FOR_RULE_HINT = 5
+LATENCY_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("< 2 s", 2),
+    ("2–10 s", 10),
+    ("10–30 s", 30),
+    ("30 s–1 min", 60),
+    ("1–5 min", 300),
+    ("5–15 min", 900),
+    ("> 15 min", float("inf")),
+)
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, Any]:
+    """Everything the Stats page draws, for calls created in the last ``days`` days."""
+    since = now - days * 86400.0
+    bucket = 3600.0 if days <= 2 else 86400.0
+    nb = int((now - since) // bucket) + 1
+
+    rows = await store.query(
+        f"SELECT CAST((created_at - ?) / ? AS INTEGER) AS b, {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
+        " WHERE deadline_at IS NOT NULL AND created_at >= ? GROUP BY b, o",
+        (since, bucket, since),
+    )
+    series = [{"start": since + i * bucket, **dict.fromkeys(OUTCOMES, 0)} for i in range(nb)]
+    totals = dict.fromkeys(OUTCOMES, 0)
+    for b, outcome, n in rows:
+        if 0 <= b < nb:
+            series[b][outcome] += n
+        totals[outcome] += n
+
+    per_rule: dict[str, dict[str, Any]] = {}
+    for rule, outcome, n in await store.query(
+        f"SELECT COALESCE(rule, '(no rule: defaults)'), {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
+        " WHERE deadline_at IS NOT NULL AND created_at >= ? GROUP BY 1, 2",
+        (since,),
+    ):
+        per_rule.setdefault(rule, {"rule": rule, **dict.fromkeys(OUTCOMES, 0)})[outcome] += n
+
+    decided = await store.query(
+        f"SELECT decided_at - created_at, decided_by, state, modified_arguments IS NOT NULL FROM calls"
+        f" WHERE {_HUMAN_DECIDED} AND created_at >= ? ORDER BY decided_at, id",
+        (since,),
+    )
+    latencies = sorted(max(0.0, float(r[0])) for r in decided)
+    histogram = []
+    lo = 0.0
+    for label, hi in LATENCY_BUCKETS:
+        histogram.append({"label": label, "count": sum(1 for v in latencies if lo <= v < hi)})
+        lo = hi
+
+    usage = [
+        {"upstream": u, "tool": t, "total": n, "held": h, "allowed": a, "denied": d}
+        for u, t, n, h, a, d in await store.query(
+            "SELECT upstream, tool, COUNT(*), SUM(deadline_at IS NOT NULL), SUM(state = 'allowed' OR"
+            " (deadline_at IS NULL AND state IN ('forwarding','forwarded','failed','outcome_unknown'))),"
+            " SUM(state = 'denied') FROM calls WHERE created_at >= ? GROUP BY upstream, tool"
+            " ORDER BY COUNT(*) DESC, upstream, tool LIMIT 50",
+            (since,),
+        )
+    ]
+
+    return {
+        "since": since,
+        "until": now,
+        "bucket_seconds": bucket,
+        "totals": totals,
+        "series": series,
+        "per_rule": sorted(per_rule.values(), key=lambda r: (-sum(r[o] for o in OUTCOMES), r["rule"])),
+        "time_to_decision": {
+            "count": len(latencies),
+            "median": statistics.median(latencies) if latencies else None,
+            "p90": _percentile(latencies, 0.9),
+            "histogram": histogram,
+        },
+        "usage": usage,
+        "fatigue": _fatigue(decided),
+        "rule_hints": _rule_hints(per_rule),
+    }
+
+
+def _fatigue(decided: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    """Fast decisions and runs of approvals, per reviewer (in decision order)."""
+    per: dict[str, dict[str, Any]] = {}
+    for latency, who, state, _modified in decided:
+        r = per.setdefault(
+            who, {"reviewer": who, "decisions": 0, "fast": 0, "longest_approval_run": 0, "current_approval_run": 0}
+        )
+        r["decisions"] += 1
+        if float(latency) < FAST_DECISION_S:
+            r["fast"] += 1
+        if state == "rejected":
+            r["current_approval_run"] = 0
+        else:
+            r["current_approval_run"] += 1
+            r["longest_approval_run"] = max(r["longest_approval_run"], r["current_approval_run"])
+    reviewers = sorted(per.values(), key=lambda r: -r["decisions"])
+    total = sum(r["decisions"] for r in reviewers)
+    fast = sum(r["fast"] for r in reviewers)
+    return {
+        "fast_threshold_seconds": FAST_DECISION_S,
+        "decisions": total,
+        "fast_decisions": fast,
+        "fast_share": (fast / total) if total else None,
+        "longest_approval_run": max((r["longest_approval_run"] for r in reviewers), default=0),
+        "reviewers": reviewers,
+    }
+
+
+def _rule_hints(per_rule: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    relax, deny = [], []
+    for r in per_rule.values():
+        decided = r["approved"] + r["modified"] + r["rejected"]
+        if decided < MIN_DECISIONS_FOR_RULE_HINT:
+            continue
+        if r["rejected"] == 0 and r["modified"] == 0:
+            relax.append({"rule": r["rule"], "decisions": decided})
+        elif r["rejected"] == decided:
+            deny.append({"rule": r["rule"], "decisions": decided})
+    return {"never_rejected": relax, "always_rejected": deny}
+
+
+async def audit_export(
+    store: Store, *, hasher: Callable[[str], str], now: float, limit: int = 100_000
+) -> dict[str, Any]:
+    """The audit chain and every call, with secrets replaced by keyed hashes (never the raw value)."""
+    ok, checked, message = await store.verify_audit()
+    events = [e.to_json() for e in await store.audit_events(limit=limit)]
+    for e in events:
+        e["detail"] = _safe_redact(e["detail"], hasher)
+    calls = []
+    for rec in await store.list_calls(limit=limit, oldest_first=True):
+        c = rec.to_json()
+        for key in ("arguments", "modified_arguments", "result", "reason", "error", "agent_reason", "summary"):
+            c[key] = _safe_redact(c[key], hasher)
+        calls.append(c)
+    return {
+        "format": "mcp-gatekeeper audit export v1",
+        "exported_at": now,
+        "secrets": "every secret-looking value is replaced by HMAC-SHA256 keyed with the ui-token",
+        "chain": {"ok": ok, "checked": checked, "message": message},
+        "events": events,
+        "calls": calls,
+    }
+
+
+def _safe_redact(value: Any, hasher: Callable[[str], str]) -> Any:
+    try:
+        return redact(value, hasher)
+    except RecursionError:
+        return "(too deeply nested to redact; omitted from the export)"

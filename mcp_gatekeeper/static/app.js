@@ -1,0 +1,1062 @@
+// mcp-gatekeeper approval page. Vanilla JS, no build step, no inline code (CSP: script-src 'self').
+// Every value that came from a tool, an argument, an upstream or an agent is put on the page with
+// textContent (never innerHTML), and invisible / bidi / control characters become visible badges.
+"use strict";
+
+(() => {
+  // ------------------------------------------------------------------ DOM helpers
+
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    if (props) {
+      for (const [k, v] of Object.entries(props)) {
+        if (v === undefined || v === null || v === false) continue;
+        if (k === "class") el.className = v;
+        else if (k === "text") el.textContent = String(v);
+        else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+        else if (k === "value") el.value = v;
+        else if (k === "checked") el.checked = !!v;
+        else if (k === "disabled") el.disabled = !!v;
+        else el.setAttribute(k, v === true ? "" : String(v));
+      }
+    }
+    append(el, children);
+    return el;
+  }
+
+  function append(el, children) {
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined || c === false) continue;
+      el.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function s(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null) el.setAttribute(k, String(v));
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c === null || c === undefined) continue;
+      el.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+
+  // ------------------------------------------------------------------ suspicious characters
+
+  function charName(cp) {
+    const names = { 0x0a: "LF", 0x0d: "CR", 0x09: "TAB", 0x1b: "ESC", 0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x7f: "DEL" };
+    return names[cp];
+  }
+
+  function isSuspicious(cp) {
+    return (
+      (cp < 0x20 && cp !== 0x0a && cp !== 0x09) ||
+      (cp >= 0x7f && cp <= 0x9f) ||
+      cp === 0x00ad || cp === 0x034f || cp === 0x061c || cp === 0x115f || cp === 0x1160 || cp === 0x180e ||
+      (cp >= 0x200b && cp <= 0x200f) ||
+      (cp >= 0x2028 && cp <= 0x202e) ||
+      (cp >= 0x2060 && cp <= 0x206f) ||
+      cp === 0x3164 || cp === 0xfeff || cp === 0xffa0 ||
+      (cp >= 0xfff9 && cp <= 0xfffb) ||
+      (cp >= 0xe0000 && cp <= 0xe007f) ||
+      (cp >= 0xe0100 && cp <= 0xe01ef)
+    );
+  }
+
+  function badgeLabel(cp) {
+    const hex = cp.toString(16).toUpperCase().padStart(4, "0");
+    const nm = charName(cp);
+    return nm ? `⟨${nm} U+${hex}⟩` : `⟨U+${hex}⟩`;
+  }
+
+  // Counts suspicious characters in any JSON value (for the card warning).
+  function countSuspicious(value) {
+    let n = 0;
+    const stack = [value];
+    while (stack.length) {
+      const v = stack.pop();
+      if (typeof v === "string") {
+        for (const ch of v) if (isSuspicious(ch.codePointAt(0))) n++;
+      } else if (Array.isArray(v)) stack.push(...v);
+      else if (v && typeof v === "object") for (const [k, x] of Object.entries(v)) stack.push(k, x);
+    }
+    return n;
+  }
+
+  // A text node sequence with badges for suspicious characters. `jsonEscapes` renders \n and \t as
+  // visible escapes (inside JSON strings). Never uses innerHTML.
+  function safeText(str, jsonEscapes) {
+    const frag = document.createDocumentFragment();
+    let buf = "";
+    const flush = () => {
+      if (buf) frag.appendChild(document.createTextNode(buf));
+      buf = "";
+    };
+    for (const ch of String(str)) {
+      const cp = ch.codePointAt(0);
+      if (isSuspicious(cp)) {
+        flush();
+        frag.appendChild(h("span", { class: "uc", title: "invisible or control character", text: badgeLabel(cp) }));
+      } else if (jsonEscapes && (ch === "\n" || ch === "\t" || ch === '"' || ch === "\\")) {
+        flush();
+        const esc = { "\n": "\\n", "\t": "\\t", '"': '\\"', "\\": "\\\\" }[ch];
+        frag.appendChild(h("span", { class: "esc", text: esc }));
+      } else buf += ch;
+    }
+    flush();
+    return frag;
+  }
+
+  // A string with masked secret spans ([start, end) in UTF-16 units) and head/tail truncation.
+  const TRUNC_AT = 4000;
+  const KEEP = 1200;
+  function richString(str, hits, jsonEscapes, ctx) {
+    const frag = document.createDocumentFragment();
+    const pieces = [];
+    let pos = 0;
+    for (const hit of (hits || []).slice().sort((a, b) => a.start - b.start)) {
+      if (hit.start < pos) continue;
+      pieces.push({ text: str.slice(pos, hit.start) });
+      pieces.push({ text: str.slice(hit.start, hit.end), secret: hit.kind });
+      pos = hit.end;
+    }
+    pieces.push({ text: str.slice(pos) });
+    const total = str.length;
+    let offset = 0;
+    for (const p of pieces) {
+      const start = offset;
+      offset += p.text.length;
+      if (p.secret) {
+        if (ctx) ctx.secrets.push(p.secret);
+        const btn = h("button", { type: "button", class: "masked", title: "Secret-looking value: click to reveal" },
+          "•••••• ", p.secret);
+        btn.addEventListener("click", () => btn.replaceWith(safeText(p.text, jsonEscapes)), { once: true });
+        frag.appendChild(btn);
+        continue;
+      }
+      if (total > TRUNC_AT) {
+        // keep the head and the tail of the whole string, hide the middle
+        const headEnd = KEEP;
+        const tailStart = total - KEEP;
+        const keepHead = p.text.slice(0, Math.max(0, headEnd - start));
+        const keepTail = p.text.slice(Math.max(0, tailStart - start));
+        if (keepHead.length + keepTail.length < p.text.length) {
+          frag.appendChild(safeText(keepHead, jsonEscapes));
+          const hidden = p.text.length - keepHead.length - keepTail.length;
+          frag.appendChild(h("span", { class: "trunc", text: `⟨ truncated: ${hidden.toLocaleString()} characters hidden of ${total.toLocaleString()}; head and tail shown ⟩` }));
+          if (ctx) ctx.truncated = true;
+          frag.appendChild(safeText(keepTail, jsonEscapes));
+          continue;
+        }
+      }
+      frag.appendChild(safeText(p.text, jsonEscapes));
+    }
+    return frag;
+  }
+
+  // ------------------------------------------------------------------ JSON view
+
+  function samePath(a, b) {
+    return a.length === b.length && a.every((x, i) => String(x) === String(b[i]));
+  }
+
+  function jsonView(value, secretHits, ctx) {
+    const pre = h("pre", { class: "json" });
+    const hitsAt = (path) => (secretHits || []).filter((x) => samePath(x.path, path));
+    const walk = (v, path, indent) => {
+      const pad = "  ".repeat(indent);
+      if (v === null || typeof v === "boolean") return h("span", { class: "j-lit", text: String(v) });
+      if (typeof v === "number") return h("span", { class: "j-num", text: String(v) });
+      if (typeof v === "string") {
+        return h("span", { class: "j-str" }, '"', richString(v, hitsAt(path), true, ctx), '"');
+      }
+      const isArr = Array.isArray(v);
+      const entries = isArr ? v.map((x, i) => [i, x]) : Object.entries(v);
+      if (!entries.length) return h("span", { class: "j-punc", text: isArr ? "[]" : "{}" });
+      const out = [h("span", { class: "j-punc", text: isArr ? "[" : "{" }), "\n"];
+      entries.forEach(([k, x], i) => {
+        out.push(pad + "  ");
+        if (!isArr) out.push(h("span", { class: "j-key" }, '"', safeText(k, true), '"'), h("span", { class: "j-punc", text: ": " }));
+        out.push(walk(x, path.concat([k]), indent + 1));
+        if (i < entries.length - 1) out.push(h("span", { class: "j-punc", text: "," }));
+        out.push("\n");
+      });
+      out.push(pad, h("span", { class: "j-punc", text: isArr ? "]" : "}" }));
+      return h("span", null, out);
+    };
+    pre.appendChild(walk(value, [], 0));
+    return pre;
+  }
+
+  // ------------------------------------------------------------------ tiny JSON Schema check (the server re-checks)
+
+  function typeOf(v) {
+    if (v === null) return "null";
+    if (Array.isArray(v)) return "array";
+    if (typeof v === "number") return Number.isInteger(v) ? "integer" : "number";
+    return typeof v;
+  }
+
+  function typeMatches(v, t) {
+    const actual = typeOf(v);
+    return actual === t || (t === "number" && actual === "integer");
+  }
+
+  function validate(schema, value, path, errors) {
+    if (!schema || typeof schema !== "object") return errors;
+    const at = path.length ? path.join(".") : "(arguments)";
+    if (schema.type) {
+      const types = Array.isArray(schema.type) ? schema.type : [schema.type];
+      if (!types.some((t) => typeMatches(value, t))) {
+        errors.push(`${at}: expected ${types.join(" or ")}, got ${typeOf(value)}`);
+        return errors;
+      }
+    }
+    if (schema.enum && !schema.enum.some((e) => JSON.stringify(e) === JSON.stringify(value))) {
+      errors.push(`${at}: must be one of ${schema.enum.map((e) => JSON.stringify(e)).join(", ")}`);
+    }
+    if ("const" in schema && JSON.stringify(schema.const) !== JSON.stringify(value)) errors.push(`${at}: must be ${JSON.stringify(schema.const)}`);
+    if (typeof value === "number") {
+      if (typeof schema.minimum === "number" && value < schema.minimum) errors.push(`${at}: must be ≥ ${schema.minimum}`);
+      if (typeof schema.maximum === "number" && value > schema.maximum) errors.push(`${at}: must be ≤ ${schema.maximum}`);
+      if (typeof schema.exclusiveMinimum === "number" && value <= schema.exclusiveMinimum) errors.push(`${at}: must be > ${schema.exclusiveMinimum}`);
+      if (typeof schema.exclusiveMaximum === "number" && value >= schema.exclusiveMaximum) errors.push(`${at}: must be < ${schema.exclusiveMaximum}`);
+    }
+    if (typeof value === "string") {
+      const n = [...value].length;
+      if (typeof schema.minLength === "number" && n < schema.minLength) errors.push(`${at}: at least ${schema.minLength} characters`);
+      if (typeof schema.maxLength === "number" && n > schema.maxLength) errors.push(`${at}: at most ${schema.maxLength} characters`);
+      if (typeof schema.pattern === "string") {
+        try {
+          if (!new RegExp(schema.pattern, "u").test(value)) errors.push(`${at}: must match ${schema.pattern}`);
+        } catch (_) { /* the server checks patterns JS cannot compile */ }
+      }
+    }
+    if (Array.isArray(value)) {
+      if (typeof schema.minItems === "number" && value.length < schema.minItems) errors.push(`${at}: at least ${schema.minItems} items`);
+      if (typeof schema.maxItems === "number" && value.length > schema.maxItems) errors.push(`${at}: at most ${schema.maxItems} items`);
+      if (schema.items && typeof schema.items === "object") value.forEach((x, i) => validate(schema.items, x, path.concat([i]), errors));
+    }
+    if (typeOf(value) === "object") {
+      for (const r of schema.required || []) if (!(r in value)) errors.push(`${at}: '${r}' is required`);
+      const props = schema.properties || {};
+      for (const [k, x] of Object.entries(value)) {
+        if (props[k]) validate(props[k], x, path.concat([k]), errors);
+        else if (schema.additionalProperties === false) errors.push(`${at}: '${k}' is not allowed by the tool's schema`);
+        else if (schema.additionalProperties && typeof schema.additionalProperties === "object") validate(schema.additionalProperties, x, path.concat([k]), errors);
+      }
+    }
+    return errors;
+  }
+
+  // ------------------------------------------------------------------ diff
+
+  function flatten(v, path, out) {
+    if (v && typeof v === "object" && Object.keys(v).length) {
+      for (const [k, x] of Object.entries(v)) flatten(x, path.concat([k]), out);
+    } else out.set(path.join("."), JSON.stringify(v));
+    return out;
+  }
+
+  function diffList(before, after) {
+    const a = flatten(before, [], new Map());
+    const b = flatten(after, [], new Map());
+    const items = [];
+    for (const [k, v] of a) {
+      if (!b.has(k)) items.push({ path: k, was: v, now: null });
+      else if (b.get(k) !== v) items.push({ path: k, was: v, now: b.get(k) });
+    }
+    for (const [k, v] of b) if (!a.has(k)) items.push({ path: k, was: null, now: v });
+    return items;
+  }
+
+  function diffView(items) {
+    return h("ul", { class: "diff", "aria-label": "What changed" },
+      items.map((d) => h("li", null,
+        h("span", { class: "path" }, safeText(d.path || "(arguments)")), "  ",
+        d.was !== null ? h("span", { class: "was" }, safeText(d.was)) : h("span", { class: "muted", text: "(added)" }),
+        "  →  ",
+        d.now !== null ? h("span", { class: "now" }, safeText(d.now)) : h("span", { class: "muted", text: "(removed)" }),
+      )));
+  }
+
+  // ------------------------------------------------------------------ formatting
+
+  function dur(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+    const sgn = seconds < 0 ? "-" : "";
+    let t = Math.abs(Math.round(seconds));
+    if (t < 60) return `${sgn}${t}s`;
+    const d = Math.floor(t / 86400); t -= d * 86400;
+    const hh = Math.floor(t / 3600); t -= hh * 3600;
+    const m = Math.floor(t / 60); const sec = t - m * 60;
+    if (d) return `${sgn}${d}d ${hh}h`;
+    if (hh) return `${sgn}${hh}h ${m}m`;
+    return `${sgn}${m}m ${String(sec).padStart(2, "0")}s`;
+  }
+  const fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" }) : "–");
+  const fmtBytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1048576).toFixed(2)} MB`);
+  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
+  const shortId = (id) => id.slice(0, 8);
+
+  function icon(ch) {
+    return h("span", { class: "ico", "aria-hidden": "true", text: ch });
+  }
+
+  function riskChip(risk) {
+    return h("span", { class: `chip risk-${risk}`, title: "Risk level" }, safeText(risk));
+  }
+  function stateChip(state, modified) {
+    return h("span", null,
+      h("span", { class: `chip st-${state}` }, safeText(state.replace("_", " "))),
+      modified ? [" ", h("span", { class: "chip modified", text: "modified" })] : null);
+  }
+
+  // ------------------------------------------------------------------ API
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.message) || `HTTP ${status}`);
+      this.status = status;
+      this.body = body || {};
+    }
+  }
+
+  async function api(path, opts) {
+    const init = { credentials: "same-origin", headers: { Accept: "application/json" }, ...(opts || {}) };
+    if (init.json !== undefined) {
+      init.method = init.method || "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(init.json);
+      delete init.json;
+    }
+    const r = await fetch(path, init);
+    let body = null;
+    try { body = await r.json(); } catch (_) { body = null; }
+    if (!r.ok) {
+      if (r.status === 401) showLogin();
+      throw new ApiError(r.status, body);
+    }
+    return body;
+  }
+
+  // ------------------------------------------------------------------ app state
+
+  const state = {
+    me: null,
+    offset: 0, // server clock minus local clock, seconds
+    pending: [],
+    known: null, // ids seen so far (for "new call" alerts)
+    selected: null,
+    view: "queue",
+    card: null, // the open card's controller
+  };
+  const serverNow = () => Date.now() / 1000 + state.offset;
+
+  function toast(msg, bad) {
+    const t = $("#toast");
+    t.textContent = msg;
+    t.className = bad ? "toast bad" : "toast";
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 6000 : 3000);
+  }
+
+  function setTitle() {
+    const n = state.pending.length;
+    document.title = n ? `(${n}) mcp-gatekeeper` : "mcp-gatekeeper";
+    const c = $("#nav-count");
+    c.textContent = String(n);
+    c.hidden = n === 0;
+  }
+
+  function showLogin() {
+    const app = $("#app");
+    app.replaceChildren(h("div", { class: "login-box" },
+      h("h1", { text: "Log in to review held calls" }),
+      h("p", null, "Run ", h("code", { text: "mcp-gatekeeper ui" }), " in a terminal and open the one-time login link it prints."),
+      h("p", { text: "Scripts can use the API with Authorization: Bearer and the token in the gatekeeper's data directory (ui-token)." })));
+    $("#live").className = "live off";
+    $("#live").textContent = "signed out";
+  }
+
+  // ------------------------------------------------------------------ live updates (SSE)
+
+  let source = null;
+  function connect() {
+    if (source) source.close();
+    source = new EventSource("/api/events");
+    const live = $("#live");
+    source.addEventListener("open", () => { live.className = "live on"; live.textContent = "live"; });
+    source.addEventListener("error", () => { live.className = "live off"; live.textContent = "reconnecting"; });
+    source.addEventListener("store_error", () => { live.className = "live off"; live.textContent = "store unavailable"; });
+    source.addEventListener("change", (ev) => {
+      let data;
+      try { data = JSON.parse(ev.data); } catch (_) { return; }
+      live.className = "live on";
+      live.textContent = "live";
+      state.offset = data.now - Date.now() / 1000;
+      const fresh = state.known ? data.pending.filter((c) => !state.known.has(c.id)) : [];
+      state.known = new Set([...(state.known || []), ...data.pending.map((c) => c.id)]);
+      state.pending = data.pending;
+      setTitle();
+      if (fresh.length) alertNew(fresh);
+      if (state.view === "queue") renderQueueList();
+      if (state.card && state.card.pending && !data.pending.some((c) => c.id === state.card.id)) state.card.refresh();
+    });
+  }
+
+  function alertNew(calls) {
+    if (!("Notification" in window) || Notification.permission !== "granted") return;
+    for (const c of calls.slice(0, 3)) {
+      try {
+        const n = new Notification(`Held (${c.risk}): ${c.upstream} · ${c.tool}`, { body: c.summary || "A tool call is waiting for your decision", tag: c.id });
+        n.onclick = () => { window.focus(); location.hash = `#/queue/${c.id}`; };
+      } catch (_) { /* notifications unavailable */ }
+    }
+  }
+
+  function setupNotifyButton() {
+    const b = $("#notify-btn");
+    if (!("Notification" in window) || Notification.permission !== "default") return;
+    b.hidden = false;
+    b.addEventListener("click", async () => {
+      try { await Notification.requestPermission(); } catch (_) { /* ignored */ }
+      b.hidden = Notification.permission !== "default";
+    });
+  }
+
+  // ------------------------------------------------------------------ queue view
+
+  let queueRoot = null;
+  function renderQueue(selectedId) {
+    state.view = "queue";
+    if (selectedId) state.selected = selectedId;
+    queueRoot = {
+      list: h("ul", { class: "qlist", role: "listbox", "aria-label": "Held calls, oldest first" }),
+      cardSlot: h("div", { class: "card-slot" }),
+      count: h("span", { class: "hint" }),
+    };
+    $("#app").replaceChildren(h("div", { class: "queue-layout" },
+      h("section", { class: "panel" },
+        h("div", { class: "panel-head" }, h("h2", { text: "Waiting" }), queueRoot.count),
+        queueRoot.list),
+      queueRoot.cardSlot));
+    renderQueueList();
+  }
+
+  function renderQueueList() {
+    if (!queueRoot) return;
+    const list = state.pending;
+    queueRoot.count.replaceChildren(list.length ? `${list.length} held · oldest first · ` : "", h("kbd", { text: "?" }), " keys");
+    if (!list.length) {
+      queueRoot.list.replaceChildren(h("li", { class: "empty" }, h("div", { class: "big", text: "✓" }), h("div", { text: "Nothing is waiting. New held calls appear here live." })));
+    } else {
+      queueRoot.list.replaceChildren(...list.map((c) => {
+        const li = h("li", { class: `qitem risk-${c.risk}`, role: "option", tabindex: "0", "data-id": c.id },
+          h("div", { class: "qtop" }, riskChip(c.risk), h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
+          h("div", { class: "qsummary" }, safeText(c.summary || `${c.tool} on ${c.upstream}`)),
+          h("div", { class: "qtimes" },
+            h("span", { class: "waited", "data-since": c.created_at }),
+            h("span", { class: "left", "data-deadline": c.deadline_at || "" })),
+          h("div", { class: "bar", "data-from": c.created_at, "data-to": c.deadline_at || "" }, h("span")));
+        li.addEventListener("click", () => select(c.id));
+        li.addEventListener("keydown", (e) => { if (e.key === "Enter") select(c.id); });
+        return li;
+      }));
+    }
+    if (!state.selected || (!list.some((c) => c.id === state.selected) && !(state.card && state.card.id === state.selected))) {
+      state.selected = list.length ? list[0].id : null;
+    }
+    markSelected();
+    tick();
+    if (state.selected && (!state.card || state.card.id !== state.selected)) openCard(state.selected, queueRoot.cardSlot);
+    if (!state.selected && !state.card) queueRoot.cardSlot.replaceChildren();
+  }
+
+  function markSelected() {
+    if (!queueRoot) return;
+    for (const li of queueRoot.list.querySelectorAll(".qitem")) li.classList.toggle("sel", li.dataset.id === state.selected);
+  }
+
+  function select(id) {
+    state.selected = id;
+    markSelected();
+    if (queueRoot) openCard(id, queueRoot.cardSlot);
+    if (window.innerWidth <= 900 && queueRoot) queueRoot.cardSlot.scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+
+  function move(delta) {
+    const ids = state.pending.map((c) => c.id);
+    if (!ids.length) return;
+    let i = ids.indexOf(state.selected);
+    i = i < 0 ? 0 : Math.min(ids.length - 1, Math.max(0, i + delta));
+    select(ids[i]);
+    const li = queueRoot && queueRoot.list.querySelector(`[data-id="${ids[i]}"]`);
+    if (li) li.scrollIntoView({ block: "nearest" });
+  }
+
+  function tick() {
+    const now = serverNow();
+    for (const el of document.querySelectorAll("[data-since]")) el.textContent = `waiting ${dur(now - Number(el.dataset.since))}`;
+    for (const el of document.querySelectorAll("[data-deadline]")) {
+      const d = Number(el.dataset.deadline);
+      if (!d) { el.textContent = ""; continue; }
+      const left = d - now;
+      el.textContent = left > 0 ? `${dur(left)} left` : "expiring";
+      el.classList.toggle("soon", left < 60);
+    }
+    for (const el of document.querySelectorAll(".bar[data-to]")) {
+      const from = Number(el.dataset.from);
+      const to = Number(el.dataset.to);
+      if (!to) continue;
+      const frac = Math.max(0, Math.min(1, (to - now) / Math.max(1, to - from)));
+      el.firstChild.style.width = `${(frac * 100).toFixed(1)}%`;
+      el.classList.toggle("soon", to - now < 60);
+    }
+    for (const el of document.querySelectorAll("[data-left-of]")) {
+      const left = Number(el.dataset.leftOf) - now;
+      el.replaceChildren("safe default (reject) in ", h("b", { text: left > 0 ? dur(left) : "now" }));
+      el.classList.toggle("soon", left < 60);
+    }
+    for (const el of document.querySelectorAll("[data-waited-of]")) {
+      el.replaceChildren("waiting ", h("b", { text: dur(now - Number(el.dataset.waitedOf)) }));
+    }
+  }
+
+  // ------------------------------------------------------------------ decision card
+
+  function simpleSchema(schema, args) {
+    if (!schema || schema.type !== "object" || !schema.properties) return false;
+    const simple = (p) => p && (["string", "number", "integer", "boolean"].includes(p.type) || Array.isArray(p.enum));
+    if (!Object.values(schema.properties).every(simple)) return false;
+    return Object.entries(args).every(([k, v]) => schema.properties[k] && (v === null || typeof v !== "object"));
+  }
+
+  function buildEditor(call, onChange) {
+    const original = call.arguments;
+    const schema = call.input_schema || { type: "object" };
+    const formMode = simpleSchema(schema, original);
+    const errorsBox = h("ul", { class: "errors", hidden: true });
+    const diffBox = h("div");
+    let current = JSON.parse(JSON.stringify(original));
+    let parseError = null;
+    const fields = {};
+    let body;
+
+    const update = () => {
+      const errs = parseError ? [parseError] : validate(schema, current, [], []);
+      errorsBox.replaceChildren(...errs.slice(0, 8).map((e) => h("li", null, safeText(e))));
+      errorsBox.hidden = !errs.length;
+      const d = parseError ? [] : diffList(original, current);
+      diffBox.replaceChildren(d.length ? diffView(d) : h("p", { class: "muted", text: "No changes yet." }));
+      onChange({ valid: !errs.length, changed: d.length > 0, value: current });
+    };
+
+    if (formMode) {
+      body = h("div", { class: "form-grid" });
+      const req = new Set(schema.required || []);
+      for (const [key, prop] of Object.entries(schema.properties)) {
+        const id = `f-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+        const val = current[key];
+        let input;
+        const set = (v) => {
+          if (v === undefined) delete current[key];
+          else current[key] = v;
+          update();
+        };
+        if (Array.isArray(prop.enum)) {
+          input = h("select", { id },
+            h("option", { value: "", text: "(not set)" }),
+            prop.enum.map((e, i) => h("option", { value: String(i), text: String(e) })));
+          const idx = prop.enum.findIndex((e) => JSON.stringify(e) === JSON.stringify(val));
+          input.value = idx >= 0 ? String(idx) : "";
+          input.addEventListener("change", () => set(input.value === "" ? undefined : prop.enum[Number(input.value)]));
+        } else if (prop.type === "boolean") {
+          input = h("input", { id, type: "checkbox", checked: val === true });
+          input.addEventListener("change", () => set(input.checked));
+        } else if (prop.type === "number" || prop.type === "integer") {
+          input = h("input", { id, type: "number", step: prop.type === "integer" ? "1" : "any", value: val === undefined ? "" : String(val) });
+          input.addEventListener("input", () => set(input.value === "" ? undefined : Number(input.value)));
+        } else {
+          input = h("input", { id, type: "text", value: val === undefined ? "" : String(val), spellcheck: "false", autocomplete: "off" });
+          input.addEventListener("input", () => set(input.value === "" && val === undefined ? undefined : input.value));
+        }
+        fields[key] = input;
+        body.append(h("label", { for: id, class: req.has(key) ? "req mono" : "mono" }, safeText(key)), input);
+        if (prop.description) body.append(h("div", { class: "desc" }, safeText(prop.description)));
+      }
+    } else {
+      body = h("textarea", { rows: "12", spellcheck: "false", "aria-label": "Arguments as JSON" });
+      body.value = JSON.stringify(original, null, 2);
+      body.addEventListener("input", () => {
+        try {
+          const v = JSON.parse(body.value);
+          if (!v || typeof v !== "object" || Array.isArray(v)) throw new Error("the arguments must be a JSON object");
+          current = v;
+          parseError = null;
+        } catch (e) {
+          parseError = `Not valid JSON: ${e.message}`;
+        }
+        update();
+      });
+    }
+    const el = h("div", { class: "editor" },
+      h("div", { class: "section-head" }, h("h3", { text: formMode ? "Edit arguments (from the tool's input schema)" : "Edit arguments (JSON)" })),
+      body, errorsBox, h("h3", { text: "What changed" }), diffBox);
+    setTimeout(update, 0);
+    return { el, focus: () => (formMode ? Object.values(fields)[0] : body)?.focus() };
+  }
+
+  function fact(title, ...content) {
+    return h("div", { class: "fact" }, h("h3", { text: title }), ...content);
+  }
+
+  function renderCard(call, slot, opts) {
+    const pending = call.state === "pending";
+    const ctx = { secrets: [], truncated: false };
+    const sec = call.secrets || {};
+    const strHits = (field) => (sec[field] || []).filter((x) => x.path.length === 0);
+    const argsView = jsonView(call.arguments, sec.arguments, ctx);
+    const susp = countSuspicious([call.arguments, call.summary, call.tool, call.upstream, call.agent_reason, call.modified_arguments]);
+
+    const warnings = [];
+    if (susp) warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null, `Contains ${susp} invisible, bidirectional or control character${susp > 1 ? "s" : ""}, shown as ⟨U+…⟩ badges. What you see may not be what runs.`)));
+    if (ctx.secrets.length) warnings.push(h("div", { class: "warning" }, icon("*"), h("span", null, `Masked ${ctx.secrets.length} secret-looking value${ctx.secrets.length > 1 ? "s" : ""} (${[...new Set(ctx.secrets)].join(", ")}) going to upstream `, h("code", null, safeText(call.upstream)), ". Click to reveal.")));
+    if (ctx.truncated || call.args_bytes > 200000) warnings.push(h("div", { class: "warning" }, icon("…"), h("span", null, `Large arguments (${fmtBytes(call.args_bytes)}): long values show their head and tail; the middle is hidden.`)));
+    if (call.effects && call.effects.reversible === false) warnings.push(h("div", { class: "warning bad" }, icon("!"), h("span", { text: "Not reversible: once approved, this cannot be undone." })));
+
+    const effects = call.effects || {};
+    const agentReason = call.agent_reason
+      ? h("p", null, "“", richString(call.agent_reason, strHits("agent_reason"), false, ctx), "”")
+      : h("p", { class: "muted", text: "The agent gave no reason." });
+    const conf = typeof call.agent_confidence === "number"
+      ? h("span", { class: "confidence" }, "confidence", h("span", { class: "bar" }, h("span", { "data-w": call.agent_confidence })), h("b", { text: pct(call.agent_confidence) }))
+      : null;
+    const client = call.client || {};
+    const clientName = [client.name, client.version].filter(Boolean).join(" ");
+
+    const head = h("div", { class: "card-head" },
+      h("div", { class: "card-meta" }, riskChip(call.risk), stateChip(call.state, call.modified_arguments !== null),
+        h("span", { class: "mono" }, safeText(call.upstream)), "·", h("span", { class: "mono" }, safeText(call.tool)),
+        call.rule ? ["·", h("span", null, "rule ", h("span", { class: "mono" }, safeText(call.rule)))] : ["·", h("span", { text: "no rule (defaults)" })],
+        h("span", { class: "muted mono", title: call.id, text: `#${shortId(call.id)}` })),
+      h("div", { class: "card-title" }, call.summary ? richString(call.summary, strHits("summary"), false, ctx) : safeText(`${call.tool} on ${call.upstream}`)),
+      pending
+        ? h("div", { class: "clock" }, h("span", { "data-waited-of": call.created_at }), call.deadline_at ? h("span", { "data-left-of": call.deadline_at }) : null)
+        : h("div", { class: "clock" }, h("span", null, "held ", h("b", { text: fmtTime(call.created_at) }))),
+      warnings.length ? h("div", { class: "warnings" }, warnings) : null);
+
+    const whatHappens = h("div", { class: "fact what" }, h("div", { class: "section-head" }, h("h3", { text: "What happens" }),
+        h("span", { class: effects.reversible === false ? "chip risk-high" : effects.reversible === true ? "chip risk-low" : "chip neutral",
+          text: effects.reversible === true ? "reversible" : effects.reversible === false ? "not reversible" : "reversibility unknown" })),
+      h("div", { class: "effects" },
+        h("div", { class: "effect if-approve" }, h("span", { class: "lbl", text: "If approved" }), safeText(effects.approve || `${call.tool} runs on ${call.upstream} with the arguments below.`)),
+        h("div", { class: "effect if-reject" }, h("span", { class: "lbl", text: "If rejected" }), safeText(effects.reject || "Nothing runs; the agent is told it was rejected, with your reason."))));
+    const facts = h("div", { class: "facts" },
+      fact("Why the agent wants it", agentReason, conf,
+        h("p", { class: "sub" }, "via ", h("b", null, safeText(clientName || "unknown client")), " → upstream ", h("code", null, safeText(call.upstream)))),
+      call.reasons && call.reasons.length ? fact("Why it was held", h("ul", { class: "hint-list" }, call.reasons.map((r) => h("li", null, safeText(r))))) : null);
+
+    const editorSlot = h("div");
+    const argsHead = h("div", { class: "section-head" }, h("h3", { text: "Arguments" }),
+      h("span", { class: "tools" }, fmtBytes(call.args_bytes || 0), " · digest ", h("code", { text: call.args_digest.slice(0, 12) })));
+
+    const body = h("div", { class: "card-body" }, whatHappens, facts, h("div", null, argsHead, argsView), editorSlot);
+    if (call.modified_arguments) {
+      body.append(h("div", null, h("div", { class: "section-head" }, h("h3", { text: "Modified arguments (what ran)" })),
+        jsonView(call.modified_arguments, sec.modified_arguments, ctx), h("div", { class: "stack-v" }, diffView(diffList(call.arguments, call.modified_arguments)))));
+    }
+
+    const card = h("article", { class: "panel card", "aria-label": "Decision card" }, head, body);
+    let ctrl = { id: call.id, pending, refresh: () => openCard(call.id, slot, opts) };
+
+    if (pending) {
+      let editor = null;
+      let editState = { valid: true, changed: false, value: null };
+      const approveBtn = h("button", { type: "button", class: "btn approve", title: "Approve as shown (a)" }, "Approve ", h("kbd", { text: "a" }));
+      const modifyBtn = h("button", { type: "button", class: "btn modify", title: "Edit the arguments, then approve (e)" }, "Edit ", h("kbd", { text: "e" }));
+      const reason = h("input", { type: "text", class: "reason", placeholder: "Reason (optional; the agent reads it)", maxlength: "2000", "aria-label": "Reason" });
+      const rejectBtn = h("button", { type: "button", class: "btn reject", title: "Reject (r)" }, "Reject ", h("kbd", { text: "r" }));
+      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn]) x.disabled = b; };
+
+      const decide = async (kind) => {
+        const payload = { args_digest: call.args_digest };
+        if (reason.value.trim()) payload.reason = reason.value.trim();
+        if (kind === "modify") payload.arguments = editState.value;
+        busy(true);
+        try {
+          await api(`/api/calls/${encodeURIComponent(call.id)}/${kind === "reject" ? "reject" : "approve"}`, { json: payload });
+          toast(kind === "reject" ? "Rejected" : kind === "modify" ? "Approved with your changes" : "Approved");
+          state.known && state.known.add(call.id);
+          openCard(call.id, slot, opts);
+        } catch (e) {
+          busy(false);
+          if (e.status === 409) {
+            toast(e.body.error === "stale_digest" ? "The arguments changed since you looked. Review again." : `Too late: ${e.message}`, true);
+            openCard(call.id, slot, opts);
+          } else if (e.status === 422) {
+            toast(`Refused: ${e.message}`, true);
+          } else toast(e.message, true);
+        }
+      };
+      approveBtn.addEventListener("click", () => decide("approve"));
+      rejectBtn.addEventListener("click", () => decide("reject"));
+      reason.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); decide("reject"); } });
+      modifyBtn.addEventListener("click", () => {
+        if (!editor) {
+          editor = buildEditor(call, (st) => {
+            editState = st;
+            modifyBtn.disabled = !(st.valid && st.changed);
+          });
+          editorSlot.replaceChildren(editor.el);
+          modifyBtn.replaceChildren("Approve with changes");
+          modifyBtn.disabled = true;
+          editor.focus();
+          return;
+        }
+        if (editState.valid && editState.changed) decide("modify");
+      });
+      const actions = h("div", { class: "actions" }, approveBtn, modifyBtn, reason, rejectBtn);
+      card.append(actions);
+      ctrl = { ...ctrl, approve: () => decide("approve"), reject: () => reason.focus(), edit: () => modifyBtn.click() };
+    } else {
+      const who = call.decided_by ? ["by ", h("code", null, safeText(call.decided_by))] : null;
+      card.append(h("div", { class: "decided-banner" }, stateChip(call.state, call.modified_arguments !== null), " ", who,
+        call.decided_at ? ` at ${fmtTime(call.decided_at)}` : "",
+        call.reason ? [" — “", richString(call.reason, strHits("reason"), false, ctx), "”"] : ""));
+    }
+
+    if (opts && opts.full) card.append(fullRecord(call, ctx));
+    slot.replaceChildren(card);
+    for (const el of card.querySelectorAll(".confidence .bar > span")) el.style.width = `${Math.round(Number(el.dataset.w) * 100)}%`;
+    tick();
+    state.card = ctrl;
+    return ctrl;
+  }
+
+  function fullRecord(call, ctx) {
+    const sec = call.secrets || {};
+    const timings = h("dl", { class: "kv" },
+      h("dt", { text: "held" }), h("dd", { text: fmtTime(call.created_at) }),
+      h("dt", { text: "deadline" }), h("dd", { text: fmtTime(call.deadline_at) }),
+      h("dt", { text: "decided" }), h("dd", { text: call.decided_at ? `${fmtTime(call.decided_at)} (after ${dur(call.decided_at - call.created_at)})` : "–" }),
+      h("dt", { text: "finished" }), h("dd", { text: fmtTime(call.finished_at) }),
+      h("dt", { text: "channel" }), h("dd", null, safeText(call.channel || "–")),
+      h("dt", { text: "wait strategy" }), h("dd", null, safeText(call.wait_strategy || "–")),
+      h("dt", { text: "gate" }), h("dd", null, safeText(call.gate)),
+      h("dt", { text: "call id" }), h("dd", { class: "mono", text: call.id }));
+    const outcome = call.error
+      ? h("div", null, h("h3", { text: "Error" }), h("pre", { class: "json" }, richString(call.error, (sec.error || []), false, ctx)))
+      : call.result
+        ? h("div", null, h("h3", { text: "Result" }), jsonView(call.result, sec.result, ctx))
+        : h("p", { class: "muted", text: "No result recorded." });
+    const auditSlot = h("div", null, h("p", { class: "muted", text: "Loading audit events…" }));
+    api(`/api/audit?call_id=${encodeURIComponent(call.id)}`).then((a) => {
+      auditSlot.replaceChildren(
+        h("div", { class: "section-head" }, h("h3", { text: "Audit events" }),
+          h("span", { class: a.chain.ok ? "chain-ok" : "chain-bad" }, a.chain.ok ? "✓ " : "✗ ", safeText(a.chain.message))),
+        h("ul", { class: "timeline" }, a.events.map((e) => h("li", null,
+          h("span", { class: "t", text: fmtTime(e.at) }), h("span", { class: "ev" }, safeText(e.event)),
+          h("span", null, safeText(`${e.actor || ""}${e.channel ? " via " + e.channel : ""}`), " ",
+            h("code", { class: "muted", title: e.hash, text: `#${e.seq} ${e.hash.slice(0, 10)}` }))))));
+    }).catch((e) => auditSlot.replaceChildren(h("p", { class: "muted" }, safeText(e.message))));
+    return h("div", { class: "card-body" }, h("div", { class: "facts" }, fact("Timings", timings), fact("Outcome", outcome)), auditSlot);
+  }
+
+  async function openCard(id, slot, opts) {
+    try {
+      const call = await api(`/api/calls/${encodeURIComponent(id)}`);
+      state.offset = call.now - Date.now() / 1000;
+      return renderCard(call, slot, opts);
+    } catch (e) {
+      if (e.status !== 401) slot.replaceChildren(h("div", { class: "panel empty" }, safeText(e.status === 404 ? "No such call." : e.message)));
+      state.card = null;
+      return null;
+    }
+  }
+
+  // ------------------------------------------------------------------ history
+
+  const STATES = ["pending", "approved", "rejected", "expired", "cancelled", "orphaned", "forwarding", "forwarded", "failed", "outcome_unknown", "allowed", "denied"];
+  function renderHistory() {
+    state.view = "history";
+    const f = {
+      state: h("select", { "aria-label": "State" }, h("option", { value: "", text: "All states" }), STATES.map((x) => h("option", { value: x, text: x.replace("_", " ") }))),
+      upstream: h("input", { type: "text", placeholder: "Upstream", "aria-label": "Upstream" }),
+      tool: h("input", { type: "text", placeholder: "Tool", "aria-label": "Tool" }),
+      decided_by: h("input", { type: "text", placeholder: "Reviewer", "aria-label": "Reviewer" }),
+      q: h("input", { type: "search", class: "q", placeholder: "Search summary, arguments, reason…", "aria-label": "Search" }),
+    };
+    const exportLink = h("a", { class: "btn small ghost", href: "/api/audit?export=1", download: "mcp-gatekeeper-audit.json", text: "Export audit" });
+    const tbody = h("tbody");
+    const more = h("div", { class: "more" });
+    let cursor = null;
+    const load = async (append) => {
+      const p = new URLSearchParams();
+      for (const [k, el] of Object.entries(f)) if (el.value.trim()) p.set(k, el.value.trim());
+      p.set("limit", "50");
+      if (append && cursor) p.set("cursor", cursor);
+      const data = await api(`/api/calls?${p}`);
+      cursor = data.next_cursor;
+      const rows = data.calls.map((c) => {
+        const tr = h("tr", { tabindex: "0" },
+          h("td", { class: "num", text: fmtTime(c.created_at) }),
+          h("td", null, stateChip(c.state, c.modified_arguments !== null)),
+          h("td", { class: "hide-sm" }, riskChip(c.risk)),
+          h("td", { class: "mono hide-sm" }, safeText(`${c.upstream} · ${c.tool}`)),
+          h("td", { class: "sum" }, safeText(c.summary || c.tool)),
+          h("td", { class: "mono hide-sm" }, safeText(c.decided_by || "")),
+          h("td", { class: "num hide-sm", text: c.decided_at ? dur(c.decided_at - c.created_at) : "" }));
+        const go = () => { location.hash = `#/call/${c.id}`; };
+        tr.addEventListener("click", go);
+        tr.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
+        return tr;
+      });
+      if (append) tbody.append(...rows);
+      else tbody.replaceChildren(...rows);
+      if (!append && !rows.length) tbody.replaceChildren(h("tr", null, h("td", { colspan: "7", class: "empty", text: "No calls match." })));
+      more.replaceChildren(cursor ? h("button", { type: "button", class: "btn small", onclick: () => load(true), text: "Load more" }) : "");
+    };
+    let t = null;
+    for (const el of Object.values(f)) el.addEventListener("input", () => { clearTimeout(t); t = setTimeout(() => load(false), 200); });
+    $("#app").replaceChildren(h("section", { class: "panel" },
+      h("div", { class: "panel-head" }, h("h2", { text: "History" }), exportLink),
+      h("div", { class: "filters" }, f.state, f.upstream, f.tool, f.decided_by, f.q),
+      h("div", { class: "table-wrap" }, h("table", { class: "grid" },
+        h("thead", null, h("tr", null, ["When", "State", "Risk", "Upstream · tool", "Summary", "Reviewer", "Took"].map((x, i) => h("th", { class: i === 2 || i === 3 || i >= 5 ? "hide-sm" : null, text: x })))),
+        tbody)),
+      more));
+    load(false).catch((e) => toast(e.message, true));
+  }
+
+  function renderCallPage(id) {
+    state.view = "call";
+    const slot = h("div");
+    $("#app").replaceChildren(h("div", { class: "page-head" }, h("a", { href: "#/history", text: "← History" })), slot);
+    openCard(id, slot, { full: true });
+  }
+
+  // ------------------------------------------------------------------ stats
+
+  const OUT = ["approved", "modified", "rejected", "expired", "cancelled", "pending"];
+  function legend(keys) {
+    return h("div", { class: "legend" }, keys.map((k) => h("span", null, h("i", { class: `fill-${k}` }), k)));
+  }
+
+  function stackedBars(series, bucketSeconds) {
+    const W = 1000, H = 240, pad = { l: 34, r: 8, t: 10, b: 24 };
+    const max = Math.max(1, ...series.map((b) => OUT.reduce((a, k) => a + b[k], 0)));
+    const bw = (W - pad.l - pad.r) / series.length;
+    const y = (v) => ((H - pad.t - pad.b) * v) / max;
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Decisions over time" });
+    for (const frac of [0, 0.5, 1]) {
+      const yy = H - pad.b - (H - pad.t - pad.b) * frac;
+      svg.append(s("line", { x1: pad.l, x2: W - pad.r, y1: yy, y2: yy, class: "grid-line" }),
+        s("text", { x: pad.l - 6, y: yy + 3, "text-anchor": "end", class: "axis" }, String(Math.round(max * frac))));
+    }
+    series.forEach((b, i) => {
+      let acc = 0;
+      for (const k of OUT) {
+        if (!b[k]) continue;
+        const hgt = y(b[k]);
+        svg.append(s("rect", { x: pad.l + i * bw + bw * 0.15, width: Math.max(1, bw * 0.7), y: H - pad.b - y(acc) - hgt, height: hgt, rx: 1.5, class: `fill-${k}` },
+          s("title", null, `${k}: ${b[k]}`)));
+        acc += b[k];
+      }
+      const every = Math.ceil(series.length / 8);
+      if (i % every === 0) {
+        const d = new Date(b.start * 1000);
+        const label = bucketSeconds < 86400 ? `${d.getHours()}:00` : `${d.getMonth() + 1}/${d.getDate()}`;
+        svg.append(s("text", { x: pad.l + i * bw + bw / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, label));
+      }
+    });
+    return svg;
+  }
+
+  function columnChart(items, cls) {
+    const W = 640, H = 200, pad = { l: 10, r: 10, t: 22, b: 26 };
+    const max = Math.max(1, ...items.map((x) => x.count));
+    const bw = (W - pad.l - pad.r) / items.length;
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Time to decision" });
+    svg.append(s("line", { x1: pad.l, x2: W - pad.r, y1: H - pad.b, y2: H - pad.b, class: "grid-line" }));
+    items.forEach((x, i) => {
+      const hgt = ((H - pad.t - pad.b) * x.count) / max;
+      svg.append(s("rect", { x: pad.l + i * bw + bw * 0.12, width: bw * 0.76, y: H - pad.b - hgt, height: Math.max(0, hgt), rx: 3, class: cls }, s("title", null, `${x.label}: ${x.count}`)),
+        s("text", { x: pad.l + i * bw + bw / 2, y: H - 8, "text-anchor": "middle", class: "axis" }, x.label),
+        x.count ? s("text", { x: pad.l + i * bw + bw / 2, y: H - pad.b - hgt - 4, "text-anchor": "middle", class: "axis" }, String(x.count)) : null);
+    });
+    return svg;
+  }
+
+  function stackRow(name, counts, keys) {
+    const total = keys.reduce((a, k) => a + (counts[k] || 0), 0);
+    const bar = h("div", { class: "stack" }, keys.map((k) => (counts[k] ? h("span", { class: `fill-${k}`, title: `${k}: ${counts[k]}`, "data-w": counts[k] / Math.max(1, total) }) : null)));
+    return h("div", { class: "hbar-row" }, h("span", { class: "name", title: name }, safeText(name)), bar, h("span", { class: "num muted", text: String(total) }));
+  }
+
+  async function renderStats() {
+    state.view = "stats";
+    const days = h("select", { "aria-label": "Period" }, [1, 7, 14, 30, 90].map((d) => h("option", { value: String(d), text: d === 1 ? "Last 24 hours" : `Last ${d} days` })));
+    days.value = String(renderStats.days || 14);
+    const body = h("div", null, h("p", { class: "muted", text: "Loading…" }));
+    $("#app").replaceChildren(h("div", { class: "page-head" }, h("div", null, h("h1", { text: "Stats" }), h("div", { class: "sub", text: "How held calls are decided, and whether reviewers are still reading." })), days), body);
+    days.addEventListener("change", () => { renderStats.days = Number(days.value); renderStats(); });
+    let st;
+    try { st = await api(`/api/stats?days=${days.value}`); } catch (e) { body.replaceChildren(h("p", { class: "muted" }, safeText(e.message))); return; }
+    const t = st.totals;
+    const held = OUT.reduce((a, k) => a + t[k], 0);
+    const decided = held - t.pending;
+    const rate = (k) => (decided ? t[k] / decided : null);
+    const ttd = st.time_to_decision;
+    const kpi = (v, l, cls) => h("div", { class: `panel kpi ${cls || ""}` }, h("span", { class: "v", text: v }), h("span", { class: "l", text: l }));
+    const fat = st.fatigue;
+    const signals = h("div", null,
+      h("div", { class: `signal ${fat.fast_share > 0.2 ? "alert" : ""}` }, h("span", { class: "v", text: `${fat.fast_decisions}` }),
+        h("span", null, `decisions faster than ${fat.fast_threshold_seconds} s (${pct(fat.fast_share)} of ${fat.decisions})`)),
+      h("div", { class: `signal ${fat.longest_approval_run >= 10 ? "alert" : ""}` }, h("span", { class: "v", text: `${fat.longest_approval_run}` }),
+        h("span", { text: "longest run of approvals in a row (one reviewer)" })),
+      fat.reviewers.slice(0, 6).map((r) => h("div", { class: "signal" }, h("span", { class: "v", text: String(r.decisions) }),
+        h("span", null, h("code", null, safeText(r.reviewer)), ` — ${r.fast} fast, current run ${r.current_approval_run}, longest ${r.longest_approval_run}`))));
+    const hints = st.rule_hints;
+    const hintList = (items, empty) => (items.length
+      ? h("ul", { class: "hint-list" }, items.map((x) => h("li", null, h("code", null, safeText(x.rule)), ` (${x.decisions} decisions)`)))
+      : h("p", { class: "muted", text: empty }));
+    const usageMax = Math.max(1, ...st.usage.map((u) => u.total));
+    body.replaceChildren(
+      h("div", { class: "kpis" },
+        kpi(String(held), "held calls"),
+        kpi(pct(rate("approved")), "approved as is", "dot-approved"),
+        kpi(pct(rate("modified")), "approved with changes", "dot-modified"),
+        kpi(pct(rate("rejected")), "rejected", "dot-rejected"),
+        kpi(pct(rate("expired")), "timed out", "dot-expired"),
+        kpi(dur(ttd.median), "median time to decide"),
+        kpi(dur(ttd.p90), "p90 time to decide")),
+      h("div", { class: "charts" },
+        h("section", { class: "panel chart wide" }, h("h2", { text: "Outcomes over time" }), legend(OUT), stackedBars(st.series, st.bucket_seconds)),
+        h("section", { class: "panel chart" }, h("h2", { text: "Time to decision" }), h("div", { class: "muted", text: `${ttd.count} decisions · median ${dur(ttd.median)} · p90 ${dur(ttd.p90)}` }), columnChart(ttd.histogram, "fill-accent")),
+        h("section", { class: "panel chart" }, h("h2", { text: "Reviewer fatigue" }), signals),
+        h("section", { class: "panel chart" }, h("h2", { text: "Outcomes per rule" }), legend(OUT.slice(0, 5)),
+          st.per_rule.length ? st.per_rule.map((r) => stackRow(r.rule, r, OUT)) : h("p", { class: "muted", text: "No held calls yet." })),
+        h("section", { class: "panel chart" }, h("h2", { text: "Calls per upstream and tool" }),
+          st.usage.length ? st.usage.map((u) => h("div", { class: "hbar-row" }, h("span", { class: "name", title: `${u.upstream} · ${u.tool}` }, safeText(`${u.upstream} · ${u.tool}`)),
+            h("div", { class: "stack" }, h("span", { class: "fill-accent", "data-w": u.total / usageMax })), h("span", { class: "num muted", text: String(u.total) }))) : h("p", { class: "muted", text: "No calls yet." })),
+        h("section", { class: "panel chart" }, h("h2", { text: "Never rejected: candidates to relax" }), hintList(hints.never_rejected, "None yet (needs 5+ decisions per rule).")),
+        h("section", { class: "panel chart" }, h("h2", { text: "Always rejected: candidates to deny" }), hintList(hints.always_rejected, "None."))));
+    for (const el of body.querySelectorAll(".stack > span[data-w]")) el.style.width = `${(Number(el.dataset.w) * 100).toFixed(1)}%`;
+  }
+
+  // ------------------------------------------------------------------ rules
+
+  async function renderRules() {
+    state.view = "rules";
+    let data;
+    try { data = await api("/api/rules"); } catch (e) { return; }
+    const line = (label, ...v) => h("div", { class: "line" }, `${label} `, ...v);
+    const code = (v) => h("code", null, safeText(typeof v === "string" ? v : JSON.stringify(v)));
+    const rules = data.rules.map((r, i) => h("div", { class: "rule" },
+      h("div", { class: "top" }, h("span", { class: "idx", text: `#${i}` }), h("span", { class: "name" }, safeText(r.name || `rules[${i}]`)),
+        h("span", { class: `chip ${r.gate === "deny" ? "risk-high" : r.gate === "allow" ? "risk-low" : "neutral"}`, text: r.gate }), r.risk ? riskChip(r.risk) : null),
+      line("match", code(r.upstream), " / ", code(r.tool), Object.keys(r.when || {}).length ? [" when ", code(r.when)] : null),
+      r.summary ? line("summary", code(r.summary)) : null,
+      r.effects && (r.effects.approve || r.effects.reject) ? line("effects", safeText(`approve: ${r.effects.approve || "–"} · reject: ${r.effects.reject || "–"}${r.effects.reversible === false ? " · not reversible" : ""}`)) : null,
+      r.timeout ? line("timeout", code(dur(r.timeout)), " then reject") : null,
+      r.reason ? line("reason", safeText(r.reason)) : null));
+    const d = data.defaults;
+    const defaults = h("div", { class: "rule" }, h("div", { class: "top" }, h("span", { class: "name", text: "When no rule matches" })),
+      line("read-like tool names pass; write-like and unknown ones are held (unknown:", code(d.unknown), ")"),
+      line("default timeout", code(dur(d.timeout)), " then reject (never approve)"));
+
+    const up = h("input", { type: "text", value: data.upstreams[0] || "", list: "up-list", "aria-label": "Upstream" });
+    const tool = h("input", { type: "text", placeholder: "issue_refund", "aria-label": "Tool" });
+    const args = h("textarea", { rows: "6", spellcheck: "false", "aria-label": "Arguments (JSON)" });
+    args.value = "{}";
+    const ann = h("input", { type: "text", placeholder: '{"destructiveHint": true}', "aria-label": "Annotations (JSON)" });
+    const out = h("div");
+    const run = async () => {
+      let a, an;
+      try { a = JSON.parse(args.value || "{}"); an = ann.value.trim() ? JSON.parse(ann.value) : undefined; } catch (e) { out.replaceChildren(h("p", { class: "errors" }, safeText(e.message))); return; }
+      try {
+        const v = await api("/api/explain", { json: { upstream: up.value, tool: tool.value, arguments: a, annotations: an } });
+        out.replaceChildren(h("div", { class: "verdict" },
+          h("div", { class: "top" }, h("span", { class: `chip ${v.action === "deny" ? "risk-high" : v.action === "allow" ? "risk-low" : "risk-medium"}`, text: v.action }), " ", riskChip(v.risk), " ", v.rule ? code(v.rule) : h("span", { class: "muted", text: "no rule" })),
+          v.summary ? h("div", null, safeText(v.summary)) : null,
+          h("ul", null, v.reasons.map((r) => h("li", null, safeText(r)))),
+          v.deny_reason ? h("div", { class: "muted" }, safeText(v.deny_reason)) : null));
+      } catch (e) { out.replaceChildren(h("p", { class: "errors" }, safeText(e.message))); }
+    };
+    $("#app").replaceChildren(h("div", { class: "page-head" }, h("div", null, h("h1", { text: "Rules" }), h("div", { class: "sub", text: "The active policy (read-only). Rules are tried in order; the first match decides." }))),
+      h("div", { class: "rules-layout" },
+        h("section", { class: "panel" }, rules, defaults),
+        h("section", { class: "panel testbox" }, h("h2", { text: "Test a call" }),
+          h("datalist", { id: "up-list" }, data.upstreams.map((u) => h("option", { value: u }))),
+          h("label", null, "Upstream", up), h("label", null, "Tool", tool), h("label", null, "Arguments (JSON)", args), h("label", null, "Annotations (JSON, optional)", ann),
+          h("button", { type: "button", class: "btn modify", onclick: run, text: "Explain" }), out)));
+  }
+
+  // ------------------------------------------------------------------ router and keys
+
+  function route() {
+    const parts = location.hash.replace(/^#\/?/, "").split("/");
+    const view = parts[0] || "queue";
+    state.card = null;
+    queueRoot = null;
+    for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === (view === "call" ? "history" : view));
+    if (view === "history") renderHistory();
+    else if (view === "stats") renderStats();
+    else if (view === "rules") renderRules();
+    else if (view === "call" && parts[1]) renderCallPage(parts[1]);
+    else renderQueue(parts[1]);
+  }
+
+  function showHelp() {
+    const close = () => overlay.remove();
+    const overlay = h("div", { class: "help", onclick: (e) => { if (e.target === overlay) close(); } },
+      h("div", { class: "panel" }, h("h2", { text: "Keyboard shortcuts" }),
+        h("dl", null,
+          h("dt", null, h("kbd", { text: "j" }), " ", h("kbd", { text: "k" })), h("dd", { text: "next / previous held call" }),
+          h("dt", null, h("kbd", { text: "a" })), h("dd", { text: "approve as shown" }),
+          h("dt", null, h("kbd", { text: "e" })), h("dd", { text: "edit the arguments" }),
+          h("dt", null, h("kbd", { text: "r" })), h("dd", { text: "reject: type a reason, Enter" }),
+          h("dt", null, h("kbd", { text: "Esc" })), h("dd", { text: "leave a field / close" })),
+        h("button", { type: "button", class: "btn small", onclick: close, text: "Close" })));
+    document.body.append(overlay);
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
+    if (e.key === "Escape") { if (typing) e.target.blur(); const o = $(".help"); if (o) o.remove(); return; }
+    if (typing || state.view !== "queue") return;
+    if (e.key === "j") move(1);
+    else if (e.key === "k") move(-1);
+    else if (e.key === "a" && state.card && state.card.approve) state.card.approve();
+    else if (e.key === "r" && state.card && state.card.reject) { e.preventDefault(); state.card.reject(); }
+    else if (e.key === "e" && state.card && state.card.edit) { e.preventDefault(); state.card.edit(); }
+    else if (e.key === "?") showHelp();
+  });
+
+  async function start() {
+    try {
+      state.me = await api("/api/session");
+    } catch (e) {
+      if (e.status !== 401) toast(e.message, true);
+      return;
+    }
+    state.offset = state.me.now - Date.now() / 1000;
+    $("#whoami").textContent = state.me.reviewer;
+    setupNotifyButton();
+    window.addEventListener("hashchange", route);
+    route();
+    connect();
+    setInterval(tick, 1000);
+  }
+
+  start();
+})();

@@ -1,0 +1,584 @@
+"""The approval page and its JSON API (Starlette), behind one security middleware.
+
+Every request passes :class:`~mcp_gatekeeper.webguard.Guard` first: the Host allowlist (421), then for ``/api/*`` the session
+cookie or bearer token (401) and, for every state change, the same-origin rule (403); every response
+gets the CSP and the other hardening headers. Handlers are thin: they parse, call the gate or the
+store, and map the error tree to statuses (404, 409, 422, 503) in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.errors import (
+    AlreadyDecidedError,
+    CallNotFoundError,
+    ConfigError,
+    InvalidModificationError,
+    StoreError,
+)
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import CallRecord, Decision, State, canonical_json
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.reports import audit_export, stats
+from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.webauth import (
+    LoginCodes,
+    Principal,
+    allowed_hosts,
+    clear_cookie_header,
+    is_loopback,
+    keyed_hash,
+    load_or_create_token,
+    login_url,
+    mint_session,
+    session_cookie_header,
+)
+from mcp_gatekeeper.webguard import CSP, Guard
+from mcp_gatekeeper.webredact import find_secrets
+
+__all__ = ["CSP", "build_app", "load_or_create_token", "login_url", "serve"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_DEPTH = 64
+"""Edited arguments nested deeper than this are refused (422) before any parser recursion can fail."""
+SSE_POLL = 0.075
+SSE_KEEPALIVE = 15.0
+MAX_REASON = 2000
+
+
+class _Problem(Exception):
+    """A request the handler refuses, with its status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _Changes:
+    """An in-process nudge so live views update the moment this process decides a call."""
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        event = self._event
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+
+class WebState:
+    """Everything the handlers share for one app. ``serve`` fills in the port once it has bound."""
+
+    def __init__(self, *, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> None:
+        self.store, self.gate, self.policy, self.token, self.clock = store, gate, policy, token, clock
+        self.codes = LoginCodes(token)
+        self.changes = _Changes()
+        self.closing = False
+        self.port = 0
+        self.hosts: frozenset[str] = frozenset()
+        self.set_port(port)
+
+    def set_port(self, port: int) -> None:
+        ui = self.policy.config.ui
+        self.port = port
+        self.hosts = allowed_hosts(port, ui.host if ui.allow_remote else None)
+
+    def hash_secret(self, value: str) -> str:
+        return keyed_hash(self.token, value)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _st(request: Request) -> WebState:
+    state: WebState = request.app.state.gk
+    return state
+
+
+def _principal(request: Request) -> Principal:
+    p: Principal = request.state.principal
+    return p
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+async def _json_body(request: Request, cap: int) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise _Problem(415, "unsupported_media_type", "send the body as application/json")
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise _Problem(413, "too_large", f"the request body is over {cap} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    if _depth_over(raw, MAX_DEPTH):
+        raise _Problem(422, "too_deep", f"the JSON body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise _Problem(422, "bad_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise _Problem(422, "bad_json", "the body must be a JSON object")
+    return body
+
+
+def _depth_over(raw: bytes, limit: int) -> bool:
+    """True if brackets nest deeper than ``limit`` (strings skipped), without parsing recursively."""
+    depth, in_str, escaped = 0, False, False
+    for b in raw:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:
+                escaped = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _call_json(rec: CallRecord, *, detail: bool) -> dict[str, Any]:
+    out = rec.to_json()
+    out["args_bytes"] = len(canonical_json(rec.arguments).encode())
+    if detail:
+        out["secrets"] = {
+            key: [h.to_json() for h in find_secrets(value)]
+            for key, value in (
+                ("arguments", rec.arguments),
+                ("modified_arguments", rec.modified_arguments),
+                ("result", rec.result),
+                ("summary", rec.summary),
+                ("error", rec.error),
+                ("reason", rec.reason),
+                ("agent_reason", rec.agent_reason),
+            )
+            if value is not None
+        }
+    return out
+
+
+def _cursor(rec: CallRecord) -> str:
+    return base64.urlsafe_b64encode(json.dumps([rec.created_at, rec.id]).encode()).decode().rstrip("=")
+
+
+def _parse_cursor(text: str) -> tuple[float, str]:
+    try:
+        created, cid = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return float(created), str(cid)
+    except (ValueError, TypeError) as e:
+        raise _Problem(400, "bad_cursor", "the cursor is not one this API returned") from e
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Problem(400, "bad_parameter", f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise _Problem(400, "bad_parameter", f"{name} must be between {lo} and {hi}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+async def _index(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+
+async def _login(request: Request) -> Response:
+    st = _st(request)
+    code = request.query_params.get("token", "")
+    if not st.codes.redeem(code, st.clock.now()):
+        return FileResponse(STATIC_DIR / "login-failed.html", status_code=401, media_type="text/html; charset=utf-8")
+    resp = RedirectResponse("/", status_code=303)
+    resp.headers.append("set-cookie", session_cookie_header(st.port, mint_session(st.token, st.clock.now())))
+    return resp
+
+
+async def _logout(request: Request) -> Response:
+    resp = JSONResponse({"ok": True})
+    resp.headers.append("set-cookie", clear_cookie_header(_st(request).port))
+    return resp
+
+
+async def _session(request: Request) -> Response:
+    st, p = _st(request), _principal(request)
+    return JSONResponse({"reviewer": p.reviewer, "kind": p.kind, "now": st.clock.now()})
+
+
+async def _list_calls(request: Request) -> Response:
+    st = _st(request)
+    q = request.query_params
+    states = [s for raw in q.getlist("state") for s in raw.split(",") if s]
+    valid = {s.value for s in State}
+    if bad := [s for s in states if s not in valid]:
+        raise _Problem(400, "bad_parameter", f"unknown state(s) {bad}; use {sorted(valid)}")
+    order = q.get("order") or ("asc" if states == ["pending"] else "desc")
+    if order not in ("asc", "desc"):
+        raise _Problem(400, "bad_parameter", "order must be asc or desc")
+    limit = _int_param(request, "limit", 50, 1, 500)
+    cursor = q.get("cursor")
+    calls = await st.store.list_calls(
+        states=states or None,
+        upstream=q.get("upstream") or None,
+        tool=q.get("tool") or None,
+        decided_by=q.get("decided_by") or q.get("reviewer") or None,
+        text=q.get("q") or None,
+        limit=limit + 1,
+        before=_parse_cursor(cursor) if cursor else None,
+        oldest_first=order == "asc",
+    )
+    more = len(calls) > limit
+    calls = calls[:limit]
+    return JSONResponse(
+        {
+            "calls": [_call_json(c, detail=False) for c in calls],
+            "next_cursor": _cursor(calls[-1]) if more else None,
+            "counts": await st.store.counts(),
+            "now": st.clock.now(),
+        }
+    )
+
+
+async def _get_call(request: Request) -> Response:
+    st = _st(request)
+    rec = await st.store.find(request.path_params["call_id"])
+    return JSONResponse({**_call_json(rec, detail=True), "now": st.clock.now()})
+
+
+async def _decide(request: Request, *, approve: bool) -> Response:
+    st = _st(request)
+    cap = st.policy.config.security.max_argument_bytes + 64 * 1024
+    body = await _json_body(request, cap)
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise _Problem(422, "bad_reason", "reason must be a string")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise _Problem(422, "bad_reason", f"reason is longer than {MAX_REASON} characters")
+    digest_seen = body.get("args_digest")
+    if digest_seen is not None and not isinstance(digest_seen, str):
+        raise _Problem(422, "bad_digest", "args_digest must be a string")
+    arguments = body.get("arguments")
+    if approve:
+        if not digest_seen:
+            raise _Problem(422, "digest_required", "args_digest (of the arguments you reviewed) is required to approve")
+        if "arguments" in body and not isinstance(arguments, dict):
+            raise InvalidModificationError("arguments must be a JSON object")
+    elif "arguments" in body:
+        raise InvalidModificationError("arguments can only be given with an approval")
+    decision = Decision(
+        approve=approve,
+        decided_by=_principal(request).reviewer,
+        channel="web",
+        reason=reason or None,
+        arguments=arguments if approve and "arguments" in body else None,
+        args_digest=digest_seen or None,
+    )
+    rec = await st.gate.decide(request.path_params["call_id"], decision)
+    st.changes.notify()
+    return JSONResponse(_call_json(rec, detail=True))
+
+
+async def _approve(request: Request) -> Response:
+    return await _decide(request, approve=True)
+
+
+async def _reject(request: Request) -> Response:
+    return await _decide(request, approve=False)
+
+
+async def _pending_snapshot(st: WebState) -> dict[str, Any]:
+    rows = await st.store.query(
+        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary FROM calls"
+        " WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
+    )
+    keys = ("id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary")
+    return {
+        "pending": [dict(zip(keys, r, strict=True)) for r in rows],
+        "counts": await st.store.counts(),
+        "now": st.clock.now(),
+    }
+
+
+async def _events(request: Request) -> Response:
+    st = _st(request)
+
+    async def stream() -> AsyncIterator[str]:
+        last: Any = None
+        idle = 0.0
+        yield "retry: 2000\n\n"
+        while not st.closing:
+            try:
+                marker = (await st.store.query("SELECT COALESCE(MAX(seq), 0) FROM audit"))[0][0]
+                if marker != last:
+                    snapshot = await _pending_snapshot(st)
+                    last = marker
+                    yield f"event: change\ndata: {json.dumps({'seq': marker, **snapshot})}\n\n"
+                    idle = 0.0
+            except StoreError:
+                yield f"event: store_error\ndata: {json.dumps({'message': 'the store is unavailable'})}\n\n"
+            if idle >= SSE_KEEPALIVE:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            await st.changes.wait(SSE_POLL)
+            idle += SSE_POLL
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"cache-control": "no-store", "x-accel-buffering": "no"}
+    )
+
+
+async def _stats(request: Request) -> Response:
+    st = _st(request)
+    days = _int_param(request, "days", 14, 1, 365)
+    return JSONResponse(await stats(st.store, now=st.clock.now(), days=float(days)))
+
+
+async def _audit(request: Request) -> Response:
+    st = _st(request)
+    q = request.query_params
+    if q.get("export") in ("1", "true", "yes"):
+        body = await audit_export(st.store, hasher=st.hash_secret, now=st.clock.now())
+        return JSONResponse(body, headers={"content-disposition": 'attachment; filename="mcp-gatekeeper-audit.json"'})
+    call_id = q.get("call_id")
+    if call_id:
+        call_id = (await st.store.find(call_id)).id
+    limit = _int_param(request, "limit", 200, 1, 5000)
+    before = _int_param(request, "before", 0, 0, 2**62) or None
+    events = await st.store.audit_events(call_id=call_id, limit=limit, before_seq=before)
+    ok, checked, message = await st.store.verify_audit()
+    return JSONResponse(
+        {"events": [e.to_json() for e in events], "chain": {"ok": ok, "checked": checked, "message": message}}
+    )
+
+
+async def _rules(request: Request) -> Response:
+    cfg = _st(request).policy.config
+    return JSONResponse(
+        {
+            "rules": [r.model_dump(mode="json") for r in cfg.rules],
+            "defaults": cfg.defaults.model_dump(mode="json"),
+            "upstreams": sorted(cfg.upstreams),
+            "security": cfg.security.model_dump(mode="json"),
+        }
+    )
+
+
+async def _explain(request: Request) -> Response:
+    st = _st(request)
+    body = await _json_body(request, st.policy.config.security.max_argument_bytes + 64 * 1024)
+    upstream, tool = body.get("upstream"), body.get("tool")
+    arguments, annotations = body.get("arguments", {}), body.get("annotations")
+    if not isinstance(upstream, str) or not isinstance(tool, str) or not upstream or not tool:
+        raise _Problem(422, "bad_request", "upstream and tool are required strings")
+    if not isinstance(arguments, dict) or (annotations is not None and not isinstance(annotations, dict)):
+        raise _Problem(422, "bad_request", "arguments and annotations must be JSON objects")
+    return JSONResponse(st.policy.evaluate(upstream, tool, arguments, annotations).to_json())
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if request.url.path.startswith("/api/"):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": exc.detail}, status_code=exc.status_code, headers=headers)
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=headers)
+
+
+async def _openapi(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "openapi.json", media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Problem)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _on_not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, "not_found", str(exc))
+
+
+async def _on_already_decided(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AlreadyDecidedError)
+    return _error(409, exc.why, str(exc), state=exc.state)
+
+
+async def _on_invalid(request: Request, exc: Exception) -> Response:
+    return _error(422, "invalid_modification", str(exc))
+
+
+async def _on_store(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable for %s %s: %s", request.method, request.url.path, exc)
+    return _error(503, "store_unavailable", "the gatekeeper's store is unavailable; try again")
+
+
+# ---------------------------------------------------------------------------------------------- app and server
+
+
+def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> Starlette:
+    """The approval page and JSON API. ``serve`` runs it; tests drive it through an ASGI client."""
+    state = WebState(store=store, gate=gate, policy=policy, token=token, port=port, clock=clock)
+    routes = [
+        Route("/", _index, methods=["GET"]),
+        Route("/login", _login, methods=["GET"]),
+        Route("/api/session", _session, methods=["GET"]),
+        Route("/api/logout", _logout, methods=["POST"]),
+        Route("/api/calls", _list_calls, methods=["GET"]),
+        Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
+        Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),
+        Route("/api/calls/{call_id}/reject", _reject, methods=["POST"]),
+        Route("/api/events", _events, methods=["GET"]),
+        Route("/api/stats", _stats, methods=["GET"]),
+        Route("/api/audit", _audit, methods=["GET"]),
+        Route("/api/rules", _rules, methods=["GET"]),
+        Route("/api/explain", _explain, methods=["POST"]),
+        Route("/api/openapi.json", _openapi, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, state=state)],
+        exception_handlers={
+            HTTPException: _on_http,
+            _Problem: _on_problem,
+            CallNotFoundError: _on_not_found,
+            AlreadyDecidedError: _on_already_decided,
+            InvalidModificationError: _on_invalid,
+            StoreError: _on_store,
+        },
+    )
+    app.state.gk = state
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the caller's task group owns the process's lifetime."""
+
+    def capture_signals(self) -> Any:
+        return contextlib.nullcontext()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(
+    app: Starlette,
+    *,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind ``host:port`` (``OSError`` if taken), report the bound port, then serve until cancelled."""
+    if not is_loopback(host):
+        if not allow_remote:
+            raise ConfigError(
+                [f"ui.host: {host!r} is not a loopback address; set ui.allow_remote = true to serve the page on it"]
+            )
+        log.warning(
+            "WARNING: the approval page is listening on %s, reachable from other machines; anyone who gets a"
+            " login link or the ui-token can approve calls",
+            host,
+        )
+    sock = _bind(host, port)
+    state: WebState = app.state.gk
+    bound = int(sock.getsockname()[1])
+    state.set_port(bound)
+    state.closing = False
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        ws="none",
+        timeout_graceful_shutdown=2,
+    )
+    server = _Server(config)
+    finished = anyio.Event()
+
+    async def run() -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=[sock])
+        finally:
+            finished.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            task_status.started(bound)
+            try:
+                await finished.wait()
+            finally:
+                state.closing = True
+                server.should_exit = True
+    finally:
+        sock.close()

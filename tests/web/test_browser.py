@@ -1,0 +1,379 @@
+"""The page in a real browser (Debian chromium driven by Playwright), served for real by ``serve``.
+
+Skipped with a reason when /usr/bin/chromium or the playwright package is missing. Never runs
+``playwright install``: it drives the system chromium.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx2
+import pytest
+
+from mcp_gatekeeper.clock import FakeClock, SystemClock
+from mcp_gatekeeper.config import validate_config
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import Approved, NewCall, Refused, State
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.web import build_app, login_url, serve
+from mcp_gatekeeper.webauth import load_or_create_token
+
+from .conftest import CONFIG, Harness, RecordingNotifier, new_call, refund_args
+
+CHROMIUM = Path("/usr/bin/chromium")
+HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CHROME_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP evil.test 127.0.0.1",
+]
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium"),
+    pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="needs the playwright Python package (pip install playwright)"),
+]
+
+
+@dataclass
+class Live:
+    h: Harness
+    port: int
+    base: str
+    browser: Any
+    dialogs: list[str]
+
+    async def page(self, **context: Any) -> Any:
+        ctx = await self.browser.new_context(**{"viewport": {"width": 1280, "height": 860}, **context})
+        page = await ctx.new_page()
+
+        async def on_dialog(dialog: Any) -> None:
+            self.dialogs.append(dialog.message)
+            await dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        return page
+
+    async def logged_in_page(self, **context: Any) -> Any:
+        page = await self.page(**context)
+        await page.goto(login_url("127.0.0.1", self.port, self.h.token))
+        await page.wait_for_selector("#whoami:has-text('web:')", state="attached")
+        assert self.h.token not in page.url
+        assert "token=" not in page.url
+        return page
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    from playwright.async_api import async_playwright
+
+    clock = SystemClock()
+    policy = Policy(validate_config(CONFIG))
+    home = tmp_path / "home"
+    token = load_or_create_token(home)
+    await _seed_history(home / "gatekeeper.db", policy)
+    notifier = RecordingNotifier()
+    async with Store.open(home / "gatekeeper.db", clock) as store:
+        await store.register_instance("browser-test")
+        gate = Gate(store, policy, clock, notifier=notifier)
+        app = build_app(store=store, gate=gate, policy=policy, token=token, port=0, clock=clock)
+        async with gate.running(), anyio.create_task_group() as tg:
+            port = await tg.start(lambda task_status: serve(
+                app, host="127.0.0.1", port=0, allow_remote=False, task_status=task_status
+            ))  # fmt: skip
+            base = f"http://127.0.0.1:{port}"
+            async with httpx2.AsyncClient(base_url=base) as client, async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
+                harness = Harness(home, store, gate, policy, clock, app, token, notifier, tg, client)
+                try:
+                    yield Live(harness, port, base, browser, [])
+                finally:
+                    await browser.close()
+            tg.cancel_scope.cancel()
+
+
+async def _seed_history(db: Path, policy: Policy) -> None:
+    """Two weeks of decided calls (written with a fake clock), so History and Stats have something to show."""
+    rng = random.Random(7)
+    clock = FakeClock(start=time.time() - 14 * 86400)
+    async with Store.open(db, clock) as store:
+        await store.register_instance("seed")
+        for _ in range(70):
+            clock.advance(rng.uniform(2000, 30000))
+            pick = rng.random()
+            if pick < 0.55:
+                new = new_call(
+                    policy,
+                    arguments=refund_args(
+                        amount=rng.choice([40, 120, 310, 750]), order_id=str(rng.randint(8000, 9999))
+                    ),
+                )
+            elif pick < 0.8:
+                new = new_call(policy, "delete_record", {"id": f"r-{rng.randint(1, 400)}"})
+            else:
+                new = NewCall(upstream="mail", tool="send_email", arguments={"to": "ops@example.com", "subject": "Weekly report"},
+                              gate="hard", risk="medium", summary="Email ops@example.com: Weekly report")  # fmt: skip
+            rec = await store.insert_call(new, state=State.PENDING, deadline_at=clock.now() + 600)
+            wait = rng.choice([1.2, 1.6, 4, 9, 22, 48, 95, 240])
+            clock.advance(wait)
+            fate = rng.random()
+            who = rng.choice(["web:3fa9c2d1", "web:77b0e4aa", "api:ops"])
+            if fate < 0.08:
+                clock.advance(600)
+                await store.transition(
+                    rec.id, [State.PENDING], State.EXPIRED, channel="timeout", reason="no decision in time"
+                )
+            elif fate < 0.25:
+                await store.decide(rec.id, approve=False, decided_by=who, channel="web", reason="not this one",
+                                   modified_arguments=None, expected_digest=rec.args_digest)  # fmt: skip
+            else:
+                edit = None
+                if fate > 0.85 and rec.tool == "issue_refund":
+                    edit = {**rec.arguments, "amount": 25}
+                await store.decide(rec.id, approve=True, decided_by=who, channel="web", reason=None,
+                                   modified_arguments=edit, expected_digest=rec.args_digest)  # fmt: skip
+                await store.transition(rec.id, [State.APPROVED], State.FORWARDING)
+                await store.transition(rec.id, [State.FORWARDING], State.FORWARDED, result={"content": [{"type": "text", "text": "ok"}]}, finished_at=clock.now())  # fmt: skip
+
+
+async def _wait_for_row(page: Any, call_id: str) -> None:
+    await page.wait_for_selector(f'.qitem[data-id="{call_id}"]', timeout=5000)
+
+
+async def test_live_queue_modify_approve_and_reject(live: Live) -> None:
+    h = live.h
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    # a call held after the page loaded appears live (SSE), without a reload
+    rec, holder = await h.hold(new_call(h.policy))
+    await _wait_for_row(page, rec.id)
+    assert await page.title() == "(1) mcp-gatekeeper"
+    await page.wait_for_selector(".card-title")
+    assert "Issue $750 refund to john@example.com for order #8821" in await page.text_content(".card-title")
+    # modify an argument in the editor, see the diff, approve with changes
+    await page.click(".actions .btn.modify")
+    await page.fill("#f-amount", "500")
+    await page.wait_for_selector(".diff .now")
+    assert "500" in await page.text_content(".diff")
+    await page.click(".actions .btn.modify")
+    with anyio.fail_after(5):
+        outcome = await holder.outcome()
+    assert isinstance(outcome, Approved)
+    assert outcome.modified is True
+    assert outcome.arguments == refund_args(amount=500)
+    row = await h.store.get(rec.id)
+    assert row.modified_arguments == refund_args(amount=500)
+    assert row.decided_by is not None and row.decided_by.startswith("web:")
+    # reject with a reason the agent reads
+    rec2, holder2 = await h.hold(new_call(h.policy, arguments=refund_args(order_id="9001")))
+    await _wait_for_row(page, rec2.id)
+    await page.click(f'.qitem[data-id="{rec2.id}"]')
+    await page.wait_for_selector(f'.card [title="{rec2.id}"]')
+    await page.fill(".actions .reason", "Refunds over $500 need a manager's sign-off")
+    await page.click(".actions .btn.reject")
+    outcome2 = await holder2.outcome()
+    assert isinstance(outcome2, Refused)
+    assert outcome2.state == State.REJECTED
+    assert "Refunds over $500 need a manager's sign-off" in outcome2.reason
+    assert live.dialogs == []
+
+
+async def test_keyboard_shortcuts_approve(live: Live) -> None:
+    h = live.h
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    rec, holder = await h.hold(new_call(h.policy, "delete_record", {"id": "r-9"}))
+    await _wait_for_row(page, rec.id)
+    await page.wait_for_selector(f'.card [title="{rec.id}"]')
+    await page.keyboard.press("a")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == {"id": "r-9"}
+
+
+def _attack_page(target: str, digest: str) -> bytes:
+    body = f"""<!doctype html><html><body>
+<form id="f" method="POST" action="{target}" enctype="text/plain">
+<input name='{{"args_digest":"{digest}","x":"' value='"}}'>
+</form>
+<script>
+fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
+  headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify({{args_digest: "{digest}"}})}})
+  .finally(() => document.getElementById("f").submit());
+</script></body></html>"""
+    return body.encode()
+
+
+async def _serve_pages(listener: anyio.abc.SocketListener, pages: dict[str, bytes]) -> None:
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive()
+                if not chunk:
+                    return
+                data += chunk
+            path = data.split(b" ", 2)[1].decode()
+            body = pages.get(path, b"not found")
+            head = f"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            await stream.send(head.encode() + body)
+
+    await listener.serve(handle)
+
+
+async def test_cross_origin_same_site_and_rebound_attacks_fail(live: Live) -> None:
+    h = live.h
+    page = await live.logged_in_page()  # the victim is logged in: the cookie exists
+    rec, holder = await h.hold(new_call(h.policy))
+    await _wait_for_row(page, rec.id)
+    target = f"{live.base}/api/calls/{rec.id}/approve"
+    attack = _attack_page(target, rec.args_digest)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    other = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio's typed attribute, not Django
+    seen: list[tuple[str, int]] = []
+    page.context.on("response", lambda r: seen.append((r.url, r.status)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_serve_pages, listener, {"/attack": attack})
+        try:
+            # another origin: http://evil.test:OTHER (cross-site)
+            await page.goto(f"http://evil.test:{other}/attack")
+            await page.wait_for_url(target, timeout=5000)
+            assert "cross_origin" in (await page.content()) or "unauthorized" in (await page.content())
+            # another local port: http://127.0.0.1:OTHER (same-site: the Strict cookie is sent, Sec-Fetch-Site says same-site)
+            await page.goto(f"http://127.0.0.1:{other}/attack")
+            await page.wait_for_url(target, timeout=5000)
+            assert "cross_origin" in await page.content()
+            # DNS rebinding: a page at http://evil.test:UIPORT fetching the API "same-origin"
+            await page.goto(f"http://evil.test:{live.port}/")
+            status = await page.evaluate(
+                """async ([url, digest]) => (await fetch(url, {method: "POST", credentials: "include",
+                       headers: {"Content-Type": "application/json"}, body: JSON.stringify({args_digest: digest})})).status""",
+                [f"http://evil.test:{live.port}/api/calls/{rec.id}/approve", rec.args_digest],
+            )
+            assert status == 421
+        finally:
+            tg.cancel_scope.cancel()
+    posts = [s for u, s in seen if u == target]
+    assert posts and all(s in (401, 403) for s in posts)
+    assert (await h.store.get(rec.id)).state == State.PENDING
+    assert not holder.done.is_set()
+
+
+async def test_hostile_arguments_render_inert_and_visible(live: Live) -> None:
+    h = live.h
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    hostile = refund_args(
+        order_id="<script>window.__xss=1;alert(1)</script>",
+        email="<img src=x onerror=alert(2)>john@\u202eexample.com",
+    )
+    hostile["note"] = "\x1b[2J\x1b[31mall good\x1b[0m\u200b\U000e0041"
+    rec, _ = await h.hold(new_call(h.policy, arguments=hostile, agent_reason="</textarea><script>alert(3)</script>"))
+    await _wait_for_row(page, rec.id)
+    await page.wait_for_selector(".card pre.json")
+    text = await page.text_content(".card")
+    assert "<script>window.__xss=1;alert(1)</script>" in text
+    assert "<img src=x onerror=alert(2)>" in text
+    badges = await page.eval_on_selector_all(".card .uc", "els => els.map(e => e.textContent)")
+    assert "⟨U+202E⟩" in badges
+    assert "⟨ESC U+001B⟩" in badges
+    assert "⟨U+200B⟩" in badges
+    assert "⟨U+E0041⟩" in badges
+    assert "invisible, bidirectional or control character" in await page.text_content(".warnings")
+    assert await page.evaluate("window.__xss") is None
+    assert await page.locator(".card img").count() == 0
+    assert live.dialogs == []
+
+
+async def test_screenshots(live: Live) -> None:
+    """Pictures of the queue, a card, history, stats, rules, a phone and dark mode (docs/screenshots)."""
+    h = live.h
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    big = refund_args(email="john@example.com")
+    await h.hold(new_call(h.policy, arguments=big))
+    await h.hold(new_call(h.policy, "delete_record", {"id": "r-311"}, summary="Delete order record r-311 for good",
+                          effects={"approve": "The record is removed from the order desk.", "reject": "The record stays.",
+                                   "reversible": False}, agent_reason="Customer asked for their data to be erased (GDPR).",
+                          agent_confidence=0.64))  # fmt: skip
+    await h.hold(
+        NewCall(
+            upstream="mail",
+            tool="send_email",
+            arguments={
+                "to": "customer@example.com",
+                "subject": "Your refund",
+                "body": "Hi John,\nyour refund of $750 is on its way.\n",
+                "headers": {"Authorization": "Bearer ghp_" + "Q1w2E3r4T5y6U7i8O9p0A1s2D3f4G5h6J7k8"},
+            },
+            gate="hard",
+            risk="medium",
+            rule="outbound-mail",
+            summary="Email customer@example.com: Your refund",
+            effects={"approve": "The email is sent now.", "reject": "No email is sent.", "reversible": False},
+            agent_reason="Let the customer know the refund is processed.",
+            agent_confidence=0.9,
+            client={"name": "Cursor", "version": "1.4"},
+            input_schema={"type": "object"},
+        )
+    )
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qitem >> nth=2")
+    await page.wait_for_selector(".card-title")
+    await page.screenshot(path=str(SCREENSHOTS / "queue.png"))
+    tall = await live.logged_in_page(viewport={"width": 1100, "height": 1600})
+    await tall.wait_for_selector(".card .btn.modify")
+    await tall.click(".actions .btn.modify")
+    await tall.fill("#f-amount", "500")
+    await tall.fill("#f-email", "john.doe@example.com")
+    await tall.wait_for_selector(".diff .now")
+    await tall.locator(".card").screenshot(path=str(SCREENSHOTS / "card.png"))
+    await tall.click(".qitem >> nth=2")
+    await tall.wait_for_selector(".card .masked")
+    await tall.locator(".card").screenshot(path=str(SCREENSHOTS / "card-secrets.png"))
+    await page.goto(f"{live.base}/#/stats")
+    await page.wait_for_selector(".chart svg")
+    await page.screenshot(path=str(SCREENSHOTS / "stats.png"), full_page=True)
+    await page.goto(f"{live.base}/#/history")
+    await page.wait_for_selector("table.grid tbody tr >> nth=5")
+    await page.screenshot(path=str(SCREENSHOTS / "history.png"))
+    await page.click("table.grid tbody tr:has(.chip.modified) >> nth=0")
+    await page.wait_for_selector(".timeline li")
+    await page.screenshot(path=str(SCREENSHOTS / "record.png"), full_page=True)
+    await page.goto(f"{live.base}/#/rules")
+    await page.wait_for_selector(".rule")
+    await page.fill(".testbox input >> nth=1", "issue_refund")
+    await page.fill(".testbox textarea", '{"amount": 900, "email": "a@b.c", "order_id": "1"}')
+    await page.click(".testbox .btn")
+    await page.wait_for_selector(".verdict")
+    await page.screenshot(path=str(SCREENSHOTS / "rules.png"))
+
+    mobile = await live.logged_in_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+    await mobile.wait_for_selector(".card-title")
+    await mobile.screenshot(path=str(SCREENSHOTS / "queue-mobile.png"), full_page=True)
+
+    dark = await live.logged_in_page(color_scheme="dark")
+    await dark.wait_for_selector(".card-title")
+    await dark.screenshot(path=str(SCREENSHOTS / "queue-dark.png"))
+    await dark.goto(f"{live.base}/#/stats")
+    await dark.wait_for_selector(".chart svg")
+    await dark.screenshot(path=str(SCREENSHOTS / "stats-dark.png"), full_page=True)
+    for name in ("queue", "card", "card-secrets", "stats", "queue-mobile", "queue-dark"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+    assert live.dialogs == []

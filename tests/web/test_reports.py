@@ -1,0 +1,111 @@
+"""Stats, secrets masking and the audit export."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_gatekeeper.models import Decision
+from mcp_gatekeeper.webauth import keyed_hash
+from mcp_gatekeeper.webredact import find_secrets, redact
+
+from .conftest import Harness, new_call, refund_args
+
+pytestmark = pytest.mark.anyio
+
+GHP = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+AWS = "AKIA" + "IOSFODNN7EXAMPLE"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+SK = "sk-proj-" + "Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe"
+
+
+def test_find_secrets_patterns_and_key_names() -> None:
+    args = {
+        "headers": {"Authorization": f"Bearer {JWT}"},
+        "cmd": f"export GITHUB_TOKEN={GHP} && aws --key {AWS}",
+        "config": {"api_key": "q8Zr2Lm0Xv7Nw4Pt9Kc1", "password": "hunter2", "name": "plain words here"},
+        "list": [SK],
+    }
+    hits = {(tuple(h.path), h.kind) for h in find_secrets(args)}
+    assert (("headers", "Authorization"), "JSON Web Token") in hits
+    assert (("cmd",), "GitHub token") in hits
+    assert (("cmd",), "AWS access key id") in hits
+    assert (("config", "api_key"), "value of 'api_key'") in hits
+    assert (("config", "password"), "value of 'password'") in hits
+    assert (("list", 0), "API secret key (sk-…)") in hits
+    assert not any(p == ("config", "name") for p, _ in hits)
+
+
+def test_secret_spans_are_utf16_offsets() -> None:
+    text = f"😀 token {GHP}"
+    [hit] = find_secrets({"note": text})
+    assert text.encode("utf-16-le")[hit.start16 * 2 : hit.end16 * 2].decode("utf-16-le") == GHP
+
+
+def test_redact_keeps_context_and_drops_the_secret() -> None:
+    out = redact({"cmd": f"curl -H 'X: {GHP}' x"}, lambda v: keyed_hash("k", v))
+    assert GHP not in out["cmd"]
+    assert out["cmd"].startswith("curl -H 'X: ⟦GitHub token: hmac-sha256:")
+
+
+async def test_card_reports_secret_locations(harness: Harness) -> None:
+    rec, _ = await harness.hold(new_call(harness.policy, arguments=refund_args(email=f"john@example.com {GHP}")))
+    body = (await harness.client.get(f"/api/calls/{rec.id}", headers=harness.bearer)).json()
+    [hit] = body["secrets"]["arguments"]
+    assert hit["path"] == ["email"]
+    assert hit["kind"] == "GitHub token"
+    assert body["arguments"]["email"][hit["start"] : hit["end"]] == GHP
+
+
+async def test_audit_export_has_hmacs_not_secrets(harness: Harness) -> None:
+    rec, holder = await harness.hold(new_call(harness.policy, arguments=refund_args(email=f"a@b.c {AWS}")))
+    await harness.client.post(
+        f"/api/calls/{rec.id}/reject", headers=harness.bearer, json={"reason": f"never send {GHP} again"}
+    )
+    await holder.outcome()
+    r = await harness.client.get("/api/audit?export=1", headers=harness.bearer)
+    assert r.status_code == 200
+    assert "attachment" in r.headers["content-disposition"]
+    assert AWS not in r.text and GHP not in r.text
+    assert keyed_hash(harness.token, AWS) in r.text
+    assert keyed_hash(harness.token, GHP) in r.text
+    body = r.json()
+    assert body["chain"]["ok"] is True
+    assert [c["id"] for c in body["calls"]] == [rec.id]
+
+
+async def test_audit_for_one_call_with_chain_status(harness: Harness) -> None:
+    rec, holder = await harness.hold()
+    await harness.client.post(f"/api/calls/{rec.id}/reject", headers=harness.bearer, json={})
+    await holder.outcome()
+    body = (await harness.client.get(f"/api/audit?call_id={rec.id[:10]}", headers=harness.bearer)).json()
+    assert [e["event"] for e in body["events"]] == ["held", "rejected"]
+    assert body["chain"]["ok"] is True
+    assert (await harness.client.get("/api/audit?call_id=ffff0000", headers=harness.bearer)).status_code == 404
+
+
+async def test_stats_rates_latency_and_fatigue(harness: Harness) -> None:
+    decisions = [(True, None, 1.0), (True, refund_args(amount=10), 30.0), (False, None, 5.0), (True, None, 0.5)]
+    for approve, edit, after in decisions:
+        rec, holder = await harness.hold()
+        harness.clock.advance(after)  # type: ignore[attr-defined]
+        await harness.gate.decide(
+            rec.id, Decision(approve=approve, decided_by="web:rev1", channel="web", arguments=edit)
+        )
+        await holder.outcome()
+    rec, holder = await harness.hold(timeout=10)
+    harness.clock.advance(11)  # type: ignore[attr-defined]
+    await holder.outcome()
+    await harness.hold()  # still pending
+    r = await harness.client.get("/api/stats?days=1", headers=harness.bearer)
+    assert r.status_code == 200
+    st = r.json()
+    assert st["totals"] == {"approved": 2, "modified": 1, "rejected": 1, "expired": 1, "cancelled": 0, "pending": 1}
+    ttd = st["time_to_decision"]
+    assert ttd["count"] == 4
+    assert ttd["median"] == 3.0
+    assert st["fatigue"]["fast_decisions"] == 2
+    assert st["fatigue"]["longest_approval_run"] == 2
+    [rule] = st["per_rule"]
+    assert rule["rule"] == "refunds" and rule["rejected"] == 1
+    assert sum(b["approved"] for b in st["series"]) == 2
+    assert st["usage"][0]["tool"] == "issue_refund" and st["usage"][0]["held"] == 6
