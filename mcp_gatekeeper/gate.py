@@ -59,7 +59,8 @@ class Gate:
         self.notifier = notifier
         self._poll = poll_interval
         self._heartbeat = heartbeat_interval
-        self._waiters: dict[str, anyio.Event] = {}
+        self._waiters: dict[str, list[anyio.Event]] = {}
+        """Every wait in this process on a call (an identical retry can wait beside the first request)."""
         self._have_waiters = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -91,15 +92,14 @@ class Gate:
                     states = await self.store.states_of(ids)
                     for cid in ids:
                         st = states.get(cid)
-                        if st is not None and st != State.PENDING and cid in self._waiters:
-                            self._waiters[cid].set()
+                        if st is not None and st != State.PENDING:
+                            self._wake(cid)
             except StoreError:
                 log.warning("store unreadable while watching for decisions; retrying", exc_info=True)
             await anyio.sleep(self._poll)
 
     def _wake(self, call_id: str) -> None:
-        ev = self._waiters.get(call_id)
-        if ev is not None:
+        for ev in self._waiters.get(call_id, ()):
             ev.set()
 
     # ------------------------------------------------------------------ recording
@@ -149,9 +149,9 @@ class Gate:
         Cancellation (the client cancelled or went away) cancels the hold, shielded, and re-raises; with
         ``cancel_on_abort=False`` (a 2026 HTTP client closing its stream) only this wait ends.
         """
-        ev = self._waiters.get(rec.id)
-        if ev is None:
-            ev = self._waiters[rec.id] = anyio.Event()
+        ev = anyio.Event()
+        mine = self._waiters.setdefault(rec.id, [])
+        mine.append(ev)
         self._have_waiters.set()
         wall_left = (rec.deadline_at - self.clock.now()) if rec.deadline_at is not None else float("inf")
         start = self.clock.monotonic()
@@ -179,7 +179,9 @@ class Gate:
                 if ev.is_set():
                     current = await self.store.get(rec.id)
                     if current.state == State.PENDING:  # spurious wake: re-arm
-                        ev = self._waiters[rec.id] = anyio.Event()
+                        mine.remove(ev)
+                        ev = anyio.Event()
+                        mine.append(ev)
                 elif on_tick is not None and self.clock.monotonic() < stop:
                     try:
                         await on_tick(current, max(0.0, deadline - self.clock.monotonic()))
@@ -203,7 +205,9 @@ class Gate:
                     log.error("could not record the cancellation of %s", rec.id[:8], exc_info=True)
             raise
         finally:
-            self._waiters.pop(rec.id, None)
+            mine.remove(ev)
+            if not mine and self._waiters.get(rec.id) is mine:
+                del self._waiters[rec.id]
         return outcome_of(current)
 
     async def _expire(self, rec: CallRecord) -> CallRecord:

@@ -398,6 +398,20 @@ class Proxy:
                     log.error("could not record the denial of %s", outcome.call.id[:8])
                 return self._finish(ctx, self._refused_result(outcome.call, reason))
         try:
+            forged = await self.gate.store.verify_decision(outcome.call.id)
+        except StoreError as e:
+            forged = f"cannot check the approval: {e}"
+        if forged is not None:
+            # approved in the database but not through the gatekeeper: never executed, and visible
+            reason = f"the approval could not be verified ({forged}); the call was not run"
+            log.error("call %s: %s", outcome.call.id[:8], reason)
+            with contextlib.suppress(StoreError):
+                await self.gate.store.transition(
+                    outcome.call.id, [State.APPROVED], State.DENIED, event="unverified_approval", reason=reason,
+                    finished_at=self.clock.now(), detail={"why": forged},
+                )  # fmt: skip
+            return self._finish(ctx, text_result(f"mcp-gatekeeper: {reason} (call {outcome.call.id[:12]})", is_error=True))
+        try:
             started = await self.gate.begin_forward(outcome.call)
         except StoreError as e:
             return self._finish(

@@ -737,6 +737,39 @@ class Store:
             )
             return cur.rowcount == 1
 
+    async def verify_decision(self, call_id: str) -> str | None:
+        """Check that an approval was made through ``decide`` and recorded in the audit chain.
+
+        Returns ``None`` if it was, else why not. A row set to ``approved`` by writing the database directly
+        (not through the gatekeeper) has no such event, so it is never executed.
+        """
+        rows = await self._read(
+            "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit"
+            " WHERE call_id = ? AND event = 'approved' ORDER BY seq",
+            (call_id,),
+        )
+        if len(rows) != 1:
+            return f"{len(rows)} approval events in the audit log for this call (expected exactly one)"
+        seq, at, cid, event, actor, channel, args_digest, detail, prev_hash, h = rows[0]
+        body = {
+            "at": at, "call_id": cid, "event": event, "actor": actor, "channel": channel,
+            "args_digest": args_digest, "detail": json.loads(detail),
+        }  # fmt: skip
+        if audit_hash(prev_hash, body) != h:
+            return "the approval's audit event does not match its hash"
+        prev = await self._read("SELECT hash FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1", (seq,))
+        if (prev[0][0] if prev else GENESIS_HASH) != prev_hash:
+            return "the approval's audit event is not linked into the chain"
+        rec = await self.get(call_id)
+        if args_digest != rec.args_digest:
+            return "the approval was given for different arguments"
+        modified = body["detail"].get("modified_args_digest")
+        if (rec.modified_arguments is None) != (modified is None) or (
+            rec.modified_arguments is not None and digest(rec.modified_arguments) != modified
+        ):
+            return "the modified arguments differ from the ones the reviewer approved"
+        return None
+
     async def instance_config_path(self, instance_id: str | None) -> str | None:
         """The config file the process that holds a call was started with (the CLI decides under the same policy)."""
         if instance_id is None:

@@ -1,0 +1,254 @@
+"""The package's imports flow down the layer table of docs/architecture.md (checked by parsing, not importing).
+
+Every ``mcp_gatekeeper`` import counts: module level, inside functions, under ``TYPE_CHECKING``, relative
+imports, and ``importlib.import_module("mcp_gatekeeper....")`` with a literal name. A module may import only
+from strictly lower layers, except the same-layer pairs listed in ``SAME_LAYER_OK``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = REPO / "mcp_gatekeeper"
+PACKAGE = "mcp_gatekeeper"
+
+LAYERS: dict[str, int] = {
+    # 0: values and time, nothing of ours below them
+    "__init__": 0,  # the package itself: only __version__
+    "errors": 0,
+    "models": 0,
+    "clock": 0,
+    # 1: the config file and pure policy
+    "config": 1,
+    "policy": 1,
+    "waiting": 1,  # pure: which way a held call waits, from the client's facts and the config
+    # 2: the store and other services over values and config
+    "store": 2,
+    "notify": 2,
+    "sealing": 2,  # HMAC-sealed requestState and its per-home key file
+    # 3: holding and deciding; upstream connections
+    "gate": 3,
+    "upstream": 3,
+    # 4: the MCP server side and the web side
+    "proxy": 4,
+    "holding": 4,  # the proxy's per-request waiting (imports gate and MCP types)
+    "web": 4,
+    "webauth": 4,
+    "webredact": 4,
+    "webguard": 4,  # the web app's request guard (imports clock and webauth)
+    "reports": 4,  # stats and audit export for the page (SQL through Store.query; masks secrets via webredact)
+    # 5: composition and whole-program features
+    "serve": 5,
+    "doctor": 5,
+    "demo": 5,
+    "install": 5,
+    "orderdesk": 5,
+    # 6: the command line; 7: `python -m mcp_gatekeeper`
+    "cli": 6,
+    "__main__": 7,
+}
+
+SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("web", "webauth"),
+        ("web", "webredact"),
+        ("web", "reports"),
+        ("policy", "config"),  # policy compiles the config's rules; architecture.md puts both on layer 1
+        ("waiting", "config"),  # the wait plan reads the [waiting] section
+        ("proxy", "holding"),
+        ("web", "webguard"),
+        ("webguard", "webauth"),
+        ("reports", "webredact"),  # the audit export masks secrets the same way the card does
+        ("doctor", "install"),  # doctor reads the client configs install writes
+        ("doctor", "serve"),  # and opens the store the way every command does
+    }
+)
+
+# Known violations: each is a bug for the lead (a strict xfail turns red once it is fixed).
+KNOWN_VIOLATIONS: dict[str, str] = {}
+
+GRAB_BAG_NAMES = ("utils", "util", "helpers")
+
+
+def module_name(path: Path) -> str:
+    """``mcp_gatekeeper/store.py`` → ``store``; ``mcp_gatekeeper/store/sqlite.py`` → ``store.sqlite``."""
+    rel = path.relative_to(PACKAGE_DIR).with_suffix("")
+    parts = rel.parts
+    if len(parts) > 1 and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def discover() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+MODULES = discover()
+TOP_LEVEL_MODULES = {name.split(".")[0] for name in MODULES}
+
+
+def concept(dotted: str) -> str:
+    """The layer-table entry an imported name belongs to (``mcp_gatekeeper.store.sqlite`` → ``store``)."""
+    rest = dotted.removeprefix(PACKAGE).lstrip(".")
+    return rest.split(".")[0] if rest else "__init__"
+
+
+def imports_of(source: str, module: str) -> set[str]:
+    """Every concept of ours that ``source`` (the module ``module``) imports, anywhere in the file."""
+    is_package = module == "__init__" or (PACKAGE_DIR / module.replace(".", "/")).is_dir()
+    package_parts = [PACKAGE, *module.split(".")] if is_package else [PACKAGE, *module.split(".")[:-1]]
+    if module == "__init__":
+        package_parts = [PACKAGE]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(concept(a.name) for a in node.names if a.name.split(".")[0] == PACKAGE)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PACKAGE:
+                continue
+            if target == PACKAGE:  # `from mcp_gatekeeper import install` names a module, or a package attribute
+                for a in node.names:
+                    found.add(a.name if a.name in TOP_LEVEL_MODULES else "__init__")
+            else:
+                found.add(concept(target))
+        elif isinstance(node, ast.Call) and node.args:
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+            arg = node.args[0]
+            if (
+                name in ("import_module", "__import__")
+                and isinstance(arg, ast.Constant)
+                and isinstance(arg.value, str)
+                and arg.value.split(".")[0] == PACKAGE
+            ):
+                found.add(concept(arg.value))
+    own = module.split(".")[0]
+    found.discard(own)  # a concept split into a sub-package may import its own parts
+    return found
+
+
+def third_party_imports(source: str) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+    return found
+
+
+def _placement_help(names: set[str] | list[str]) -> str:
+    return (
+        f"new module(s) {sorted(names)}: place each in LAYERS in tests/test_layering.py (and in the module map of "
+        "docs/architecture.md) at a layer above everything it imports and below everything that imports it"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the collector
+
+
+def test_the_collector_sees_every_kind_of_import() -> None:
+    source = """
+from __future__ import annotations
+import json
+import mcp_gatekeeper.models
+from mcp_gatekeeper import errors, __version__
+from mcp_gatekeeper.clock import Clock
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from mcp_gatekeeper.store import Store
+from . import config
+from .policy import Policy
+import importlib
+
+def late():
+    from mcp_gatekeeper.gate import Gate
+    import mcp_gatekeeper.upstream as up
+    return importlib.import_module("mcp_gatekeeper.proxy")
+
+class K:
+    def m(self):
+        from mcp_gatekeeper.web import app
+"""
+    assert imports_of(source, "cli") == {
+        "models",
+        "errors",
+        "__init__",
+        "clock",
+        "store",
+        "config",
+        "policy",
+        "gate",
+        "upstream",
+        "proxy",
+        "web",
+    }
+
+
+def test_relative_imports_inside_a_sub_package_resolve() -> None:
+    assert imports_of("from ..models import State\nfrom . import sqlite\n", "store.postgres") == {"models"}
+
+
+# ---------------------------------------------------------------------------------------------- the rules
+
+
+def test_the_package_was_found() -> None:
+    assert {"errors", "models", "store", "gate", "cli"} <= TOP_LEVEL_MODULES
+
+
+def test_every_module_is_placed_in_the_layer_table() -> None:
+    unplaced = TOP_LEVEL_MODULES - set(LAYERS)
+    assert not unplaced, _placement_help(unplaced)
+
+
+def _params() -> list[object]:
+    params: list[object] = []
+    for name in sorted(MODULES):
+        top = name.split(".")[0]
+        marks = []
+        if top in KNOWN_VIOLATIONS:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_VIOLATIONS[top]))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("module", _params())
+def test_imports_flow_down(module: str) -> None:
+    own = module.split(".")[0]
+    assert own in LAYERS, _placement_help([own])
+    layer = LAYERS[own]
+    imported = imports_of(MODULES[module].read_text(encoding="utf-8"), module)
+    unknown = sorted(imported - set(LAYERS))
+    assert not unknown, f"{module} imports {unknown}, which are not in the layer table. " + _placement_help(unknown)
+    bad = sorted(
+        f"{dep} (layer {LAYERS[dep]})"
+        for dep in imported
+        if LAYERS[dep] > layer or (LAYERS[dep] == layer and (own, dep) not in SAME_LAYER_OK)
+    )
+    assert not bad, f"{module} (layer {layer}) may import only from lower layers, but imports {', '.join(bad)}"
+
+
+def test_same_layer_exceptions_are_really_same_layer_or_lower() -> None:
+    for importer, imported in SAME_LAYER_OK:
+        assert LAYERS[imported] <= LAYERS[importer], (importer, imported)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_httpx2_not_httpx(module: str) -> None:
+    names = third_party_imports(MODULES[module].read_text(encoding="utf-8"))
+    banned = sorted(n for n in names if n == "httpx" or n.startswith("httpx."))
+    assert not banned, f"{module} imports {banned}: use httpx2"
+
+
+def test_no_grab_bag_modules() -> None:
+    bags = sorted(name for name in MODULES if any(part in GRAB_BAG_NAMES for part in name.split(".")))
+    assert not bags, f"{bags}: split by concept, never into utils.py (docs/architecture.md)"

@@ -1,0 +1,517 @@
+"""policy.py: pure rule matching, predicates, defaults, summaries and risk. Sync, table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mcp_gatekeeper.config import parse_config
+from mcp_gatekeeper.policy import Policy, Verdict, name_words, render_summary
+
+
+def policy(text: str = "") -> Policy:
+    return Policy(parse_config(text))
+
+
+def evaluate(text: str, tool: str, arguments: dict[str, Any] | None = None, **kw: Any) -> Verdict:
+    return policy(text).evaluate(kw.pop("upstream", "up"), tool, arguments or {}, kw.pop("annotations", None))
+
+
+# ---------------------------------------------------------------------------------------------- matching
+
+MATCHING = """
+[[rules]]
+name = "shop-refunds"
+upstream = "shop"
+tool = "issue_refund"
+gate = "hard"
+
+[[rules]]
+name = "any-refunds"
+tool = "issue_refund"
+gate = "allow"
+
+[[rules]]
+name = "git-writes"
+upstream = "git*"
+tool = "git_*"
+gate = "deny"
+
+[[rules]]
+name = "messages"
+upstream = ["mail", "sms"]
+tool = ["send_email", "send_sms"]
+gate = "soft"
+
+[[rules]]
+name = "question-mark"
+tool = "tool_?"
+gate = "hard"
+
+[[rules]]
+name = "classes"
+tool = "[xy]_thing"
+gate = "hard"
+"""
+
+
+@pytest.mark.parametrize(
+    ("upstream", "tool", "rule"),
+    [
+        ("shop", "issue_refund", "shop-refunds"),  # first match wins over the later catch-all
+        ("other", "issue_refund", "any-refunds"),  # the upstream glob rules out the first
+        ("github", "git_push", "git-writes"),
+        ("git", "git_commit", "git-writes"),
+        ("shop", "git_push", None),  # upstream glob does not match
+        ("github", "gitpush", None),  # tool glob needs the underscore
+        ("mail", "send_sms", "messages"),
+        ("sms", "send_email", "messages"),
+        ("mail", "send_fax", None),
+        ("fax", "send_email", None),
+        ("any", "tool_a", "question-mark"),
+        ("any", "tool_ab", None),
+        ("any", "x_thing", "classes"),
+        ("any", "z_thing", None),
+        ("any", "Issue_Refund", None),  # tool names are case-sensitive
+    ],
+)
+def test_first_matching_rule_decides(upstream: str, tool: str, rule: str | None) -> None:
+    assert policy(MATCHING).evaluate(upstream, tool, {}).rule == rule
+
+
+def test_rule_index_and_default_name() -> None:
+    p = policy('[[rules]]\ntool = "a"\ngate = "hard"\n[[rules]]\ntool = "b"\ngate = "hard"\n')
+    v = p.evaluate("up", "b", {})
+    assert (v.rule, v.rule_index) == ("rules[1]", 1)
+
+
+def test_a_rule_whose_predicate_fails_falls_through_to_the_next() -> None:
+    text = """
+[[rules]]
+name = "big"
+tool = "issue_refund"
+when = { amount = { gt = 100 } }
+gate = "hard"
+[[rules]]
+name = "small"
+tool = "issue_refund"
+gate = "allow"
+"""
+    assert evaluate(text, "issue_refund", {"amount": 500}).rule == "big"
+    assert evaluate(text, "issue_refund", {"amount": 5}).rule == "small"
+
+
+# ---------------------------------------------------------------------------------------------- predicates
+
+# (when-table in TOML, arguments, does the rule match?)
+PREDICATES: list[tuple[str, dict[str, Any], bool]] = [
+    # eq (bare value and explicit)
+    ("{ currency = 'EUR' }", {"currency": "EUR"}, True),
+    ("{ currency = 'EUR' }", {"currency": "eur"}, False),
+    ("{ currency = 'EUR' }", {}, False),
+    ("{ amount = { eq = 5 } }", {"amount": 5}, True),
+    ("{ amount = { eq = 5 } }", {"amount": 6}, False),
+    ("{ amount = { eq = 5 } }", {"amount": "5"}, False),  # eq is exact: no string coercion
+    # ne: a missing value is "not equal"
+    ("{ currency = { ne = 'EUR' } }", {"currency": "USD"}, True),
+    ("{ currency = { ne = 'EUR' } }", {"currency": "EUR"}, False),
+    ("{ currency = { ne = 'EUR' } }", {}, True),
+    # in / not_in
+    ("{ currency = { in = ['EUR', 'USD'] } }", {"currency": "USD"}, True),
+    ("{ currency = { in = ['EUR', 'USD'] } }", {"currency": "GBP"}, False),
+    ("{ currency = { in = ['EUR', 'USD'] } }", {}, False),
+    ("{ currency = { not_in = ['EUR', 'USD'] } }", {"currency": "GBP"}, True),
+    ("{ currency = { not_in = ['EUR', 'USD'] } }", {"currency": "EUR"}, False),
+    ("{ currency = { not_in = ['EUR', 'USD'] } }", {}, True),
+    # gt / gte / lt / lte: numbers and numeric strings; bools, junk and missing never compare
+    ("{ amount = { gt = 1000 } }", {"amount": 1001}, True),
+    ("{ amount = { gt = 1000 } }", {"amount": 1000.5}, True),
+    ("{ amount = { gt = 1000 } }", {"amount": 1000}, False),
+    ("{ amount = { gt = 1000 } }", {"amount": "1500"}, True),
+    ("{ amount = { gt = 1000 } }", {"amount": " 1500 "}, True),
+    ("{ amount = { gt = 1000 } }", {"amount": "1.5e3"}, True),
+    ("{ amount = { gt = 1000 } }", {"amount": "999"}, False),
+    ("{ amount = { gt = 1000 } }", {"amount": "lots"}, False),
+    ("{ amount = { gt = 1000 } }", {"amount": "nan"}, False),
+    ("{ amount = { gt = 0 } }", {"amount": True}, False),
+    ("{ amount = { gt = 1000 } }", {"amount": None}, False),
+    ("{ amount = { gt = 1000 } }", {"amount": [2000]}, False),
+    ("{ amount = { gt = 1000 } }", {}, False),
+    ("{ amount = { gte = 1000 } }", {"amount": 1000}, True),
+    ("{ amount = { gte = 1000 } }", {"amount": 999.99}, False),
+    ("{ amount = { gte = '1000' } }", {"amount": 1000}, True),  # a numeric-string operand compares as a number
+    ("{ amount = { lt = 10 } }", {"amount": 9}, True),
+    ("{ amount = { lt = 10 } }", {"amount": "9.5"}, True),
+    ("{ amount = { lt = 10 } }", {"amount": 10}, False),
+    ("{ amount = { lt = 10 } }", {"amount": False}, False),  # False is not 0
+    ("{ amount = { lt = 10 } }", {}, False),
+    ("{ amount = { lte = 10 } }", {"amount": 10}, True),
+    ("{ amount = { lte = 10 } }", {"amount": 10.01}, False),
+    ("{ amount = { gt = 10, lt = 20 } }", {"amount": 15}, True),  # several operators: all must hold
+    ("{ amount = { gt = 10, lt = 20 } }", {"amount": 25}, False),
+    # glob: full match, strings only
+    ("{ path = { glob = '/tmp/*' } }", {"path": "/tmp/a.txt"}, True),
+    ("{ path = { glob = '/tmp/*' } }", {"path": "/tmp/a/b"}, True),
+    ("{ path = { glob = '/tmp/*' } }", {"path": "/etc/passwd"}, False),
+    ("{ path = { glob = '/tmp/*' } }", {"path": "x/tmp/a"}, False),
+    ("{ path = { glob = '/tmp/*' } }", {"path": 5}, False),
+    ("{ path = { glob = '/tmp/*' } }", {}, False),
+    # regex: search semantics, strings only
+    ("{ to = { regex = '@example\\.com$' } }", {"to": "ann@example.com"}, True),
+    ("{ to = { regex = '@example\\.com$' } }", {"to": "ann@example.com.evil.net"}, False),
+    ("{ to = { regex = '^ann' } }", {"to": "x ann"}, False),
+    ("{ to = { regex = 'ann' } }", {"to": "x ann"}, True),
+    ("{ to = { regex = 'ann' } }", {"to": ["ann"]}, False),
+    ("{ to = { regex = 'ann' } }", {}, False),
+    # exists, on dotted paths
+    ("{ 'customer.email' = { exists = true } }", {"customer": {"email": "a@b.c"}}, True),
+    ("{ 'customer.email' = { exists = true } }", {"customer": {"email": None}}, True),
+    ("{ 'customer.email' = { exists = true } }", {"customer": {}}, False),
+    ("{ 'customer.email' = { exists = true } }", {"customer": "a@b.c"}, False),
+    ("{ 'customer.email' = { exists = true } }", {}, False),
+    ("{ 'customer.email' = { exists = false } }", {}, True),
+    ("{ 'customer.email' = { exists = false } }", {"customer": {"email": "a@b.c"}}, False),
+    # dotted paths through objects and lists
+    ("{ 'customer.email' = { glob = '*@example.com' } }", {"customer": {"email": "ann@example.com"}}, True),
+    ("{ 'customer.email' = { glob = '*@example.com' } }", {"customer": {"email": "ann@evil.com"}}, False),
+    ("{ 'items.0.sku' = 'A1' }", {"items": [{"sku": "A1"}]}, True),
+    ("{ 'items.0.sku' = 'A1' }", {"items": [{"sku": "B2"}, {"sku": "A1"}]}, False),
+    ("{ 'items.1.sku' = 'A1' }", {"items": [{"sku": "B2"}, {"sku": "A1"}]}, True),
+    ("{ 'items.0.sku' = 'A1' }", {"items": []}, False),
+    ("{ 'items.5.sku' = { exists = true } }", {"items": [{"sku": "A1"}]}, False),
+    ("{ 'items.0.sku' = 'A1' }", {"items": {"0": {"sku": "A1"}}}, True),  # "0" as an object key
+    ("{ 'items.x.sku' = { exists = true } }", {"items": [{"sku": "A1"}]}, False),
+    ("{ 'a.b.c' = { gt = 1 } }", {"a": {"b": {"c": "2"}}}, True),
+    # several paths: all must hold
+    ("{ amount = { gt = 10 }, currency = 'EUR' }", {"amount": 20, "currency": "EUR"}, True),
+    ("{ amount = { gt = 10 }, currency = 'EUR' }", {"amount": 20, "currency": "USD"}, False),
+]
+
+
+@pytest.mark.parametrize(("when", "arguments", "matches"), PREDICATES)
+def test_predicate(when: str, arguments: dict[str, Any], matches: bool) -> None:
+    text = f'[[rules]]\nname = "p"\ntool = "frob"\nwhen = {when}\ngate = "deny"\n'
+    verdict = evaluate(text, "frob", arguments)
+    assert (verdict.rule == "p") is matches
+    assert (verdict.action == "deny") is matches
+
+
+BIG_REFUNDS = """
+[[rules]]
+name = "no-big-refunds"
+tool = "issue_refund"
+when = { amount = { gt = 1000 } }
+gate = "deny"
+[[rules]]
+name = "refunds"
+tool = "issue_refund"
+gate = "allow"
+"""
+
+
+def test_a_huge_integer_compares_instead_of_raising() -> None:
+    assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": 10**400}).action == "deny"
+
+
+@pytest.mark.parametrize("amount", ["1" * 400, "1e999"])
+def test_a_numeric_string_beyond_float_range_does_not_slip_past_a_gt_rule(amount: str) -> None:
+    assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": amount}).action == "deny"
+
+
+def test_a_json_infinity_is_big() -> None:
+    # `{"amount": 1e999}` on the wire arrives as float("inf"): it must still count as more than 1000
+    assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": float("inf")}).action == "deny"
+    assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": float("-inf")}).rule == "refunds"
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+
+
+@pytest.mark.parametrize(
+    ("tool", "annotations", "hold"),
+    [
+        ("read_file", None, False),
+        ("list_directory", None, False),
+        ("git_status", None, False),
+        ("get_current_time", None, False),
+        ("searchFiles", None, False),
+        ("search-files", None, False),
+        ("write_file", None, True),
+        ("git_commit", None, True),
+        ("delete_record", None, True),
+        ("send_email", None, True),
+        ("issueRefund", None, True),
+        ("get_and_delete", None, True),  # a write word wins over a read word
+        ("frobnicate", None, True),  # unknown: held to be safe
+        ("", None, True),
+        # annotations only tighten
+        ("read_file", {"destructiveHint": True}, True),
+        ("read_file", {"destructiveHint": False}, False),
+        ("read_file", {"readOnlyHint": True}, False),
+        ("write_file", {"readOnlyHint": True}, True),
+        ("delete_record", {"readOnlyHint": True, "destructiveHint": False}, True),
+        ("frobnicate", {"readOnlyHint": True}, True),
+        ("read_file", {"destructiveHint": "true"}, False),  # only a real `true` counts
+    ],
+)
+def test_defaults_when_no_rule_matches(tool: str, annotations: dict[str, Any] | None, hold: bool) -> None:
+    verdict = policy().evaluate("up", tool, {}, annotations)
+    assert verdict.rule is None
+    assert verdict.hold is hold
+    assert verdict.action == ("hold" if hold else "allow")
+    assert verdict.gate == ("hard" if hold else "allow")
+    assert verdict.reasons, "a verdict always says why"
+
+
+@pytest.mark.parametrize(
+    ("defaults", "tool", "hold"),
+    [
+        ('read_like = ["frobnicate"]', "frobnicate", False),
+        ('read_like = ["Frobnicate"]', "frobnicate_things", False),  # words are case-insensitive
+        ('read_like = ["frob_*"]', "frob_thing", False),  # globs match the whole name
+        ('read_like = ["frob_*"]', "my_frob_thing", True),
+        ('read_like = ["frobnicate"]', "frobnicate_and_delete", True),  # a write word still wins
+        ('write_like = ["frob"]', "get_frob", True),  # an added write word beats a read word
+        ('write_like = ["*_danger"]', "list_danger", True),
+        ('write_like = ["frob"]', "read_file", False),
+        ('unknown = "allow"', "frobnicate", False),
+        ('unknown = "allow"', "write_file", True),  # unknown=allow never loosens a write
+        ('unknown = "allow"', "status_tool", False),
+    ],
+)
+def test_defaults_can_be_extended(defaults: str, tool: str, hold: bool) -> None:
+    assert evaluate(f"[defaults]\n{defaults}\n", tool).hold is hold
+
+
+def test_unknown_allow_still_holds_a_destructive_tool() -> None:
+    verdict = evaluate('[defaults]\nunknown = "allow"\n', "frobnicate", annotations={"destructiveHint": True})
+    assert verdict.hold
+
+
+@pytest.mark.parametrize(
+    ("tool", "words"),
+    [
+        ("issueRefund", ["issue", "refund"]),
+        ("issue_refund", ["issue", "refund"]),
+        ("issue-refund", ["issue", "refund"]),
+        ("HTTPGet", ["httpget"]),
+        ("getURL2Text", ["get", "url2", "text"]),
+        ("", []),
+    ],
+)
+def test_name_words(tool: str, words: list[str]) -> None:
+    assert name_words(tool) == words
+
+
+# ---------------------------------------------------------------------------------------------- summaries
+
+
+@pytest.mark.parametrize(
+    ("template", "arguments", "expected"),
+    [
+        (
+            "Refund {amount} {currency} on order {order_id}",
+            {"amount": 40, "currency": "EUR", "order_id": "A-17"},
+            "Refund 40 EUR on order A-17",
+        ),
+        ("Email {customer.email}", {"customer": {"email": "ann@example.com"}}, "Email ann@example.com"),
+        ("First item {items.0.sku}", {"items": [{"sku": "A1"}]}, "First item A1"),
+        ("Refund {amount} {currency}", {"amount": 40}, "Refund 40 {currency}"),  # missing stays literal
+        ("Item {items.3.sku}", {"items": []}, "Item {items.3.sku}"),
+        ("{amount:.2f} EUR", {"amount": 3.14159}, "3.14 EUR"),
+        ("[{name:>6}]", {"name": "ann"}, "[   ann]"),
+        ("{amount:,}", {"amount": 1234567}, "1,234,567"),
+        ("{amount:d}", {"amount": "not a number"}, "not a number"),  # a spec that does not fit: plain value
+        ("{amount:.2f}", {"amount": None}, "None"),
+        ("{", {"a": 1}, "{"),  # malformed templates come back unchanged
+        ("}", {"a": 1}, "}"),
+        ("{a!z}", {"a": 1}, "{a!z}"),
+        ("{a:{b:{c:{d}}}}", {"a": 1, "b": 2, "c": 3, "d": 4}, "{a:{b:{c:{d}}}}"),
+        ("{0} {}", {"a": 1}, "{0} {}"),
+        ("{{literal}} {a}", {"a": 1}, "{literal} 1"),
+        ("no fields", {}, "no fields"),
+        # no attribute or item access beyond dotted argument paths
+        ("{a.__class__}", {"a": 1}, "{a.__class__}"),
+        ("{a.__class__.__init__.__globals__}", {"a": "x"}, "{a.__class__.__init__.__globals__}"),
+        ("{a[0]}", {"a": [1]}, "{a[0]}"),
+    ],
+)
+def test_render_summary(template: str, arguments: dict[str, Any], expected: str) -> None:
+    assert render_summary(template, arguments) == expected
+
+
+def test_summary_is_rendered_on_the_verdict() -> None:
+    text = """
+[[rules]]
+tool = "issue_refund"
+gate = "hard"
+summary = "Refund {amount} {currency} on order {order_id}"
+"""
+    v = evaluate(text, "issue_refund", {"amount": 12.5, "currency": "EUR", "order_id": 7})
+    assert v.summary == "Refund 12.5 EUR on order 7"
+    assert evaluate(text.replace("summary", "# summary"), "issue_refund").summary is None
+
+
+# ---------------------------------------------------------------------------------------------- risk
+
+
+@pytest.mark.parametrize(
+    ("tool", "annotations", "risk"),
+    [
+        ("read_file", None, "low"),
+        ("list_directory", {"readOnlyHint": True}, "low"),
+        ("delete_record", None, "high"),
+        ("issueRefund", None, "high"),
+        ("transfer_funds", None, "high"),
+        ("send_email", None, "medium"),
+        ("update_record", None, "medium"),
+        ("read_file", {"destructiveHint": True}, "high"),  # the annotation raises the level
+        ("list_web", {"openWorldHint": True}, "medium"),
+        ("delete_record", {"openWorldHint": True}, "high"),  # never lowers
+        ("delete_record", {"destructiveHint": False}, "high"),
+        ("frobnicate", None, "medium"),  # held by default: at least medium
+        ("write_file", None, "medium"),
+    ],
+)
+def test_risk_level_without_rules(tool: str, annotations: dict[str, Any] | None, risk: str) -> None:
+    assert policy().evaluate("up", tool, {}, annotations).risk == risk
+
+
+@pytest.mark.parametrize(
+    ("rule_risk", "tool", "risk"),
+    [
+        ("critical", "read_file", "critical"),
+        ("medium", "read_file", "medium"),
+        ("low", "delete_record", "high"),  # a rule raises, never lowers
+        ("high", "send_email", "high"),
+    ],
+)
+def test_rule_risk_raises(rule_risk: str, tool: str, risk: str) -> None:
+    text = f'[[rules]]\ntool = "*"\ngate = "hard"\nrisk = "{rule_risk}"\n'
+    assert evaluate(text, tool).risk == risk
+
+
+@pytest.mark.parametrize(
+    ("tool", "extra", "annotations", "hold"),
+    [
+        ("read_file", "", None, False),  # low: passes
+        ("frobnicate", "", None, False),  # a soft rule matched, so unknown-kind does not force medium
+        ("update_record", "", None, True),  # medium
+        ("delete_record", "", None, True),  # high
+        ("read_file", 'risk = "medium"', None, True),
+        ("read_file", "", {"openWorldHint": True}, True),
+        ("read_file", "", {"destructiveHint": True}, True),
+    ],
+)
+def test_soft_gate_holds_at_medium_and_above(
+    tool: str, extra: str, annotations: dict[str, Any] | None, hold: bool
+) -> None:
+    text = f'[[rules]]\nname = "soft"\ntool = "*"\ngate = "soft"\n{extra}\n'
+    v = evaluate(text, tool, annotations=annotations)
+    assert (v.rule, v.gate) == ("soft", "soft")
+    assert v.hold is hold
+
+
+@pytest.mark.parametrize(
+    ("gate", "action", "hold"),
+    [("allow", "allow", False), ("deny", "deny", False), ("hard", "hold", True)],
+)
+def test_gate_kinds(gate: str, action: str, hold: bool) -> None:
+    v = evaluate(f'[[rules]]\ntool = "delete_record"\ngate = "{gate}"\n', "delete_record")
+    assert (v.gate, v.action, v.hold) == (gate, action, hold)
+
+
+def test_an_explicit_allow_rule_wins_over_a_destructive_annotation() -> None:
+    v = evaluate('[[rules]]\ntool = "wipe"\ngate = "allow"\n', "wipe", annotations={"destructiveHint": True})
+    assert v.action == "allow"
+    assert any("destructiveHint" in r for r in v.reasons)
+
+
+def test_deny_reason_and_timeout() -> None:
+    text = """
+[defaults]
+timeout = "10m"
+[[rules]]
+name = "no-drop"
+tool = "drop_table"
+gate = "deny"
+reason = "never drop tables"
+[[rules]]
+name = "quick"
+tool = "deploy"
+gate = "hard"
+timeout = "30s"
+"""
+    denied = evaluate(text, "drop_table")
+    assert denied.deny_reason == "never drop tables"
+    assert evaluate(text.replace('reason = "never drop tables"\n', ""), "drop_table").deny_reason
+    assert evaluate(text, "deploy").timeout == 30.0
+    assert evaluate(text, "write_file").timeout == 600.0
+    assert evaluate(text, "deploy").deny_reason is None
+
+
+def test_verdict_to_json() -> None:
+    text = """
+[[rules]]
+name = "refunds"
+tool = "issue_refund"
+gate = "hard"
+risk = "critical"
+summary = "Refund {amount}"
+effects = { approve = "money moves", reversible = false }
+"""
+    data = evaluate(text, "issue_refund", {"amount": 5}).to_json()
+    assert data["action"] == "hold"
+    assert data["gate"] == "hard"
+    assert data["risk"] == "critical"
+    assert data["rule"] == "refunds"
+    assert isinstance(data["reasons"], list)
+    assert data["reasons"]
+    assert all(isinstance(r, str) for r in data["reasons"])
+    assert data["summary"] == "Refund 5"
+    assert data["effects"] == {"approve": "money moves", "reversible": False}
+    default = policy().evaluate("up", "read_file", {}).to_json()
+    assert (default["action"], default["gate"], default["rule"]) == ("allow", "allow", None)
+
+
+# ---------------------------------------------------------------------------------------------- the index
+
+
+def test_a_thousand_literal_rules_and_interleaved_wildcards_keep_first_match_order() -> None:
+    parts: list[str] = []
+    for i in range(1000):
+        if i == 300:
+            parts.append('[[rules]]\nname = "wild-99x"\ntool = "tool_99*"\ngate = "deny"\n')
+        if i == 700:
+            parts.append('[[rules]]\nname = "wild-upstream"\nupstream = "special"\ntool = "*"\ngate = "allow"\n')
+        if i == 800:
+            parts.append('[[rules]]\nname = "wild-all"\ntool = "tool_*"\ngate = "soft"\n')
+        parts.append(f'[[rules]]\nname = "lit-{i}"\ntool = ["tool_{i}", "alias_{i}"]\ngate = "hard"\n')
+    # a second literal rule for a tool already covered: never reached
+    parts.append('[[rules]]\nname = "shadowed"\ntool = "tool_5"\ngate = "allow"\n')
+    # a literal rule for one upstream only, before a general one for the same tool
+    parts.append('[[rules]]\nname = "only-a"\nupstream = "a"\ntool = "late_tool"\ngate = "deny"\n')
+    parts.append('[[rules]]\nname = "late-any"\ntool = "late_tool"\ngate = "hard"\n')
+    p = policy("\n".join(parts))
+    assert len(p.config.rules) == 1006
+    cases = [
+        ("up", "tool_0", "lit-0"),
+        ("up", "tool_5", "lit-5"),
+        ("up", "alias_999", "lit-999"),
+        ("up", "tool_99", "lit-99"),  # literal before the wildcard at 300
+        ("up", "tool_990", "wild-99x"),  # the wildcard at 300 comes first
+        ("up", "tool_999", "wild-99x"),
+        ("up", "tool_650", "lit-650"),
+        ("special", "tool_650", "lit-650"),
+        ("special", "tool_750", "wild-upstream"),
+        ("up", "tool_750", "lit-750"),
+        ("up", "tool_850", "wild-all"),
+        ("up", "tool_1000", "wild-all"),  # no literal at all
+        ("up", "alias_850", "lit-850"),  # the wildcards do not match alias_*
+        ("a", "late_tool", "only-a"),
+        ("b", "late_tool", "late-any"),
+        ("up", "unlisted", None),
+    ]
+    for upstream, tool, rule in cases:
+        assert p.evaluate(upstream, tool, {}).rule == rule, (upstream, tool)
