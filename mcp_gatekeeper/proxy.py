@@ -410,7 +410,9 @@ class Proxy:
                     outcome.call.id, [State.APPROVED], State.DENIED, event="unverified_approval", reason=reason,
                     finished_at=self.clock.now(), detail={"why": forged},
                 )  # fmt: skip
-            return self._finish(ctx, text_result(f"mcp-gatekeeper: {reason} (call {outcome.call.id[:12]})", is_error=True))
+            return self._finish(
+                ctx, text_result(f"mcp-gatekeeper: {reason} (call {outcome.call.id[:12]})", is_error=True)
+            )
         try:
             started = await self.gate.begin_forward(outcome.call)
         except StoreError as e:

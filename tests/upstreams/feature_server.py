@@ -106,13 +106,9 @@ def initial_tools() -> list[types.Tool]:
                 },
                 ["path", "content"],
             ),
-            annotations=types.ToolAnnotations(
-                read_only_hint=False, destructive_hint=True, idempotent_hint=True
-            ),
+            annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True),
         ),
-        types.Tool(
-            name="err", description="Always fails with an isError result.", input_schema=dict(_EMPTY_SCHEMA)
-        ),
+        types.Tool(name="err", description="Always fails with an isError result.", input_schema=dict(_EMPTY_SCHEMA)),
         types.Tool(
             name="boom",
             description="Always raises, giving a JSON-RPC error.",
@@ -256,9 +252,7 @@ def build_server(call_log: str | None) -> FeatureServer:
             tools=state.tools[start:end], next_cursor=str(end) if end < len(state.tools) else None
         )
 
-    async def call_tool(
-        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         args: dict[str, Any] = dict(params.arguments or {})
         state.record_call(params.name, args)
         session = ctx.session
@@ -313,9 +307,7 @@ def build_server(call_log: str | None) -> FeatureServer:
                 if not name or state.find_tool(name) is not None:
                     return text_result(f"cannot add tool {name!r}", is_error=True)
                 state.tools.append(
-                    types.Tool(
-                        name=name, description=f"Dynamic tool {name}.", input_schema=dict(_EMPTY_SCHEMA)
-                    )
+                    types.Tool(name=name, description=f"Dynamic tool {name}.", input_schema=dict(_EMPTY_SCHEMA))
                 )
                 await session.send_tool_list_changed()
                 return text_result(f"added {name}")
@@ -393,15 +385,11 @@ def build_server(call_log: str | None) -> FeatureServer:
             contents=[types.TextResourceContents(uri=uri, mime_type="text/plain", text=text)]
         )
 
-    async def subscribe(
-        ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
-    ) -> types.EmptyResult:
+    async def subscribe(ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
         state.subscriptions.add(params.uri)
         return types.EmptyResult()
 
-    async def unsubscribe(
-        ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
-    ) -> types.EmptyResult:
+    async def unsubscribe(ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         state.subscriptions.discard(params.uri)
         return types.EmptyResult()
 
@@ -421,9 +409,7 @@ def build_server(call_log: str | None) -> FeatureServer:
             ]
         )
 
-    async def get_prompt(
-        ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
-    ) -> types.GetPromptResult:
+    async def get_prompt(ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
         if params.name != "greet":
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         name = (params.arguments or {}).get("name")
@@ -438,21 +424,15 @@ def build_server(call_log: str | None) -> FeatureServer:
             ],
         )
 
-    async def complete(
-        ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
-    ) -> types.CompleteResult:
+    async def complete(ctx: ServerRequestContext[Any], params: types.CompleteRequestParams) -> types.CompleteResult:
         values: list[str] = []
         ref = params.ref
         if isinstance(ref, types.PromptReference) and ref.name == "greet" and params.argument.name == "name":
             prefix = params.argument.value.casefold()
             values = [name for name in GREET_NAMES if name.casefold().startswith(prefix)]
-        return types.CompleteResult(
-            completion=types.Completion(values=values, total=len(values), has_more=False)
-        )
+        return types.CompleteResult(completion=types.Completion(values=values, total=len(values), has_more=False))
 
-    async def set_level(
-        ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
-    ) -> types.EmptyResult:
+    async def set_level(ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
         state.log_level = params.level
         return types.EmptyResult()
 
@@ -494,9 +474,7 @@ def _serve_http(server: FeatureServer, port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="MCP feature test upstream (stdio by default).")
     parser.add_argument("--call-log", default=None, help="append one JSON line per tools/call to this file")
-    parser.add_argument(
-        "--http", type=int, default=None, metavar="PORT", help="serve Streamable HTTP on PORT"
-    )
+    parser.add_argument("--http", type=int, default=None, metavar="PORT", help="serve Streamable HTTP on PORT")
     args = parser.parse_args(argv)
     server = build_server(args.call_log)
     if args.http is not None:
