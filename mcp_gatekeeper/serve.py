@@ -189,19 +189,27 @@ async def run_proxy(
 
 
 async def serve_http(server: Any, *, host: str, port: int) -> None:
-    """Serve the proxy as Streamable HTTP at ``/mcp`` (both eras; Host/Origin checked by the SDK)."""
+    """Serve the proxy as Streamable HTTP at ``/mcp`` (both eras; Host and Origin checked against loopback)."""
+    import socket
+
     import uvicorn
     from mcp.server.transport_security import TransportSecuritySettings
 
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError([f"--http {host}:{port}: the MCP endpoint only binds a loopback address"])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    bound = sock.getsockname()[1]
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
-        if port
-        else ["127.0.0.1:*", "localhost:*", "[::1]:*"],
-        allowed_origins=[f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
-        if port
-        else ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        allowed_hosts=[f"127.0.0.1:{bound}", f"localhost:{bound}", f"[::1]:{bound}"],
+        allowed_origins=[f"http://127.0.0.1:{bound}", f"http://localhost:{bound}", f"http://[::1]:{bound}"],
     )
     app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    cfg = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    await uvicorn.Server(cfg).serve()
+    cfg = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"mcp-gatekeeper: serving MCP at http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
+    await uvicorn.Server(cfg).serve(sockets=[sock])
