@@ -17,7 +17,6 @@ import anyio
 import mcp.types as types
 import pytest
 from harness import FEATURE_SERVER, ROOT, StderrWatcher, call_log, cli, gatekeeper, gk_env, peers_dir, wrap_params
-from mcp import Client
 from test_proxy import make_stack
 
 from mcp_gatekeeper.models import Decision, State
