@@ -22,7 +22,12 @@ from mcp_gatekeeper.errors import ConfigError
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-PREDICATE_OPS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "glob", "regex", "exists")
+PREDICATE_OPS = (
+    "eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "glob", "not_glob", "regex", "exists",
+    "len_gt", "len_gte", "len_lt", "len_lte",
+)  # fmt: skip
+RISK_LEVELS = ("low", "medium", "high", "critical")
+Risk = Literal["low", "medium", "high", "critical"]
 
 
 def parse_duration(value: Any) -> float:
@@ -93,6 +98,56 @@ class UpstreamConfig(_Model):
 Predicate = dict[str, Any]
 
 
+def check_predicates(when: dict[str, Any]) -> None:
+    """Every ``when`` predicate is well formed (raises ValueError naming the path and operator)."""
+    for path, pred in when.items():
+        if not path or any(not part for part in path.split(".")):
+            raise ValueError(f"when: bad argument path {path!r}")
+        if not isinstance(pred, dict):
+            continue
+        if not pred:
+            raise ValueError(f"when.{path}: empty predicate")
+        for op, arg in pred.items():
+            if op not in PREDICATE_OPS:
+                raise ValueError(f"when.{path}: unknown operator {op!r} (use one of {', '.join(PREDICATE_OPS)})")
+            if op in ("in", "not_in") and not isinstance(arg, list):
+                raise ValueError(f"when.{path}.{op}: expected a list")
+            if op in ("gt", "gte", "lt", "lte", "len_gt", "len_gte", "len_lt", "len_lte") and (
+                isinstance(arg, bool) or not isinstance(arg, int | float | str)
+            ):
+                raise ValueError(f"when.{path}.{op}: expected a number")
+            if op in ("glob", "not_glob", "regex") and not isinstance(arg, str):
+                raise ValueError(f"when.{path}.{op}: expected a string")
+            if op == "regex":
+                try:
+                    re.compile(arg)
+                except re.error as e:
+                    raise ValueError(f"when.{path}.regex: invalid regular expression: {e}") from None
+            if op == "exists" and not isinstance(arg, bool):
+                raise ValueError(f"when.{path}.exists: expected true or false")
+
+
+class ToolCall(_Model):
+    """A call the gatekeeper makes itself (a compensation or a capture). Strings in ``arguments`` are
+    templates: ``{args.path}`` (the original arguments), ``{result.structured.id}``, ``{result.text}``,
+    ``{capture.text}`` (what the capture call returned)."""
+
+    tool: str
+    upstream: str | None = None
+    """Default: the upstream of the original call."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class EscalationStep(_Model):
+    """After ``after`` seconds without a decision, notify ``notify`` and (optionally) shorten the wait."""
+
+    after: Duration
+    notify: list[str] = Field(default_factory=list)
+    """Notifier channel names (``stderr``, ``desktop`` or a ``[[notify.webhooks]]`` name)."""
+    timeout: Duration | None = None
+    """From this step on, the call is rejected at most this long later."""
+
+
 class Effects(_Model):
     """What happens if the reviewer approves, and if they reject. Shown on the card."""
 
@@ -125,44 +180,39 @@ class RuleConfig(_Model):
     in_client: Literal["decide", "notify", "off"] | None = None
     """Whether an answer given inside the MCP client counts as the human decision (``decide``), only points
     the user at the approval card (``notify``), or is not asked at all (``off``). Default: ``[waiting].in_client``."""
-
-    @model_validator(mode="after")
-    def _check_gate(self) -> RuleConfig:
-        if self.gate == "audit":
-            raise ValueError(
-                "gate 'audit' (run now, review later, roll back on failure) is not available in this version;"
-                " use 'hard' to review before the call runs"
-            )
-        return self
+    hold_at: Risk = "medium"
+    """For ``gate = "soft"``: hold when the call's risk is at or above this level; below it the call passes."""
+    ask_agent: bool | None = None
+    """Add ``gatekeeper_reason`` and ``gatekeeper_confidence`` to the tool's input schema (default: ``[risk].ask_agent``)."""
+    escalate: list[EscalationStep] = Field(default_factory=list)
+    no_lease: bool = False
+    """Never offer "approve and allow similar calls" for this rule's calls."""
+    review_window: Duration | None = None
+    """For ``gate = "audit"``: how long a reviewer has to confirm or fail the call (default 1 h)."""
+    on_review_timeout: Literal["keep", "rollback"] = "keep"
+    """For ``gate = "audit"``: an unreviewed call is kept (and flagged) or rolled back when the window closes."""
+    compensate: ToolCall | None = None
+    """For ``gate = "audit"``: the call that undoes this one if the review fails."""
+    capture: ToolCall | None = None
+    """For ``gate = "audit"``: a call made *before* forwarding whose result the compensation can use."""
+    irreversible_ok: bool = False
+    """For ``gate = "audit"`` without ``compensate``: accept that a failed review cannot undo the call."""
 
     @model_validator(mode="after")
     def _check_predicates(self) -> RuleConfig:
-        for path, pred in self.when.items():
-            if not path or any(not part for part in path.split(".")):
-                raise ValueError(f"when: bad argument path {path!r}")
-            if isinstance(pred, dict):
-                if not pred:
-                    raise ValueError(f"when.{path}: empty predicate")
-                for op, arg in pred.items():
-                    if op not in PREDICATE_OPS:
-                        raise ValueError(
-                            f"when.{path}: unknown operator {op!r} (use one of {', '.join(PREDICATE_OPS)})"
-                        )
-                    if op in ("in", "not_in") and not isinstance(arg, list):
-                        raise ValueError(f"when.{path}.{op}: expected a list")
-                    if op in ("gt", "gte", "lt", "lte") and (
-                        isinstance(arg, bool) or not isinstance(arg, int | float | str)
-                    ):
-                        raise ValueError(f"when.{path}.{op}: expected a number")
-                    if op in ("glob", "regex") and not isinstance(arg, str):
-                        raise ValueError(f"when.{path}.{op}: expected a string")
-                    if op == "regex":
-                        try:
-                            re.compile(arg)
-                        except re.error as e:
-                            raise ValueError(f"when.{path}.regex: invalid regular expression: {e}") from None
-                    if op == "exists" and not isinstance(arg, bool):
-                        raise ValueError(f"when.{path}.exists: expected true or false")
+        check_predicates(self.when)
+        return self
+
+    @model_validator(mode="after")
+    def _check_audit(self) -> RuleConfig:
+        if self.gate == "audit" and self.compensate is None and not self.irreversible_ok:
+            raise ValueError(
+                "an audit gate runs the call before anyone reviews it, so it needs 'compensate' (how to undo it"
+                " if the review fails); for an action that cannot be undone set irreversible_ok = true, or use"
+                " gate = 'hard' to review first"
+            )
+        if self.gate != "audit" and (self.compensate or self.capture or self.review_window):
+            raise ValueError("'compensate', 'capture' and 'review_window' apply only to gate = 'audit'")
         return self
 
 
@@ -177,6 +227,76 @@ class DefaultsConfig(_Model):
     """Tools whose name is neither read- nor write-like: held by default."""
     timeout: Duration = 600.0
     """Default hold timeout (10 minutes)."""
+
+
+class Amplifier(_Model):
+    """An argument predicate that raises a call's risk level (``amount > 1000`` → critical)."""
+
+    name: str | None = None
+    upstream: str | list[str] = "*"
+    tool: str | list[str] = "*"
+    when: dict[str, Predicate | Any]
+    level: Risk
+
+    @model_validator(mode="after")
+    def _check(self) -> Amplifier:
+        check_predicates(self.when)
+        if not self.when:
+            raise ValueError("an amplifier needs at least one 'when' predicate")
+        return self
+
+
+class RiskConfig(_Model):
+    """How risky a call is: low | medium | high | critical, explained step by step."""
+
+    high: list[str] = Field(default_factory=list)
+    """Tool globs that are high risk (``"billing/refund_*"`` scopes a glob to an upstream)."""
+    medium: list[str] = Field(default_factory=list)
+    """Tool globs that are medium risk."""
+    amplifiers: list[Amplifier] = Field(default_factory=list)
+    ask_agent: bool = False
+    """Ask the agent for ``gatekeeper_reason`` and ``gatekeeper_confidence`` on every tool."""
+    confidence_below: float = Field(default=0.7, ge=0, le=1)
+    """A stated confidence below this raises the level one step (medium → high)."""
+
+
+class WebhookChannel(_Model):
+    """A webhook notified when a call is held: JSON (HMAC-signed when ``secret`` is set) or Slack-style."""
+
+    name: str
+    url: str
+    format: Literal["json", "slack"] = "json"
+    secret: str | None = None
+    """Signs the JSON body: header ``X-Gatekeeper-Signature: sha256=<hex HMAC>``; ``${VAR}`` expands."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 5.0
+
+
+class NotifyConfig(_Model):
+    """Who hears about held calls. A failing channel is logged and never blocks or decides a hold."""
+
+    stderr: bool = True
+    desktop: bool = False
+    """``notify-send`` (Linux) or ``osascript`` (macOS) when available."""
+    webhooks: list[WebhookChannel] = Field(default_factory=list)
+    on_hold: list[str] | None = None
+    """Channels told when a call is held (default: every configured channel)."""
+
+    @model_validator(mode="after")
+    def _names(self) -> NotifyConfig:
+        names = [w.name for w in self.webhooks]
+        if dup := {n for n in names if names.count(n) > 1}:
+            raise ValueError(f"webhook names must be unique: {sorted(dup)}")
+        if clash := set(names) & {"stderr", "desktop"}:
+            raise ValueError(f"'stderr' and 'desktop' are built-in channel names: {sorted(clash)}")
+        return self
+
+    @property
+    def channel_names(self) -> list[str]:
+        out = ["stderr"] if self.stderr else []
+        if self.desktop:
+            out.append("desktop")
+        return out + [w.name for w in self.webhooks]
 
 
 class ClientProfile(_Model):
@@ -234,12 +354,44 @@ UpstreamName = Annotated[str, AfterValidator(_check_upstream_name)]
 class GatekeeperConfig(_Model):
     """The whole file."""
 
+    def card_url(self, call_id: str) -> str | None:
+        """Where a human decides a call: the approval page's card (never a credential in the URL)."""
+        host = f"[{self.ui.host}]" if ":" in self.ui.host else self.ui.host
+        return f"http://{host}:{self.ui.port}/#/call/{call_id}" if self.ui.port else None
+
+    @model_validator(mode="after")
+    def _references(self) -> GatekeeperConfig:
+        known = set(self.notify.channel_names) | {"stderr", "desktop"}
+        problems = []
+        for i, rule in enumerate(self.rules):
+            for j, step in enumerate(rule.escalate):
+                for ch in step.notify:
+                    if ch not in known:
+                        problems.append(f"rules[{i}].escalate[{j}].notify: unknown channel {ch!r}")
+            for what in ("compensate", "capture"):
+                call = getattr(rule, what)
+                if (
+                    call is not None
+                    and call.upstream is not None
+                    and self.upstreams
+                    and call.upstream not in self.upstreams
+                ):
+                    problems.append(f"rules[{i}].{what}.upstream: no upstream named {call.upstream!r}")
+        for ch in self.notify.on_hold or []:
+            if ch not in known:
+                problems.append(f"notify.on_hold: unknown channel {ch!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     upstreams: dict[UpstreamName, UpstreamConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     waiting: WaitingConfig = Field(default_factory=WaitingConfig)
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0

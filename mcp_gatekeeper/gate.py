@@ -18,7 +18,7 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 
 from mcp_gatekeeper.clock import Clock
-from mcp_gatekeeper.errors import InvalidModificationError, StoreError
+from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError, StoreError
 from mcp_gatekeeper.models import (
     Approved,
     CallRecord,
@@ -52,6 +52,7 @@ class Gate:
         notifier: Notifier | None = None,
         poll_interval: float = 0.02,
         heartbeat_interval: float = 15.0,
+        sweep_interval: float | None = 1.0,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -59,10 +60,13 @@ class Gate:
         self.notifier = notifier
         self._poll = poll_interval
         self._heartbeat = heartbeat_interval
+        self._sweep_interval = sweep_interval
         self._waiters: dict[str, list[anyio.Event]] = {}
         """Every wait in this process on a call (an identical retry can wait beside the first request)."""
         self._have_waiters = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self.reviewed = anyio.Event()
+        """Set (and replaced) whenever a review is decided in this process: the compensation runner wakes."""
 
     # ------------------------------------------------------------------ watcher
 
@@ -71,6 +75,8 @@ class Gate:
         """Run the cross-process change watcher for as long as the context is open."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch)
+            if self._sweep_interval is not None:
+                tg.start_soon(self._sweep, self._sweep_interval)
             self._tg = tg
             try:
                 yield self
@@ -97,6 +103,71 @@ class Gate:
             except StoreError:
                 log.warning("store unreadable while watching for decisions; retrying", exc_info=True)
             await anyio.sleep(self._poll)
+
+    async def _sweep(self, interval: float) -> None:
+        while True:
+            await self.clock.sleep_until(self.clock.monotonic() + interval)
+            try:
+                await self.sweep_once()
+            except StoreError:
+                log.warning("store unusable while sweeping held calls; retrying", exc_info=True)
+
+    async def sweep_once(self) -> None:
+        """Expire this process's overdue calls, fire due escalation steps, close due review windows."""
+        now = self.clock.now()
+        for rec, level in await self.store.due_pending(self.store.instance_id, now):
+            if rec.deadline_at is not None and now >= rec.deadline_at:
+                await self._expire(rec)
+                self._wake(rec.id)
+                continue
+            rule = self.policy.rule_named(rec.rule)
+            for index, step in enumerate(rule.escalate if rule else [], start=1):
+                if index <= level or now < rec.created_at + step.after:
+                    continue
+                deadline = now + step.timeout if step.timeout is not None else None
+                if await self.store.escalate(rec.id, level=index, deadline_at=deadline, channels=list(step.notify)):
+                    level = index
+                    self._wake(rec.id)  # a waiter re-reads its (maybe shorter) deadline
+                    escalated = getattr(self.notifier, "escalated", None)
+                    if escalated is not None:
+                        try:
+                            await escalated(await self.store.get(rec.id), list(step.notify))
+                        except Exception:  # never blocks or decides
+                            log.warning("escalation notice for %s failed", rec.id[:8], exc_info=True)
+        for rec in await self.store.due_reviews(now):
+            rule = self.policy.rule_named(rec.rule)
+            if rule is not None and rule.on_review_timeout == "rollback":
+                await self.store.transition(
+                    rec.id, [State.UNDER_REVIEW], State.REVIEW_FAILED, event="review_failed", actor="gatekeeper",
+                    channel="timeout", reason="nobody reviewed it within its window; rolling back as configured",
+                )  # fmt: skip
+            else:
+                await self.store.transition(
+                    rec.id, [State.UNDER_REVIEW], State.UNREVIEWED, event="unreviewed", actor="gatekeeper",
+                    channel="timeout", reason="nobody reviewed it within its window",
+                )  # fmt: skip
+
+    async def review(self, call_id: str, *, ok: bool, by: str, channel: str, reason: str | None) -> CallRecord:
+        """Confirm or fail an audit-gated call that already ran; a failed review triggers its compensation."""
+        rec = await self.store.find(call_id)
+        done = await self.store.transition(
+            rec.id,
+            [State.UNDER_REVIEW, State.UNREVIEWED],
+            State.CONFIRMED if ok else State.REVIEW_FAILED,
+            event="confirmed" if ok else "review_failed",
+            actor=by,
+            channel=channel,
+            reason=reason,
+            decided_at=self.clock.now(),
+            decided_by=by,
+            detail={"reason": reason} if reason else {},
+        )
+        if done is None:
+            current = await self.store.get(rec.id)
+            raise AlreadyDecidedError(f"call {rec.id[:12]} is {current.state}, not under review", state=current.state)
+        self.reviewed.set()
+        self.reviewed = anyio.Event()
+        return done
 
     def _wake(self, call_id: str) -> None:
         for ev in self._waiters.get(call_id, ()):
@@ -178,10 +249,13 @@ class Gate:
                     tg.cancel_scope.cancel()
                 if ev.is_set():
                     current = await self.store.get(rec.id)
-                    if current.state == State.PENDING:  # spurious wake: re-arm
+                    if current.state == State.PENDING:  # woken without a decision (an escalation): re-arm
                         mine.remove(ev)
                         ev = anyio.Event()
                         mine.append(ev)
+                        if current.deadline_at is not None:  # the deadline may have been shortened
+                            deadline = self.clock.monotonic() + (current.deadline_at - self.clock.now())
+                            stop = min(deadline, start + budget) if budget is not None else deadline
                 elif on_tick is not None and self.clock.monotonic() < stop:
                     try:
                         await on_tick(current, max(0.0, deadline - self.clock.monotonic()))

@@ -28,6 +28,14 @@ class State(enum.StrEnum):
     FORWARDED = "forwarded"  # the upstream answered (a tool error counts as forwarded)
     FAILED = "failed"  # the upstream could not be reached / raised a protocol error
     OUTCOME_UNKNOWN = "outcome_unknown"  # crashed or timed out after sending upstream: never re-sent
+    # audit gates: the call ran at once; a human reviews it within a window
+    UNDER_REVIEW = "under_review"
+    CONFIRMED = "confirmed"  # the reviewer confirmed it
+    UNREVIEWED = "unreviewed"  # the window closed without a review (kept, flagged)
+    REVIEW_FAILED = "review_failed"  # the reviewer failed it: its compensation is due
+    ROLLING_BACK = "rolling_back"  # a process is running the compensation
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"  # every attempt failed: a human must act
 
 
 OPEN_STATES = frozenset({State.PENDING})
@@ -41,6 +49,10 @@ FINAL_STATES = frozenset(
         State.FORWARDED,
         State.FAILED,
         State.OUTCOME_UNKNOWN,
+        State.CONFIRMED,
+        State.UNREVIEWED,
+        State.ROLLED_BACK,
+        State.ROLLBACK_FAILED,
     }
 )
 
@@ -198,6 +210,75 @@ class Refused:
 
 
 Outcome = Approved | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """ "Approve and allow similar calls": an approval that covers later calls inside an argument envelope."""
+
+    id: str
+    upstream: str
+    tool: str
+    tooldef_hash: str | None
+    envelope: dict[str, Any]
+    created_at: float
+    created_by: str
+    source_call: str | None
+    expires_at: float | None
+    calls_left: int | None
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+    used: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "upstream": self.upstream,
+            "tool": self.tool,
+            "tooldef_hash": self.tooldef_hash,
+            "envelope": self.envelope,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "source_call": self.source_call,
+            "expires_at": self.expires_at,
+            "calls_left": self.calls_left,
+            "revoked_at": self.revoked_at,
+            "revoked_by": self.revoked_by,
+            "used": self.used,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A tool definition as first seen (or as a human re-pinned it); a different one is quarantined."""
+
+    upstream: str
+    tool: str
+    hash: str
+    definition: dict[str, Any]
+    pinned_at: float
+    pinned_by: str
+    pending_hash: str | None = None
+    pending_definition: dict[str, Any] | None = None
+    changed_at: float | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.pending_hash is not None and self.pending_hash != self.hash
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "tool": self.tool,
+            "hash": self.hash,
+            "definition": self.definition,
+            "pinned_at": self.pinned_at,
+            "pinned_by": self.pinned_by,
+            "pending_hash": self.pending_hash,
+            "pending_definition": self.pending_definition,
+            "changed_at": self.changed_at,
+            "quarantined": self.quarantined,
+        }
 
 
 @dataclass(frozen=True, slots=True)

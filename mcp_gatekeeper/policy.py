@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mcp_gatekeeper.config import GatekeeperConfig, RuleConfig
+from mcp_gatekeeper.config import Amplifier, GatekeeperConfig, RuleConfig
 from mcp_gatekeeper.models import RISK_ORDER
 
 READ_WORDS = frozenset(
@@ -240,6 +240,7 @@ MEDIUM_RISK_WORDS = frozenset(
     ]
 )
 
+_LEVELS = ("low", "medium", "high", "critical")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SPLIT = re.compile(r"[^A-Za-z0-9]+")
 _GLOB_CHARS = frozenset("*?[")
@@ -269,6 +270,8 @@ class Verdict:
     timeout: float | None = None
     deny_reason: str | None = None
     in_client: str = "notify"
+    ask_agent: bool = False
+    rule_config: RuleConfig | None = None
 
     @property
     def action(self) -> str:
@@ -331,7 +334,7 @@ class _Predicate:
     def __init__(self, path: str, op: str, operand: Any) -> None:
         self.path, self.op, self.operand = path, op, operand
         self.regex: re.Pattern[str] | None = None
-        if op == "glob":
+        if op in ("glob", "not_glob"):
             self.regex = re.compile(fnmatch.translate(str(operand)))
         elif op == "regex":
             self.regex = re.compile(str(operand))
@@ -342,7 +345,7 @@ class _Predicate:
         if op == "exists":
             return (value is not _MISSING) == bool(self.operand)
         if value is _MISSING:
-            return op in ("ne", "not_in")
+            return op in ("ne", "not_in", "not_glob")
         if op == "eq":
             return bool(value == self.operand)
         if op == "ne":
@@ -356,7 +359,16 @@ class _Predicate:
             if a is None or b is None:
                 return False
             return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[op]
+        if op.startswith("len_"):
+            if not isinstance(value, list | str | Mapping):
+                return False
+            n, b = len(value), _number(self.operand)
+            if b is None:
+                return False
+            return {"len_gt": n > b, "len_gte": n >= b, "len_lt": n < b, "len_lte": n <= b}[op]
         assert self.regex is not None
+        if op == "not_glob":
+            return not isinstance(value, str) or self.regex.match(value) is None
         if not isinstance(value, str):
             return False
         if op == "glob":
@@ -379,12 +391,7 @@ class _Rule:
         literal = all(not (_GLOB_CHARS & set(t)) for t in tools)
         self.tool_literals: frozenset[str] | None = frozenset(tools) if literal else None
         self.tool_re = None if literal else _glob_regex(tools)
-        self.predicates: list[_Predicate] = []
-        for path, pred in rule.when.items():
-            if isinstance(pred, dict):
-                self.predicates.extend(_Predicate(path, op, arg) for op, arg in pred.items())
-            else:
-                self.predicates.append(_Predicate(path, "eq", pred))
+        self.predicates = _compile_when(rule.when)
 
     def matches(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> bool:
         if self.upstream_re is not None and not self.upstream_re.match(upstream):
@@ -394,6 +401,36 @@ class _Rule:
         if self.tool_literals is not None and tool not in self.tool_literals:
             return False
         return all(p.holds(arguments) for p in self.predicates)
+
+
+class _Amplifier:
+    __slots__ = ("config", "name", "predicates", "tool_re", "upstream_re")
+
+    def __init__(self, index: int, amp: Amplifier) -> None:
+        self.config = amp
+        self.name = amp.name or f"risk.amplifiers[{index}]"
+        ups = [amp.upstream] if isinstance(amp.upstream, str) else list(amp.upstream)
+        tools = [amp.tool] if isinstance(amp.tool, str) else list(amp.tool)
+        self.upstream_re = _glob_regex(ups)
+        self.tool_re = _glob_regex(tools)
+        self.predicates = _compile_when(amp.when)
+
+    def matches(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> bool:
+        return (
+            self.upstream_re.match(upstream) is not None
+            and self.tool_re.match(tool) is not None
+            and all(p.holds(arguments) for p in self.predicates)
+        )
+
+
+def _compile_when(when: Mapping[str, Any]) -> list[_Predicate]:
+    out: list[_Predicate] = []
+    for path, pred in when.items():
+        if isinstance(pred, dict):
+            out.extend(_Predicate(path, op, arg) for op, arg in pred.items())
+        else:
+            out.append(_Predicate(path, "eq", pred))
+    return out
 
 
 class _SafeFormatter(string.Formatter):
@@ -444,6 +481,17 @@ class Policy:
         write_globs = [w for w in d.write_like if _GLOB_CHARS & set(w)]
         self._read_globs = _glob_regex(read_globs) if read_globs else None
         self._write_globs = _glob_regex(write_globs) if write_globs else None
+        r = config.risk
+        self._risk_high = _glob_regex(r.high) if r.high else None
+        self._risk_medium = _glob_regex(r.medium) if r.medium else None
+        self._amplifiers = [_Amplifier(i, a) for i, a in enumerate(r.amplifiers)]
+
+    def rule_named(self, name: str | None) -> RuleConfig | None:
+        """The rule a recorded call matched (by its name), if it still exists."""
+        for rule in self._rules:
+            if rule.name == name:
+                return rule.config
+        return None
 
     def _first_match(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> _Rule | None:
         literal = self._by_tool.get(tool, ())
@@ -458,24 +506,52 @@ class Policy:
                 return rule
         return None
 
-    def score(self, tool: str, annotations: Mapping[str, Any] | None) -> tuple[str, list[str]]:
-        """Risk level from the tool's name and annotations, with the reasons."""
-        words = set(name_words(tool))
+    def score(
+        self,
+        tool: str,
+        annotations: Mapping[str, Any] | None,
+        *,
+        upstream: str = "*",
+        arguments: Mapping[str, Any] | None = None,
+        confidence: float | None = None,
+    ) -> tuple[str, list[str]]:
+        """Risk level with its reasons, step by step: taxonomy, annotations, payload amplifiers, agent confidence.
+
+        Each step can only raise the level.
+        """
         reasons: list[str] = []
         level = "low"
+
+        def raise_to(new: str, why: str) -> None:
+            nonlocal level
+            if RISK_ORDER[new] > RISK_ORDER[level]:
+                level = new
+                reasons.append(f"risk {new}: {why}")
+
+        qualified = f"{upstream}/{tool}"
+        if self._risk_high is not None and (self._risk_high.match(tool) or self._risk_high.match(qualified)):
+            raise_to("high", "the tool is listed under [risk].high")
+        elif self._risk_medium is not None and (self._risk_medium.match(tool) or self._risk_medium.match(qualified)):
+            raise_to("medium", "the tool is listed under [risk].medium")
+        words = set(name_words(tool))
         if hits := words & HIGH_RISK_WORDS:
-            level = "high"
-            reasons.append(f"risk high: tool name says {', '.join(sorted(hits))!s}")
+            raise_to("high", f"the tool name says {', '.join(sorted(hits))}")
         elif hits := words & MEDIUM_RISK_WORDS:
-            level = "medium"
-            reasons.append(f"risk medium: tool name says {', '.join(sorted(hits))!s}")
+            raise_to("medium", f"the tool name says {', '.join(sorted(hits))}")
         ann = annotations or {}
-        if ann.get("destructiveHint") is True and RISK_ORDER[level] < RISK_ORDER["high"]:
-            level = "high"
-            reasons.append("risk raised to high: the upstream annotates the tool destructiveHint")
-        if ann.get("openWorldHint") is True and RISK_ORDER[level] < RISK_ORDER["medium"]:
-            level = "medium"
-            reasons.append("risk raised to medium: the upstream annotates the tool openWorldHint")
+        if ann.get("destructiveHint") is True:
+            raise_to("high", "the upstream annotates the tool destructiveHint")
+        if ann.get("openWorldHint") is True:
+            raise_to("medium", "the upstream annotates the tool openWorldHint")
+        if arguments is not None:
+            for amp in self._amplifiers:
+                if amp.matches(upstream, tool, arguments):
+                    raise_to(amp.config.level, f"{amp.name}: {'; '.join(p.describe() for p in amp.predicates)}")
+        if confidence is not None and confidence < self.config.risk.confidence_below:
+            bumped = _LEVELS[min(RISK_ORDER[level] + 1, len(_LEVELS) - 1)]
+            raise_to(
+                bumped, f"the agent's stated confidence {confidence:g} is below {self.config.risk.confidence_below:g}"
+            )
         return level, reasons
 
     def _default_gate(self, tool: str, annotations: Mapping[str, Any] | None) -> tuple[bool, str]:
@@ -501,9 +577,11 @@ class Policy:
         tool: str,
         arguments: Mapping[str, Any],
         annotations: Mapping[str, Any] | None = None,
+        *,
+        confidence: float | None = None,
     ) -> Verdict:
         """Which rule matches, which gate, which risk level, and why."""
-        risk, reasons = self.score(tool, annotations)
+        risk, reasons = self.score(tool, annotations, upstream=upstream, arguments=arguments, confidence=confidence)
         rule = self._first_match(upstream, tool, arguments)
         if rule is None:
             hold, why = self._default_gate(tool, annotations)
@@ -520,6 +598,7 @@ class Policy:
                 summary=None,
                 timeout=self.config.defaults.timeout,
                 in_client=self.config.waiting.in_client,
+                ask_agent=self.config.risk.ask_agent,
             )
         cfg = rule.config
         conds = "; ".join(p.describe() for p in rule.predicates)
@@ -531,8 +610,11 @@ class Policy:
         hold = gate == "hard"
         destructive = (annotations or {}).get("destructiveHint") is True
         if gate == "soft":
-            hold = RISK_ORDER[risk] >= RISK_ORDER["medium"]
-            reasons.append(f"soft gate: risk {risk} {'is' if hold else 'is not'} at or above medium")
+            hold = RISK_ORDER[risk] >= RISK_ORDER[cfg.hold_at]
+            reasons.append(
+                f"soft gate: risk {risk} {'is' if hold else 'is not'} at or above {cfg.hold_at}: "
+                + ("held" if hold else "passes, audited")
+            )
         if gate == "allow" and destructive and cfg.risk is None:
             # an allow rule is the user's explicit word; the annotation still shows on the card
             reasons.append("note: the upstream annotates this tool destructiveHint")
@@ -549,4 +631,6 @@ class Policy:
             timeout=cfg.timeout or self.config.defaults.timeout,
             deny_reason=(cfg.reason or f"denied by policy rule {rule.name}") if gate == "deny" else None,
             in_client=cfg.in_client or self.config.waiting.in_client,
+            ask_agent=cfg.ask_agent if cfg.ask_agent is not None else self.config.risk.ask_agent,
+            rule_config=cfg,
         )

@@ -97,14 +97,8 @@ class Proxy:
         self._inflight: dict[str, list[_Inflight]] = {}
         self._resource_owner: dict[str, str] = {}
         self.holding = Holding(
-            gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=self.card_url
+            gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
         )
-
-    def card_url(self, call_id: str) -> str | None:
-        """Where a human decides this call: the approval page's card (no credential in the URL)."""
-        ui = self.config.ui
-        host = f"[{ui.host}]" if ":" in ui.host else ui.host
-        return f"http://{host}:{ui.port}/#/call/{call_id}" if ui.port else None
 
     @property
     def namespaced(self) -> bool:

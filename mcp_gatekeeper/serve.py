@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 
 from mcp_gatekeeper.clock import Clock, SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.notify import MultiNotifier, StderrNotifier
+from mcp_gatekeeper.notify import Notifications
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import Proxy, serve_stdio
 from mcp_gatekeeper.sealing import load_or_create_key
@@ -62,13 +63,14 @@ async def open_runtime(
     home = home or default_home()
     clock = clock or SystemClock()
     policy = Policy(config)
-    async with Store.open(db_path(home), clock) as store:
+    async with Store.open(db_path(home), clock) as store, contextlib.AsyncExitStack() as stack:
         if register:
             await store.register_instance(label, config_path)
             recovered = await store.recover_orphans()
             if recovered:
                 log.warning("recovered %d call(s) left by a gatekeeper process that died (never executed)", recovered)
-        notifier = MultiNotifier([StderrNotifier()])
+        http = await stack.enter_async_context(httpx2.AsyncClient())
+        notifier = Notifications.from_config(config.notify, http=http, card_url=config.card_url)
         gate = Gate(
             store,
             policy,

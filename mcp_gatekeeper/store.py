@@ -27,7 +27,9 @@ from mcp_gatekeeper.models import (
     GENESIS_HASH,
     AuditEvent,
     CallRecord,
+    Lease,
     NewCall,
+    Pin,
     State,
     audit_hash,
     canonical_json,
@@ -110,6 +112,42 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE calls ADD COLUMN retry_offered INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE calls ADD COLUMN session TEXT;
         CREATE TABLE used_states (nonce TEXT PRIMARY KEY, call_id TEXT NOT NULL, used_at REAL NOT NULL);
+        """,
+    ),
+    (
+        "0004_gates",
+        """
+        ALTER TABLE calls ADD COLUMN escalation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN capture TEXT;
+        ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE pins (
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            pinned_at REAL NOT NULL,
+            pinned_by TEXT NOT NULL,
+            pending_hash TEXT,
+            pending_definition TEXT,
+            changed_at REAL,
+            PRIMARY KEY (upstream, tool)
+        );
+        CREATE TABLE leases (
+            id TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            tooldef_hash TEXT,
+            envelope TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            source_call TEXT,
+            expires_at REAL,
+            calls_left INTEGER,
+            revoked_at REAL,
+            revoked_by TEXT,
+            used INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX leases_tool ON leases (upstream, tool);
         """,
     ),
 )
@@ -672,7 +710,10 @@ class Store:
         **fields: Any,
     ) -> CallRecord | None:
         """CAS ``from_states → to_state`` setting ``fields``; ``None`` if the call was not in ``from_states``."""
-        allowed = {"result", "error", "finished_at", "reason", "decided_at", "decided_by", "channel", "wait_strategy"}
+        allowed = {
+            "result", "error", "finished_at", "reason", "decided_at", "decided_by", "channel", "wait_strategy",
+            "capture", "deadline_at",
+        }  # fmt: skip
         if bad := set(fields) - allowed:
             raise ValueError(f"cannot set {bad}")
         sets = ["state = ?"]
@@ -680,7 +721,7 @@ class Store:
         for k, v in fields.items():
             col = "channel" if k == "channel" else k
             sets.append(f"{col} = ?")
-            params.append(canonical_json(v) if k == "result" and v is not None else v)
+            params.append(canonical_json(v) if k in ("result", "capture") and v is not None else v)
         async with self._write() as c:
             cur = await c.execute(
                 f"UPDATE calls SET {', '.join(sets)} WHERE id = ? AND state IN ({_q(from_states)})",
@@ -777,6 +818,244 @@ class Store:
         rows = await self._read("SELECT config_path FROM instances WHERE id = ?", (instance_id,))
         return rows[0][0] if rows else None
 
+    # ------------------------------------------------------------------ escalation, sweeping, review, compensation
+
+    async def due_pending(self, instance_id: str | None, now: float) -> list[tuple[CallRecord, int]]:
+        """This process's pending calls (with their escalation level), oldest first."""
+        rows = await self._read(
+            f"SELECT {_COLUMNS}, escalation FROM calls WHERE state = 'pending' AND instance_id IS ?"
+            " ORDER BY created_at LIMIT 1000",
+            (instance_id,),
+        )
+        return [(_record(r[:-1]), int(r[-1])) for r in rows]
+
+    async def escalate(self, call_id: str, *, level: int, deadline_at: float | None, channels: list[str]) -> bool:
+        """Record escalation step ``level`` (once, whoever fires it first) and maybe shorten the deadline."""
+        async with self._write() as c:
+            cur = await c.execute(
+                "UPDATE calls SET escalation = ?, deadline_at = CASE WHEN ? IS NOT NULL AND ? < deadline_at THEN ? ELSE"
+                " deadline_at END WHERE id = ? AND state = 'pending' AND escalation < ?",
+                (level, deadline_at, deadline_at, deadline_at, call_id, level),
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._append_audit(
+                c, event="escalated", call_id=call_id, actor="gatekeeper", channel="timeout",
+                detail={"level": level, "channels": channels, "deadline_at": deadline_at},
+            )  # fmt: skip
+        return True
+
+    async def due_reviews(self, now: float) -> list[CallRecord]:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM calls WHERE state = 'under_review' AND deadline_at <= ? LIMIT 1000", (now,)
+        )
+        return [_record(r) for r in rows]
+
+    async def compensations_due(self, upstreams: Sequence[str]) -> list[tuple[CallRecord, int]]:
+        """Failed reviews whose compensation has not run yet, for these upstreams."""
+        if not upstreams:
+            return []
+        rows = await self._read(
+            f"SELECT {_COLUMNS}, attempts FROM calls WHERE state = 'review_failed' AND upstream IN ({_q(upstreams)})"
+            " ORDER BY created_at LIMIT 100",
+            list(upstreams),
+        )
+        return [(_record(r[:-1]), int(r[-1])) for r in rows]
+
+    async def claim_compensation(self, call_id: str) -> bool:
+        """CAS review_failed → rolling_back: exactly one process runs a compensation attempt."""
+        async with self._write() as c:
+            cur = await c.execute(
+                "UPDATE calls SET state = 'rolling_back', attempts = attempts + 1 WHERE id = ? AND state = 'review_failed'",
+                (call_id,),
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._append_audit(
+                c, event="rolling_back", call_id=call_id, actor="gatekeeper", channel="compensation"
+            )
+        return True
+
+    async def capture_of(self, call_id: str) -> Any:
+        rows = await self._read("SELECT capture FROM calls WHERE id = ?", (call_id,))
+        return _loads(rows[0][0]) if rows else None
+
+    # ------------------------------------------------------------------ tool-definition pins
+
+    async def check_pins(self, upstream: str, tools: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Pin]:
+        """Pin tools seen for the first time; record a changed definition as pending (quarantined)."""
+        now = self.clock.now()
+        async with self._write() as c:
+            rows = await (
+                await c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,))
+            ).fetchall()
+            pins = {r[1]: _pin(tuple(r)) for r in rows}
+            for name, (h, definition) in tools.items():
+                pin = pins.get(name)
+                if pin is None:
+                    await c.execute(
+                        "INSERT INTO pins (upstream, tool, hash, definition, pinned_at, pinned_by) VALUES (?, ?, ?, ?, ?, ?)",
+                        (upstream, name, h, canonical_json(definition), now, "first-sight"),
+                    )
+                    await self._append_audit(
+                        c, event="pinned", call_id=None, actor="gatekeeper", channel="pinning",
+                        detail={"upstream": upstream, "tool": name, "hash": h},
+                    )  # fmt: skip
+                elif h != pin.hash and h != pin.pending_hash:
+                    await c.execute(
+                        "UPDATE pins SET pending_hash = ?, pending_definition = ?, changed_at = ? WHERE upstream = ? AND tool = ?",
+                        (h, canonical_json(definition), now, upstream, name),
+                    )
+                    await self._append_audit(
+                        c, event="definition_changed", call_id=None, actor="upstream", channel="pinning",
+                        detail={"upstream": upstream, "tool": name, "pinned": pin.hash, "now": h},
+                    )  # fmt: skip
+                elif h == pin.hash and pin.pending_hash is not None:
+                    await c.execute(
+                        "UPDATE pins SET pending_hash = NULL, pending_definition = NULL, changed_at = NULL"
+                        " WHERE upstream = ? AND tool = ?",
+                        (upstream, name),
+                    )
+            rows = await (
+                await c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,))
+            ).fetchall()
+        return {r[1]: _pin(tuple(r)) for r in rows}
+
+    async def pins(self, *, upstream: str | None = None, quarantined_only: bool = False) -> list[Pin]:
+        sql = f"SELECT {_PIN_COLUMNS} FROM pins"
+        params: list[Any] = []
+        where = []
+        if upstream is not None:
+            where.append("upstream = ?")
+            params.append(upstream)
+        if quarantined_only:
+            where.append("pending_hash IS NOT NULL")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_pin(r) for r in await self._read(sql + " ORDER BY upstream, tool", params)]
+
+    async def repin(self, upstream: str, tool: str, *, by: str, channel: str) -> Pin:
+        """A human accepts the changed definition: it becomes the pin."""
+        async with self._write() as c:
+            row = await (
+                await c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ? AND tool = ?", (upstream, tool))
+            ).fetchone()
+            if row is None:
+                raise CallNotFoundError(f"no pinned tool {upstream}/{tool}")
+            pin = _pin(tuple(row))
+            if pin.pending_hash is None or pin.pending_definition is None:
+                raise AlreadyDecidedError(f"{upstream}/{tool} is not quarantined; nothing to re-pin", why="decided")
+            await c.execute(
+                "UPDATE pins SET hash = pending_hash, definition = pending_definition, pinned_at = ?, pinned_by = ?,"
+                " pending_hash = NULL, pending_definition = NULL, changed_at = NULL WHERE upstream = ? AND tool = ?",
+                (self.clock.now(), by, upstream, tool),
+            )
+            await self._append_audit(
+                c, event="repinned", call_id=None, actor=by, channel=channel,
+                detail={"upstream": upstream, "tool": tool, "old": pin.hash, "new": pin.pending_hash},
+            )  # fmt: skip
+        (new,) = [p for p in await self.pins(upstream=upstream) if p.tool == tool]
+        return new
+
+    # ------------------------------------------------------------------ leases
+
+    async def create_lease(
+        self,
+        *,
+        upstream: str,
+        tool: str,
+        tooldef_hash: str | None,
+        envelope: dict[str, Any],
+        created_by: str,
+        channel: str,
+        source_call: str | None,
+        expires_at: float | None,
+        calls: int | None,
+    ) -> Lease:
+        lid = "l" + new_call_id()[:15]
+        now = self.clock.now()
+        async with self._write() as c:
+            await c.execute(
+                "INSERT INTO leases (id, upstream, tool, tooldef_hash, envelope, created_at, created_by, source_call,"
+                " expires_at, calls_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    lid,
+                    upstream,
+                    tool,
+                    tooldef_hash,
+                    canonical_json(envelope),
+                    now,
+                    created_by,
+                    source_call,
+                    expires_at,
+                    calls,
+                ),
+            )
+            await self._append_audit(
+                c, event="lease_granted", call_id=source_call, actor=created_by, channel=channel,
+                detail={"lease": lid, "upstream": upstream, "tool": tool, "envelope": envelope,
+                        "expires_at": expires_at, "calls": calls},
+            )  # fmt: skip
+        return await self.lease(lid)
+
+    async def lease(self, lease_id: str) -> Lease:
+        rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id = ?", (lease_id,))
+        if not rows:
+            raise CallNotFoundError(f"no lease {lease_id!r}")
+        return _lease(rows[0])
+
+    async def leases(
+        self, *, active_at: float | None = None, upstream: str | None = None, tool: str | None = None
+    ) -> list[Lease]:
+        sql = f"SELECT {_LEASE_COLUMNS} FROM leases"
+        where: list[str] = []
+        params: list[Any] = []
+        if active_at is not None:
+            where.append(
+                "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) AND (calls_left IS NULL OR calls_left > 0)"
+            )
+            params.append(active_at)
+        for col, val in (("upstream", upstream), ("tool", tool)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_lease(r) for r in await self._read(sql + " ORDER BY created_at DESC LIMIT 1000", params)]
+
+    async def revoke_lease(self, lease_id: str, *, by: str, channel: str) -> Lease:
+        async with self._write() as c:
+            cur = await c.execute(
+                "UPDATE leases SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
+                (self.clock.now(), by, lease_id),
+            )
+            if cur.rowcount != 1:
+                exists = await (await c.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,))).fetchone()
+                if exists is None:
+                    raise CallNotFoundError(f"no lease {lease_id!r}")
+                raise AlreadyDecidedError(f"lease {lease_id} is already revoked", why="decided")
+            await self._append_audit(
+                c, event="lease_revoked", call_id=None, actor=by, channel=channel, detail={"lease": lease_id}
+            )
+        return await self.lease(lease_id)
+
+    async def use_lease(self, lease_id: str, *, call_id: str) -> bool:
+        """Spend one use of a lease (CAS): False if it expired, ran out or was revoked meanwhile."""
+        now = self.clock.now()
+        async with self._write() as c:
+            cur = await c.execute(
+                "UPDATE leases SET used = used + 1, calls_left = CASE WHEN calls_left IS NULL THEN NULL ELSE calls_left - 1 END"
+                " WHERE id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+                " AND (calls_left IS NULL OR calls_left > 0)",
+                (lease_id, now),
+            )
+            if cur.rowcount != 1:
+                return False
+            await self._append_audit(
+                c, event="lease_used", call_id=call_id, actor="lease", channel="lease", detail={"lease": lease_id}
+            )
+        return True
+
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query for reports (stats pages). Writes are refused."""
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
@@ -795,6 +1074,28 @@ class Store:
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT state, COUNT(*) FROM calls GROUP BY state")
         return {r[0]: r[1] for r in rows}
+
+
+_PIN_COLUMNS = "upstream, tool, hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at"
+_LEASE_COLUMNS = (
+    "id, upstream, tool, tooldef_hash, envelope, created_at, created_by, source_call, expires_at, calls_left,"
+    " revoked_at, revoked_by, used"
+)
+
+
+def _pin(r: tuple[Any, ...]) -> Pin:
+    return Pin(
+        upstream=r[0], tool=r[1], hash=r[2], definition=json.loads(r[3]), pinned_at=r[4], pinned_by=r[5],
+        pending_hash=r[6], pending_definition=_loads(r[7]), changed_at=r[8],
+    )  # fmt: skip
+
+
+def _lease(r: tuple[Any, ...]) -> Lease:
+    return Lease(
+        id=r[0], upstream=r[1], tool=r[2], tooldef_hash=r[3], envelope=json.loads(r[4]), created_at=r[5],
+        created_by=r[6], source_call=r[7], expires_at=r[8], calls_left=r[9], revoked_at=r[10], revoked_by=r[11],
+        used=r[12],
+    )  # fmt: skip
 
 
 def _q(items: Sequence[Any]) -> str:

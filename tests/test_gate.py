@@ -118,6 +118,7 @@ def approve(**kw: Any) -> Decision:
 
 @asynccontextmanager
 async def running_gate(path: Path, clock: Clock, *, notifier: Recorder | None = None, **kw: Any) -> AsyncIterator[Gate]:
+    kw.setdefault("sweep_interval", None)  # these tests drive expiry through wait(); the sweeper has its own tests
     async with Store.open(path, clock) as store:
         gate = Gate(store, Policy(parse_config(POLICY)), clock, notifier=notifier, **kw)
         async with gate.running():
