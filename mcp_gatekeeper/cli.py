@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from mcp_gatekeeper import __version__
-from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, resolve_config_path
+from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, parse_duration, resolve_config_path
 from mcp_gatekeeper.errors import (
     AlreadyDecidedError,
     CallNotFoundError,
@@ -35,7 +35,7 @@ from mcp_gatekeeper.errors import (
     UpstreamError,
 )
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import CallRecord, Decision, State
+from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.serve import open_runtime, run_proxy
 
@@ -251,6 +251,21 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
         if not isinstance(arguments, dict):
             print("mcp-gatekeeper: --args must be a JSON object", file=sys.stderr)
             return EXIT_USAGE
+    lease = None
+    if approve and (args.lease_for or args.lease_calls or args.lease_when):
+        try:
+            envelope = json.loads(args.lease_when) if args.lease_when else {}
+        except json.JSONDecodeError as e:
+            print(f"mcp-gatekeeper: --lease-when is not valid JSON: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(envelope, dict):
+            print("mcp-gatekeeper: --lease-when must be a JSON object of predicates", file=sys.stderr)
+            return EXIT_USAGE
+        lease = LeaseRequest(
+            envelope=envelope,
+            seconds=parse_duration(args.lease_for) if args.lease_for else None,
+            calls=args.lease_calls,
+        )
     who, detail = _decider()
 
     async def go() -> int:
@@ -271,11 +286,126 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
                     reason=args.reason,
                     arguments=arguments,
                     args_digest=rec.args_digest,
+                    lease=lease,
                 ),
             )
             verb = "approved" if approve else "rejected"
             extra = " with modified arguments" if done.modified_arguments is not None else ""
             print(f"{verb}{extra}: {done.id[:12]} {escape(done.upstream)}/{escape(done.tool)}")
+            if lease is not None:
+                print(
+                    f"  and similar calls are allowed by a lease: {json.dumps(lease.envelope)} (see: mcp-gatekeeper leases)"
+                )
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.confirm == args.fail:
+        print("mcp-gatekeeper: say --confirm or --fail", file=sys.stderr)
+        return EXIT_USAGE
+    who, _detail = _decider()
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            done = await rt.gate.review(args.id, ok=args.confirm, by=who, channel="cli", reason=args.reason)
+            if args.confirm:
+                print(f"confirmed: {done.id[:12]} {escape(done.upstream)}/{escape(done.tool)}")
+            else:
+                print(
+                    f"review failed: {done.id[:12]} {escape(done.upstream)}/{escape(done.tool)}; its compensation runs in"
+                    " the gatekeeper process connected to that upstream (see: mcp-gatekeeper show ID)"
+                )
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_leases(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            leases = await rt.store.leases(active_at=None if args.all else rt.clock.now())
+            if args.json:
+                _json_out([x.to_json() for x in leases])
+                return EXIT_OK
+            if not leases:
+                print("no active leases" if not args.all else "no leases")
+            now = rt.clock.now()
+            for x in leases:
+                bounds = []
+                if x.expires_at is not None:
+                    bounds.append(f"expires {_ago(x.expires_at, now)}")
+                if x.calls_left is not None:
+                    bounds.append(f"{x.calls_left} call(s) left")
+                if x.revoked_at is not None:
+                    bounds.append(f"revoked by {escape(x.revoked_by or '?')}")
+                print(
+                    f"{x.id}  {escape(x.upstream)}/{escape(x.tool)}  when {escape(json.dumps(x.envelope))}  used {x.used}"
+                    f"  {', '.join(bounds)}  (by {escape(x.created_by)})"
+                )
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    config = _load(args)
+    who, _detail = _decider()
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            lease = await rt.store.revoke_lease(args.lease, by=who, channel="cli")
+            print(f"revoked lease {lease.id} ({escape(lease.upstream)}/{escape(lease.tool)})")
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_pins(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            pins = await rt.store.pins(quarantined_only=args.quarantined)
+            if args.json:
+                _json_out([p.to_json() for p in pins])
+                return EXIT_OK
+            for p in pins:
+                flag = "QUARANTINED (definition changed)" if p.quarantined else "pinned"
+                print(f"{escape(p.upstream)}/{escape(p.tool)}  {flag}  {p.hash[:12]}  by {escape(p.pinned_by)}")
+            if not pins:
+                print("no pinned tools" if not args.quarantined else "no quarantined tools")
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    config = _load(args)
+    who, _detail = _decider()
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            before = [p for p in await rt.store.pins(upstream=args.upstream) if p.tool == args.tool]
+            if before and before[0].pending_definition is not None and not args.yes:
+                old = json.dumps(before[0].definition, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+                new = json.dumps(
+                    before[0].pending_definition, indent=1, sort_keys=True, ensure_ascii=False
+                ).splitlines()
+                import difflib
+
+                for line in difflib.unified_diff(old, new, "pinned", "now", lineterm=""):
+                    print(escape(line))
+                print("\nre-run with --yes to accept this definition")
+                return EXIT_REFUSED
+            pin = await rt.store.repin(args.upstream, args.tool, by=who, channel="cli")
+            print(
+                f"re-pinned {escape(pin.upstream)}/{escape(pin.tool)} at {pin.hash[:12]}; its calls are no longer quarantined"
+            )
             return EXIT_OK
 
     return anyio.run(go)
@@ -443,6 +573,41 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--args", metavar="JSON", help="modified arguments (a JSON object) to run instead")
     ap.add_argument("--reason", help="a note recorded with the decision")
     ap.set_defaults(func=lambda a: cmd_decide(a, True))
+
+    ap.add_argument(
+        "--lease-when",
+        metavar="JSON",
+        help='approve and allow similar calls: argument predicates, e.g. \'{"path": {"glob": "/src/*"}}\'',
+    )
+    ap.add_argument("--lease-for", metavar="DURATION", help="how long the lease lasts, e.g. 15m")
+    ap.add_argument("--lease-calls", type=int, metavar="N", help="how many calls the lease covers")
+
+    rv = with_config(sub.add_parser("review", help="confirm or fail an audit-gated call that already ran"))
+    rv.add_argument("id")
+    rv.add_argument("--confirm", action="store_true")
+    rv.add_argument("--fail", action="store_true", help="fail the review: the rule's compensation undoes the call")
+    rv.add_argument("--reason")
+    rv.set_defaults(func=cmd_review)
+
+    le = with_config(sub.add_parser("leases", help="list leases (approvals that allow similar calls)"))
+    le.add_argument("--all", action="store_true", help="include expired, used-up and revoked leases")
+    le.add_argument("--json", action="store_true")
+    le.set_defaults(func=cmd_leases)
+
+    rk = with_config(sub.add_parser("revoke", help="revoke a lease"))
+    rk.add_argument("lease")
+    rk.set_defaults(func=cmd_revoke)
+
+    pn = with_config(sub.add_parser("pins", help="pinned tool definitions (and quarantined ones)"))
+    pn.add_argument("--quarantined", action="store_true")
+    pn.add_argument("--json", action="store_true")
+    pn.set_defaults(func=cmd_pins)
+
+    rp = with_config(sub.add_parser("pin", help="accept a changed tool definition (ends its quarantine)"))
+    rp.add_argument("upstream")
+    rp.add_argument("tool")
+    rp.add_argument("--yes", action="store_true", help="accept without showing the diff first")
+    rp.set_defaults(func=cmd_pin)
 
     rj = with_config(sub.add_parser("reject", help="reject a held call"))
     rj.add_argument("id")

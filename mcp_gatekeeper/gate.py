@@ -18,6 +18,7 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 
 from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.config import check_predicates
 from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError, StoreError
 from mcp_gatekeeper.models import (
     Approved,
@@ -306,6 +307,8 @@ class Gate:
         InvalidModificationError (the edit breaks the tool's schema or lands in a deny rule).
         """
         rec = await self.store.find(call_id)
+        if decision.lease is not None:
+            self.check_lease(rec, decision)
         modified: dict[str, Any] | None = None
         if decision.approve and decision.arguments is not None:
             if digest(decision.arguments) != rec.args_digest:
@@ -327,7 +330,42 @@ class Gate:
             detail=detail,
         )
         self._wake(rec.id)
+        if decision.lease is not None:
+            lease = decision.lease
+            await self.store.create_lease(
+                upstream=rec.upstream,
+                tool=rec.tool,
+                tooldef_hash=rec.tooldef_hash,
+                envelope=lease.envelope,
+                created_by=decision.decided_by,
+                channel=decision.channel,
+                source_call=rec.id,
+                expires_at=self.clock.now() + lease.seconds if lease.seconds is not None else None,
+                calls=lease.calls,
+            )
         return done
+
+    def check_lease(self, rec: CallRecord, decision: Decision) -> None:
+        """Leases are never offered for critical calls, tools marked no_lease, or without any bound."""
+        lease = decision.lease
+        assert lease is not None
+        if not decision.approve:
+            raise InvalidModificationError("a lease can only come with an approval")
+        if rec.risk == "critical":
+            raise InvalidModificationError("no lease for a critical call: each one needs its own approval")
+        rule = self.policy.rule_named(rec.rule)
+        if rule is not None and rule.no_lease:
+            raise InvalidModificationError(f"rule {rec.rule} says no_lease: each call needs its own approval")
+        if rec.reasons and rec.reasons[0].startswith("QUARANTINED"):
+            raise InvalidModificationError("no lease for a quarantined tool: re-pin its definition first")
+        if lease.seconds is None and lease.calls is None:
+            raise InvalidModificationError("a lease needs a duration or a number of calls (or both)")
+        if (lease.seconds is not None and lease.seconds <= 0) or (lease.calls is not None and lease.calls <= 0):
+            raise InvalidModificationError("a lease's duration and number of calls must be positive")
+        try:
+            check_predicates(lease.envelope)
+        except ValueError as e:
+            raise InvalidModificationError(f"the lease's argument envelope is invalid: {e}") from None
 
     def check_modification(self, rec: CallRecord, arguments: Mapping[str, Any]) -> None:
         """Edited arguments must satisfy the tool's input schema and must not land in a deny rule."""

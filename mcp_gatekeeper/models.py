@@ -189,6 +189,17 @@ class Decision:
     reason: str | None = None
     arguments: dict[str, Any] | None = None
     args_digest: str | None = None
+    lease: LeaseRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """ "Approve and allow similar calls": later calls of the same tool inside ``envelope`` pass, for a while."""
+
+    envelope: dict[str, Any]
+    """``when``-style predicates on the arguments (``{"path": {"glob": "./src/**"}}``); ``{}`` = any arguments."""
+    seconds: float | None = None
+    calls: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

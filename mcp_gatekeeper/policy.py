@@ -393,6 +393,13 @@ class _Rule:
         self.tool_re = None if literal else _glob_regex(tools)
         self.predicates = _compile_when(rule.when)
 
+    def matches_name(self, upstream: str, tool: str) -> bool:
+        if self.upstream_re is not None and not self.upstream_re.match(upstream):
+            return False
+        if self.tool_re is not None and not self.tool_re.match(tool):
+            return False
+        return self.tool_literals is None or tool in self.tool_literals
+
     def matches(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> bool:
         if self.upstream_re is not None and not self.upstream_re.match(upstream):
             return False
@@ -452,6 +459,29 @@ class _SafeFormatter(string.Formatter):
 _FORMATTER = _SafeFormatter()
 
 
+_WHOLE_FIELD = re.compile(r"^\{([A-Za-z0-9_.\-]+)\}$")
+
+
+def render_arguments(template: Any, context: Mapping[str, Any]) -> Any:
+    """Fill a compensation's argument templates: ``"{args.path}"`` alone keeps the value's type; strings
+    with other text are formatted; lists and objects are filled recursively. A missing field is an error."""
+    if isinstance(template, str):
+        if m := _WHOLE_FIELD.match(template):
+            value = lookup(context, m.group(1))
+            if value is _MISSING:
+                raise KeyError(m.group(1))
+            return value
+        for name in re.findall(r"\{([A-Za-z0-9_.\-]+)\}", template):
+            if lookup(context, name) is _MISSING:
+                raise KeyError(name)
+        return render_summary(template, context)
+    if isinstance(template, list):
+        return [render_arguments(t, context) for t in template]
+    if isinstance(template, dict):
+        return {k: render_arguments(v, context) for k, v in template.items()}
+    return template
+
+
 def render_summary(template: str, arguments: Mapping[str, Any]) -> str:
     """Fill a rule's ``summary`` template from the arguments, never failing."""
     try:
@@ -485,6 +515,17 @@ class Policy:
         self._risk_high = _glob_regex(r.high) if r.high else None
         self._risk_medium = _glob_regex(r.medium) if r.medium else None
         self._amplifiers = [_Amplifier(i, a) for i, a in enumerate(r.amplifiers)]
+
+    def asks_agent(self, upstream: str, tool: str) -> bool:
+        """Whether the tool's schema gets ``gatekeeper_reason`` / ``gatekeeper_confidence`` (config or any rule)."""
+        if self.config.risk.ask_agent:
+            return True
+        return any(rule.config.ask_agent and rule.matches_name(upstream, tool) for rule in self._rules)
+
+    @staticmethod
+    def envelope_holds(envelope: Mapping[str, Any], arguments: Mapping[str, Any]) -> bool:
+        """Does a lease's argument envelope (``when``-style predicates) cover these arguments?"""
+        return all(p.holds(arguments) for p in _compile_when(envelope))
 
     def rule_named(self, name: str | None) -> RuleConfig | None:
         """The rule a recorded call matched (by its name), if it still exists."""

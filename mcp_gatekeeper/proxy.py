@@ -7,10 +7,12 @@ Everything that is not a gated ``tools/call`` passes through as raw dicts, in bo
 from __future__ import annotations
 
 import contextlib
+import difflib
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import mcp.types as types
@@ -24,16 +26,19 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gatekeeper import __version__
 from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.compensation import DEFAULT_REVIEW_WINDOW, Compensator
 from mcp_gatekeeper.config import GatekeeperConfig
 from mcp_gatekeeper.errors import StoreError, UpstreamError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.holding import Holding, Reply
-from mcp_gatekeeper.models import Approved, CallRecord, NewCall, Refused, State, canonical_json, digest
+from mcp_gatekeeper.models import RISK_ORDER, Approved, CallRecord, NewCall, Pin, Refused, State, canonical_json, digest
 from mcp_gatekeeper.policy import Policy, Verdict
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
 log = logging.getLogger(__name__)
 
+AGENT_REASON = "gatekeeper_reason"
+AGENT_CONFIDENCE = "gatekeeper_confidence"
 SEPARATOR = "__"
 STATUS_TOOL = "gatekeeper_status"
 META_PREFIX = "io.modelcontextprotocol/"
@@ -96,6 +101,8 @@ class Proxy:
         self.state = ProxyState()
         self._inflight: dict[str, list[_Inflight]] = {}
         self._resource_owner: dict[str, str] = {}
+        self._pins: dict[str, dict[str, Pin]] = {}
+        self.compensator = Compensator(gate=gate, config=config, clock=clock, upstreams=lambda: self.upstreams)
         self.holding = Holding(
             gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
         )
@@ -240,7 +247,63 @@ class Proxy:
 
     async def _ensure_tools(self, upstream: Upstream) -> None:
         if not upstream.tools or not upstream.connected:
-            await upstream.refresh_tools()
+            await self.refresh_tools(upstream)
+
+    async def refresh_tools(self, upstream: Upstream) -> dict[str, dict[str, Any]]:
+        """Fetch the upstream's tools (every page) and check them against their pins."""
+        tools = await upstream.refresh_tools()
+        await self._pin(upstream.name, tools)
+        return tools
+
+    async def _pin(self, upstream: str, tools: Mapping[str, dict[str, Any]]) -> None:
+        """Pin tools on first sight; a changed definition is quarantined until a human re-pins it."""
+        try:
+            self._pins[upstream] = await self.gate.store.check_pins(
+                upstream, {name: (tooldef_hash(t), t) for name, t in tools.items()}
+            )
+        except StoreError:
+            log.error("could not check tool pins for %s", upstream, exc_info=True)
+
+    def _quarantine(self, upstream: str, tool: str, tooldef: Mapping[str, Any]) -> str | None:
+        """If the tool's definition is not the pinned one, the diff to show the reviewer."""
+        pin = self._pins.get(upstream, {}).get(tool)
+        if pin is None or tooldef_hash(tooldef) == pin.hash:
+            return None
+        old = json.dumps(pin.definition, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+        new = json.dumps(dict(tooldef), indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+        diff = "\n".join(difflib.unified_diff(old, new, "pinned definition", "definition now", lineterm="", n=1))
+        return diff[:4000]
+
+    def _with_agent_params(self, upstream: str, tool: dict[str, Any]) -> dict[str, Any]:
+        """Add gatekeeper_reason / gatekeeper_confidence to a tool's input schema when policy asks the agent."""
+        if not self.policy.asks_agent(upstream, tool.get("name", "")):
+            return tool
+        schema = dict(tool.get("inputSchema") or {"type": "object"})
+        props = dict(schema.get("properties") or {})
+        props.setdefault(
+            AGENT_REASON,
+            {"type": "string", "description": "Why you are making this call (shown to the human who approves it)."},
+        )
+        props.setdefault(
+            AGENT_CONFIDENCE,
+            {
+                "type": "number", "minimum": 0, "maximum": 1,
+                "description": "How sure you are this call is right and wanted, from 0 to 1 (shown to the human).",
+            },
+        )  # fmt: skip
+        schema["properties"] = props
+        return {**tool, "inputSchema": schema}
+
+    async def _matching_lease(self, upstream: str, tool: str, tool_hash: str, arguments: Mapping[str, Any]) -> Any:
+        now = self.clock.now()
+        for lease in await self.gate.store.leases(active_at=now, upstream=upstream, tool=tool):
+            if lease.tooldef_hash not in (None, tool_hash):
+                continue  # granted for another definition of the tool: no longer applies
+            if self.policy.envelope_holds(lease.envelope, arguments) and await self.gate.store.use_lease(
+                lease.id, call_id=None
+            ):
+                return lease
+        return None
 
     # ------------------------------------------------------------------ tools
 
@@ -254,18 +317,20 @@ class Proxy:
             page = [t for t in result.get("tools") or [] if isinstance(t, dict)]
             if not raw.get("cursor"):
                 up.tools = {}
-            up.tools.update({t["name"]: t for t in page if isinstance(t.get("name"), str)})
-            tools = page
+            named = {t["name"]: t for t in page if isinstance(t.get("name"), str)}
+            up.tools.update(named)
+            await self._pin(up.name, named)
+            tools = [self._with_agent_params(up.name, t) for t in page]
             last_page = not result.get("nextCursor")
         else:
             for name, up in self.upstreams.items():
                 try:
-                    found = await up.refresh_tools()
+                    found = await self.refresh_tools(up)
                 except (UpstreamError, MCPError) as e:
                     log.warning("tools/list from upstream %s failed: %s", name, e)
                     continue
                 for t in found.values():
-                    tools.append({**t, "name": self._public(name, t["name"])})
+                    tools.append({**self._with_agent_params(name, t), "name": self._public(name, t["name"])})
             result = {}
             last_page = True
         if last_page and self.config.status_tool:
@@ -311,7 +376,7 @@ class Proxy:
         try:
             await self._ensure_tools(upstream)
             if tool not in upstream.tools:
-                await upstream.refresh_tools()
+                await self.refresh_tools(upstream)
         except (UpstreamError, MCPError) as e:
             return self._finish(
                 ctx, text_result(f"mcp-gatekeeper: upstream {up_name!r} is unavailable: {e}", is_error=True)
@@ -319,8 +384,40 @@ class Proxy:
         tooldef = upstream.tools.get(tool)
         if tooldef is None:
             return self._finish(ctx, await self._deny_unrouted(name, arguments, client, upstream=up_name))
+        arguments = dict(arguments)
+        agent_reason = arguments.pop(AGENT_REASON, None)
+        agent_confidence = arguments.pop(AGENT_CONFIDENCE, None)
+        if not isinstance(agent_reason, str):
+            agent_reason = None
+        if (
+            isinstance(agent_confidence, bool)
+            or not isinstance(agent_confidence, int | float)
+            or not 0 <= agent_confidence <= 1
+        ):
+            agent_confidence = None
+        raw["arguments"] = arguments
         try:
-            verdict = self.policy.evaluate(up_name, tool, arguments, tooldef.get("annotations"))
+            verdict = self.policy.evaluate(
+                up_name, tool, arguments, tooldef.get("annotations"), confidence=agent_confidence
+            )
+            if verdict.action == "hold":
+                # look again right before holding: a silent change of the tool's definition is caught here
+                await self.refresh_tools(upstream)
+                tooldef = upstream.tools.get(tool) or tooldef
+            if verdict.action != "deny" and (diff := self._quarantine(up_name, tool, tooldef)) is not None:
+                verdict = replace(
+                    verdict, gate="hard", hold=True, in_client="off",
+                    risk=verdict.risk if RISK_ORDER[verdict.risk] >= RISK_ORDER["high"] else "high",
+                    reasons=(
+                        "QUARANTINED: the tool's definition changed since it was pinned; every call is held until a"
+                        f" human re-pins it (mcp-gatekeeper pin {up_name} {tool}). Changes:\n{diff}",
+                        *verdict.reasons,
+                    ),
+                )  # fmt: skip
+        except (UpstreamError, MCPError) as e:
+            return self._finish(
+                ctx, text_result(f"mcp-gatekeeper: upstream {up_name!r} is unavailable: {e}", is_error=True)
+            )
         except Exception as e:  # fail closed: a policy error never executes
             log.exception("policy evaluation failed for %s/%s", up_name, tool)
             verdict = Verdict(
@@ -346,6 +443,8 @@ class Proxy:
             summary=verdict.summary,
             effects=dict(verdict.effects),
             reasons=verdict.reasons,
+            agent_reason=agent_reason,
+            agent_confidence=agent_confidence,
             client=client,
             input_schema=tooldef.get("inputSchema") if isinstance(tooldef.get("inputSchema"), dict) else None,
             wait_strategy="hold" if verdict.action == "hold" else None,
@@ -354,9 +453,21 @@ class Proxy:
             if verdict.action == "deny":
                 rec = await self.gate.record(new, State.DENIED, reason=verdict.deny_reason)
                 return self._finish(ctx, self._refused_result(rec, verdict.deny_reason or "denied by policy"))
+            if verdict.gate == "audit":
+                return self._finish(ctx, await self._audit_gate(ctx, upstream, tool, new, verdict, raw, arguments))
             if verdict.action == "allow":
                 rec = await self.gate.record(new, State.ALLOWED)
                 return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
+            rule = verdict.rule_config
+            quarantined = verdict.in_client == "off" and verdict.reasons[0].startswith("QUARANTINED")
+            if not quarantined and verdict.risk != "critical" and not (rule and rule.no_lease):
+                lease = await self._matching_lease(up_name, tool, new.tooldef_hash or "", arguments)
+                if lease is not None:
+                    why = f"allowed by lease {lease.id} (granted by {lease.created_by})"
+                    rec = await self.gate.record(
+                        replace(new, gate="lease", reasons=(why, *new.reasons)), State.ALLOWED, reason=why
+                    )
+                    return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
             outcome = await self.holding.run(
                 ctx, new, verdict, request_state=request_state, input_responses=input_responses,
                 session=client.get("session"),
@@ -391,6 +502,20 @@ class Proxy:
                 except StoreError:
                     log.error("could not record the denial of %s", outcome.call.id[:8])
                 return self._finish(ctx, self._refused_result(outcome.call, reason))
+        try:
+            current = await self.refresh_tools(upstream)
+        except (UpstreamError, MCPError) as e:
+            current = {}
+            log.warning("could not re-check %s's tools before forwarding: %s", up_name, e)
+        now_def = current.get(tool)
+        if now_def is None or tooldef_hash(now_def) != outcome.call.tooldef_hash:
+            reason = "the tool's definition changed (or vanished) after the call was approved; the approval no longer applies"
+            with contextlib.suppress(StoreError):
+                await self.gate.store.transition(
+                    outcome.call.id, [State.APPROVED], State.DENIED, event="definition_changed", reason=reason,
+                    finished_at=self.clock.now(),
+                )  # fmt: skip
+            return self._finish(ctx, self._refused_result(outcome.call, reason))
         try:
             forged = await self.gate.store.verify_decision(outcome.call.id)
         except StoreError as e:
@@ -428,6 +553,54 @@ class Proxy:
         return self._finish(
             ctx, await self._run(ctx, upstream, tool, started, raw, outcome.arguments, modified=outcome.modified)
         )
+
+    async def _audit_gate(
+        self,
+        ctx: ServerRequestContext[ProxyState],
+        upstream: Upstream,
+        tool: str,
+        new: NewCall,
+        verdict: Verdict,
+        raw: dict[str, Any],
+        arguments: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Run now, review later: capture what an undo needs, forward, then open the review window."""
+        rule = verdict.rule_config
+        assert rule is not None
+        capture: dict[str, Any] | None = None
+        if rule.capture is not None:
+            try:
+                capture = await self.compensator.capture(upstream.name, rule.capture, arguments)
+            except (UpstreamError, MCPError, KeyError) as e:
+                # without what the undo needs, running first is not safe: ask a human first instead
+                why = f"could not capture what undoing this call needs ({e}); it needs approval before it runs"
+                held = replace(verdict, gate="hard", hold=True, reasons=(why, *verdict.reasons))
+                outcome = await self.holding.run(
+                    ctx, replace(new, gate="hard", reasons=held.reasons), held,
+                    request_state=None, input_responses=None, session=new.client.get("session"),
+                )  # fmt: skip
+                if isinstance(outcome, Reply):
+                    return dict(outcome.result) if isinstance(outcome.result, dict) else outcome.result
+                if isinstance(outcome, Refused):
+                    return self._refused_result(outcome.call, outcome.reason)
+                started = await self.gate.begin_forward(outcome.call)
+                if started is None:
+                    return self._already_ran(outcome.call)
+                return await self._run(ctx, upstream, tool, started, raw, outcome.arguments, modified=outcome.modified)
+        rec = await self.gate.record(new, State.ALLOWED)
+        result = await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False)
+        if not result.get("isError"):
+            window = rule.review_window or DEFAULT_REVIEW_WINDOW
+            opened = await self.gate.store.transition(
+                rec.id, [State.FORWARDED], State.UNDER_REVIEW, event="under_review", channel="audit-gate",
+                deadline_at=self.clock.now() + window, capture=capture,
+                detail={"window": window, "captured": capture is not None},
+            )  # fmt: skip
+            alert = getattr(self.gate.notifier, "alert", None)
+            if opened is not None and alert is not None:
+                with contextlib.suppress(Exception):
+                    await alert("review_due", opened)
+        return result
 
     def _already_ran(self, rec: CallRecord) -> dict[str, Any]:
         """An identical retry of a call that was approved earlier: the stored outcome, never a second run."""
@@ -664,7 +837,7 @@ class Proxy:
             up = self.upstreams.get(upstream)
             if up is not None:
                 with contextlib.suppress(UpstreamError, MCPError):
-                    await up.refresh_tools()
+                    await self.refresh_tools(up)
         for session in list(self.state.sessions):
             try:
                 await session.send_notification(msg)

@@ -114,7 +114,7 @@ async def connected_upstreams(
         async def connect(up: Upstream) -> None:
             try:
                 await up.connect()
-                await up.refresh_tools()
+                await proxy.refresh_tools(up)
             except Exception as e:
                 errors.append(f"{up.name}: {e}")
 
@@ -182,6 +182,7 @@ async def run_proxy(
         ):
             with contextlib.suppress(Exception):
                 await start_ui_if_possible(rt, tg)
+            tg.start_soon(proxy.compensator.run)
             server = proxy.build_server()
             if http is None:
                 await serve_stdio(server, proxy.init_options(server))

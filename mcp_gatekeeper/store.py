@@ -1039,7 +1039,7 @@ class Store:
             )
         return await self.lease(lease_id)
 
-    async def use_lease(self, lease_id: str, *, call_id: str) -> bool:
+    async def use_lease(self, lease_id: str, *, call_id: str | None) -> bool:
         """Spend one use of a lease (CAS): False if it expired, ran out or was revoked meanwhile."""
         now = self.clock.now()
         async with self._write() as c:

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     # 4: the MCP server side and the web side
     "proxy": 4,
     "holding": 4,  # the proxy's per-request waiting (imports gate and MCP types)
+    "compensation": 4,  # audit gates: capture before, compensation after a failed review (gate + upstream)
     "web": 4,
     "webauth": 4,
     "webredact": 4,
@@ -60,6 +61,7 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("policy", "config"),  # policy compiles the config's rules; architecture.md puts both on layer 1
         ("waiting", "config"),  # the wait plan reads the [waiting] section
         ("proxy", "holding"),
+        ("proxy", "compensation"),
         ("web", "webguard"),
         ("webguard", "webauth"),
         ("reports", "webredact"),  # the audit export masks secrets the same way the card does
