@@ -145,12 +145,13 @@ class Compensator:
             finished_at=self.clock.now(), detail={"attempt": attempt, "tool": rule.compensate.tool, "arguments": args},
         )  # fmt: skip
         self._not_before.pop(rec.id, None)
+        await self._alert(rec, "rolled_back")
 
-    async def _alert(self, rec: CallRecord) -> None:
+    async def _alert(self, rec: CallRecord, event: str = "rollback_failed") -> None:
         alert = getattr(self.gate.notifier, "alert", None)
         if alert is None:
             return
         try:
-            await alert("rollback_failed", await self.gate.store.get(rec.id))
+            await alert(event, await self.gate.store.get(rec.id))
         except Exception:  # alerts never block
             log.warning("rollback alert for %s failed", rec.id[:8], exc_info=True)

@@ -45,6 +45,7 @@ def describe(event: str, call: CallRecord) -> str:
         "held": "waiting for approval",
         "escalated": "STILL waiting for approval (escalated)",
         "rollback_failed": "ROLLBACK FAILED — needs a human",
+        "rolled_back": "rolled back after a failed review",
         "review_due": "ran and needs a review",
     }.get(event, event)
     return f"[{call.risk}] {printable(what)} — {verb} (call {call.id[:8]})"
@@ -60,11 +61,19 @@ class StderrChannel:
 
     async def send(self, event: str, call: CallRecord, text: str, url: str | None) -> None:
         bell = "\a" if self._stream.isatty() else ""
-        tag = {"held": "HELD", "escalated": "ESCALATED", "rollback_failed": "ROLLBACK FAILED"}.get(event, event.upper())
+        tag = {
+            "held": "HELD", "escalated": "ESCALATED", "rollback_failed": "ROLLBACK FAILED", "rolled_back": "ROLLED BACK",
+            "review_due": "REVIEW",
+        }.get(event, event.upper())  # fmt: skip
         what = printable(call.summary or f"{call.upstream}/{call.tool}")
+        if event in ("held", "escalated"):
+            hint = f"decide: mcp-gatekeeper approve|reject {call.id[:8]}"
+        elif event == "review_due":
+            hint = f"review: mcp-gatekeeper review {call.id[:8]} --confirm|--fail"
+        else:
+            hint = f"see: mcp-gatekeeper show {call.id[:8]}"
         self._stream.write(
-            f"{bell}mcp-gatekeeper: {tag} {call.id[:8]} [{call.risk}] {what}"
-            f" — decide: mcp-gatekeeper approve|reject {call.id[:8]}{'  ' + url if url else ''}\n"
+            f"{bell}mcp-gatekeeper: {tag} {call.id[:8]} [{call.risk}] {what} — {hint}{'  ' + url if url else ''}\n"
         )
         self._stream.flush()
 

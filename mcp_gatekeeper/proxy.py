@@ -404,6 +404,8 @@ class Proxy:
                 # look again right before holding: a silent change of the tool's definition is caught here
                 await self.refresh_tools(upstream)
                 tooldef = upstream.tools.get(tool) or tooldef
+            if verdict.action != "deny" and self._quarantine(up_name, tool, tooldef) is not None:
+                await self._pin(up_name, {tool: tooldef})  # a human may have re-pinned it from another process
             if verdict.action != "deny" and (diff := self._quarantine(up_name, tool, tooldef)) is not None:
                 verdict = replace(
                     verdict, gate="hard", hold=True, in_client="off",

@@ -1,8 +1,9 @@
 """Reports over the store for the Stats page and the audit export (read-only SQL via ``Store.query``).
 
-Held calls are the rows with a deadline (only a hold sets one). Each is classed by how it ended:
-``approved``, ``modified`` (approved with edited arguments), ``rejected``, ``expired``, ``cancelled``
-(cancelled or orphaned) or still ``pending``.
+Held calls are the rows with a deadline that are not audit-gated (a hold sets the deadline for the
+decision; an audit gate sets one for its review window, after the call ran). Each held call is classed
+by how it ended: ``approved``, ``modified`` (approved with edited arguments), ``rejected``, ``expired``,
+``cancelled`` (cancelled or orphaned) or still ``pending``. Audit-gated calls are counted by review state.
 """
 
 from __future__ import annotations
@@ -24,7 +25,21 @@ _OUTCOME_SQL = """
       WHEN modified_arguments IS NOT NULL THEN 'modified'
       ELSE 'approved'
     END"""
-_HUMAN_DECIDED = "decided_at IS NOT NULL AND decided_by IS NOT NULL AND state NOT IN ('expired', 'pending')"
+_HUMAN_DECIDED = (
+    "decided_at IS NOT NULL AND decided_by IS NOT NULL AND state NOT IN ('expired', 'pending') AND gate != 'audit'"
+)
+REVIEW_STATES = (
+    "under_review",
+    "confirmed",
+    "unreviewed",
+    "review_failed",
+    "rolling_back",
+    "rolled_back",
+    "rollback_failed",
+)
+TIMEOUT_RATE_FLAG = 0.3
+"""A rule whose held calls expire this often (or more) is flagged: its timeout or its reviewers are off."""
+MIN_CALLS_FOR_TIMEOUT_FLAG = 5
 FAST_DECISION_S = 2.0
 """Decisions faster than this are a fatigue signal (nobody reads a card in under two seconds)."""
 MIN_DECISIONS_FOR_RULE_HINT = 5
@@ -55,7 +70,7 @@ async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, An
 
     rows = await store.query(
         f"SELECT CAST((created_at - ?) / ? AS INTEGER) AS b, {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
-        " WHERE deadline_at IS NOT NULL AND created_at >= ? GROUP BY b, o",
+        " WHERE deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY b, o",
         (since, bucket, since),
     )
     series = [{"start": since + i * bucket, **dict.fromkeys(OUTCOMES, 0)} for i in range(nb)]
@@ -66,12 +81,16 @@ async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, An
         totals[outcome] += n
 
     per_rule: dict[str, dict[str, Any]] = {}
-    for rule, outcome, n in await store.query(
-        f"SELECT COALESCE(rule, '(no rule: defaults)'), {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
-        " WHERE deadline_at IS NOT NULL AND created_at >= ? GROUP BY 1, 2",
+    for rule, outcome, n, escalated in await store.query(
+        f"SELECT COALESCE(rule, '(no rule: defaults)'), {_OUTCOME_SQL} AS o, COUNT(*), SUM(escalation > 0) FROM calls"
+        " WHERE deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY 1, 2",
         (since,),
     ):
-        per_rule.setdefault(rule, {"rule": rule, **dict.fromkeys(OUTCOMES, 0)})[outcome] += n
+        row = per_rule.setdefault(rule, {"rule": rule, **dict.fromkeys(OUTCOMES, 0), "escalated": 0})
+        row[outcome] += n
+        row["escalated"] += int(escalated or 0)
+    for row in per_rule.values():
+        _timeout_calibration(row)
 
     decided = await store.query(
         f"SELECT decided_at - created_at, decided_by, state, modified_arguments IS NOT NULL FROM calls"
@@ -88,8 +107,8 @@ async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, An
     usage = [
         {"upstream": u, "tool": t, "total": n, "held": h, "allowed": a, "denied": d}
         for u, t, n, h, a, d in await store.query(
-            "SELECT upstream, tool, COUNT(*), SUM(deadline_at IS NOT NULL), SUM(state = 'allowed' OR"
-            " (deadline_at IS NULL AND state IN ('forwarding','forwarded','failed','outcome_unknown'))),"
+            "SELECT upstream, tool, COUNT(*), SUM(deadline_at IS NOT NULL AND gate != 'audit'), SUM(gate != 'audit' AND"
+            " (state = 'allowed' OR (deadline_at IS NULL AND state IN ('forwarding','forwarded','failed','outcome_unknown')))),"
             " SUM(state = 'denied') FROM calls WHERE created_at >= ? GROUP BY upstream, tool"
             " ORDER BY COUNT(*) DESC, upstream, tool LIMIT 50",
             (since,),
@@ -112,7 +131,65 @@ async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, An
         "usage": usage,
         "fatigue": _fatigue(decided),
         "rule_hints": _rule_hints(per_rule),
+        "timeouts": {
+            "flag_rate": TIMEOUT_RATE_FLAG,
+            "min_calls": MIN_CALLS_FOR_TIMEOUT_FLAG,
+            "miscalibrated": [
+                {k: r[k] for k in ("rule", "finished", "expired", "timeout_rate", "escalated")}
+                for r in sorted(per_rule.values(), key=lambda r: (-(r["timeout_rate"] or 0), r["rule"]))
+                if r["miscalibrated"]
+            ],
+        },
+        "escalations": await _escalations(store, since),
+        "reviews": await _reviews(store, since),
     }
+
+
+def _timeout_calibration(row: dict[str, Any]) -> None:
+    """How often a rule's held calls ran out of time; flagged when often enough over enough calls."""
+    finished = sum(row[o] for o in OUTCOMES if o != "pending")
+    rate = row["expired"] / finished if finished else None
+    row["finished"] = finished
+    row["timeout_rate"] = rate
+    row["miscalibrated"] = rate is not None and finished >= MIN_CALLS_FOR_TIMEOUT_FLAG and rate >= TIMEOUT_RATE_FLAG
+
+
+async def _escalations(store: Store, since: float) -> dict[str, Any]:
+    """Escalation steps fired (from the audit log) and how the escalated calls ended."""
+    by_level = [
+        {"level": int(level), "count": int(n), "shortened": int(short or 0)}
+        for level, n, short in await store.query(
+            "SELECT json_extract(detail, '$.level') AS lv, COUNT(*), SUM(json_extract(detail, '$.deadline_at') IS NOT NULL)"
+            " FROM audit WHERE event = 'escalated' AND at >= ? GROUP BY lv ORDER BY lv",
+            (since,),
+        )
+        if level is not None
+    ]
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    for outcome, n in await store.query(
+        f"SELECT {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
+        " WHERE escalation > 0 AND deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY o",
+        (since,),
+    ):
+        outcomes[outcome] += n
+    return {
+        "events": sum(x["count"] for x in by_level),
+        "calls": sum(outcomes.values()),
+        "deadline_shortened": sum(x["shortened"] for x in by_level),
+        "by_level": by_level,
+        "outcomes": outcomes,
+    }
+
+
+async def _reviews(store: Store, since: float) -> dict[str, int]:
+    """Audit-gated calls by review state (calls that failed upstream were never reviewable)."""
+    counts = dict.fromkeys(REVIEW_STATES, 0)
+    for state, n in await store.query(
+        "SELECT state, COUNT(*) FROM calls WHERE gate = 'audit' AND created_at >= ? GROUP BY state", (since,)
+    ):
+        if state in counts:
+            counts[state] = int(n)
+    return counts
 
 
 def _fatigue(decided: Sequence[tuple[Any, ...]]) -> dict[str, Any]:

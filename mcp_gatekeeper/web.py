@@ -4,6 +4,10 @@ Every request passes :class:`~mcp_gatekeeper.webguard.Guard` first: the Host all
 cookie or bearer token (401) and, for every state change, the same-origin rule (403); every response
 gets the CSP and the other hardening headers. Handlers are thin: they parse, call the gate or the
 store, and map the error tree to statuses (404, 409, 422, 503) in one place.
+
+This module has the calls (queue, card, decisions), the live event stream, stats, audit and rules; the
+reviews, leases and pins are in :mod:`mcp_gatekeeper.webgates`; what both share (state, request
+parsing, refusals) is in :mod:`mcp_gatekeeper.webhttp`.
 """
 
 from __future__ import annotations
@@ -44,166 +48,55 @@ from mcp_gatekeeper.errors import (
     StoreError,
 )
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import CallRecord, Decision, State, canonical_json
+from mcp_gatekeeper.models import CallRecord, Decision, State
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.reports import audit_export, stats
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
-    LoginCodes,
-    Principal,
-    allowed_hosts,
     clear_cookie_header,
     is_loopback,
-    keyed_hash,
     load_or_create_token,
     login_url,
     mint_session,
     session_cookie_header,
 )
+from mcp_gatekeeper.webgates import (
+    call_detail,
+    check_lease,
+    gates_snapshot,
+    lease_request,
+    list_leases,
+    list_pins,
+    repin,
+    review,
+    revoke_lease,
+)
 from mcp_gatekeeper.webguard import CSP, Guard
-from mcp_gatekeeper.webredact import find_secrets
+from mcp_gatekeeper.webhttp import (
+    Problem,
+    WebState,
+    call_json,
+    int_param,
+    json_body,
+    principal,
+    reason_of,
+    web_state,
+)
 
 __all__ = ["CSP", "build_app", "load_or_create_token", "login_url", "serve"]
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_DEPTH = 64
-"""Edited arguments nested deeper than this are refused (422) before any parser recursion can fail."""
 SSE_POLL = 0.075
 SSE_KEEPALIVE = 15.0
-MAX_REASON = 2000
-
-
-class _Problem(Exception):
-    """A request the handler refuses, with its status."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class _Changes:
-    """An in-process nudge so live views update the moment this process decides a call."""
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self, timeout: float) -> None:
-        if self._event is None:
-            self._event = anyio.Event()
-        event = self._event
-        with anyio.move_on_after(timeout):
-            await event.wait()
-
-
-class WebState:
-    """Everything the handlers share for one app. ``serve`` fills in the port once it has bound."""
-
-    def __init__(self, *, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> None:
-        self.store, self.gate, self.policy, self.token, self.clock = store, gate, policy, token, clock
-        self.codes = LoginCodes(token)
-        self.changes = _Changes()
-        self.closing = False
-        self.port = 0
-        self.hosts: frozenset[str] = frozenset()
-        self.set_port(port)
-
-    def set_port(self, port: int) -> None:
-        ui = self.policy.config.ui
-        self.port = port
-        self.hosts = allowed_hosts(port, ui.host if ui.allow_remote else None)
-
-    def hash_secret(self, value: str) -> str:
-        return keyed_hash(self.token, value)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _st(request: Request) -> WebState:
-    state: WebState = request.app.state.gk
-    return state
-
-
-def _principal(request: Request) -> Principal:
-    p: Principal = request.state.principal
-    return p
-
-
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
-
-
-async def _json_body(request: Request, cap: int) -> dict[str, Any]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise _Problem(415, "unsupported_media_type", "send the body as application/json")
-    size, chunks = 0, []
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise _Problem(413, "too_large", f"the request body is over {cap} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return {}
-    if _depth_over(raw, MAX_DEPTH):
-        raise _Problem(422, "too_deep", f"the JSON body is nested deeper than {MAX_DEPTH} levels")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise _Problem(422, "bad_json", f"the body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise _Problem(422, "bad_json", "the body must be a JSON object")
-    return body
-
-
-def _depth_over(raw: bytes, limit: int) -> bool:
-    """True if brackets nest deeper than ``limit`` (strings skipped), without parsing recursively."""
-    depth, in_str, escaped = 0, False, False
-    for b in raw:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif b == 0x5C:
-                escaped = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return True
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return False
-
-
-def _call_json(rec: CallRecord, *, detail: bool) -> dict[str, Any]:
-    out = rec.to_json()
-    out["args_bytes"] = len(canonical_json(rec.arguments).encode())
-    if detail:
-        out["secrets"] = {
-            key: [h.to_json() for h in find_secrets(value)]
-            for key, value in (
-                ("arguments", rec.arguments),
-                ("modified_arguments", rec.modified_arguments),
-                ("result", rec.result),
-                ("summary", rec.summary),
-                ("error", rec.error),
-                ("reason", rec.reason),
-                ("agent_reason", rec.agent_reason),
-            )
-            if value is not None
-        }
-    return out
 
 
 def _cursor(rec: CallRecord) -> str:
@@ -215,20 +108,7 @@ def _parse_cursor(text: str) -> tuple[float, str]:
         created, cid = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         return float(created), str(cid)
     except (ValueError, TypeError) as e:
-        raise _Problem(400, "bad_cursor", "the cursor is not one this API returned") from e
-
-
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _Problem(400, "bad_parameter", f"{name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise _Problem(400, "bad_parameter", f"{name} must be between {lo} and {hi}")
-    return value
+        raise Problem(400, "bad_cursor", "the cursor is not one this API returned") from e
 
 
 # ---------------------------------------------------------------------------------------------- handlers
@@ -239,7 +119,7 @@ async def _index(request: Request) -> Response:
 
 
 async def _login(request: Request) -> Response:
-    st = _st(request)
+    st = web_state(request)
     code = request.query_params.get("token", "")
     if not st.codes.redeem(code, st.clock.now()):
         return FileResponse(STATIC_DIR / "login-failed.html", status_code=401, media_type="text/html; charset=utf-8")
@@ -250,26 +130,26 @@ async def _login(request: Request) -> Response:
 
 async def _logout(request: Request) -> Response:
     resp = JSONResponse({"ok": True})
-    resp.headers.append("set-cookie", clear_cookie_header(_st(request).port))
+    resp.headers.append("set-cookie", clear_cookie_header(web_state(request).port))
     return resp
 
 
 async def _session(request: Request) -> Response:
-    st, p = _st(request), _principal(request)
+    st, p = web_state(request), principal(request)
     return JSONResponse({"reviewer": p.reviewer, "kind": p.kind, "now": st.clock.now()})
 
 
 async def _list_calls(request: Request) -> Response:
-    st = _st(request)
+    st = web_state(request)
     q = request.query_params
     states = [s for raw in q.getlist("state") for s in raw.split(",") if s]
     valid = {s.value for s in State}
     if bad := [s for s in states if s not in valid]:
-        raise _Problem(400, "bad_parameter", f"unknown state(s) {bad}; use {sorted(valid)}")
+        raise Problem(400, "bad_parameter", f"unknown state(s) {bad}; use {sorted(valid)}")
     order = q.get("order") or ("asc" if states == ["pending"] else "desc")
     if order not in ("asc", "desc"):
-        raise _Problem(400, "bad_parameter", "order must be asc or desc")
-    limit = _int_param(request, "limit", 50, 1, 500)
+        raise Problem(400, "bad_parameter", "order must be asc or desc")
+    limit = int_param(request, "limit", 50, 1, 500)
     cursor = q.get("cursor")
     calls = await st.store.list_calls(
         states=states or None,
@@ -285,7 +165,7 @@ async def _list_calls(request: Request) -> Response:
     calls = calls[:limit]
     return JSONResponse(
         {
-            "calls": [_call_json(c, detail=False) for c in calls],
+            "calls": [call_json(c, detail=False) for c in calls],
             "next_cursor": _cursor(calls[-1]) if more else None,
             "counts": await st.store.counts(),
             "now": st.clock.now(),
@@ -294,42 +174,43 @@ async def _list_calls(request: Request) -> Response:
 
 
 async def _get_call(request: Request) -> Response:
-    st = _st(request)
+    st = web_state(request)
     rec = await st.store.find(request.path_params["call_id"])
-    return JSONResponse({**_call_json(rec, detail=True), "now": st.clock.now()})
+    return JSONResponse({**await call_detail(st, rec), "now": st.clock.now()})
 
 
 async def _decide(request: Request, *, approve: bool) -> Response:
-    st = _st(request)
-    cap = st.policy.config.security.max_argument_bytes + 64 * 1024
-    body = await _json_body(request, cap)
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise _Problem(422, "bad_reason", "reason must be a string")
-    if reason is not None and len(reason) > MAX_REASON:
-        raise _Problem(422, "bad_reason", f"reason is longer than {MAX_REASON} characters")
+    st = web_state(request)
+    body = await json_body(request, st.body_cap)
+    reason = reason_of(body)
     digest_seen = body.get("args_digest")
     if digest_seen is not None and not isinstance(digest_seen, str):
-        raise _Problem(422, "bad_digest", "args_digest must be a string")
+        raise Problem(422, "bad_digest", "args_digest must be a string")
     arguments = body.get("arguments")
     if approve:
         if not digest_seen:
-            raise _Problem(422, "digest_required", "args_digest (of the arguments you reviewed) is required to approve")
+            raise Problem(422, "digest_required", "args_digest (of the arguments you reviewed) is required to approve")
         if "arguments" in body and not isinstance(arguments, dict):
             raise InvalidModificationError("arguments must be a JSON object")
     elif "arguments" in body:
         raise InvalidModificationError("arguments can only be given with an approval")
+    elif "lease" in body:
+        raise Problem(422, "bad_lease", "a lease can only be given with an approval")
     decision = Decision(
         approve=approve,
-        decided_by=_principal(request).reviewer,
+        decided_by=principal(request).reviewer,
         channel="web",
-        reason=reason or None,
+        reason=reason,
         arguments=arguments if approve and "arguments" in body else None,
         args_digest=digest_seen or None,
+        lease=lease_request(body) if approve else None,
     )
-    rec = await st.gate.decide(request.path_params["call_id"], decision)
+    call_id = request.path_params["call_id"]
+    if decision.lease is not None:
+        check_lease(st, await st.store.find(call_id), decision)
+    rec = await st.gate.decide(call_id, decision)
     st.changes.notify()
-    return JSONResponse(_call_json(rec, detail=True))
+    return JSONResponse(await call_detail(st, rec))
 
 
 async def _approve(request: Request) -> Response:
@@ -340,21 +221,23 @@ async def _reject(request: Request) -> Response:
     return await _decide(request, approve=False)
 
 
-async def _pending_snapshot(st: WebState) -> dict[str, Any]:
+async def _snapshot(st: WebState) -> dict[str, Any]:
+    """What the live view shows: the pending queue (with escalation levels) and the other things to act on."""
+    keys = ("id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary", "escalation")
     rows = await st.store.query(
-        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary FROM calls"
+        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation FROM calls"
         " WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
     )
-    keys = ("id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary")
     return {
         "pending": [dict(zip(keys, r, strict=True)) for r in rows],
+        **await gates_snapshot(st),
         "counts": await st.store.counts(),
         "now": st.clock.now(),
     }
 
 
 async def _events(request: Request) -> Response:
-    st = _st(request)
+    st = web_state(request)
 
     async def stream() -> AsyncIterator[str]:
         last: Any = None
@@ -364,7 +247,7 @@ async def _events(request: Request) -> Response:
             try:
                 marker = (await st.store.query("SELECT COALESCE(MAX(seq), 0) FROM audit"))[0][0]
                 if marker != last:
-                    snapshot = await _pending_snapshot(st)
+                    snapshot = await _snapshot(st)
                     last = marker
                     yield f"event: change\ndata: {json.dumps({'seq': marker, **snapshot})}\n\n"
                     idle = 0.0
@@ -382,13 +265,13 @@ async def _events(request: Request) -> Response:
 
 
 async def _stats(request: Request) -> Response:
-    st = _st(request)
-    days = _int_param(request, "days", 14, 1, 365)
+    st = web_state(request)
+    days = int_param(request, "days", 14, 1, 365)
     return JSONResponse(await stats(st.store, now=st.clock.now(), days=float(days)))
 
 
 async def _audit(request: Request) -> Response:
-    st = _st(request)
+    st = web_state(request)
     q = request.query_params
     if q.get("export") in ("1", "true", "yes"):
         body = await audit_export(st.store, hasher=st.hash_secret, now=st.clock.now())
@@ -396,8 +279,8 @@ async def _audit(request: Request) -> Response:
     call_id = q.get("call_id")
     if call_id:
         call_id = (await st.store.find(call_id)).id
-    limit = _int_param(request, "limit", 200, 1, 5000)
-    before = _int_param(request, "before", 0, 0, 2**62) or None
+    limit = int_param(request, "limit", 200, 1, 5000)
+    before = int_param(request, "before", 0, 0, 2**62) or None
     events = await st.store.audit_events(call_id=call_id, limit=limit, before_seq=before)
     ok, checked, message = await st.store.verify_audit()
     return JSONResponse(
@@ -406,7 +289,7 @@ async def _audit(request: Request) -> Response:
 
 
 async def _rules(request: Request) -> Response:
-    cfg = _st(request).policy.config
+    cfg = web_state(request).policy.config
     return JSONResponse(
         {
             "rules": [r.model_dump(mode="json") for r in cfg.rules],
@@ -418,14 +301,14 @@ async def _rules(request: Request) -> Response:
 
 
 async def _explain(request: Request) -> Response:
-    st = _st(request)
-    body = await _json_body(request, st.policy.config.security.max_argument_bytes + 64 * 1024)
+    st = web_state(request)
+    body = await json_body(request, st.body_cap)
     upstream, tool = body.get("upstream"), body.get("tool")
     arguments, annotations = body.get("arguments", {}), body.get("annotations")
     if not isinstance(upstream, str) or not isinstance(tool, str) or not upstream or not tool:
-        raise _Problem(422, "bad_request", "upstream and tool are required strings")
+        raise Problem(422, "bad_request", "upstream and tool are required strings")
     if not isinstance(arguments, dict) or (annotations is not None and not isinstance(annotations, dict)):
-        raise _Problem(422, "bad_request", "arguments and annotations must be JSON objects")
+        raise Problem(422, "bad_request", "arguments and annotations must be JSON objects")
     return JSONResponse(st.policy.evaluate(upstream, tool, arguments, annotations).to_json())
 
 
@@ -446,8 +329,8 @@ async def _openapi(request: Request) -> Response:
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, _Problem)
-    return _error(exc.status, exc.code, exc.message)
+    assert isinstance(exc, Problem)
+    return _error(exc.status, exc.code, exc.message, **exc.extra)
 
 
 async def _on_not_found(request: Request, exc: Exception) -> Response:
@@ -483,6 +366,11 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
         Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),
         Route("/api/calls/{call_id}/reject", _reject, methods=["POST"]),
+        Route("/api/calls/{call_id}/review", review, methods=["POST"]),
+        Route("/api/leases", list_leases, methods=["GET"]),
+        Route("/api/leases/{lease_id}/revoke", revoke_lease, methods=["POST"]),
+        Route("/api/pins", list_pins, methods=["GET"]),
+        Route("/api/pins/{upstream}/{tool:path}/repin", repin, methods=["POST"]),
         Route("/api/events", _events, methods=["GET"]),
         Route("/api/stats", _stats, methods=["GET"]),
         Route("/api/audit", _audit, methods=["GET"]),
@@ -496,7 +384,7 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         middleware=[Middleware(Guard, state=state)],
         exception_handlers={
             HTTPException: _on_http,
-            _Problem: _on_problem,
+            Problem: _on_problem,
             CallNotFoundError: _on_not_found,
             AlreadyDecidedError: _on_already_decided,
             InvalidModificationError: _on_invalid,

@@ -1,0 +1,206 @@
+"""What every handler module of the approval page shares: its state, refusals, and request parsing.
+
+:mod:`mcp_gatekeeper.web` (calls, events, stats) and :mod:`mcp_gatekeeper.webgates` (reviews, leases,
+pins) both build on this; neither imports the other's handlers. A handler refuses a request by raising
+:class:`Problem`; the app turns it (and the error tree) into a JSON error with its status.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import anyio
+from starlette.requests import Request
+
+from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import CallRecord, canonical_json
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.webauth import LoginCodes, Principal, allowed_hosts, keyed_hash
+from mcp_gatekeeper.webredact import find_secrets
+
+MAX_DEPTH = 64
+"""JSON bodies nested deeper than this are refused (422) before any parser recursion can fail."""
+MAX_REASON = 2000
+
+
+class Problem(Exception):
+    """A request the handler refuses, with its status, a stable error code and any extra fields."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+class Changes:
+    """An in-process nudge so live views update the moment this process changes something."""
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        event = self._event
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+
+class WebState:
+    """Everything the handlers share for one app. ``serve`` fills in the port once it has bound."""
+
+    def __init__(self, *, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> None:
+        self.store, self.gate, self.policy, self.token, self.clock = store, gate, policy, token, clock
+        self.codes = LoginCodes(token)
+        self.changes = Changes()
+        self.closing = False
+        self.port = 0
+        self.hosts: frozenset[str] = frozenset()
+        self.set_port(port)
+
+    def set_port(self, port: int) -> None:
+        ui = self.policy.config.ui
+        self.port = port
+        self.hosts = allowed_hosts(port, ui.host if ui.allow_remote else None)
+
+    def hash_secret(self, value: str) -> str:
+        return keyed_hash(self.token, value)
+
+    @property
+    def body_cap(self) -> int:
+        """The largest request body accepted: the argument limit plus room for the rest of the body."""
+        return self.policy.config.security.max_argument_bytes + 64 * 1024
+
+
+def web_state(request: Request) -> WebState:
+    state: WebState = request.app.state.gk
+    return state
+
+
+def principal(request: Request) -> Principal:
+    """Who is asking (set by the guard): the reviewer every decision is recorded under."""
+    p: Principal = request.state.principal
+    return p
+
+
+def call_json(rec: CallRecord, *, detail: bool) -> dict[str, Any]:
+    """A call as the API returns it; ``detail`` adds where secret-looking values are, for the page to mask."""
+    out = rec.to_json()
+    out["args_bytes"] = len(canonical_json(rec.arguments).encode())
+    if detail:
+        out["secrets"] = {
+            key: [h.to_json() for h in find_secrets(value)]
+            for key, value in (
+                ("arguments", rec.arguments),
+                ("modified_arguments", rec.modified_arguments),
+                ("result", rec.result),
+                ("summary", rec.summary),
+                ("error", rec.error),
+                ("reason", rec.reason),
+                ("agent_reason", rec.agent_reason),
+            )
+            if value is not None
+        }
+    return out
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def json_body(request: Request, cap: int) -> dict[str, Any]:
+    """The body as a JSON object: 415 if not JSON, 413 over ``cap`` bytes, 422 if malformed or too deep."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise Problem(415, "unsupported_media_type", "send the body as application/json")
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise Problem(413, "too_large", f"the request body is over {cap} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    if depth_over(raw, MAX_DEPTH):
+        raise Problem(422, "too_deep", f"the JSON body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:
+        raise Problem(422, "bad_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise Problem(422, "bad_json", "the body must be a JSON object")
+    return body
+
+
+def depth_over(raw: bytes, limit: int) -> bool:
+    """True if brackets nest deeper than ``limit`` (strings skipped), without parsing recursively."""
+    depth, in_str, escaped = 0, False, False
+    for b in raw:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:
+                escaped = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def reason_of(body: dict[str, Any]) -> str | None:
+    """The optional human ``reason`` of a decision (422 unless a string of at most MAX_REASON characters)."""
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise Problem(422, "bad_reason", "reason must be a string")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise Problem(422, "bad_reason", f"reason is longer than {MAX_REASON} characters")
+    return (reason.strip() or None) if reason is not None else None
+
+
+def bounded_number(value: Any, name: str, *, most: float, integer: bool = False) -> float | None:
+    """``None`` stays ``None``; otherwise a number above zero and at most ``most`` (whole if asked), else 422."""
+    if value is None:
+        return None
+    ok = isinstance(value, int) or (isinstance(value, float) and not integer)
+    if isinstance(value, bool) or not ok or not 0 < value <= most:
+        what = "a whole number" if integer else "a number"
+        raise Problem(422, "bad_lease", f"{name} must be {what} above zero and at most {most:g}")
+    return float(value)
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(400, "bad_parameter", f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise Problem(400, "bad_parameter", f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def flag_param(request: Request, name: str) -> bool:
+    """A yes/no query parameter: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (absent: no)."""
+    raw = request.query_params.get(name, "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise Problem(400, "bad_parameter", f"{name} must be 1 or 0")
