@@ -17,6 +17,7 @@ import anyio
 import mcp.types as types
 import pytest
 from harness import FEATURE_SERVER, ROOT, StderrWatcher, call_log, cli, gatekeeper, gk_env, peers_dir, wrap_params
+from mcp import Client
 from test_proxy import make_stack
 
 from mcp_gatekeeper.models import Decision, State
@@ -329,3 +330,35 @@ async def test_upstream_crash_hang_and_restart(home: Path, tmp_path: Path) -> No
     assert states.count("outcome_unknown") == 2
     assert [c["tool"] for c in call_log(log)] == ["hang", "crash", "echo"]
     assert os.environ.get("MCP_GATEKEEPER_HOME") == str(home)
+
+
+async def test_modern_http_disconnect_ends_the_wait_not_the_call(home: Path, tmp_path: Path) -> None:
+    import re
+
+    log = tmp_path / "calls.jsonl"
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text(
+        f'{BUDGET_CONFIG}\n[upstreams.feat]\ncommand = "{sys.executable}"\nargs = ["{FEATURE_SERVER}", "--call-log", "{log}"]\n'
+    )
+    watcher = StderrWatcher()
+    argv = [sys.executable, "-m", "mcp_gatekeeper", "run", "--config", str(cfg), "--http", "127.0.0.1:0"]
+    args = {"path": "/tmp/http", "content": "h"}
+    try:
+        with anyio.fail_after(60):
+            async with await anyio.open_process(argv, env=gk_env(home), stderr=watcher.file) as proc:
+                url = (await watcher.wait_for(re.compile(r"serving MCP at (http://\S+)"))).group(1)
+                async with Client(url) as c:
+                    assert c.protocol_version == "2026-07-28"
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(c.call_tool, "write_note", args)
+                        held = await watcher.held()
+                        tg.cancel_scope.cancel()  # the client closes its stream: on 2026 HTTP that is cancellation
+                    _, out, _ = await cli(home, "show", held, "--json")
+                    assert json.loads(out)["state"] == "pending"  # the wait ended; the call did not
+                    await cli(home, "approve", held)
+                    retry = await c.call_tool("write_note", args)  # the identical retry gets the approved result
+                    assert not retry.is_error and "wrote" in text(retry)
+                proc.terminate()
+    finally:
+        watcher.close()
+    assert [c["arguments"] for c in call_log(log) if c["tool"] == "write_note"] == [args]
