@@ -13,10 +13,10 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -158,6 +158,7 @@ _COLUMNS = (
     "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
     "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
 )
+T = TypeVar("T")
 _DB_ERRORS = (sqlite3.Error, ValueError)  # aiosqlite raises ValueError once its connection is gone
 LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING)
 
@@ -285,39 +286,37 @@ class Store:
                 await conn.close()
 
     async def _setup(self, existed: bool) -> None:
-        try:
-            c = self._conn
-            await c.execute("PRAGMA busy_timeout = 5000")
+        def setup(c: sqlite3.Connection) -> None:
+            c.execute("PRAGMA busy_timeout = 5000")
             # look before touching: a foreign or newer database is refused before anything is written to it
-            tables = {
-                r[0] for r in await (await c.execute("SELECT name FROM sqlite_master WHERE type='table'")).fetchall()
-            }
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
             if existed and tables and "schema_migrations" not in tables:
                 raise StoreError(
                     f"{self.path} is a SQLite database that mcp-gatekeeper did not create; refusing to use it"
                 )
             if "schema_migrations" in tables:
-                done = {r[0] for r in await (await c.execute("SELECT name FROM schema_migrations")).fetchall()}
+                done = {r[0] for r in c.execute("SELECT name FROM schema_migrations").fetchall()}
                 if unknown := done - {name for name, _ in MIGRATIONS}:
                     raise StoreError(
                         f"{self.path} was written by a newer mcp-gatekeeper (migrations {sorted(unknown)});"
                         " upgrade to use it"
                     )
-            mode = await (await c.execute("PRAGMA journal_mode = WAL")).fetchone()
+            mode = c.execute("PRAGMA journal_mode = WAL").fetchone()
             if not mode or str(mode[0]).lower() != "wal":
                 raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
-            await c.execute("PRAGMA synchronous = FULL")
-            await c.execute("PRAGMA foreign_keys = ON")
+            c.execute("PRAGMA synchronous = FULL")
+            c.execute("PRAGMA foreign_keys = ON")
+
+        try:
+            await self._in_thread(setup)
             await self._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable database ({e}); it was left as it is") from e
 
     async def _migrate(self) -> None:
-        async with self._write() as c:
-            await c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            done = {r[0] for r in await (await c.execute("SELECT name FROM schema_migrations")).fetchall()}
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {r[0] for r in c.execute("SELECT name FROM schema_migrations").fetchall()}
             known = {name for name, _ in MIGRATIONS}
             if unknown := done - known:
                 raise StoreError(
@@ -328,43 +327,61 @@ class Store:
                     continue
                 for statement in (s.strip() for s in sql.split(";")):
                     if statement:
-                        await c.execute(statement)
-                await c.execute(
-                    "INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, self.clock.now())
-                )
+                        c.execute(statement)
+                c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, self.clock.now()))
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction; any failure rolls back and raises :class:`StoreError`."""
-        async with self._lock:
-            c = self._conn
+        await self._tx(_body)
+
+    async def _in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the connection's own worker thread: one hand-off however many statements it runs."""
+        conn = self._conn
+
+        def call() -> T:
+            return fn(conn._conn)  # aiosqlite's sqlite3.Connection, used only on its own thread
+
+        # aiosqlite runs queued callables on that thread, in order; its public API hops once per statement,
+        # which costs a round trip each, so whole transactions go through its (untyped) internal queue
+        result: T = await conn._execute(call)  # type: ignore[no-untyped-call]
+        return result
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` inside one ``BEGIN IMMEDIATE`` transaction, in a single hand-off to the database thread.
+
+        Any failure rolls back; a database failure becomes :class:`StoreError` (callers fail closed).
+        """
+
+        def transaction(c: sqlite3.Connection) -> T:
+            c.execute("BEGIN IMMEDIATE")
             try:
-                await c.execute("BEGIN IMMEDIATE")
+                out = fn(c)
+            except BaseException:
+                with contextlib.suppress(*_DB_ERRORS):
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+            return out
+
+        async with self._lock:
+            try:
+                return await self._in_thread(transaction)
             except _DB_ERRORS as e:
                 raise StoreError(f"cannot write to {self.path}: {e}") from e
-            try:
-                yield c
-                await c.execute("COMMIT")
-            except BaseException as e:
-                with anyio.CancelScope(shield=True), contextlib.suppress(*_DB_ERRORS):
-                    await c.execute("ROLLBACK")
-                if isinstance(e, _DB_ERRORS):
-                    raise StoreError(f"cannot write to {self.path}: {e}") from e
-                raise
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def read(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in c.execute(sql, params).fetchall()]
+
         async with self._lock:
             try:
-                cur = await self._conn.execute(sql, params)
-                return [tuple(r) for r in await cur.fetchall()]
+                return await self._in_thread(read)
             except _DB_ERRORS as e:
                 raise StoreError(f"cannot read {self.path}: {e}") from e
 
     # ------------------------------------------------------------------ audit chain
 
-    async def _append_audit(
+    def _audit(
         self,
-        c: aiosqlite.Connection,
+        c: sqlite3.Connection,
         *,
         event: str,
         call_id: str | None,
@@ -373,7 +390,7 @@ class Store:
         args_digest: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        row = await (await c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")).fetchone()
+        row = c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         prev = row[0] if row else GENESIS_HASH
         at = self.clock.now()
         body = {
@@ -386,7 +403,7 @@ class Store:
             "detail": detail or {},
         }
         h = audit_hash(prev, body)
-        await c.execute(
+        c.execute(
             "INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (at, call_id, event, actor, channel, args_digest, canonical_json(detail or {}), prev, h),
@@ -414,13 +431,14 @@ class Store:
 
     async def verify_audit(self) -> tuple[bool, int, str]:
         """Walk the whole chain: (ok, events checked, message)."""
-        prev = GENESIS_HASH
-        count = 0
-        async with self._lock:
-            cur = await self._conn.execute(
+
+        def walk(c: sqlite3.Connection) -> tuple[bool, int, str]:
+            prev = GENESIS_HASH
+            count = 0
+            cur = c.execute(
                 "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit ORDER BY seq"
             )
-            async for r in cur:
+            for r in cur:
                 seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, h = tuple(r)
                 body = {
                     "at": at,
@@ -441,33 +459,48 @@ class Store:
                     return False, count, f"event {seq}: its content does not match its hash (it was altered)"
                 prev = h
                 count += 1
-        return True, count, f"audit chain intact: {count} events"
+            return True, count, f"audit chain intact: {count} events"
+
+        async with self._lock:
+            try:
+                return await self._in_thread(walk)
+            except _DB_ERRORS as e:
+                raise StoreError(f"cannot read {self.path}: {e}") from e
 
     # ------------------------------------------------------------------ instances (liveness)
 
     async def register_instance(self, label: str, config_path: str | None = None) -> str:
         iid = new_call_id()[:16]
         now = self.clock.now()
-        async with self._write() as c:
-            await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute(
                 "INSERT INTO instances (id, pid, host, label, started_at, heartbeat_at, config_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (iid, os.getpid(), socket.gethostname(), label, now, now, config_path),
             )
+
+        await self._tx(_body)
         self.instance_id = iid
         return iid
 
     async def heartbeat(self) -> None:
         if self.instance_id is None:
             return
-        async with self._write() as c:
-            await c.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (self.clock.now(), self.instance_id))
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (self.clock.now(), self.instance_id))
+
+        await self._tx(_body)
 
     async def _stop_instance(self) -> None:
         iid = self.instance_id
-        async with self._write() as c:
-            await self._orphan_calls_of(c, [iid], why="the gatekeeper process holding it shut down")
-            await c.execute("UPDATE instances SET stopped_at = ? WHERE id = ?", (self.clock.now(), iid))
+
+        def _body(c: sqlite3.Connection) -> Any:
+            self._orphan_calls_of(c, [iid], why="the gatekeeper process holding it shut down")
+            c.execute("UPDATE instances SET stopped_at = ? WHERE id = ?", (self.clock.now(), iid))
+
+        await self._tx(_body)
 
     async def recover_orphans(self, *, stale_after: float = 60.0) -> int:
         """Calls whose owning process is gone: pending/approved → ``orphaned``, forwarding → ``outcome_unknown``.
@@ -490,34 +523,36 @@ class Store:
                 dead.append(iid)
         if not dead:
             return 0
-        async with self._write() as c:
-            n = await self._orphan_calls_of(c, dead, why="the gatekeeper process holding it died")
+
+        def _body(c: sqlite3.Connection) -> Any:
+            n = self._orphan_calls_of(c, dead, why="the gatekeeper process holding it died")
             for iid in dead:
-                await c.execute("UPDATE instances SET stopped_at = COALESCE(stopped_at, ?) WHERE id = ?", (now, iid))
-            await c.execute(
+                c.execute("UPDATE instances SET stopped_at = COALESCE(stopped_at, ?) WHERE id = ?", (now, iid))
+            c.execute(
                 "DELETE FROM instances WHERE stopped_at IS NOT NULL AND stopped_at < ? AND id NOT IN "
                 "(SELECT DISTINCT instance_id FROM calls WHERE state IN ('pending','approved','forwarding') AND instance_id IS NOT NULL)",
                 (now - 7 * 86400,),
             )
-        return n
+            return n
 
-    async def _orphan_calls_of(self, c: aiosqlite.Connection, instance_ids: Iterable[str | None], *, why: str) -> int:
+        count: int = await self._tx(_body)
+        return count
+
+    def _orphan_calls_of(self, c: sqlite3.Connection, instance_ids: Iterable[str | None], *, why: str) -> int:
         n = 0
         now = self.clock.now()
         for iid in instance_ids:
-            rows = await (
-                await c.execute(
-                    f"SELECT id, state, args_digest FROM calls WHERE instance_id = ? AND state IN ({_q(LIVE_OWNER_STATES)})",
-                    (iid, *LIVE_OWNER_STATES),
-                )
+            rows = c.execute(
+                f"SELECT id, state, args_digest FROM calls WHERE instance_id = ? AND state IN ({_q(LIVE_OWNER_STATES)})",
+                (iid, *LIVE_OWNER_STATES),
             ).fetchall()
             for cid, state, args_digest in rows:
                 new = State.OUTCOME_UNKNOWN if state == State.FORWARDING else State.ORPHANED
-                await c.execute(
+                c.execute(
                     "UPDATE calls SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = ?",
                     (new, why, now, cid, state),
                 )
-                await self._append_audit(
+                self._audit(
                     c,
                     event=new.value,
                     call_id=cid,
@@ -539,8 +574,9 @@ class Store:
         now = self.clock.now()
         args_digest = new.args_digest
         finished = now if state == State.DENIED else None
-        async with self._write() as c:
-            await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute(
                 f"INSERT INTO calls ({_COLUMNS}, session) VALUES ({', '.join('?' * 30)})",
                 (
                     cid, state.value, new.upstream, new.tool, canonical_json(new.arguments), args_digest, new.gate,
@@ -551,7 +587,7 @@ class Store:
                     new.wait_strategy, new.client.get("session"),
                 ),
             )  # fmt: skip
-            await self._append_audit(
+            self._audit(
                 c,
                 event={State.PENDING: "held"}.get(state, state.value),
                 call_id=cid,
@@ -569,7 +605,10 @@ class Store:
                     "client": new.client.get("name"),
                 },
             )
-        return await self.get(cid)
+            return _record(c.execute(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (cid,)).fetchone())
+
+        rec: CallRecord = await self._tx(_body)
+        return rec
 
     async def get(self, call_id: str) -> CallRecord:
         rows = await self._read(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (call_id,))
@@ -651,10 +690,9 @@ class Store:
         """The one compare-and-set of a human decision: first writer wins, late or stale writers lose."""
         now = self.clock.now()
         new_state = State.APPROVED if approve else State.REJECTED
-        async with self._write() as c:
-            row = await (
-                await c.execute("SELECT state, args_digest, deadline_at FROM calls WHERE id = ?", (call_id,))
-            ).fetchone()
+
+        def _body(c: sqlite3.Connection) -> Any:
+            row = c.execute("SELECT state, args_digest, deadline_at FROM calls WHERE id = ?", (call_id,)).fetchone()
             if row is None:
                 raise CallNotFoundError(f"no call with id {call_id!r}")
             state, args_digest, deadline_at = row
@@ -670,7 +708,7 @@ class Store:
                     state=state,
                     why="stale_digest",
                 )
-            cur = await c.execute(
+            cur = c.execute(
                 "UPDATE calls SET state = ?, decided_at = ?, decided_by = ?, channel = ?, reason = ?, modified_arguments = ?"
                 " WHERE id = ? AND state = 'pending' AND args_digest = ?",
                 (
@@ -686,7 +724,7 @@ class Store:
                 d["reason"] = reason
             if modified_arguments is not None:
                 d["modified_args_digest"] = digest(modified_arguments)
-            await self._append_audit(
+            self._audit(
                 c,
                 event="approved" if approve else "rejected",
                 call_id=call_id,
@@ -695,7 +733,10 @@ class Store:
                 args_digest=args_digest,
                 detail=d,
             )
-        return await self.get(call_id)
+            return _record(c.execute(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (call_id,)).fetchone())
+
+        decided: CallRecord = await self._tx(_body)
+        return decided
 
     async def transition(
         self,
@@ -722,24 +763,28 @@ class Store:
             col = "channel" if k == "channel" else k
             sets.append(f"{col} = ?")
             params.append(canonical_json(v) if k in ("result", "capture") and v is not None else v)
-        async with self._write() as c:
-            cur = await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            cur = c.execute(
                 f"UPDATE calls SET {', '.join(sets)} WHERE id = ? AND state IN ({_q(from_states)})",
                 (*params, call_id, *from_states),
             )
             if cur.rowcount != 1:
                 return None
-            row = await (await c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,))).fetchone()
-            await self._append_audit(
+            rec = _record(c.execute(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (call_id,)).fetchone())
+            self._audit(
                 c,
                 event=event or to_state.value,
                 call_id=call_id,
                 actor=actor,
                 channel=channel,
-                args_digest=row[0] if row else None,
+                args_digest=rec.args_digest,
                 detail=detail or {},
             )
-        return await self.get(call_id)
+            return rec
+
+        changed: CallRecord | None = await self._tx(_body)
+        return changed
 
     async def find_retry(
         self, upstream: str, tool: str, args_digest: str, *, now: float, grace: float, session: str | None
@@ -762,21 +807,28 @@ class Store:
 
     async def mark_retry_offered(self, call_id: str, *, strategy: str) -> None:
         """The client was answered "still waiting, retry": a later identical call attaches to this one."""
-        async with self._write() as c:
-            await c.execute("UPDATE calls SET retry_offered = 1, wait_strategy = ? WHERE id = ?", (strategy, call_id))
-            await self._append_audit(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute("UPDATE calls SET retry_offered = 1, wait_strategy = ? WHERE id = ?", (strategy, call_id))
+            self._audit(
                 c, event="retry_offered", call_id=call_id, actor="gatekeeper", channel="proxy",
                 detail={"strategy": strategy},
             )  # fmt: skip
 
+        await self._tx(_body)
+
     async def consume_state(self, nonce: str, call_id: str) -> bool:
         """Record a requestState nonce as used; False if it was used before (a replay)."""
-        async with self._write() as c:
-            cur = await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            cur = c.execute(
                 "INSERT OR IGNORE INTO used_states (nonce, call_id, used_at) VALUES (?, ?, ?)",
                 (nonce, call_id, self.clock.now()),
             )
             return cur.rowcount == 1
+
+        used: bool = await self._tx(_body)
+        return used
 
     async def verify_decision(self, call_id: str) -> str | None:
         """Check that an approval was made through ``decide`` and recorded in the audit chain.
@@ -831,19 +883,23 @@ class Store:
 
     async def escalate(self, call_id: str, *, level: int, deadline_at: float | None, channels: list[str]) -> bool:
         """Record escalation step ``level`` (once, whoever fires it first) and maybe shorten the deadline."""
-        async with self._write() as c:
-            cur = await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            cur = c.execute(
                 "UPDATE calls SET escalation = ?, deadline_at = CASE WHEN ? IS NOT NULL AND ? < deadline_at THEN ? ELSE"
                 " deadline_at END WHERE id = ? AND state = 'pending' AND escalation < ?",
                 (level, deadline_at, deadline_at, deadline_at, call_id, level),
             )
             if cur.rowcount != 1:
                 return False
-            await self._append_audit(
+            self._audit(
                 c, event="escalated", call_id=call_id, actor="gatekeeper", channel="timeout",
                 detail={"level": level, "channels": channels, "deadline_at": deadline_at},
             )  # fmt: skip
-        return True
+            return True
+
+        done: bool = await self._tx(_body)
+        return done
 
     async def due_reviews(self, now: float) -> list[CallRecord]:
         rows = await self._read(
@@ -864,17 +920,19 @@ class Store:
 
     async def claim_compensation(self, call_id: str) -> bool:
         """CAS review_failed → rolling_back: exactly one process runs a compensation attempt."""
-        async with self._write() as c:
-            cur = await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            cur = c.execute(
                 "UPDATE calls SET state = 'rolling_back', attempts = attempts + 1 WHERE id = ? AND state = 'review_failed'",
                 (call_id,),
             )
             if cur.rowcount != 1:
                 return False
-            await self._append_audit(
-                c, event="rolling_back", call_id=call_id, actor="gatekeeper", channel="compensation"
-            )
-        return True
+            self._audit(c, event="rolling_back", call_id=call_id, actor="gatekeeper", channel="compensation")
+            return True
+
+        done: bool = await self._tx(_body)
+        return done
 
     async def capture_of(self, call_id: str) -> Any:
         rows = await self._read("SELECT capture FROM calls WHERE id = ?", (call_id,))
@@ -885,40 +943,39 @@ class Store:
     async def check_pins(self, upstream: str, tools: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Pin]:
         """Pin tools seen for the first time; record a changed definition as pending (quarantined)."""
         now = self.clock.now()
-        async with self._write() as c:
-            rows = await (
-                await c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,))
-            ).fetchall()
+
+        def _body(c: sqlite3.Connection) -> Any:
+            rows = c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,)).fetchall()
             pins = {r[1]: _pin(tuple(r)) for r in rows}
             for name, (h, definition) in tools.items():
                 pin = pins.get(name)
                 if pin is None:
-                    await c.execute(
+                    c.execute(
                         "INSERT INTO pins (upstream, tool, hash, definition, pinned_at, pinned_by) VALUES (?, ?, ?, ?, ?, ?)",
                         (upstream, name, h, canonical_json(definition), now, "first-sight"),
                     )
-                    await self._append_audit(
+                    self._audit(
                         c, event="pinned", call_id=None, actor="gatekeeper", channel="pinning",
                         detail={"upstream": upstream, "tool": name, "hash": h},
                     )  # fmt: skip
                 elif h != pin.hash and h != pin.pending_hash:
-                    await c.execute(
+                    c.execute(
                         "UPDATE pins SET pending_hash = ?, pending_definition = ?, changed_at = ? WHERE upstream = ? AND tool = ?",
                         (h, canonical_json(definition), now, upstream, name),
                     )
-                    await self._append_audit(
+                    self._audit(
                         c, event="definition_changed", call_id=None, actor="upstream", channel="pinning",
                         detail={"upstream": upstream, "tool": name, "pinned": pin.hash, "now": h},
                     )  # fmt: skip
                 elif h == pin.hash and pin.pending_hash is not None:
-                    await c.execute(
+                    c.execute(
                         "UPDATE pins SET pending_hash = NULL, pending_definition = NULL, changed_at = NULL"
                         " WHERE upstream = ? AND tool = ?",
                         (upstream, name),
                     )
-            rows = await (
-                await c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,))
-            ).fetchall()
+            return c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,)).fetchall()
+
+        rows = await self._tx(_body)
         return {r[1]: _pin(tuple(r)) for r in rows}
 
     async def pins(self, *, upstream: str | None = None, quarantined_only: bool = False) -> list[Pin]:
@@ -936,24 +993,27 @@ class Store:
 
     async def repin(self, upstream: str, tool: str, *, by: str, channel: str) -> Pin:
         """A human accepts the changed definition: it becomes the pin."""
-        async with self._write() as c:
-            row = await (
-                await c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ? AND tool = ?", (upstream, tool))
+
+        def _body(c: sqlite3.Connection) -> Any:
+            row = c.execute(
+                f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ? AND tool = ?", (upstream, tool)
             ).fetchone()
             if row is None:
                 raise CallNotFoundError(f"no pinned tool {upstream}/{tool}")
             pin = _pin(tuple(row))
             if pin.pending_hash is None or pin.pending_definition is None:
                 raise AlreadyDecidedError(f"{upstream}/{tool} is not quarantined; nothing to re-pin", why="decided")
-            await c.execute(
+            c.execute(
                 "UPDATE pins SET hash = pending_hash, definition = pending_definition, pinned_at = ?, pinned_by = ?,"
                 " pending_hash = NULL, pending_definition = NULL, changed_at = NULL WHERE upstream = ? AND tool = ?",
                 (self.clock.now(), by, upstream, tool),
             )
-            await self._append_audit(
+            self._audit(
                 c, event="repinned", call_id=None, actor=by, channel=channel,
                 detail={"upstream": upstream, "tool": tool, "old": pin.hash, "new": pin.pending_hash},
             )  # fmt: skip
+
+        await self._tx(_body)
         (new,) = [p for p in await self.pins(upstream=upstream) if p.tool == tool]
         return new
 
@@ -974,8 +1034,9 @@ class Store:
     ) -> Lease:
         lid = "l" + new_call_id()[:15]
         now = self.clock.now()
-        async with self._write() as c:
-            await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute(
                 "INSERT INTO leases (id, upstream, tool, tooldef_hash, envelope, created_at, created_by, source_call,"
                 " expires_at, calls_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -991,11 +1052,13 @@ class Store:
                     calls,
                 ),
             )
-            await self._append_audit(
+            self._audit(
                 c, event="lease_granted", call_id=source_call, actor=created_by, channel=channel,
                 detail={"lease": lid, "upstream": upstream, "tool": tool, "envelope": envelope,
                         "expires_at": expires_at, "calls": calls},
             )  # fmt: skip
+
+        await self._tx(_body)
         return await self.lease(lid)
 
     async def lease(self, lease_id: str) -> Lease:
@@ -1024,26 +1087,27 @@ class Store:
         return [_lease(r) for r in await self._read(sql + " ORDER BY created_at DESC LIMIT 1000", params)]
 
     async def revoke_lease(self, lease_id: str, *, by: str, channel: str) -> Lease:
-        async with self._write() as c:
-            cur = await c.execute(
+        def _body(c: sqlite3.Connection) -> Any:
+            cur = c.execute(
                 "UPDATE leases SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
                 (self.clock.now(), by, lease_id),
             )
             if cur.rowcount != 1:
-                exists = await (await c.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,))).fetchone()
+                exists = c.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,)).fetchone()
                 if exists is None:
                     raise CallNotFoundError(f"no lease {lease_id!r}")
                 raise AlreadyDecidedError(f"lease {lease_id} is already revoked", why="decided")
-            await self._append_audit(
-                c, event="lease_revoked", call_id=None, actor=by, channel=channel, detail={"lease": lease_id}
-            )
+            self._audit(c, event="lease_revoked", call_id=None, actor=by, channel=channel, detail={"lease": lease_id})
+
+        await self._tx(_body)
         return await self.lease(lease_id)
 
     async def use_lease(self, lease_id: str, *, call_id: str | None) -> bool:
         """Spend one use of a lease (CAS): False if it expired, ran out or was revoked meanwhile."""
         now = self.clock.now()
-        async with self._write() as c:
-            cur = await c.execute(
+
+        def _body(c: sqlite3.Connection) -> Any:
+            cur = c.execute(
                 "UPDATE leases SET used = used + 1, calls_left = CASE WHEN calls_left IS NULL THEN NULL ELSE calls_left - 1 END"
                 " WHERE id = ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)"
                 " AND (calls_left IS NULL OR calls_left > 0)",
@@ -1051,10 +1115,13 @@ class Store:
             )
             if cur.rowcount != 1:
                 return False
-            await self._append_audit(
+            self._audit(
                 c, event="lease_used", call_id=call_id, actor="lease", channel="lease", detail={"lease": lease_id}
             )
-        return True
+            return True
+
+        done: bool = await self._tx(_body)
+        return done
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query for reports (stats pages). Writes are refused."""

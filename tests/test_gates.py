@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from test_gate import SteppingClock
 from test_proxy import HeldQueue
 from upstreams.feature_server import build_server
 
@@ -221,15 +222,21 @@ escalate = [
 
 
 async def test_escalation_fires_in_order_then_the_safe_default(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     notes = Recorder()
+
+    async def run_for(seconds: int) -> None:
+        """Move time on in 30 s sweeps, each time once the holder and the sweeper are both asleep again."""
+        for _ in range(seconds // 30):
+            await clock.sleeping(at_least=2)
+            clock.advance(30)
+        await clock.sleeping(at_least=2)
+
     async with Store.open(tmp_path / "gk.db", clock) as store:
         await store.register_instance("t")
         gate = Gate(store, Policy(parse_config(ESCALATION)), clock, notifier=notes, sweep_interval=30.0)
-        new = NewCall(
-            upstream="ops", tool="deploy", arguments={"env": "prod"}, gate="hard", risk="high", rule="deploys"
-        )
-        with anyio.fail_after(10):
+        new = NewCall(upstream="ops", tool="deploy", arguments={"env": "prod"}, gate="hard", risk="high", rule="deploys")
+        with anyio.fail_after(20):
             async with gate.running(), anyio.create_task_group() as tg:
                 outcome: list[Any] = []
 
@@ -240,21 +247,20 @@ async def test_escalation_fires_in_order_then_the_safe_default(tmp_path: Path) -
                 while not notes.events:
                     await notes.changed.wait()
                 rec_id = notes.events[0][1]
-                for _ in range(20):  # 10 minutes in steps of 30 s: the first step fires at 10 min
-                    clock.advance(30)
-                    await anyio.wait_all_tasks_blocked()
+                await run_for(600)  # 10 minutes: the first step fires
                 assert [e[0] for e in notes.events] == ["held", "escalated"]
                 assert notes.events[1][2] == ["stderr"]
-                for _ in range(20):  # 20 min: the second step, which shortens the wait to 5 min
-                    clock.advance(30)
-                    await anyio.wait_all_tasks_blocked()
+                await run_for(600)  # 20 minutes: the second step, which shortens the wait to 5 minutes
                 assert [e[0] for e in notes.events] == ["held", "escalated", "escalated"]
                 assert notes.events[2][2] == ["oncall"]
                 row = await store.get(rec_id)
                 assert row.deadline_at == pytest.approx(clock.now() + 300, abs=31)
-                for _ in range(11):  # 5.5 min later: rejected by default, never approved
+                for _ in range(11):  # 5.5 minutes later: rejected by default, never approved
+                    if outcome:
+                        break
+                    await clock.sleeping(at_least=1)
                     clock.advance(30)
-                    await anyio.wait_all_tasks_blocked()
+                    await anyio.lowlevel.checkpoint()
         assert isinstance(outcome[0], Refused) and outcome[0].state == State.EXPIRED
         events = [e.event for e in await store.audit_events(call_id=rec_id)]
         assert events == ["held", "escalated", "escalated", "expired"]
