@@ -351,6 +351,13 @@ def _check_upstream_name(name: str) -> str:
 UpstreamName = Annotated[str, AfterValidator(_check_upstream_name)]
 
 
+class StoreConfig(_Model):
+    fsync_every_call: bool = False
+    """Held calls, decisions and every step of a held call are always fsynced (``synchronous=FULL``). The records
+    of calls that pass without a hold are written before the call runs and survive any process crash, but are
+    fsynced lazily (a power loss can drop the last few). ``true`` fsyncs those as well (about 1.5 ms each here)."""
+
+
 class GatekeeperConfig(_Model):
     """The whole file."""
 
@@ -392,6 +399,7 @@ class GatekeeperConfig(_Model):
     waiting: WaitingConfig = Field(default_factory=WaitingConfig)
     risk: RiskConfig = Field(default_factory=RiskConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0

@@ -169,10 +169,12 @@ class NewCall:
     client: dict[str, Any] = field(default_factory=dict)
     input_schema: dict[str, Any] | None = None
     wait_strategy: str | None = None
+    args_digest: str = ""
+    """The canonical-JSON SHA-256 of ``arguments`` (computed when not given)."""
 
-    @property
-    def args_digest(self) -> str:
-        return digest(self.arguments)
+    def __post_init__(self) -> None:
+        if not self.args_digest:
+            object.__setattr__(self, "args_digest", digest(self.arguments))
 
 
 @dataclass(frozen=True, slots=True)

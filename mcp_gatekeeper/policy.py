@@ -241,6 +241,7 @@ MEDIUM_RISK_WORDS = frozenset(
 )
 
 _LEVELS = ("low", "medium", "high", "critical")
+_CANDIDATE_CACHE_SIZE = 4096
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SPLIT = re.compile(r"[^A-Za-z0-9]+")
 _GLOB_CHARS = frozenset("*?[")
@@ -497,6 +498,7 @@ class Policy:
         self.config = config
         self._rules = [_Rule(i, r) for i, r in enumerate(config.rules)]
         self._by_tool: dict[str, list[_Rule]] = {}
+        self._candidate_cache: dict[tuple[str, str], tuple[_Rule, ...]] = {}
         self._wild: list[_Rule] = []
         for rule in self._rules:
             if rule.tool_literals is None:
@@ -534,16 +536,26 @@ class Policy:
                 return rule.config
         return None
 
+    def _candidates(self, upstream: str, tool: str) -> Sequence[_Rule]:
+        """The rules whose upstream and tool patterns match, in order (cached: only ``when`` is left per call)."""
+        key = (upstream, tool)
+        found = self._candidate_cache.get(key)
+        if found is None:
+            literal = self._by_tool.get(tool, ())
+            merged = (
+                sorted((*literal, *self._wild), key=lambda r: r.index)
+                if literal and self._wild
+                else (literal or self._wild)
+            )
+            found = tuple(r for r in merged if r.matches_name(upstream, tool))
+            if len(self._candidate_cache) >= _CANDIDATE_CACHE_SIZE:
+                self._candidate_cache.clear()
+            self._candidate_cache[key] = found
+        return found
+
     def _first_match(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> _Rule | None:
-        literal = self._by_tool.get(tool, ())
-        if not self._wild:
-            candidates: Sequence[_Rule] = literal
-        elif not literal:
-            candidates = self._wild
-        else:
-            candidates = sorted((*literal, *self._wild), key=lambda r: r.index)
-        for rule in candidates:
-            if rule.matches(upstream, tool, arguments):
+        for rule in self._candidates(upstream, tool):
+            if all(p.holds(arguments) for p in rule.predicates):
                 return rule
         return None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import json
 import logging
 import secrets
@@ -50,6 +51,23 @@ def tooldef_hash(tool: Mapping[str, Any]) -> str:
     return digest(
         {k: tool.get(k) for k in ("name", "title", "description", "inputSchema", "outputSchema", "annotations")}
     )
+
+
+class _HashCache:
+    """tooldef_hash per definition object (the upstream's tool dicts are replaced, never mutated, on refresh)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+    def __call__(self, tool: Mapping[str, Any]) -> str:
+        hit = self._by_id.get(id(tool))
+        if hit is not None and hit[0] is tool:
+            return hit[1]
+        h = tooldef_hash(tool)
+        if len(self._by_id) > 10_000:
+            self._by_id.clear()
+        self._by_id[id(tool)] = (tool, h)
+        return h
 
 
 def clean_meta(meta: Any) -> dict[str, Any]:
@@ -102,6 +120,7 @@ class Proxy:
         self._inflight: dict[str, list[_Inflight]] = {}
         self._resource_owner: dict[str, str] = {}
         self._pins: dict[str, dict[str, Pin]] = {}
+        self._hash = _HashCache()
         self.compensator = Compensator(gate=gate, config=config, clock=clock, upstreams=lambda: self.upstreams)
         self.holding = Holding(
             gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
@@ -267,7 +286,7 @@ class Proxy:
     def _quarantine(self, upstream: str, tool: str, tooldef: Mapping[str, Any]) -> str | None:
         """If the tool's definition is not the pinned one, the diff to show the reviewer."""
         pin = self._pins.get(upstream, {}).get(tool)
-        if pin is None or tooldef_hash(tooldef) == pin.hash:
+        if pin is None or self._hash(tooldef) == pin.hash:
             return None
         old = json.dumps(pin.definition, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
         new = json.dumps(dict(tooldef), indent=1, sort_keys=True, ensure_ascii=False).splitlines()
@@ -426,7 +445,8 @@ class Proxy:
                 gate="deny", hold=False, risk="critical", rule=None, rule_index=None,
                 reasons=(f"policy error: {type(e).__name__}",), deny_reason="policy error: the call was denied to be safe",
             )  # fmt: skip
-        size = len(canonical_json(arguments).encode())
+        canonical = canonical_json(arguments)
+        size = len(canonical.encode())
         cap = self.config.security.max_argument_bytes
         if size > cap:
             verdict = Verdict(
@@ -441,15 +461,19 @@ class Proxy:
             gate=verdict.gate,
             risk=verdict.risk,
             rule=verdict.rule,
-            tooldef_hash=tooldef_hash(tooldef),
+            tooldef_hash=self._hash(tooldef),
             summary=verdict.summary,
             effects=dict(verdict.effects),
             reasons=verdict.reasons,
             agent_reason=agent_reason,
             agent_confidence=agent_confidence,
             client=client,
-            input_schema=tooldef.get("inputSchema") if isinstance(tooldef.get("inputSchema"), dict) else None,
+            # the schema is kept only where a reviewer may edit the arguments (it can be large; allowed calls skip it)
+            input_schema=tooldef.get("inputSchema")
+            if verdict.action == "hold" and isinstance(tooldef.get("inputSchema"), dict)
+            else None,
             wait_strategy="hold" if verdict.action == "hold" else None,
+            args_digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
         )
         try:
             if verdict.action == "deny":
@@ -459,7 +483,9 @@ class Proxy:
                 return self._finish(ctx, await self._audit_gate(ctx, upstream, tool, new, verdict, raw, arguments))
             if verdict.action == "allow":
                 rec = await self.gate.record(new, State.ALLOWED)
-                return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
+                return self._finish(
+                    ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False, defer=True)
+                )
             rule = verdict.rule_config
             quarantined = verdict.in_client == "off" and verdict.reasons[0].startswith("QUARANTINED")
             if not quarantined and verdict.risk != "critical" and not (rule and rule.no_lease):
@@ -469,7 +495,9 @@ class Proxy:
                     rec = await self.gate.record(
                         replace(new, gate="lease", reasons=(why, *new.reasons)), State.ALLOWED, reason=why
                     )
-                    return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
+                    return self._finish(
+                        ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False, defer=True)
+                    )
             outcome = await self.holding.run(
                 ctx, new, verdict, request_state=request_state, input_responses=input_responses,
                 session=client.get("session"),
@@ -630,8 +658,12 @@ class Proxy:
         arguments: dict[str, Any],
         *,
         modified: bool,
+        defer: bool = False,
     ) -> dict[str, Any]:
-        """Forward the call (exactly these arguments) and record how it ended."""
+        """Forward the call (exactly these arguments) and record how it ended.
+
+        ``defer``: a call that was never held has its outcome written off the reply path (batched).
+        """
         fwd = {**raw, "name": tool, "arguments": arguments}
         entry = _Inflight(ctx.session, ctx.request_id)
         self._inflight.setdefault(upstream.name, []).append(entry)
@@ -664,7 +696,10 @@ class Proxy:
         finally:
             with contextlib.suppress(ValueError):
                 self._inflight[upstream.name].remove(entry)
-        await self.gate.finish(rec, result=result, error=None)
+        if defer and self.gate.is_running:
+            self.gate.finish_later(rec, result=result, error=None)
+        else:
+            await self.gate.finish(rec, result=result, error=None)
         if modified:
             note = (
                 "Note from mcp-gatekeeper: a human reviewer changed the arguments before approving. The call ran with: "

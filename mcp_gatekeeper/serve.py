@@ -64,6 +64,7 @@ async def open_runtime(
     clock = clock or SystemClock()
     policy = Policy(config)
     async with Store.open(db_path(home), clock) as store, contextlib.AsyncExitStack() as stack:
+        store.fsync_every_call = config.store.fsync_every_call
         if register:
             await store.register_instance(label, config_path)
             recovered = await store.recover_orphans()

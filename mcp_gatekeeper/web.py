@@ -221,15 +221,15 @@ async def _reject(request: Request) -> Response:
     return await _decide(request, approve=False)
 
 
-async def _snapshot(st: WebState) -> dict[str, Any]:
+async def live_snapshot(st: WebState) -> dict[str, Any]:
     """What the live view shows: the pending queue (with escalation levels) and the other things to act on."""
-    keys = ("id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary", "escalation")
+    keys = ("id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary", "escalation", "quarantined")
     rows = await st.store.query(
-        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation FROM calls"
-        " WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
+        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation,"
+        " reasons LIKE '[\"QUARANTINED:%' FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
     )
     return {
-        "pending": [dict(zip(keys, r, strict=True)) for r in rows],
+        "pending": [{**dict(zip(keys, r, strict=True)), "quarantined": bool(r[-1])} for r in rows],
         **await gates_snapshot(st),
         "counts": await st.store.counts(),
         "now": st.clock.now(),
@@ -247,7 +247,7 @@ async def _events(request: Request) -> Response:
             try:
                 marker = (await st.store.query("SELECT COALESCE(MAX(seq), 0) FROM audit"))[0][0]
                 if marker != last:
-                    snapshot = await _snapshot(st)
+                    snapshot = await live_snapshot(st)
                     last = marker
                     yield f"event: change\ndata: {json.dumps({'seq': marker, **snapshot})}\n\n"
                     idle = 0.0

@@ -33,7 +33,7 @@ from mcp_gatekeeper.webhttp import (
     reason_of,
     web_state,
 )
-from mcp_gatekeeper.webredact import find_secrets
+from mcp_gatekeeper.webredact import SecretHit, find_secrets
 
 QUARANTINE_MARK = "QUARANTINED:"
 MAX_LEASE_SECONDS = 90 * 86400.0
@@ -88,6 +88,19 @@ def _lease_offer(st: WebState, rec: CallRecord) -> dict[str, Any]:
     return {"offered": True, "why_not": None, "max_seconds": MAX_LEASE_SECONDS, "max_calls": MAX_LEASE_CALLS}
 
 
+def envelope_secrets(envelope: dict[str, Any]) -> list[SecretHit]:
+    """Secret-looking values in an envelope, judged by the argument's name (``password``), not the operator's."""
+    hits: list[SecretHit] = []
+    for path, pred in envelope.items():
+        key = str(path).rsplit(".", 1)[-1]
+        if isinstance(pred, dict):
+            for op, arg in pred.items():
+                hits.extend(find_secrets(arg, (path, op), key))
+        else:
+            hits.extend(find_secrets(pred, (path,), key))
+    return hits
+
+
 def lease_status(lease: Lease, now: float) -> str:
     if lease.revoked_at is not None:
         return "revoked"
@@ -103,7 +116,7 @@ def _lease_json(
 ) -> dict[str, Any]:
     out = lease.to_json()
     out["status"] = lease_status(lease, now)
-    out["secrets"] = [h.to_json() for h in find_secrets(lease.envelope)]
+    out["secrets"] = [h.to_json() for h in envelope_secrets(lease.envelope)]
     out["source_summary"] = summaries.get(lease.source_call or "")
     pin = pins.get((lease.upstream, lease.tool))
     out["tool_changed"] = pin is not None and (pin.quarantined or lease.tooldef_hash not in (None, pin.hash))

@@ -42,6 +42,8 @@ LAYERS: dict[str, int] = {
     "webredact": 4,
     "webguard": 4,  # the web app's request guard (imports clock and webauth)
     "reports": 4,  # stats and audit export for the page (SQL through Store.query; masks secrets via webredact)
+    "webhttp": 4,  # what the page's handler modules share: WebState, request parsing, refusals
+    "webgates": 4,  # the page's API for audit reviews, leases and tool-definition pins
     # 5: composition and whole-program features
     "serve": 5,
     "doctor": 5,
@@ -63,6 +65,12 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("proxy", "holding"),
         ("proxy", "compensation"),
         ("web", "webguard"),
+        ("web", "webhttp"),
+        ("web", "webgates"),
+        ("webgates", "webhttp"),
+        ("webgates", "webredact"),
+        ("webhttp", "webauth"),
+        ("webhttp", "webredact"),
         ("webguard", "webauth"),
         ("reports", "webredact"),  # the audit export masks secrets the same way the card does
         ("doctor", "install"),  # doctor reads the client configs install writes

@@ -4,6 +4,9 @@
 "use strict";
 
 (() => {
+  // Shared with gates.js (reviews, leases, tools): helpers, plus hooks run on every live update and tick.
+  const GK = (window.GK = { listeners: [], tickers: [] });
+
   // ------------------------------------------------------------------ DOM helpers
 
   function h(tag, props, ...children) {
@@ -312,9 +315,10 @@
   function riskChip(risk) {
     return h("span", { class: `chip risk-${risk}`, title: "Risk level" }, safeText(risk));
   }
+  const STATE_MARK = { rolled_back: "↺ ", rollback_failed: "✗ ", rolling_back: "↺ ", confirmed: "✓ ", under_review: "◔ " };
   function stateChip(state, modified) {
     return h("span", null,
-      h("span", { class: `chip st-${state}` }, safeText(state.replace("_", " "))),
+      h("span", { class: `chip st-${state}` }, STATE_MARK[state] || "", safeText(state.replace("_", " "))),
       modified ? [" ", h("span", { class: "chip modified", text: "modified" })] : null);
   }
 
@@ -352,6 +356,9 @@
     me: null,
     offset: 0, // server clock minus local clock, seconds
     pending: [],
+    reviews: [], // audit-gated calls under review or unreviewed
+    rollbackFailed: [], // failed reviews whose undo failed: a human must act
+    quarantined: [], // tools whose definition changed since it was pinned
     known: null, // ids seen so far (for "new call" alerts)
     selected: null,
     view: "queue",
@@ -371,9 +378,13 @@
   function setTitle() {
     const n = state.pending.length;
     document.title = n ? `(${n}) mcp-gatekeeper` : "mcp-gatekeeper";
-    const c = $("#nav-count");
-    c.textContent = String(n);
-    c.hidden = n === 0;
+    const counts = [["#nav-count", n], ["#nav-review", state.reviews.length + state.rollbackFailed.length], ["#nav-tools", state.quarantined.length]];
+    for (const [sel, k] of counts) {
+      const c = $(sel);
+      c.textContent = String(k);
+      c.hidden = k === 0;
+    }
+    $("#nav-review").classList.toggle("alarm", state.rollbackFailed.length > 0);
   }
 
   function showLogin() {
@@ -405,10 +416,19 @@
       const fresh = state.known ? data.pending.filter((c) => !state.known.has(c.id)) : [];
       state.known = new Set([...(state.known || []), ...data.pending.map((c) => c.id)]);
       state.pending = data.pending;
+      state.reviews = data.reviews || [];
+      state.rollbackFailed = data.rollback_failed || [];
+      state.quarantined = data.quarantined || [];
       setTitle();
       if (fresh.length) alertNew(fresh);
-      if (state.view === "queue") renderQueueList();
-      if (state.card && state.card.pending && !data.pending.some((c) => c.id === state.card.id)) state.card.refresh();
+      if (state.view === "queue") { renderBanners(); renderQueueList(); }
+      const card = state.card;
+      if (card && card.pending) {
+        const mine = data.pending.find((c) => c.id === card.id);
+        if (!mine) card.refresh();
+        else card.escalated(mine.escalation || 0, mine.deadline_at);
+      } else if (card && card.reviewable && !state.reviews.some((c) => c.id === card.id)) card.refresh();
+      for (const fn of GK.listeners) fn(data);
     });
   }
 
@@ -439,16 +459,22 @@
     state.view = "queue";
     if (selectedId) state.selected = selectedId;
     queueRoot = {
+      banners: h("div", { class: "banners" }),
       list: h("ul", { class: "qlist", role: "listbox", "aria-label": "Held calls, oldest first" }),
       cardSlot: h("div", { class: "card-slot" }),
       count: h("span", { class: "hint" }),
     };
-    $("#app").replaceChildren(h("div", { class: "queue-layout" },
+    $("#app").replaceChildren(queueRoot.banners, h("div", { class: "queue-layout" },
       h("section", { class: "panel" },
         h("div", { class: "panel-head" }, h("h2", { text: "Waiting" }), queueRoot.count),
         queueRoot.list),
       queueRoot.cardSlot));
+    renderBanners();
     renderQueueList();
+  }
+
+  function renderBanners() {
+    if (queueRoot) queueRoot.banners.replaceChildren(...GK.banners());
   }
 
   function renderQueueList() {
@@ -460,7 +486,9 @@
     } else {
       queueRoot.list.replaceChildren(...list.map((c) => {
         const li = h("li", { class: `qitem risk-${c.risk}`, role: "option", tabindex: "0", "data-id": c.id },
-          h("div", { class: "qtop" }, riskChip(c.risk), h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
+          h("div", { class: "qtop" }, riskChip(c.risk), c.escalation ? h("span", { class: "chip escalated", title: `Escalated (step ${c.escalation})`, text: "escalated" }) : null,
+            c.quarantined ? h("span", { class: "chip risk-critical", title: "Held because the tool's definition changed since it was pinned", text: "quarantined" }) : null,
+            h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
           h("div", { class: "qsummary" }, safeText(c.summary || `${c.tool} on ${c.upstream}`)),
           h("div", { class: "qtimes" },
             h("span", { class: "waited", "data-since": c.created_at }),
@@ -528,6 +556,7 @@
     for (const el of document.querySelectorAll("[data-waited-of]")) {
       el.replaceChildren("waiting ", h("b", { text: dur(now - Number(el.dataset.waitedOf)) }));
     }
+    for (const fn of GK.tickers) fn(now);
   }
 
   // ------------------------------------------------------------------ decision card
@@ -618,19 +647,55 @@
     return h("div", { class: "fact" }, h("h3", { text: title }), ...content);
   }
 
+  const REVIEWABLE = ["under_review", "unreviewed"];
+
+  // What a failed review does, in words (the rule's compensation, or nothing).
+  function undoWords(call) {
+    const rv = call.review || {};
+    if (rv.compensate) return ["Fail it and ", h("code", null, safeText(rv.compensate.tool)), " runs on ", h("code", null, safeText(rv.compensate.upstream)), " to undo it (retried with backoff; you are alerted if every attempt fails)."];
+    if (rv.irreversible_ok) return ["Nothing can undo it: its rule accepts that it is irreversible. Failing it records that it needs a human (rollback failed)."];
+    return ["Its rule is no longer in the policy, so it is not known how to undo it."];
+  }
+
   function renderCard(call, slot, opts) {
     const pending = call.state === "pending";
+    const reviewable = REVIEWABLE.includes(call.state);
+    const audited = call.gate === "audit";
+    const rv = call.review || null;
+    const q = call.quarantine || null;
     const ctx = { secrets: [], truncated: false };
     const sec = call.secrets || {};
     const strHits = (field) => (sec[field] || []).filter((x) => x.path.length === 0);
     const argsView = jsonView(call.arguments, sec.arguments, ctx);
     const susp = countSuspicious([call.arguments, call.summary, call.tool, call.upstream, call.agent_reason, call.modified_arguments]);
+    const code = (v) => h("code", null, safeText(v));
 
     const warnings = [];
+    if (call.state === "rollback_failed") {
+      warnings.push(h("div", { class: "warning crit", role: "alert" }, icon("!"), h("span", null, h("b", { text: "Rollback failed: a human must undo this call by hand. " }),
+        rv && rv.compensate ? ["The compensation ", code(rv.compensate.tool), " on ", code(rv.compensate.upstream), ` did not succeed${rv.attempts ? ` (${rv.attempts} attempt${rv.attempts > 1 ? "s" : ""})` : ""}.`]
+          : "No compensation is configured for its rule, so nothing undid it.",
+        call.error ? [" Last error: ", richString(call.error, strHits("error"), false, ctx)] : "")));
+    } else if (call.state === "rolled_back") {
+      warnings.push(h("div", { class: "warning ok" }, icon("↺"), h("span", null, h("b", { text: "Rolled back. " }), "The review failed and the compensation undid the call", rv && rv.compensate ? [" (", code(rv.compensate.tool), ")"] : "", ".")));
+    } else if (call.state === "review_failed" || call.state === "rolling_back") {
+      warnings.push(h("div", { class: "warning" }, icon("↺"), h("span", null, h("b", { text: call.state === "rolling_back" ? "Undoing it now. " : "Review failed; undo pending. " }),
+        "The compensation runs in the gatekeeper process connected to ", code(call.upstream), ".", call.error ? [" Last attempt: ", richString(call.error, strHits("error"), false, ctx)] : "")));
+    }
+    if (reviewable) {
+      warnings.push(h("div", { class: `warning ${rv && !rv.compensate ? "bad" : "info"}` }, icon("i"), h("span", null, h("b", { text: "This call already ran (audit gate). " }),
+        rv && rv.compensate ? "Confirm it if it was right, or fail it to undo it." : "Confirm it if it was right. Failing it cannot undo it.")));
+    }
+    if (q) {
+      warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null, h("b", { text: "Held because the tool's definition changed since it was pinned. " }),
+        "A changed description or schema can steer the agent. Check the change below before approving. ",
+        q.still_quarantined ? h("a", { href: "#/tools", text: "Review the tool →" }) : h("span", { class: "muted", text: "(it has been re-pinned since)" }))));
+    }
+    const escSlot = h("div", { class: "esc-slot" });
     if (susp) warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null, `Contains ${susp} invisible, bidirectional or control character${susp > 1 ? "s" : ""}, shown as ⟨U+…⟩ badges. What you see may not be what runs.`)));
     if (ctx.secrets.length) warnings.push(h("div", { class: "warning" }, icon("*"), h("span", null, `Masked ${ctx.secrets.length} secret-looking value${ctx.secrets.length > 1 ? "s" : ""} (${[...new Set(ctx.secrets)].join(", ")}) going to upstream `, h("code", null, safeText(call.upstream)), ". Click to reveal.")));
     if (ctx.truncated || call.args_bytes > 200000) warnings.push(h("div", { class: "warning" }, icon("…"), h("span", null, `Large arguments (${fmtBytes(call.args_bytes)}): long values show their head and tail; the middle is hidden.`)));
-    if (call.effects && call.effects.reversible === false) warnings.push(h("div", { class: "warning bad" }, icon("!"), h("span", { text: "Not reversible: once approved, this cannot be undone." })));
+    if (pending && call.effects && call.effects.reversible === false) warnings.push(h("div", { class: "warning bad" }, icon("!"), h("span", { text: "Not reversible: once approved, this cannot be undone." })));
 
     const effects = call.effects || {};
     const agentReason = call.agent_reason
@@ -642,58 +707,87 @@
     const client = call.client || {};
     const clientName = [client.name, client.version].filter(Boolean).join(" ");
 
+    let clock;
+    if (pending) clock = h("div", { class: "clock" }, h("span", { "data-waited-of": call.created_at }), call.deadline_at ? h("span", { "data-left-of": call.deadline_at }) : null);
+    else if (audited) {
+      clock = h("div", { class: "clock" }, h("span", null, "ran ", h("b", { text: fmtTime(call.created_at) })),
+        call.state === "under_review" && call.deadline_at ? h("span", { "data-review-left-of": call.deadline_at })
+          : call.state === "unreviewed" ? h("span", null, "window closed ", h("b", { text: fmtTime(call.deadline_at) }), " · kept, flagged unreviewed; you can still review it") : null);
+    } else clock = h("div", { class: "clock" }, h("span", null, "held ", h("b", { text: fmtTime(call.created_at) })));
+
     const head = h("div", { class: "card-head" },
       h("div", { class: "card-meta" }, riskChip(call.risk), stateChip(call.state, call.modified_arguments !== null),
         h("span", { class: "mono" }, safeText(call.upstream)), "·", h("span", { class: "mono" }, safeText(call.tool)),
         call.rule ? ["·", h("span", null, "rule ", h("span", { class: "mono" }, safeText(call.rule)))] : ["·", h("span", { text: "no rule (defaults)" })],
         h("span", { class: "muted mono", title: call.id, text: `#${shortId(call.id)}` })),
       h("div", { class: "card-title" }, call.summary ? richString(call.summary, strHits("summary"), false, ctx) : safeText(`${call.tool} on ${call.upstream}`)),
-      pending
-        ? h("div", { class: "clock" }, h("span", { "data-waited-of": call.created_at }), call.deadline_at ? h("span", { "data-left-of": call.deadline_at }) : null)
-        : h("div", { class: "clock" }, h("span", null, "held ", h("b", { text: fmtTime(call.created_at) }))),
-      warnings.length ? h("div", { class: "warnings" }, warnings) : null);
+      clock,
+      h("div", { class: "warnings" }, warnings, escSlot));
 
-    const whatHappens = h("div", { class: "fact what" }, h("div", { class: "section-head" }, h("h3", { text: "What happens" }),
-        h("span", { class: effects.reversible === false ? "chip risk-high" : effects.reversible === true ? "chip risk-low" : "chip neutral",
-          text: effects.reversible === true ? "reversible" : effects.reversible === false ? "not reversible" : "reversibility unknown" })),
-      h("div", { class: "effects" },
-        h("div", { class: "effect if-approve" }, h("span", { class: "lbl", text: "If approved" }), safeText(effects.approve || `${call.tool} runs on ${call.upstream} with the arguments below.`)),
-        h("div", { class: "effect if-reject" }, h("span", { class: "lbl", text: "If rejected" }), safeText(effects.reject || "Nothing runs; the agent is told it was rejected, with your reason."))));
+    const reversibleChip = h("span", { class: effects.reversible === false ? "chip risk-high" : effects.reversible === true ? "chip risk-low" : "chip neutral",
+      text: effects.reversible === true ? "reversible" : effects.reversible === false ? "not reversible" : "reversibility unknown" });
+    const whatHappens = audited && !reviewable ? null : audited
+      ? h("div", { class: "fact what" }, h("div", { class: "section-head" }, h("h3", { text: "What a review does" }),
+          h("span", { class: rv && rv.compensate ? "chip risk-low" : "chip risk-high", text: rv && rv.compensate ? "can be undone" : "cannot be undone" })),
+        h("div", { class: "effects" },
+          h("div", { class: "effect if-approve" }, h("span", { class: "lbl", text: "If confirmed" }), "It stays as it is; the audit log records who confirmed it."),
+          h("div", { class: "effect if-reject" }, h("span", { class: "lbl", text: "If failed" }), undoWords(call))),
+        rv ? h("p", { class: "sub muted" }, rv.on_timeout === "rollback" ? "If nobody reviews it in its window, it is rolled back." : "If nobody reviews it in its window, it is kept and flagged unreviewed.") : null)
+      : h("div", { class: "fact what" }, h("div", { class: "section-head" }, h("h3", { text: "What happens" }), reversibleChip),
+        h("div", { class: "effects" },
+          h("div", { class: "effect if-approve" }, h("span", { class: "lbl", text: "If approved" }), safeText(effects.approve || `${call.tool} runs on ${call.upstream} with the arguments below.`)),
+          h("div", { class: "effect if-reject" }, h("span", { class: "lbl", text: "If rejected" }), safeText(effects.reject || "Nothing runs; the agent is told it was rejected, with your reason."))));
+    const reasons = (call.reasons || []).map((r, i) => (i === 0 && q ? q.message : r));
     const facts = h("div", { class: "facts" },
       fact("Why the agent wants it", agentReason, conf,
         h("p", { class: "sub" }, "via ", h("b", null, safeText(clientName || "unknown client")), " → upstream ", h("code", null, safeText(call.upstream)))),
-      call.reasons && call.reasons.length ? fact("Why it was held", h("ul", { class: "hint-list" }, call.reasons.map((r) => h("li", null, safeText(r))))) : null);
+      reasons.length ? fact(audited ? "Why it needs review" : "Why it was held", h("ul", { class: "hint-list" }, reasons.map((r) => h("li", null, safeText(r))))) : null);
 
     const editorSlot = h("div");
-    const argsHead = h("div", { class: "section-head" }, h("h3", { text: "Arguments" }),
+    const leaseSlot = h("div");
+    const argsHead = h("div", { class: "section-head" }, h("h3", { text: audited ? "Arguments (what ran)" : "Arguments" }),
       h("span", { class: "tools" }, fmtBytes(call.args_bytes || 0), " · digest ", h("code", { text: call.args_digest.slice(0, 12) })));
 
-    const body = h("div", { class: "card-body" }, whatHappens, facts, h("div", null, argsHead, argsView), editorSlot);
+    const body = h("div", { class: "card-body" }, whatHappens, facts,
+      q ? h("div", { class: "quarantine-diff" }, h("div", { class: "section-head" }, h("h3", { text: "What changed in the tool's definition" })), GK.unifiedDiff(q.diff)) : null,
+      h("div", null, argsHead, argsView), editorSlot, leaseSlot);
     if (call.modified_arguments) {
       body.append(h("div", null, h("div", { class: "section-head" }, h("h3", { text: "Modified arguments (what ran)" })),
         jsonView(call.modified_arguments, sec.modified_arguments, ctx), h("div", { class: "stack-v" }, diffView(diffList(call.arguments, call.modified_arguments)))));
     }
+    if (audited && !(opts && opts.full)) {
+      body.append(h("div", null, h("div", { class: "section-head" }, h("h3", { text: "What it returned" })), GK.resultView(call.result, sec.result, ctx)));
+    }
 
-    const card = h("article", { class: "panel card", "aria-label": "Decision card" }, head, body);
-    let ctrl = { id: call.id, pending, refresh: () => openCard(call.id, slot, opts) };
+    const card = h("article", { class: `panel card${call.state === "rollback_failed" ? " alarm" : ""}`, "aria-label": "Decision card" }, head, body);
+    let ctrl = { id: call.id, pending, reviewable, refresh: () => openCard(call.id, slot, opts), escalated: () => {} };
 
     if (pending) {
       let editor = null;
+      let leaseEd = null;
       let editState = { valid: true, changed: false, value: null };
       const approveBtn = h("button", { type: "button", class: "btn approve", title: "Approve as shown (a)" }, "Approve ", h("kbd", { text: "a" }));
       const modifyBtn = h("button", { type: "button", class: "btn modify", title: "Edit the arguments, then approve (e)" }, "Edit ", h("kbd", { text: "e" }));
+      const offer = call.lease_offer || {};
+      const leaseBtn = offer.offered
+        ? h("button", { type: "button", class: "btn similar", title: "Approve, and let similar calls run without asking for a while" }, "Allow similar…")
+        : null;
       const reason = h("input", { type: "text", class: "reason", placeholder: "Reason (optional; the agent reads it)", maxlength: "2000", "aria-label": "Reason" });
       const rejectBtn = h("button", { type: "button", class: "btn reject", title: "Reject (r)" }, "Reject ", h("kbd", { text: "r" }));
-      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn]) x.disabled = b; };
+      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn, leaseBtn]) if (x) x.disabled = b; };
 
-      const decide = async (kind) => {
+      const decide = async (kind, lease) => {
         const payload = { args_digest: call.args_digest };
         if (reason.value.trim()) payload.reason = reason.value.trim();
-        if (kind === "modify") payload.arguments = editState.value;
+        if (kind === "modify" || (kind === "lease" && editState.valid && editState.changed)) payload.arguments = editState.value;
+        if (kind === "lease") payload.lease = lease;
         busy(true);
         try {
           await api(`/api/calls/${encodeURIComponent(call.id)}/${kind === "reject" ? "reject" : "approve"}`, { json: payload });
-          toast(kind === "reject" ? "Rejected" : kind === "modify" ? "Approved with your changes" : "Approved");
+          if (kind === "lease") {
+            const ends = [lease.seconds ? `for ${dur(lease.seconds)}` : null, lease.calls ? `for ${lease.calls} call${lease.calls > 1 ? "s" : ""}` : null].filter(Boolean).join(" or ");
+            toast(`Approved; similar calls are allowed ${ends}`);
+          } else toast(kind === "reject" ? "Rejected" : kind === "modify" ? "Approved with your changes" : "Approved");
           state.known && state.known.add(call.id);
           openCard(call.id, slot, opts);
         } catch (e) {
@@ -702,7 +796,7 @@
             toast(e.body.error === "stale_digest" ? "The arguments changed since you looked. Review again." : `Too late: ${e.message}`, true);
             openCard(call.id, slot, opts);
           } else if (e.status === 422) {
-            toast(`Refused: ${e.message}`, true);
+            toast(`${e.body.error === "lease_refused" || e.body.error === "bad_lease" ? "No lease" : "Refused"}: ${e.message}`, true);
           } else toast(e.message, true);
         }
       };
@@ -723,12 +817,67 @@
         }
         if (editState.valid && editState.changed) decide("modify");
       });
-      const actions = h("div", { class: "actions" }, approveBtn, modifyBtn, reason, rejectBtn);
+      if (leaseBtn) {
+        leaseBtn.addEventListener("click", () => {
+          if (!leaseEd) {
+            leaseEd = GK.leaseEditor(call);
+            leaseSlot.replaceChildren(leaseEd.el);
+            leaseBtn.replaceChildren("Approve & allow similar");
+            leaseBtn.classList.add("armed");
+            leaseEd.focus();
+            return;
+          }
+          const v = leaseEd.value();
+          if (v.error) { toast(v.error, true); return; }
+          decide("lease", v.lease);
+        });
+      }
+      const actions = h("div", { class: "actions" }, approveBtn, modifyBtn, leaseBtn, reason, rejectBtn);
       card.append(actions);
-      ctrl = { ...ctrl, approve: () => decide("approve"), reject: () => reason.focus(), edit: () => modifyBtn.click() };
+      let level = call.escalation || 0;
+      let deadline = call.deadline_at;
+      const showEscalation = () => {
+        escSlot.replaceChildren(level
+          ? h("div", { class: "warning" }, icon("↑"), h("span", null, h("b", { text: `Escalated (step ${level}). ` }), "Nobody decided in time, so more people were alerted; the time left may have been shortened."))
+          : "");
+      };
+      showEscalation();
+      ctrl = {
+        ...ctrl, approve: () => decide("approve"), reject: () => reason.focus(), edit: () => modifyBtn.click(),
+        escalated: (lv, dl) => {
+          if (lv !== level) { level = lv; showEscalation(); }
+          if (dl && dl !== deadline) {
+            deadline = dl;
+            for (const el of card.querySelectorAll("[data-left-of]")) el.dataset.leftOf = String(dl);
+            tick();
+          }
+        },
+      };
+    } else if (reviewable) {
+      const confirmBtn = h("button", { type: "button", class: "btn approve confirm", title: "Confirm: it was right (c)" }, "Confirm ", h("kbd", { text: "c" }));
+      const note = h("input", { type: "text", class: "reason", placeholder: "Note (optional; kept in the audit log)", maxlength: "2000", "aria-label": "Review note" });
+      const failBtn = h("button", { type: "button", class: "btn reject fail", title: rv && rv.compensate ? "Fail the review: the compensation undoes the call" : "Fail the review (it cannot be undone)" },
+        rv && rv.compensate ? "Fail & undo" : "Fail");
+      const review = async (outcome) => {
+        confirmBtn.disabled = failBtn.disabled = true;
+        const payload = { outcome };
+        if (note.value.trim()) payload.reason = note.value.trim();
+        try {
+          await api(`/api/calls/${encodeURIComponent(call.id)}/review`, { json: payload });
+          toast(outcome === "confirm" ? "Confirmed" : rv && rv.compensate ? "Review failed: undoing the call" : "Review failed: recorded for a human to undo");
+          openCard(call.id, slot, opts);
+        } catch (e) {
+          confirmBtn.disabled = failBtn.disabled = false;
+          if (e.status === 409) { toast(`Already reviewed: ${e.message}`, true); openCard(call.id, slot, opts); } else toast(e.message, true);
+        }
+      };
+      confirmBtn.addEventListener("click", () => review("confirm"));
+      failBtn.addEventListener("click", () => review("fail"));
+      card.append(h("div", { class: "actions" }, confirmBtn, note, failBtn));
+      ctrl = { ...ctrl, confirm: () => review("confirm") };
     } else {
       const who = call.decided_by ? ["by ", h("code", null, safeText(call.decided_by))] : null;
-      card.append(h("div", { class: "decided-banner" }, stateChip(call.state, call.modified_arguments !== null), " ", who,
+      card.append(h("div", { class: `decided-banner${call.state === "rollback_failed" ? " alarm" : ""}` }, stateChip(call.state, call.modified_arguments !== null), " ", who,
         call.decided_at ? ` at ${fmtTime(call.decided_at)}` : "",
         call.reason ? [" — “", richString(call.reason, strHits("reason"), false, ctx), "”"] : ""));
     }
@@ -784,7 +933,8 @@
 
   // ------------------------------------------------------------------ history
 
-  const STATES = ["pending", "approved", "rejected", "expired", "cancelled", "orphaned", "forwarding", "forwarded", "failed", "outcome_unknown", "allowed", "denied"];
+  const STATES = ["pending", "approved", "rejected", "expired", "cancelled", "orphaned", "forwarding", "forwarded", "failed", "outcome_unknown", "allowed", "denied",
+    "under_review", "confirmed", "unreviewed", "review_failed", "rolling_back", "rolled_back", "rollback_failed"];
   function renderHistory() {
     state.view = "history";
     const f = {
@@ -798,15 +948,17 @@
     const tbody = h("tbody");
     const more = h("div", { class: "more" });
     let cursor = null;
+    let quick = "";
     const load = async (append) => {
       const p = new URLSearchParams();
       for (const [k, el] of Object.entries(f)) if (el.value.trim()) p.set(k, el.value.trim());
+      if (quick.includes(",") && !f.state.value) p.set("state", quick);
       p.set("limit", "50");
       if (append && cursor) p.set("cursor", cursor);
       const data = await api(`/api/calls?${p}`);
       cursor = data.next_cursor;
       const rows = data.calls.map((c) => {
-        const tr = h("tr", { tabindex: "0" },
+        const tr = h("tr", { tabindex: "0", class: c.state === "rollback_failed" ? "alarm" : c.state === "rolled_back" ? "undone" : null },
           h("td", { class: "num", text: fmtTime(c.created_at) }),
           h("td", null, stateChip(c.state, c.modified_arguments !== null)),
           h("td", { class: "hide-sm" }, riskChip(c.risk)),
@@ -825,10 +977,15 @@
       more.replaceChildren(cursor ? h("button", { type: "button", class: "btn small", onclick: () => load(true), text: "Load more" }) : "");
     };
     let t = null;
-    for (const el of Object.values(f)) el.addEventListener("input", () => { clearTimeout(t); t = setTimeout(() => load(false), 200); });
+    for (const el of Object.values(f)) el.addEventListener("input", () => { quick = ""; clearTimeout(t); t = setTimeout(() => load(false), 200); });
     $("#app").replaceChildren(h("section", { class: "panel" },
       h("div", { class: "panel-head" }, h("h2", { text: "History" }), exportLink),
       h("div", { class: "filters" }, f.state, f.upstream, f.tool, f.decided_by, f.q),
+      h("div", { class: "quick" }, "Show: ", [["", "everything"], ["rollback_failed", "rollback failed"], ["rolled_back", "rolled back"], ["under_review,unreviewed", "needs review"], ["expired", "timed out"]].map(([v, label]) => {
+        const b = h("button", { type: "button", class: `btn small ghost${v === "rollback_failed" ? " crit" : ""}`, text: label });
+        b.addEventListener("click", () => { f.state.value = v.includes(",") ? "" : v; quick = v; load(false).catch((e) => toast(e.message, true)); });
+        return b;
+      })),
       h("div", { class: "table-wrap" }, h("table", { class: "grid" },
         h("thead", null, h("tr", null, ["When", "State", "Risk", "Upstream · tool", "Summary", "Reviewer", "Took"].map((x, i) => h("th", { class: i === 2 || i === 3 || i >= 5 ? "hide-sm" : null, text: x })))),
         tbody)),
@@ -929,6 +1086,32 @@
       ? h("ul", { class: "hint-list" }, items.map((x) => h("li", null, h("code", null, safeText(x.rule)), ` (${x.decisions} decisions)`)))
       : h("p", { class: "muted", text: empty }));
     const usageMax = Math.max(1, ...st.usage.map((u) => u.total));
+    const tm = st.timeouts;
+    const timeoutRows = st.per_rule.filter((r) => r.finished > 0).map((r) => h("div", { class: `hbar-row timeout${r.miscalibrated ? " flag" : ""}` },
+      h("span", { class: "name", title: r.rule }, safeText(r.rule)),
+      h("div", { class: "stack", title: `${r.expired} of ${r.finished} held calls timed out` }, h("span", { class: "fill-expired", "data-w": r.timeout_rate || 0 })),
+      h("span", { class: "num", text: `${r.miscalibrated ? "⚑ " : ""}${pct(r.timeout_rate)}` })));
+    const timeouts = h("section", { class: "panel chart" }, h("h2", { text: "Timeouts per rule" }),
+      h("p", { class: "muted small", text: `Share of each rule's held calls that nobody decided in time. Flagged (⚑) at ${pct(tm.flag_rate)} or more over ${tm.min_calls}+ calls.` }),
+      timeoutRows.length ? timeoutRows : h("p", { class: "muted", text: "No finished held calls yet." }),
+      tm.miscalibrated.length
+        ? h("div", { class: "warning bad" }, icon("⚑"), h("span", null, h("b", { text: "Miscalibrated: " }), tm.miscalibrated.map((r, i) => [i ? "; " : "", h("code", null, safeText(r.rule)), ` ${r.expired} of ${r.finished} timed out`]),
+          ". Lengthen the timeout, add an escalation step, or send its alerts to someone who watches them."))
+        : null);
+    const esc = st.escalations;
+    const escalations = h("section", { class: "panel chart" }, h("h2", { text: "Escalations" }),
+      h("div", { class: "signal" }, h("span", { class: "v", text: String(esc.calls) }), h("span", { text: "held calls escalated (nobody decided within the first step)" })),
+      h("div", { class: "signal" }, h("span", { class: "v", text: String(esc.events) }), h("span", null, "escalation steps fired",
+        esc.by_level.length ? ` (${esc.by_level.map((x) => `step ${x.level}: ${x.count}`).join(", ")})` : "")),
+      h("div", { class: "signal" }, h("span", { class: "v", text: String(esc.deadline_shortened) }), h("span", { text: "steps that shortened the time left" })),
+      esc.calls ? [h("h3", { text: "How escalated calls ended" }), legend(OUT), stackRow("escalated calls", esc.outcomes, OUT)] : null);
+    const rvw = st.reviews;
+    const REVIEW_KEYS = ["confirmed", "under_review", "unreviewed", "review_failed", "rolling_back", "rolled_back", "rollback_failed"];
+    const reviewTotal = REVIEW_KEYS.reduce((a, k) => a + (rvw[k] || 0), 0);
+    const reviews = h("section", { class: "panel chart" }, h("h2", { text: "Audit reviews" }),
+      reviewTotal
+        ? h("div", { class: "review-counts" }, REVIEW_KEYS.map((k) => h("div", { class: `rc${k === "rollback_failed" && rvw[k] ? " alarm" : ""}` }, h("span", { class: "v", text: String(rvw[k] || 0) }), stateChip(k))))
+        : h("p", { class: "muted", text: "No audit-gated calls in this period." }));
     body.replaceChildren(
       h("div", { class: "kpis" },
         kpi(String(held), "held calls"),
@@ -947,6 +1130,7 @@
         h("section", { class: "panel chart" }, h("h2", { text: "Calls per upstream and tool" }),
           st.usage.length ? st.usage.map((u) => h("div", { class: "hbar-row" }, h("span", { class: "name", title: `${u.upstream} · ${u.tool}` }, safeText(`${u.upstream} · ${u.tool}`)),
             h("div", { class: "stack" }, h("span", { class: "fill-accent", "data-w": u.total / usageMax })), h("span", { class: "num muted", text: String(u.total) }))) : h("p", { class: "muted", text: "No calls yet." })),
+        timeouts, escalations, reviews,
         h("section", { class: "panel chart" }, h("h2", { text: "Never rejected: candidates to relax" }), hintList(hints.never_rejected, "None yet (needs 5+ decisions per rule).")),
         h("section", { class: "panel chart" }, h("h2", { text: "Always rejected: candidates to deny" }), hintList(hints.always_rejected, "None."))));
     for (const el of body.querySelectorAll(".stack > span[data-w]")) el.style.width = `${(Number(el.dataset.w) * 100).toFixed(1)}%`;
@@ -1009,6 +1193,9 @@
     queueRoot = null;
     for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.view === (view === "call" ? "history" : view));
     if (view === "history") renderHistory();
+    else if (view === "review") GK.renderReview(parts[1]);
+    else if (view === "leases") GK.renderLeases();
+    else if (view === "tools") GK.renderTools();
     else if (view === "stats") renderStats();
     else if (view === "rules") renderRules();
     else if (view === "call" && parts[1]) renderCallPage(parts[1]);
@@ -1024,6 +1211,7 @@
           h("dt", null, h("kbd", { text: "a" })), h("dd", { text: "approve as shown" }),
           h("dt", null, h("kbd", { text: "e" })), h("dd", { text: "edit the arguments" }),
           h("dt", null, h("kbd", { text: "r" })), h("dd", { text: "reject: type a reason, Enter" }),
+          h("dt", null, h("kbd", { text: "c" })), h("dd", { text: "confirm the call under review (Review)" }),
           h("dt", null, h("kbd", { text: "Esc" })), h("dd", { text: "leave a field / close" })),
         h("button", { type: "button", class: "btn small", onclick: close, text: "Close" })));
     document.body.append(overlay);
@@ -1033,7 +1221,15 @@
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
     if (e.key === "Escape") { if (typing) e.target.blur(); const o = $(".help"); if (o) o.remove(); return; }
-    if (typing || state.view !== "queue") return;
+    if (typing) return;
+    if (state.view === "review") {
+      if (e.key === "j") GK.reviewMove(1);
+      else if (e.key === "k") GK.reviewMove(-1);
+      else if (e.key === "c" && state.card && state.card.confirm) state.card.confirm();
+      else if (e.key === "?") showHelp();
+      return;
+    }
+    if (state.view !== "queue") return;
     if (e.key === "j") move(1);
     else if (e.key === "k") move(-1);
     else if (e.key === "a" && state.card && state.card.approve) state.card.approve();
@@ -1058,5 +1254,7 @@
     setInterval(tick, 1000);
   }
 
-  start();
+  Object.assign(GK, { h, s, $, safeText, richString, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
+  // gates.js (loaded after this file) adds its views before the page starts
+  document.addEventListener("DOMContentLoaded", start);
 })();

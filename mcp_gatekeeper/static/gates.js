@@ -58,7 +58,12 @@
       const preds = pred && typeof pred === "object" && !Array.isArray(pred) ? Object.entries(pred) : [["eq", pred]];
       for (const [op, arg] of preds) {
         const mine = (hits || []).filter((x) => x.path[0] === path && (x.path.length === 1 || String(x.path[1]) === op));
-        const shown = typeof arg === "string" ? h("code", null, '"', richString(arg, mine.filter((x) => x.path.length <= 2), false, null), '"') : h("code", null, safeText(JSON.stringify(arg)));
+        let shown;
+        if (typeof arg === "string") shown = h("code", null, '"', richString(arg, mine.filter((x) => x.path.length <= 2), false, null), '"');
+        else if (mine.length) {
+          shown = h("button", { type: "button", class: "masked", title: "Contains a secret-looking value: click to reveal" }, "•••••• ", mine[0].kind);
+          shown.addEventListener("click", () => shown.replaceWith(h("code", null, safeText(JSON.stringify(arg)))), { once: true });
+        } else shown = h("code", null, safeText(JSON.stringify(arg)));
         out.append(h("li", null, h("code", { class: "path" }, safeText(path)), ` ${OPS[op] || op} `, shown));
       }
     }
@@ -115,13 +120,15 @@
       table.append(h("code", { class: "lease-key", title: dotted ? "A name with a dot cannot be matched by path" : key }, safeText(key)), sel, cell);
     }
     function regenerate() {
-      const env = {};
+      const env = Object.create(null); // an argument named "__proto__" stays a key, never a prototype
       for (const c of controls) {
         if (c.sel.value === "same") env[c.key] = { eq: c.v };
         else if (c.sel.value === "lte") env[c.key] = { lte: c.v };
         else if (c.sel.value === "glob") env[c.key] = { glob: c.pat.value };
       }
-      envBox.value = JSON.stringify(env, null, 2);
+      const lines = Object.entries(env).map(([k, v]) => `  ${JSON.stringify(k)}: ${JSON.stringify(v, null, 1).replace(/\n\s*/g, " ")}`);
+      envBox.value = lines.length ? `{\n${lines.join(",\n")}\n}` : "{}";
+      envBox.rows = Math.min(12, Math.max(3, lines.length + 2));
       check();
     }
     const seconds = h("select", { "aria-label": "For how long" }, DURATIONS.map(([val, label]) => h("option", { value: val, text: label })));
@@ -198,7 +205,7 @@
     reviewRoot.count.textContent = list.length ? `${list.length} · soonest window first` : "";
     reviewRoot.failed.replaceChildren(failed.length
       ? h("section", { class: "panel alarm", role: "alert" },
-        h("div", { class: "panel-head" }, h("h2", null, icon("!"), ` Rollback failed (${failed.length})`), h("span", { class: "hint", text: "a human must undo these" })),
+        h("div", { class: "panel-head" }, h("h2", null, icon("!"), " Rollback failed"), h("span", { class: "hint", text: `${failed.length} · undo by hand` })),
         h("ul", { class: "qlist" }, failed.map((c) => reviewItem(c, true))))
       : "");
     reviewRoot.list.replaceChildren(...(list.length ? list.map((c) => reviewItem(c, false))
@@ -246,10 +253,16 @@
         h("div", { text: renderLeases.past ? "No leases yet." : "No active leases. Approve a held call with “Allow similar…” to create one." })));
       return;
     }
-    const rows = data.leases.map((x) => {
+    const order = (x) => (x.status === "active" ? 0 : 1);
+    const rows = data.leases.slice().sort((a, b) => order(a) - order(b) || b.created_at - a.created_at).map((x) => {
       const limits = [];
-      if (x.expires_at !== null) limits.push(x.status === "active" ? h("div", { "data-expires": x.expires_at }) : h("div", { class: "muted", text: `until ${fmtTime(x.expires_at)}` }));
-      if (x.calls_left !== null) limits.push(h("div", { text: `${x.calls_left} call${x.calls_left === 1 ? "" : "s"} left` }));
+      if (x.status === "revoked") limits.push(h("div", { text: `revoked ${fmtTime(x.revoked_at)}` }));
+      else if (x.status === "expired") limits.push(h("div", { text: `expired ${fmtTime(x.expires_at)}` }));
+      else if (x.status === "used_up") limits.push(h("div", { text: "all calls used" }));
+      else {
+        if (x.expires_at !== null) limits.push(h("div", { "data-expires": x.expires_at }));
+        if (x.calls_left !== null) limits.push(h("div", { text: `${x.calls_left} call${x.calls_left === 1 ? "" : "s"} left` }));
+      }
       const revoke = x.status === "active"
         ? h("button", { type: "button", class: "btn small reject revoke", "data-lease": x.id, text: "Revoke" })
         : null;
@@ -264,8 +277,8 @@
         });
       }
       return h("tr", { class: `lease st-${x.status}`, "data-lease": x.id },
-        h("td", null, h("div", { class: "mono" }, safeText(`${x.upstream} · ${x.tool}`)),
-          x.tool_changed ? h("span", { class: "chip risk-high", title: "The tool's definition changed since this lease was granted: it no longer applies", text: "tool changed" }) : null),
+        h("td", { class: "tool" }, h("div", { class: "mono" }, safeText(`${x.upstream} · ${x.tool}`)),
+          x.tool_changed && x.status === "active" ? h("span", { class: "chip risk-high", title: "The tool's definition changed since this lease was granted (or it is quarantined): the lease does not apply", text: "not in effect: tool changed" }) : null),
         h("td", null, describeEnvelope(x.envelope, x.secrets)),
         h("td", { class: "num" }, limits.length ? limits : h("span", { class: "muted", text: "–" })),
         h("td", { class: "num", text: String(x.used) }),

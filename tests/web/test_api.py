@@ -15,7 +15,7 @@ from mcp_gatekeeper.models import Approved, Decision, Refused, State, digest
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.web import build_app
 
-from .conftest import Harness, new_call, refund_args
+from .conftest import RULE_NAMES, Harness, new_call, refund_args
 
 pytestmark = pytest.mark.anyio
 
@@ -295,7 +295,7 @@ async def test_explain_matches_policy(harness: Harness) -> None:
     assert r.status_code == 200
     assert r.json() == Policy(harness.policy.config).evaluate("orderdesk", "issue_refund", refund_args()).to_json()
     rules = await harness.client.get("/api/rules", headers=harness.bearer)
-    assert [r["name"] for r in rules.json()["rules"]] == ["refunds", "no-drops", "no-prod-deletes", "deletes"]
+    assert [r["name"] for r in rules.json()["rules"]] == RULE_NAMES
     assert "command" not in rules.text  # upstream definitions (env, headers) are not exposed
 
 

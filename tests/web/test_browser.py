@@ -7,6 +7,7 @@ Skipped with a reason when /usr/bin/chromium or the playwright package is missin
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import time
 from collections.abc import AsyncIterator
@@ -24,11 +25,27 @@ from mcp_gatekeeper.config import validate_config
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import Approved, NewCall, Refused, State
 from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.proxy import tooldef_hash
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.web import build_app, login_url, serve
 from mcp_gatekeeper.webauth import load_or_create_token
 
-from .conftest import CONFIG, Harness, RecordingNotifier, new_call, refund_args
+from .conftest import (
+    CONFIG,
+    FILE_ARGS,
+    REFUND_SCHEMA,
+    TOOL_V1,
+    TOOL_V2,
+    Harness,
+    RecordingNotifier,
+    call_for,
+    new_call,
+    quarantine_refunds,
+    quarantined_call,
+    ran_for_review,
+    refund_args,
+    text_result,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
@@ -133,10 +150,14 @@ async def _seed_history(db: Path, policy: Policy) -> None:
                               gate="hard", risk="medium", summary="Email ops@example.com: Weekly report")  # fmt: skip
             rec = await store.insert_call(new, state=State.PENDING, deadline_at=clock.now() + 600)
             wait = rng.choice([1.2, 1.6, 4, 9, 22, 48, 95, 240])
+            if wait > 60:  # still waiting after a minute: the on-call channel is told too
+                clock.advance(60)
+                await store.escalate(rec.id, level=1, deadline_at=None, channels=["oncall"])
+                wait -= 60
             clock.advance(wait)
             fate = rng.random()
             who = rng.choice(["web:3fa9c2d1", "web:77b0e4aa", "api:ops"])
-            if fate < 0.08:
+            if fate < 0.08 or (rec.tool == "send_email" and fate < 0.45):  # nobody watches the mail rule: ⚑
                 clock.advance(600)
                 await store.transition(
                     rec.id, [State.PENDING], State.EXPIRED, channel="timeout", reason="no decision in time"
@@ -375,5 +396,201 @@ async def test_screenshots(live: Live) -> None:
     await dark.wait_for_selector(".chart svg")
     await dark.screenshot(path=str(SCREENSHOTS / "stats-dark.png"), full_page=True)
     for name in ("queue", "card", "card-secrets", "stats", "queue-mobile", "queue-dark"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+    assert live.dialogs == []
+
+
+async def test_lease_from_the_card_review_confirm_and_fail_then_revoke(live: Live) -> None:
+    """Through the page: approve with "allow similar", confirm one review, fail another, revoke the lease."""
+    h = live.h
+    write = await ran_for_review(h.store, h.clock, call_for(h.policy, "files", "write_file", FILE_ARGS), window=600)
+    comment = await ran_for_review(
+        h.store, h.clock, call_for(h.policy, "tickets", "post_comment", {"ticket": "T-17", "body": "Fixed in 2.1"})
+    )
+    page = await live.logged_in_page()
+    rec, holder = await h.hold(new_call(h.policy))
+    await _wait_for_row(page, rec.id)
+    await page.wait_for_selector(".banner.info:has-text('2 calls ran and need review')")
+
+    # approve & allow similar: the envelope is built from the arguments and can be edited
+    await page.click(".actions .btn.similar")
+    await page.wait_for_selector(".lease-editor")
+    envelope = json.loads(await page.input_value(".lease-editor .env-json"))
+    assert envelope == {
+        "order_id": {"eq": "8821"},
+        "amount": {"lte": 750},
+        "currency": {"eq": "USD"},
+        "email": {"eq": "john@example.com"},
+    }
+    await page.select_option(".lease-editor select[aria-label='Rule for email']", "any")
+    await page.select_option(".lease-editor select[aria-label='For how long']", "900")
+    await page.fill(".lease-editor input.calls", "3")
+    await page.click(".actions .btn.similar")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == refund_args()
+    [lease] = await h.store.leases(active_at=h.clock.now())
+    assert lease.envelope == {"order_id": {"eq": "8821"}, "amount": {"lte": 750}, "currency": {"eq": "USD"}}
+    assert lease.calls_left == 3 and lease.expires_at is not None
+    assert 890 < lease.expires_at - lease.created_at <= 900
+
+    # the review queue: soonest window first; confirm the file write, fail the comment with a note
+    await page.click("#nav a[data-view='review']")
+    await page.wait_for_selector(f'.qitem[data-id="{write.id}"].sel')
+    await page.wait_for_selector(f'.card [title="{write.id}"]')
+    assert "write_file runs on files to undo it" in " ".join(
+        (await page.text_content(".card .effect.if-reject")).split()
+    )
+    await page.click(".actions .btn.confirm")
+    await page.wait_for_selector(".decided-banner .chip.st-confirmed")
+    assert (await h.store.get(write.id)).state == State.CONFIRMED
+    await page.click(f'.qitem[data-id="{comment.id}"]')
+    await page.wait_for_selector(f'.card [title="{comment.id}"]')
+    assert "Nothing can undo it" in await page.text_content(".card")
+    await page.fill(".actions .reason", "posted on the wrong ticket")
+    await page.click(".actions .btn.fail")
+    await page.wait_for_selector(".decided-banner .chip.st-review_failed")
+    failed = await h.store.get(comment.id)
+    assert failed.state == State.REVIEW_FAILED and failed.reason == "posted on the wrong ticket"
+    assert failed.decided_by is not None and failed.decided_by.startswith("web:")
+    await page.wait_for_selector(".qlist .empty")  # nothing left to review
+
+    # revoke the lease from the Leases view
+    await page.click("#nav a[data-view='leases']")
+    await page.wait_for_selector(f'tr[data-lease="{lease.id}"] .btn.revoke')
+    assert "amount ≤ 750" in " ".join((await page.text_content(f'tr[data-lease="{lease.id}"]')).split())
+    await page.click(f'tr[data-lease="{lease.id}"] .btn.revoke')
+    await page.wait_for_selector(".empty:has-text('No active leases')")
+    revoked = await h.store.lease(lease.id)
+    assert revoked.revoked_at is not None and revoked.revoked_by is not None and revoked.revoked_by.startswith("web:")
+    await page.check("#show-past")
+    await page.wait_for_selector(f'tr[data-lease="{lease.id}"] .chip.lease-revoked')
+    assert live.dialogs == []
+
+
+async def test_quarantine_banner_card_diff_and_repin(live: Live) -> None:
+    h = live.h
+    await quarantine_refunds(h.store)
+    page = await live.logged_in_page()
+    rec, _ = await h.hold(quarantined_call(h.policy))
+    await _wait_for_row(page, rec.id)
+    await page.wait_for_selector(".banner.bad:has-text('1 tool quarantined')")
+    await page.wait_for_selector(".card .quarantine-diff .dl.add")
+    added = await page.text_content(".card .quarantine-diff .dl.add")
+    assert "audit@evil.test" in added
+    assert await page.locator(".actions .btn.similar").count() == 0  # no lease for a quarantined tool
+    await page.click(".banner.bad")
+    await page.wait_for_selector(".panel.quarantine .unidiff .dl.add")
+    assert "1 call is held because of it" in await page.text_content(".panel.quarantine")
+    await page.click(".panel.quarantine .btn.repin")
+    await page.wait_for_selector(".panel.quarantine .btn.repin.armed")
+    assert (await h.store.pins(quarantined_only=True))[0].quarantined  # one click is not enough
+    await page.click(".panel.quarantine .btn.repin")
+    await page.wait_for_selector(".panel.empty:has-text('No tool is quarantined')")
+    assert await h.store.pins(quarantined_only=True) == []
+    assert (await h.store.get(rec.id)).state == State.PENDING  # re-pinning decides nothing
+    assert live.dialogs == []
+
+
+async def _seed_gates(db: Path, policy: Policy) -> dict[str, str]:
+    """Reviews (open, closed, failed to undo), leases (active and past) and pins, written minutes ago."""
+    clock = FakeClock(start=time.time() - 3 * 3600)
+    ids: dict[str, str] = {}
+    async with Store.open(db, clock) as store:
+        await store.register_instance("seed-gates")
+        # leases, granted with approvals over the last hours
+        grants: list[tuple[NewCall, dict[str, Any], float | None, int | None, int, str]] = [
+            (new_call(policy, "delete_record", {"id": "r-204"}, risk="high"), {"id": {"glob": "r-2*"}}, 3600, None, 1, "web:77b0e4aa"),
+            (call_for(policy, "mail", "send_email", {"to": "ops@example.com", "subject": "Nightly report"}),
+             {"to": {"glob": "*@example.com"}, "subject": {"eq": "Nightly report"}}, None, 20, 6, "web:3fa9c2d1"),
+            (call_for(policy, "files", "write_file", {"path": "./src/app/main.py"}, gate="hard"),
+             {"path": {"glob": "./src/*"}}, 8 * 3600, 50, 12, "api:ops"),
+            (new_call(policy, arguments=refund_args(amount=40, order_id="9114")),
+             {"order_id": {"eq": "9114"}, "amount": {"lte": 40}, "currency": {"eq": "USD"}}, 4 * 3600, 3, 1, "web:3fa9c2d1"),
+            (call_for(policy, "github", "create_issue", {"repo": "acme/api", "title": "Flaky test"}),
+             {"repo": {"eq": "acme/api"}}, 1800, None, 2, "web:77b0e4aa"),
+        ]  # fmt: skip
+        for new, envelope, seconds, calls, used, who in grants:
+            clock.advance(1500)
+            rec = await store.insert_call(new, state=State.PENDING, deadline_at=clock.now() + 600)
+            clock.advance(14)
+            await store.decide(rec.id, approve=True, decided_by=who, channel="web", reason=None,
+                               modified_arguments=None, expected_digest=rec.args_digest)  # fmt: skip
+            await store.transition(rec.id, [State.APPROVED], State.FORWARDING)
+            await store.transition(rec.id, [State.FORWARDING], State.FORWARDED, result=text_result("ok"),
+                                   finished_at=clock.now())  # fmt: skip
+            lease = await store.create_lease(
+                upstream=rec.upstream, tool=rec.tool, tooldef_hash=None, envelope=envelope, created_by=who,
+                channel="web", source_call=rec.id, expires_at=clock.now() + seconds if seconds else None, calls=calls,
+            )  # fmt: skip
+            for _ in range(used):
+                await store.use_lease(lease.id, call_id=None)
+            ids[f"lease:{rec.tool}"] = lease.id
+        await store.revoke_lease(ids["lease:delete_record"], by="web:3fa9c2d1", channel="web")
+        # pins: four tools as first seen
+        for upstream, tool, desc in [("orderdesk", "lookup_order", "Look up an order."), ("files", "read_file", "Read a file."),
+                                     ("files", "write_file", "Write a file."), ("mail", "send_email", "Send an email.")]:  # fmt: skip
+            definition = {"name": tool, "description": desc}
+            await store.check_pins(upstream, {tool: (tooldef_hash(definition), definition)})
+        # reviews: what ran under audit gates in the last hour
+        clock.advance(time.time() - 3100 - clock.now())  # the reviews: the last 50 minutes
+        bad = await ran_for_review(store, clock, call_for(
+            policy, "files", "write_file", {"path": "./deploy/prod.env", "content": "DB_POOL=80\n"},
+            agent_reason="Raise the database pool for the traffic spike.", agent_confidence=0.7))  # fmt: skip
+        await store.transition(bad.id, [State.UNDER_REVIEW], State.REVIEW_FAILED, event="review_failed",
+                               actor="web:77b0e4aa", channel="web", decided_at=clock.now(), decided_by="web:77b0e4aa",
+                               reason="prod config is changed through a PR")  # fmt: skip
+        await store.transition(bad.id, [State.REVIEW_FAILED], State.ROLLBACK_FAILED, event="rollback_failed",
+                               channel="compensation",
+                               error="compensation attempt 4 failed: no connected upstream named 'files'")  # fmt: skip
+        clock.advance(900)
+        closed = await ran_for_review(store, clock, call_for(
+            policy, "tickets", "post_comment", {"ticket": "SUP-4312", "body": "Refund issued; closing."}), window=1200)  # fmt: skip
+        await store.transition(closed.id, [State.UNDER_REVIEW], State.UNREVIEWED, event="unreviewed",
+                               channel="timeout", reason="nobody reviewed it within its window")  # fmt: skip
+        clock.advance(1500)
+        ids["changelog"] = (await ran_for_review(store, clock, call_for(
+            policy, "files", "write_file", {"path": "./docs/CHANGELOG.md", "content": "## 2.4.0\n- Faster exports\n"},
+            agent_reason="Document the release.", agent_confidence=0.93),
+            result={"content": [{"type": "text", "text": "Successfully wrote to ./docs/CHANGELOG.md"}]})).id  # fmt: skip
+        clock.advance(240)
+        ids["comment"] = (await ran_for_review(store, clock, call_for(
+            policy, "tickets", "post_comment",
+            {"ticket": "SUP-4388", "body": "We have refunded your order #8821. It can take 3-5 days to show."},
+            agent_reason="Tell the customer the refund went through.", agent_confidence=0.88), window=2400)).id  # fmt: skip
+        clock.advance(120)
+        ids["config"] = (await ran_for_review(store, clock, call_for(
+            policy, "files", "write_file",
+            {"path": "./src/app/config.yaml", "content": "replicas: 3\nlog_level: info\nfeature_flags:\n  new_checkout: true\n"},
+            agent_reason="The user asked to turn on the new checkout for everyone.", agent_confidence=0.64),
+            window=900, result={"content": [{"type": "text", "text": "Successfully wrote to ./src/app/config.yaml (62 bytes)"}]},
+        )).id  # fmt: skip
+    return ids
+
+
+async def test_screenshots_review_leases_quarantine(live: Live) -> None:
+    """docs/screenshots/review.png, leases.png and quarantine.png."""
+    h = live.h
+    ids = await _seed_gates(h.home / "gatekeeper.db", h.policy)
+    v1 = {**TOOL_V1, "inputSchema": {**REFUND_SCHEMA, "properties": dict(REFUND_SCHEMA["properties"])}}
+    v2 = {**TOOL_V2, "inputSchema": {**REFUND_SCHEMA, "properties": {**REFUND_SCHEMA["properties"], "cc": {"type": "string", "description": "Also send the receipt here."}}}}  # fmt: skip
+    await h.store.check_pins("orderdesk", {"issue_refund": (tooldef_hash(v1), v1)})
+    await h.store.check_pins("orderdesk", {"issue_refund": (tooldef_hash(v2), v2)})
+    await h.hold(quarantined_call(h.policy, refund_args(order_id="9120", amount=120)))
+
+    page = await live.logged_in_page(viewport={"width": 1360, "height": 980})
+    await page.goto(f"{live.base}/#/review/{ids['config']}")
+    await page.wait_for_selector(f'.card [title="{ids["config"]}"]')
+    await page.wait_for_selector(".card .result-text")
+    await page.screenshot(path=str(SCREENSHOTS / "review.png"))
+
+    await page.goto(f"{live.base}/#/leases")
+    await page.check("#show-past")
+    await page.wait_for_selector("tr.lease.st-revoked")
+    await page.screenshot(path=str(SCREENSHOTS / "leases.png"))
+
+    await page.goto(f"{live.base}/#/tools")
+    await page.wait_for_selector(".panel.quarantine .unidiff")
+    await page.screenshot(path=str(SCREENSHOTS / "quarantine.png"), full_page=True)
+    for name in ("review", "leases", "quarantine"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
     assert live.dialogs == []

@@ -8,7 +8,7 @@ from mcp_gatekeeper.models import Decision
 from mcp_gatekeeper.webauth import keyed_hash
 from mcp_gatekeeper.webredact import find_secrets, redact
 
-from .conftest import Harness, new_call, refund_args
+from .conftest import FILE_ARGS, Harness, call_for, new_call, ran_for_review, refund_args
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +109,46 @@ async def test_stats_rates_latency_and_fatigue(harness: Harness) -> None:
     assert rule["rule"] == "refunds" and rule["rejected"] == 1
     assert sum(b["approved"] for b in st["series"]) == 2
     assert st["usage"][0]["tool"] == "issue_refund" and st["usage"][0]["held"] == 6
+
+
+async def test_stats_flag_rules_that_time_out_and_count_escalations(harness: Harness) -> None:
+    # refunds: 2 of 5 held calls time out (40%, over 5 calls): miscalibrated
+    for i, fate in enumerate(["expire", "approve", "expire", "reject", "approve"]):
+        rec, holder = await harness.hold(new_call(harness.policy, arguments=refund_args(order_id=str(i))), timeout=10)
+        if i == 0:  # escalated twice; the second step shortens the deadline
+            await harness.store.escalate(rec.id, level=1, deadline_at=None, channels=["stderr"])
+            await harness.store.escalate(rec.id, level=2, deadline_at=harness.clock.now() + 5, channels=["oncall"])
+        if fate == "expire":
+            harness.clock.advance(11)  # type: ignore[attr-defined]
+        else:
+            await harness.gate.decide(rec.id, Decision(approve=fate == "approve", decided_by="web:r", channel="web"))
+        await holder.outcome()
+    # deletes: 1 of 1 timed out, too few calls to flag
+    rec, holder = await harness.hold(new_call(harness.policy, "delete_record", {"id": "r-1"}), timeout=10)
+    harness.clock.advance(11)  # type: ignore[attr-defined]
+    await holder.outcome()
+    # audit-gated calls are reviews, not holds: they stay out of the held totals
+    done = await ran_for_review(
+        harness.store, harness.clock, call_for(harness.policy, "files", "write_file", FILE_ARGS)
+    )
+    await harness.gate.review(done.id, ok=True, by="web:r", channel="web", reason=None)
+    await ran_for_review(harness.store, harness.clock, call_for(harness.policy, "files", "write_file", FILE_ARGS))
+
+    st = (await harness.client.get("/api/stats?days=1", headers=harness.bearer)).json()
+    assert st["totals"] == {"approved": 2, "modified": 0, "rejected": 1, "expired": 3, "cancelled": 0, "pending": 0}
+    rules = {r["rule"]: r for r in st["per_rule"]}
+    assert set(rules) == {"refunds", "deletes"}
+    assert rules["refunds"]["timeout_rate"] == 0.4 and rules["refunds"]["miscalibrated"] is True
+    assert rules["refunds"]["escalated"] == 1 and rules["refunds"]["finished"] == 5
+    assert rules["deletes"]["timeout_rate"] == 1.0 and rules["deletes"]["miscalibrated"] is False
+    assert st["timeouts"]["miscalibrated"] == [
+        {"rule": "refunds", "finished": 5, "expired": 2, "timeout_rate": 0.4, "escalated": 1}
+    ]
+    esc = st["escalations"]
+    assert esc["events"] == 2 and esc["calls"] == 1 and esc["deadline_shortened"] == 1
+    assert esc["by_level"] == [{"level": 1, "count": 1, "shortened": 0}, {"level": 2, "count": 1, "shortened": 1}]
+    assert esc["outcomes"]["expired"] == 1
+    assert st["reviews"]["confirmed"] == 1 and st["reviews"]["under_review"] == 1
+    assert st["time_to_decision"]["count"] == 3  # the review is not a decision on a hold
+    files = [u for u in st["usage"] if u["tool"] == "write_file"]
+    assert files == [{"upstream": "files", "tool": "write_file", "total": 2, "held": 0, "allowed": 0, "denied": 0}]
