@@ -171,6 +171,7 @@ class Gate:
             reason=reason,
             decided_at=self.clock.now(),
             decided_by=by,
+            decision_channel=channel,
             detail={"reason": reason} if reason else {},
         )
         if done is None:

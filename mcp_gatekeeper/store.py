@@ -782,15 +782,15 @@ class Store:
     ) -> CallRecord | None:
         """CAS ``from_states → to_state`` setting ``fields``; ``None`` if the call was not in ``from_states``."""
         allowed = {
-            "result", "error", "finished_at", "reason", "decided_at", "decided_by", "channel", "wait_strategy",
-            "capture", "deadline_at",
+            "result", "error", "finished_at", "reason", "decided_at", "decided_by", "wait_strategy",
+            "capture", "deadline_at", "decision_channel",
         }  # fmt: skip
         if bad := set(fields) - allowed:
             raise ValueError(f"cannot set {bad}")
         sets = ["state = ?"]
         params: list[Any] = [to_state.value]
         for k, v in fields.items():
-            col = "channel" if k == "channel" else k
+            col = "channel" if k == "decision_channel" else k  # `channel` names the audit event's channel
             sets.append(f"{col} = ?")
             params.append(canonical_json(v) if k in ("result", "capture") and v is not None else v)
 
