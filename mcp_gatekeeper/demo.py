@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import mcp.types as types
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -97,7 +98,8 @@ async def run_agent(
             _say(f"      … {message}")
 
     results = []
-    async with Client(stdio_client(params, errlog=errlog or sys.stderr), mode="legacy") as agent:
+    me = types.Implementation(name="orderdesk-demo-agent", version="1.0")
+    async with Client(stdio_client(params, errlog=errlog or sys.stderr), mode="legacy", client_info=me) as agent:
         tools = await agent.list_tools()
         _say(f"agent: connected through mcp-gatekeeper; tools: {', '.join(t.name for t in tools.tools)}\n")
         for intent, tool, arguments in steps:
