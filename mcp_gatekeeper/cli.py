@@ -223,6 +223,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     return anyio.run(go)
 
 
+async def _refuse_without_tty(rt: Any, config: GatekeeperConfig, *, holder_instance: str | None = None) -> bool:
+    """``cli_requires_tty`` from this config *or* from any running gatekeeper's config (or the call holder's).
+
+    An agent's shell has no terminal; leaving out ``--config`` must not be a way around the holder's setting.
+    """
+    if sys.stdin.isatty():
+        return False
+    paths = set(await rt.store.live_config_paths())
+    holder = await rt.store.instance_config_path(holder_instance)
+    if holder:
+        paths.add(holder)
+    required = config.security.cli_requires_tty
+    for path in paths:
+        if required:
+            break
+        try:
+            required = load_config(path).security.cli_requires_tty
+        except ConfigError:
+            required = True  # cannot tell: fail closed
+    if required:
+        print(
+            "mcp-gatekeeper: refusing to decide from a non-interactive shell (security.cli_requires_tty = true"
+            " in a gatekeeper's config); use a terminal or the approval page",
+            file=sys.stderr,
+        )
+    return required
+
+
 def _decider() -> tuple[str, dict[str, Any]]:
     try:
         user = getpass.getuser()
@@ -234,13 +262,6 @@ def _decider() -> tuple[str, dict[str, Any]]:
 
 def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
     config = _load(args)
-    if config.security.cli_requires_tty and not sys.stdin.isatty():
-        print(
-            "mcp-gatekeeper: refusing to decide from a non-interactive shell (security.cli_requires_tty = true);"
-            " use a terminal or the approval page",
-            file=sys.stderr,
-        )
-        return EXIT_REFUSED
     arguments = None
     if approve and args.args is not None:
         try:
@@ -271,6 +292,8 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
             rec = await rt.store.find(args.id)
+            if await _refuse_without_tty(rt, config, holder_instance=rec.instance_id):
+                return EXIT_REFUSED
             gate = rt.gate
             if args.config is None and arguments is not None:
                 # check an edit against the policy of the process that holds the call, not a guess
@@ -310,6 +333,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
+            if await _refuse_without_tty(rt, config):
+                return EXIT_REFUSED
             done = await rt.gate.review(args.id, ok=args.confirm, by=who, channel="cli", reason=args.reason)
             if args.confirm:
                 print(f"confirmed: {done.id[:12]} {escape(done.upstream)}/{escape(done.tool)}")
@@ -358,6 +383,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
+            # no terminal needed: revoking only ever makes the gate stricter
             lease = await rt.store.revoke_lease(args.lease, by=who, channel="cli")
             print(f"revoked lease {lease.id} ({escape(lease.upstream)}/{escape(lease.tool)})")
             return EXIT_OK
@@ -390,6 +416,8 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
+            if await _refuse_without_tty(rt, config):
+                return EXIT_REFUSED
             before = [p for p in await rt.store.pins(upstream=args.upstream) if p.tool == args.tool]
             if before and before[0].pending_definition is not None and not args.yes:
                 old = json.dumps(before[0].definition, indent=1, sort_keys=True, ensure_ascii=False).splitlines()

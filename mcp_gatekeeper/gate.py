@@ -68,9 +68,6 @@ class Gate:
         self._tg: anyio.abc.TaskGroup | None = None
         self.reviewed = anyio.Event()
         """Set (and replaced) whenever a review is decided in this process: the compensation runner wakes."""
-        self._outcomes: list[tuple[str, State, dict[str, Any] | None, str | None, float, dict[str, Any]]] = []
-        self._outcome_ready = anyio.Event()
-        self._outcome_lock = anyio.Lock()
 
     # ------------------------------------------------------------------ watcher
 
@@ -81,14 +78,11 @@ class Gate:
             tg.start_soon(self._watch)
             if self._sweep_interval is not None:
                 tg.start_soon(self._sweep, self._sweep_interval)
-            tg.start_soon(self._write_outcomes)
             self._tg = tg
             try:
                 yield self
             finally:
                 self._tg = None
-                with anyio.CancelScope(shield=True):
-                    await self.flush()
                 tg.cancel_scope.cancel()
 
     @property
@@ -435,42 +429,6 @@ class Gate:
                 )
             except StoreError:
                 log.error("could not record the outcome of %s", rec.id[:8], exc_info=True)
-
-    def finish_later(
-        self, rec: CallRecord, *, result: dict[str, Any] | None, error: str | None, unknown: bool = False
-    ) -> None:
-        """Record the outcome of a call that was never held off the reply path, batched with others.
-
-        The call's "allowed" record was committed before it ran (no audit, no execution); its outcome is
-        bookkeeping, written by the gate's background writer in one transaction per batch, and flushed when
-        the gate stops. Without a running gate it cannot be deferred: use :meth:`finish`.
-        """
-        if unknown:
-            state = State.OUTCOME_UNKNOWN
-        elif error is not None:
-            state = State.FAILED
-        else:
-            state = State.FORWARDED
-        detail = {"is_error": bool(result and result.get("isError"))} if result is not None else {"error": error}
-        self._outcomes.append((rec.id, state, result, error, self.clock.now(), detail))
-        self._outcome_ready.set()
-
-    async def flush(self) -> None:
-        """Write every deferred outcome now."""
-        async with self._outcome_lock:
-            while self._outcomes:
-                batch, self._outcomes = self._outcomes, []
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self.store.finish_many(batch)
-                    except StoreError:
-                        log.error("could not record %d call outcome(s)", len(batch), exc_info=True)
-
-    async def _write_outcomes(self) -> None:
-        while True:
-            await self._outcome_ready.wait()
-            self._outcome_ready = anyio.Event()
-            await self.flush()
 
 
 def outcome_of(rec: CallRecord) -> Outcome:

@@ -334,10 +334,8 @@ class Proxy:
             up = next(iter(self.upstreams.values()))
             result = await self._forward(up, "tools/list", raw)
             page = [t for t in result.get("tools") or [] if isinstance(t, dict)]
-            if not raw.get("cursor"):
-                up.tools = {}
             named = {t["name"]: t for t in page if isinstance(t.get("name"), str)}
-            up.tools.update(named)
+            up.tools = {**up.tools, **named}  # merged, never emptied: a call in flight may be reading it
             await self._pin(up.name, named)
             tools = [self._with_agent_params(up.name, t) for t in page]
             last_page = not result.get("nextCursor")
@@ -448,16 +446,21 @@ class Proxy:
         canonical = canonical_json(arguments)
         size = len(canonical.encode())
         cap = self.config.security.max_argument_bytes
+        stored_arguments = arguments
         if size > cap:
             verdict = Verdict(
                 gate="deny", hold=False, risk=verdict.risk, rule=None, rule_index=None,
                 reasons=(f"arguments are {size} bytes, over the {cap}-byte limit",),
                 deny_reason=f"the arguments are too large to review ({size} bytes; the limit is {cap})",
             )  # fmt: skip
+            # never stored in full: an agent must not be able to fill the database with denied calls
+            stored_arguments = {
+                "gatekeeper_truncated": {"bytes": size, "head": canonical[:512], "tail": canonical[-256:]}
+            }
         new = NewCall(
             upstream=up_name,
             tool=tool,
-            arguments=arguments,
+            arguments=stored_arguments,
             gate=verdict.gate,
             risk=verdict.risk,
             rule=verdict.rule,
@@ -483,9 +486,7 @@ class Proxy:
                 return self._finish(ctx, await self._audit_gate(ctx, upstream, tool, new, verdict, raw, arguments))
             if verdict.action == "allow":
                 rec = await self.gate.record(new, State.ALLOWED)
-                return self._finish(
-                    ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False, defer=True)
-                )
+                return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
             rule = verdict.rule_config
             quarantined = verdict.in_client == "off" and verdict.reasons[0].startswith("QUARANTINED")
             if not quarantined and verdict.risk != "critical" and not (rule and rule.no_lease):
@@ -495,9 +496,7 @@ class Proxy:
                     rec = await self.gate.record(
                         replace(new, gate="lease", reasons=(why, *new.reasons)), State.ALLOWED, reason=why
                     )
-                    return self._finish(
-                        ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False, defer=True)
-                    )
+                    return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
             outcome = await self.holding.run(
                 ctx, new, verdict, request_state=request_state, input_responses=input_responses,
                 session=client.get("session"),
@@ -658,12 +657,8 @@ class Proxy:
         arguments: dict[str, Any],
         *,
         modified: bool,
-        defer: bool = False,
     ) -> dict[str, Any]:
-        """Forward the call (exactly these arguments) and record how it ended.
-
-        ``defer``: a call that was never held has its outcome written off the reply path (batched).
-        """
+        """Forward the call (exactly these arguments) and record how it ended, before replying."""
         fwd = {**raw, "name": tool, "arguments": arguments}
         entry = _Inflight(ctx.session, ctx.request_id)
         self._inflight.setdefault(upstream.name, []).append(entry)
@@ -696,10 +691,7 @@ class Proxy:
         finally:
             with contextlib.suppress(ValueError):
                 self._inflight[upstream.name].remove(entry)
-        if defer and self.gate.is_running:
-            self.gate.finish_later(rec, result=result, error=None)
-        else:
-            await self.gate.finish(rec, result=result, error=None)
+        await self.gate.finish(rec, result=result, error=None)
         if modified:
             note = (
                 "Note from mcp-gatekeeper: a human reviewer changed the arguments before approving. The call ran with: "

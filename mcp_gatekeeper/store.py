@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -159,8 +160,9 @@ _COLUMNS = (
     "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
 )
 T = TypeVar("T")
+_BUSY_FAST_FAIL = 2.0  # seconds after a write gave up on a locked database during which queued writes fail fast
 _DB_ERRORS = (sqlite3.Error, ValueError)  # aiosqlite raises ValueError once its connection is gone
-LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING)
+LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING, State.ALLOWED)
 
 
 def _loads(text: str | None) -> Any:
@@ -261,6 +263,7 @@ class Store:
         self.clock = clock
         self._lock = anyio.Lock()
         self.instance_id: str | None = None
+        self._busy_at = -1e9
         self.fsync_every_call = False
         """Also fsync the records of calls that pass without a hold (``[store] fsync_every_call``)."""
 
@@ -312,7 +315,11 @@ class Store:
 
         try:
             await self._in_thread(setup)
-            await self._migrate()
+            applied = {r[0] for r in await self._read("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "schema_migrations" not in applied or {
+                r[0] for r in await self._read("SELECT name FROM schema_migrations")
+            } != {name for name, _ in MIGRATIONS}:
+                await self._migrate()  # writes only when there is something to migrate
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable database ({e}); it was left as it is") from e
 
@@ -358,6 +365,13 @@ class Store:
         the normal busy timeout (5 s) without stalling the loop.
         """
         async with self._lock:
+            if not inline and time.monotonic() - self._busy_at < _BUSY_FAST_FAIL:
+                # another process held the write lock a moment ago and we already waited it out once: the
+                # calls queued behind that wait are refused at once instead of each waiting again
+                inline = True
+                fail_fast = True
+            else:
+                fail_fast = False
             try:
                 if inline:
                     raw = self._conn._conn  # the same connection; never used by two threads at once (the lock)
@@ -365,12 +379,17 @@ class Store:
                         raw.execute("PRAGMA busy_timeout = 0")
                         return fn(raw)
                     except sqlite3.OperationalError as e:
-                        if "locked" not in str(e) and "busy" not in str(e):
+                        if ("locked" not in str(e) and "busy" not in str(e)) or fail_fast:
                             raise
                     finally:
                         raw.execute("PRAGMA busy_timeout = 5000")
 
-                return await self._in_thread(fn)
+                try:
+                    return await self._in_thread(fn)
+                except sqlite3.OperationalError as e:
+                    if "locked" in str(e) or "busy" in str(e):
+                        self._busy_at = time.monotonic()
+                    raise
             except _DB_ERRORS as e:
                 raise StoreError(f"cannot use {self.path}: {e}") from e
 
@@ -560,7 +579,7 @@ class Store:
                 c.execute("UPDATE instances SET stopped_at = COALESCE(stopped_at, ?) WHERE id = ?", (now, iid))
             c.execute(
                 "DELETE FROM instances WHERE stopped_at IS NOT NULL AND stopped_at < ? AND id NOT IN "
-                "(SELECT DISTINCT instance_id FROM calls WHERE state IN ('pending','approved','forwarding') AND instance_id IS NOT NULL)",
+                "(SELECT DISTINCT instance_id FROM calls WHERE state IN ('pending','approved','forwarding','allowed') AND instance_id IS NOT NULL)",
                 (now - 7 * 86400,),
             )
             return n
@@ -577,7 +596,8 @@ class Store:
                 (iid, *LIVE_OWNER_STATES),
             ).fetchall()
             for cid, state, args_digest in rows:
-                new = State.OUTCOME_UNKNOWN if state == State.FORWARDING else State.ORPHANED
+                # forwarding or allowed: it may have reached the upstream, so its outcome is unknown (never re-sent)
+                new = State.OUTCOME_UNKNOWN if state in (State.FORWARDING, State.ALLOWED) else State.ORPHANED
                 c.execute(
                     "UPDATE calls SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = ?",
                     (new, why, now, cid, state),
@@ -822,27 +842,6 @@ class Store:
         changed: CallRecord | None = await self._tx(_body, fsync=not lazy)
         return changed
 
-    async def finish_many(
-        self, outcomes: Sequence[tuple[str, State, dict[str, Any] | None, str | None, float, dict[str, Any]]]
-    ) -> None:
-        """The outcomes of calls that were never held (allowed → forwarded/failed), in one transaction."""
-
-        def _body(c: sqlite3.Connection) -> None:
-            for call_id, state, result, error, finished_at, detail in outcomes:
-                cur = c.execute(
-                    "UPDATE calls SET state = ?, result = ?, error = ?, finished_at = ? WHERE id = ? AND state = 'allowed'",
-                    (state.value, None if result is None else canonical_json(result), error, finished_at, call_id),
-                )
-                if cur.rowcount != 1:
-                    continue
-                row = c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,)).fetchone()
-                self._audit(
-                    c, event=state.value, call_id=call_id, actor="gatekeeper", channel="proxy",
-                    args_digest=row[0] if row else None, detail=detail,
-                )  # fmt: skip
-
-        await self._tx(_body, fsync=self.fsync_every_call)
-
     async def find_retry(
         self, upstream: str, tool: str, args_digest: str, *, now: float, grace: float, session: str | None
     ) -> CallRecord | None:
@@ -919,6 +918,13 @@ class Store:
         ):
             return "the modified arguments differ from the ones the reviewer approved"
         return None
+
+    async def live_config_paths(self) -> list[str]:
+        """The config files of the gatekeeper processes that are running (their security settings apply to all)."""
+        rows = await self._read(
+            "SELECT DISTINCT config_path FROM instances WHERE stopped_at IS NULL AND config_path IS NOT NULL"
+        )
+        return [r[0] for r in rows]
 
     async def instance_config_path(self, instance_id: str | None) -> str | None:
         """The config file the process that holds a call was started with (the CLI decides under the same policy)."""
@@ -998,8 +1004,18 @@ class Store:
     # ------------------------------------------------------------------ tool-definition pins
 
     async def check_pins(self, upstream: str, tools: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Pin]:
-        """Pin tools seen for the first time; record a changed definition as pending (quarantined)."""
+        """Pin tools seen for the first time; record a changed definition as pending (quarantined).
+
+        Reads first: when nothing is new or changed (the usual case) nothing is written.
+        """
         now = self.clock.now()
+        current = {p.tool: p for p in await self.pins(upstream=upstream)}
+        if all(
+            name in current
+            and ((h == current[name].hash and current[name].pending_hash is None) or h == current[name].pending_hash)
+            for name, (h, _definition) in tools.items()
+        ):
+            return current
 
         def _body(c: sqlite3.Connection) -> Any:
             rows = c.execute(f"SELECT {_PIN_COLUMNS} FROM pins WHERE upstream = ?", (upstream,)).fetchall()

@@ -235,7 +235,9 @@ async def test_escalation_fires_in_order_then_the_safe_default(tmp_path: Path) -
     async with Store.open(tmp_path / "gk.db", clock) as store:
         await store.register_instance("t")
         gate = Gate(store, Policy(parse_config(ESCALATION)), clock, notifier=notes, sweep_interval=30.0)
-        new = NewCall(upstream="ops", tool="deploy", arguments={"env": "prod"}, gate="hard", risk="high", rule="deploys")
+        new = NewCall(
+            upstream="ops", tool="deploy", arguments={"env": "prod"}, gate="hard", risk="high", rule="deploys"
+        )
         with anyio.fail_after(20):
             async with gate.running(), anyio.create_task_group() as tg:
                 outcome: list[Any] = []
