@@ -34,6 +34,7 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.holding import Holding, Reply
 from mcp_gatekeeper.models import RISK_ORDER, Approved, CallRecord, NewCall, Pin, Refused, State, canonical_json, digest
 from mcp_gatekeeper.policy import Policy, Verdict
+from mcp_gatekeeper.stdio import serve_stdio_streams
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
 log = logging.getLogger(__name__)
@@ -930,7 +931,5 @@ class Proxy:
 
 async def serve_stdio(server: Server[ProxyState], init: InitializationOptions) -> None:
     """Serve the proxy on this process's stdin/stdout (both protocol eras)."""
-    from mcp.server.stdio import stdio_server
-
-    async with stdio_server() as (read, write):
+    async with serve_stdio_streams() as (read, write):
         await server.run(read, write, init)

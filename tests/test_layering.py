@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     # 3: holding and deciding; upstream connections
     "gate": 3,
     "upstream": 3,
+    "stdio": 3,  # serving this process's stdin/stdout on the event loop (no thread per line)
     # 4: the MCP server side and the web side
     "proxy": 4,
     "holding": 4,  # the proxy's per-request waiting (imports gate and MCP types)
