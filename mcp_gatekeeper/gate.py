@@ -416,13 +416,12 @@ class Gate:
             state = State.FORWARDED
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.transition(
+                await self.store.finish_call(
                     rec.id,
-                    [rec.state] if rec.state in (State.FORWARDING, State.ALLOWED) else [State.FORWARDING],
+                    rec.state if rec.state in (State.FORWARDING, State.ALLOWED) else State.FORWARDING,
                     state,
                     result=result,
                     error=error,
-                    finished_at=self.clock.now(),
                     detail={"is_error": bool(result and result.get("isError"))}
                     if result is not None
                     else {"error": error},

@@ -655,10 +655,17 @@ class Store:
                     "client": new.client.get("name"),
                 },
             )
-            return _record(c.execute(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (cid,)).fetchone())
 
-        rec: CallRecord = await self._tx(_body, fsync=state == State.PENDING or self.fsync_every_call)
-        return rec
+        await self._tx(_body, fsync=state == State.PENDING or self.fsync_every_call)
+        # the row is exactly what was inserted: build it instead of reading and re-parsing it
+        return CallRecord(
+            id=cid, state=state, upstream=new.upstream, tool=new.tool, arguments=new.arguments,
+            args_digest=args_digest, gate=new.gate, risk=new.risk, created_at=now, rule=new.rule,
+            tooldef_hash=new.tooldef_hash, summary=new.summary, effects=dict(new.effects), reasons=tuple(new.reasons),
+            agent_reason=new.agent_reason, agent_confidence=new.agent_confidence, client=dict(new.client),
+            input_schema=new.input_schema, instance_id=self.instance_id, deadline_at=deadline_at, reason=reason,
+            finished_at=finished, wait_strategy=new.wait_strategy,
+        )  # fmt: skip
 
     async def get(self, call_id: str) -> CallRecord:
         rows = await self._read(f"SELECT {_COLUMNS} FROM calls WHERE id = ?", (call_id,))
@@ -833,14 +840,40 @@ class Store:
             )
             return rec
 
-        # the outcome of a call that was never held is bookkeeping: fsynced lazily (see _tx)
-        lazy = (
-            not self.fsync_every_call
-            and list(from_states) == [State.ALLOWED]
-            and to_state in (State.FORWARDED, State.FAILED, State.OUTCOME_UNKNOWN)
-        )
-        changed: CallRecord | None = await self._tx(_body, fsync=not lazy)
+        changed: CallRecord | None = await self._tx(_body)
         return changed
+
+    async def finish_call(
+        self,
+        call_id: str,
+        from_state: State,
+        to_state: State,
+        *,
+        result: dict[str, Any] | None,
+        error: str | None,
+        detail: dict[str, Any],
+    ) -> bool:
+        """CAS ``from_state → to_state`` recording how a forwarded call ended (no read-back: nobody needs it)."""
+        now = self.clock.now()
+
+        def _body(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE calls SET state = ?, result = ?, error = ?, finished_at = ? WHERE id = ? AND state = ?",
+                (to_state.value, None if result is None else canonical_json(result), error, now, call_id, from_state),
+            )
+            if cur.rowcount != 1:
+                return False
+            row = c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,)).fetchone()
+            self._audit(
+                c, event=to_state.value, call_id=call_id, actor="gatekeeper", channel="proxy",
+                args_digest=row[0] if row else None, detail=detail,
+            )  # fmt: skip
+            return True
+
+        # the outcome of a call that was never held is bookkeeping: fsynced lazily (see _tx)
+        lazy = from_state == State.ALLOWED and not self.fsync_every_call
+        done: bool = await self._tx(_body, fsync=not lazy)
+        return done
 
     async def find_retry(
         self, upstream: str, tool: str, args_digest: str, *, now: float, grace: float, session: str | None
