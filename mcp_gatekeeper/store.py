@@ -365,13 +365,11 @@ class Store:
         the normal busy timeout (5 s) without stalling the loop.
         """
         async with self._lock:
-            if not inline and time.monotonic() - self._busy_at < _BUSY_FAST_FAIL:
-                # another process held the write lock a moment ago and we already waited it out once: the
-                # calls queued behind that wait are refused at once instead of each waiting again
-                inline = True
-                fail_fast = True
-            else:
-                fail_fast = False
+            # another process held the write lock a moment ago and a write of ours already waited it out:
+            # the work queued behind that wait gets one non-blocking try and is refused at once if still
+            # locked, instead of each waiting the whole busy timeout again
+            fail_fast = time.monotonic() - self._busy_at < _BUSY_FAST_FAIL
+            inline = inline or fail_fast
             try:
                 if inline:
                     raw = self._conn._conn  # the same connection; never used by two threads at once (the lock)

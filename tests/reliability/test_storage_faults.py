@@ -331,14 +331,6 @@ async def test_e3_a_held_call_is_refused_within_the_busy_timeout(home: Path, tmp
     assert took["write_note"] <= BUSY_TIMEOUT + SLACK, took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: one gatekeeper process serialises every store access on Store._lock, held while a write waits out "
-        "the busy timeout; N calls arriving while the database is locked are refused after N x 5 s (and the "
-        "decision watcher's reads queue behind them too)"
-    ),
-)
 async def test_e3_concurrent_calls_are_each_refused_within_the_busy_timeout(home: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "gk.toml", CONFIG)
     log = tmp_path / "calls.jsonl"
