@@ -85,10 +85,6 @@ class Gate:
                 self._tg = None
                 tg.cancel_scope.cancel()
 
-    @property
-    def is_running(self) -> bool:
-        return self._tg is not None
-
     async def _watch(self) -> None:
         version: int | None = None
         while True:
