@@ -35,7 +35,7 @@ from mcp_gatekeeper.errors import (
     UpstreamError,
 )
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State
+from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, definition_diff
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.serve import open_runtime, run_proxy
 
@@ -420,13 +420,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
                 return EXIT_REFUSED
             before = [p for p in await rt.store.pins(upstream=args.upstream) if p.tool == args.tool]
             if before and before[0].pending_definition is not None and not args.yes:
-                old = json.dumps(before[0].definition, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
-                new = json.dumps(
-                    before[0].pending_definition, indent=1, sort_keys=True, ensure_ascii=False
-                ).splitlines()
-                import difflib
-
-                for line in difflib.unified_diff(old, new, "pinned", "now", lineterm=""):
+                for line in definition_diff(before[0].definition, before[0].pending_definition):
                     print(escape(line))
                 print("\nre-run with --yes to accept this definition")
                 return EXIT_REFUSED

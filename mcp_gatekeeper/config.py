@@ -26,7 +26,6 @@ PREDICATE_OPS = (
     "eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "glob", "not_glob", "regex", "exists",
     "len_gt", "len_gte", "len_lt", "len_lte",
 )  # fmt: skip
-RISK_LEVELS = ("low", "medium", "high", "critical")
 Risk = Literal["low", "medium", "high", "critical"]
 
 

@@ -30,6 +30,7 @@ from mcp_gatekeeper.models import (
     State,
     canonical_json,
     digest,
+    is_quarantine_hold,
 )
 from mcp_gatekeeper.notify import Notifier
 from mcp_gatekeeper.policy import Policy
@@ -357,7 +358,7 @@ class Gate:
         rule = self.policy.rule_named(rec.rule)
         if rule is not None and rule.no_lease:
             raise InvalidModificationError(f"rule {rec.rule} says no_lease: each call needs its own approval")
-        if rec.reasons and rec.reasons[0].startswith("QUARANTINED"):
+        if is_quarantine_hold(rec.reasons):
             raise InvalidModificationError("no lease for a quarantined tool: re-pin its definition first")
         if lease.seconds is None and lease.calls is None:
             raise InvalidModificationError("a lease needs a duration or a number of calls (or both)")

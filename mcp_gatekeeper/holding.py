@@ -43,27 +43,38 @@ class Reply:
     result: Any
 
 
+def has_progress_token(ctx: ServerRequestContext[Any]) -> bool:
+    """Did the client ask for progress on this request (the raw ``_meta.progressToken``)?"""
+    raw_meta = (ctx.params or {}).get("_meta") or {}
+    return isinstance(raw_meta, Mapping) and "progressToken" in raw_meta
+
+
+def client_identity(ctx: ServerRequestContext[Any]) -> tuple[str | None, str | None]:
+    """``clientInfo`` name and version: from the handshake, or (2026-07-28) from the request's ``_meta``."""
+    params = ctx.session.client_params
+    if params is not None and params.client_info is not None:
+        return params.client_info.name, params.client_info.version
+    raw_meta = (ctx.params or {}).get("_meta") or {}
+    ci = raw_meta.get(types.CLIENT_INFO_META_KEY) if isinstance(raw_meta, Mapping) else None
+    if isinstance(ci, Mapping):
+        return str(ci.get("name") or "") or None, str(ci.get("version") or "") or None
+    return None, None
+
+
 def client_facts(ctx: ServerRequestContext[Any]) -> ClientFacts:
     modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
     caps = ctx.session.client_capabilities
     elicitation = caps.elicitation if caps is not None else None
     form = elicitation is not None and (elicitation.form is not None or elicitation.url is None)
     url = elicitation is not None and elicitation.url is not None
-    raw_meta = (ctx.params or {}).get("_meta") or {}
-    token = isinstance(raw_meta, Mapping) and "progressToken" in raw_meta
-    name: str | None = None
-    params = ctx.session.client_params
-    if params is not None and params.client_info is not None:
-        name = params.client_info.name
-    elif isinstance(raw_meta, Mapping) and isinstance(ci := raw_meta.get(types.CLIENT_INFO_META_KEY), Mapping):
-        name = str(ci.get("name") or "") or None
     can_push = not modern and ctx.session.can_send_request
     return ClientFacts(
-        name=name, modern=modern, progress_token=token, elicit_form=form, elicit_url=url, can_push=can_push
-    )
+        name=client_identity(ctx)[0], modern=modern, progress_token=has_progress_token(ctx),
+        elicit_form=form, elicit_url=url, can_push=can_push,
+    )  # fmt: skip
 
 
-def pending_text(rec: CallRecord, now: float) -> str:
+def pendingtext_result(rec: CallRecord, now: float) -> str:
     left = max(0, int((rec.deadline_at or now) - now))
     left_text = f"{left // 60} min {left % 60} s" if left >= 60 else f"{left} s"
     return (
@@ -161,7 +172,7 @@ class Holding:
         outcome = result.get("outcome")
         if outcome is None:
             await self.gate.store.mark_retry_offered(rec.id, strategy=plan.strategy)
-            return Reply(_text(pending_text(rec, self.clock.now()), is_error=True))
+            return Reply(text_result(pendingtext_result(rec, self.clock.now()), is_error=True))
         return outcome
 
     def _ticker(self, ctx: ServerRequestContext[Any], tool: str) -> Tick:
@@ -199,7 +210,7 @@ class Holding:
         except (MCPError, anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
             log.info("in-client approval request for %s failed: %s", rec.id[:8], e)
             return
-        await self._apply_answer(rec, answer, client=client_facts(ctx).name)
+        await self._apply_answer(rec, answer, client=client_identity(ctx)[0])
 
     async def _apply_answer(self, rec: CallRecord, answer: types.ElicitResult, *, client: str | None) -> None:
         who = f"client:{client or 'unknown'}"
@@ -259,17 +270,17 @@ class Holding:
             state = unseal(self.key, request_state, now=self.clock.now(), args_digest=new.args_digest)
         except SealError as e:
             log.warning("refused a requestState: %s", e)
-            return Reply(_text(f"mcp-gatekeeper refused this retry: {e}. Nothing ran.", is_error=True))
+            return Reply(text_result(f"mcp-gatekeeper refused this retry: {e}. Nothing ran.", is_error=True))
         if not await self.gate.store.consume_state(state.nonce, state.call_id):
             return Reply(
-                _text(
+                text_result(
                     "mcp-gatekeeper refused this retry: its requestState was already used. Nothing ran.", is_error=True
                 )
             )
         rec = await self.gate.store.get(state.call_id)
         if (rec.upstream, rec.tool) != (new.upstream, new.tool):
             return Reply(
-                _text(
+                text_result(
                     "mcp-gatekeeper refused this retry: its requestState belongs to another tool. Nothing ran.",
                     is_error=True,
                 )
@@ -321,7 +332,8 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _text(text: str, *, is_error: bool, structured: dict[str, Any] | None = None) -> dict[str, Any]:
+def text_result(text: str, *, is_error: bool, structured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A tool result made of one text block (what the gatekeeper itself answers)."""
     result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": is_error}
     if structured is not None:
         result["structuredContent"] = structured

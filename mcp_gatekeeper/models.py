@@ -5,12 +5,13 @@ Nothing here does I/O. The store turns rows into these values; the gate and prox
 
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 
 class State(enum.StrEnum):
@@ -38,27 +39,8 @@ class State(enum.StrEnum):
     ROLLBACK_FAILED = "rollback_failed"  # every attempt failed: a human must act
 
 
-OPEN_STATES = frozenset({State.PENDING})
-FINAL_STATES = frozenset(
-    {
-        State.DENIED,
-        State.REJECTED,
-        State.EXPIRED,
-        State.CANCELLED,
-        State.ORPHANED,
-        State.FORWARDED,
-        State.FAILED,
-        State.OUTCOME_UNKNOWN,
-        State.CONFIRMED,
-        State.UNREVIEWED,
-        State.ROLLED_BACK,
-        State.ROLLBACK_FAILED,
-    }
-)
-
-GateKind = Literal["allow", "deny", "hard", "soft", "audit"]
-RiskLevel = Literal["low", "medium", "high", "critical"]
 RISK_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+"""Risk levels, lowest first."""
 
 
 def canonical_json(value: Any) -> str:
@@ -309,6 +291,15 @@ class AuditEvent:
     prev_hash: str
     hash: str
 
+    @property
+    def hash_ok(self) -> bool:
+        """Does the stored hash match this event's content and its previous-hash link?"""
+        body = audit_body(
+            at=self.at, call_id=self.call_id, event=self.event, actor=self.actor, channel=self.channel,
+            args_digest=self.args_digest, detail=self.detail,
+        )  # fmt: skip
+        return audit_hash(self.prev_hash, body) == self.hash
+
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
@@ -324,9 +315,45 @@ class AuditEvent:
         }
 
 
+def audit_body(
+    *,
+    at: float,
+    call_id: str | None,
+    event: str,
+    actor: str | None,
+    channel: str | None,
+    args_digest: str | None,
+    detail: dict[str, Any],
+) -> dict[str, Any]:
+    """What an audit event's hash covers (written and verified from this one shape)."""
+    return {
+        "at": at,
+        "call_id": call_id,
+        "event": event,
+        "actor": actor,
+        "channel": channel,
+        "args_digest": args_digest,
+        "detail": detail,
+    }
+
+
 def audit_hash(prev_hash: str, body: dict[str, Any]) -> str:
     """The chain link: SHA-256 over the previous hash and the canonical event body."""
     return hashlib.sha256((prev_hash + "\n" + canonical_json(body)).encode("utf-8")).hexdigest()
 
 
 GENESIS_HASH = "0" * 64
+
+QUARANTINE_MARK = "QUARANTINED:"
+"""The first reason of a call held because its tool's definition changed since it was pinned."""
+
+
+def is_quarantine_hold(reasons: tuple[str, ...] | list[str]) -> bool:
+    return bool(reasons) and reasons[0].startswith(QUARANTINE_MARK)
+
+
+def definition_diff(old: Any, new: Any, *, context: int = 3) -> list[str]:
+    """A unified diff of two tool definitions (pretty JSON, sorted keys), as lines."""
+    a = json.dumps(old, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+    b = json.dumps(new, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
+    return list(difflib.unified_diff(a, b, "pinned definition", "definition now", lineterm="", n=context))

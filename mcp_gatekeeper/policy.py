@@ -240,7 +240,7 @@ MEDIUM_RISK_WORDS = frozenset(
     ]
 )
 
-_LEVELS = ("low", "medium", "high", "critical")
+_LEVELS = tuple(RISK_ORDER)  # lowest first
 _CANDIDATE_CACHE_SIZE = 4096
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SPLIT = re.compile(r"[^A-Za-z0-9]+")
@@ -400,15 +400,6 @@ class _Rule:
         if self.tool_re is not None and not self.tool_re.match(tool):
             return False
         return self.tool_literals is None or tool in self.tool_literals
-
-    def matches(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> bool:
-        if self.upstream_re is not None and not self.upstream_re.match(upstream):
-            return False
-        if self.tool_re is not None and not self.tool_re.match(tool):
-            return False
-        if self.tool_literals is not None and tool not in self.tool_literals:
-            return False
-        return all(p.holds(arguments) for p in self.predicates)
 
 
 class _Amplifier:

@@ -7,9 +7,7 @@ Everything that is not a gated ``tools/call`` passes through as raw dicts, in bo
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -31,8 +29,21 @@ from mcp_gatekeeper.compensation import DEFAULT_REVIEW_WINDOW, Compensator
 from mcp_gatekeeper.config import GatekeeperConfig
 from mcp_gatekeeper.errors import StoreError, UpstreamError
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.holding import Holding, Reply
-from mcp_gatekeeper.models import RISK_ORDER, Approved, CallRecord, NewCall, Pin, Refused, State, canonical_json, digest
+from mcp_gatekeeper.holding import Holding, Reply, client_identity, has_progress_token, text_result
+from mcp_gatekeeper.models import (
+    QUARANTINE_MARK,
+    RISK_ORDER,
+    Approved,
+    CallRecord,
+    NewCall,
+    Pin,
+    Refused,
+    State,
+    canonical_json,
+    definition_diff,
+    digest,
+    is_quarantine_hold,
+)
 from mcp_gatekeeper.policy import Policy, Verdict
 from mcp_gatekeeper.stdio import serve_stdio_streams
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
@@ -76,13 +87,6 @@ def clean_meta(meta: Any) -> dict[str, Any]:
     if not isinstance(meta, Mapping):
         return {}
     return {k: v for k, v in meta.items() if k != "progressToken" and not str(k).startswith(META_PREFIX)}
-
-
-def text_result(text: str, *, is_error: bool, structured: dict[str, Any] | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": is_error}
-    if structured is not None:
-        result["structuredContent"] = structured
-    return result
 
 
 @dataclass
@@ -233,8 +237,7 @@ class Proxy:
 
     @staticmethod
     def _progress_fn(ctx: ServerRequestContext[ProxyState]) -> Any:
-        raw_meta = (ctx.params or {}).get("_meta") or {}
-        if not isinstance(raw_meta, Mapping) or "progressToken" not in raw_meta:
+        if not has_progress_token(ctx):
             return None
 
         async def progress(p: float, total: float | None, message: str | None) -> None:
@@ -244,16 +247,10 @@ class Proxy:
 
     def _client_info(self, ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
         info: dict[str, Any] = {"protocol": ctx.protocol_version}
-        params = ctx.session.client_params
-        if params is not None and params.client_info is not None:
-            info["name"] = params.client_info.name
-            info["version"] = params.client_info.version
-        else:
-            raw_meta = (ctx.params or {}).get("_meta") or {}
-            ci = raw_meta.get(types.CLIENT_INFO_META_KEY) if isinstance(raw_meta, Mapping) else None
-            if isinstance(ci, Mapping):
-                info["name"] = ci.get("name")
-                info["version"] = ci.get("version")
+        name, version = client_identity(ctx)
+        if name is not None:
+            info["name"] = name
+            info["version"] = version
         caps = ctx.session.client_capabilities
         if caps is not None:
             info["elicitation"] = caps.elicitation is not None
@@ -289,10 +286,7 @@ class Proxy:
         pin = self._pins.get(upstream, {}).get(tool)
         if pin is None or self._hash(tooldef) == pin.hash:
             return None
-        old = json.dumps(pin.definition, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
-        new = json.dumps(dict(tooldef), indent=1, sort_keys=True, ensure_ascii=False).splitlines()
-        diff = "\n".join(difflib.unified_diff(old, new, "pinned definition", "definition now", lineterm="", n=1))
-        return diff[:4000]
+        return "\n".join(definition_diff(pin.definition, dict(tooldef), context=1))[:4000]
 
     def _with_agent_params(self, upstream: str, tool: dict[str, Any]) -> dict[str, Any]:
         """Add gatekeeper_reason / gatekeeper_confidence to a tool's input schema when policy asks the agent."""
@@ -429,7 +423,7 @@ class Proxy:
                     verdict, gate="hard", hold=True, in_client="off",
                     risk=verdict.risk if RISK_ORDER[verdict.risk] >= RISK_ORDER["high"] else "high",
                     reasons=(
-                        "QUARANTINED: the tool's definition changed since it was pinned; every call is held until a"
+                        f"{QUARANTINE_MARK} the tool's definition changed since it was pinned; every call is held until a"
                         f" human re-pins it (mcp-gatekeeper pin {up_name} {tool}). Changes:\n{diff}",
                         *verdict.reasons,
                     ),
@@ -489,7 +483,7 @@ class Proxy:
                 rec = await self.gate.record(new, State.ALLOWED)
                 return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
             rule = verdict.rule_config
-            quarantined = verdict.in_client == "off" and verdict.reasons[0].startswith("QUARANTINED")
+            quarantined = is_quarantine_hold(verdict.reasons)
             if not quarantined and verdict.risk != "critical" and not (rule and rule.no_lease):
                 lease = await self._matching_lease(up_name, tool, new.tooldef_hash or "", arguments)
                 if lease is not None:

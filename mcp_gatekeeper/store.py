@@ -32,6 +32,7 @@ from mcp_gatekeeper.models import (
     NewCall,
     Pin,
     State,
+    audit_body,
     audit_hash,
     canonical_json,
     digest,
@@ -153,7 +154,6 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ),
 )
 
-_JSON_COLUMNS = ("arguments", "effects", "reasons", "client", "input_schema", "modified_arguments", "result")
 _COLUMNS = (
     "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, "
     "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
@@ -440,15 +440,10 @@ class Store:
         row = c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         prev = row[0] if row else GENESIS_HASH
         at = self.clock.now()
-        body = {
-            "at": at,
-            "call_id": call_id,
-            "event": event,
-            "actor": actor,
-            "channel": channel,
-            "args_digest": args_digest,
-            "detail": detail or {},
-        }
+        body = audit_body(
+            at=at, call_id=call_id, event=event, actor=actor, channel=channel, args_digest=args_digest,
+            detail=detail or {},
+        )  # fmt: skip
         h = audit_hash(prev, body)
         c.execute(
             "INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
@@ -467,14 +462,12 @@ class Store:
         if before_seq is not None:
             where.append("seq < ?")
             params.append(before_seq)
-        sql = "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit"
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         rows = await self._read(sql, (*params, limit))
-        return [
-            AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9]) for r in reversed(rows)
-        ]
+        return [_audit_event(r) for r in reversed(rows)]
 
     async def verify_audit(self) -> tuple[bool, int, str]:
         """Walk the whole chain: (ok, events checked, message)."""
@@ -482,37 +475,21 @@ class Store:
         def walk(c: sqlite3.Connection) -> tuple[bool, int, str]:
             prev = GENESIS_HASH
             count = 0
-            cur = c.execute(
-                "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit ORDER BY seq"
-            )
-            for r in cur:
-                seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, h = tuple(r)
-                body = {
-                    "at": at,
-                    "call_id": call_id,
-                    "event": event,
-                    "actor": actor,
-                    "channel": channel,
-                    "args_digest": args_digest,
-                    "detail": json.loads(detail),
-                }
-                if prev_hash != prev:
+            for r in c.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY seq"):
+                event = _audit_event(tuple(r))
+                if event.prev_hash != prev:
                     return (
                         False,
                         count,
-                        f"event {seq}: its previous-hash link is broken (an event was removed or reordered)",
+                        f"event {event.seq}: its previous-hash link is broken (an event was removed or reordered)",
                     )
-                if audit_hash(prev, body) != h:
-                    return False, count, f"event {seq}: its content does not match its hash (it was altered)"
-                prev = h
+                if not event.hash_ok:
+                    return False, count, f"event {event.seq}: its content does not match its hash (it was altered)"
+                prev = event.hash
                 count += 1
             return True, count, f"audit chain intact: {count} events"
 
-        async with self._lock:
-            try:
-                return await self._in_thread(walk)
-            except _DB_ERRORS as e:
-                raise StoreError(f"cannot read {self.path}: {e}") from e
+        return await self._run(walk, inline=False)  # a long walk: off the event loop
 
     # ------------------------------------------------------------------ instances (liveness)
 
@@ -924,26 +901,20 @@ class Store:
         (not through the gatekeeper) has no such event, so it is never executed.
         """
         rows = await self._read(
-            "SELECT seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit"
-            " WHERE call_id = ? AND event = 'approved' ORDER BY seq",
-            (call_id,),
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE call_id = ? AND event = 'approved' ORDER BY seq", (call_id,)
         )
         if len(rows) != 1:
             return f"{len(rows)} approval events in the audit log for this call (expected exactly one)"
-        seq, at, cid, event, actor, channel, args_digest, detail, prev_hash, h = rows[0]
-        body = {
-            "at": at, "call_id": cid, "event": event, "actor": actor, "channel": channel,
-            "args_digest": args_digest, "detail": json.loads(detail),
-        }  # fmt: skip
-        if audit_hash(prev_hash, body) != h:
+        event = _audit_event(rows[0])
+        if not event.hash_ok:
             return "the approval's audit event does not match its hash"
-        prev = await self._read("SELECT hash FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1", (seq,))
-        if (prev[0][0] if prev else GENESIS_HASH) != prev_hash:
+        prev = await self._read("SELECT hash FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1", (event.seq,))
+        if (prev[0][0] if prev else GENESIS_HASH) != event.prev_hash:
             return "the approval's audit event is not linked into the chain"
         rec = await self.get(call_id)
-        if args_digest != rec.args_digest:
+        if event.args_digest != rec.args_digest:
             return "the approval was given for different arguments"
-        modified = body["detail"].get("modified_args_digest")
+        modified = event.detail.get("modified_args_digest")
         if (rec.modified_arguments is None) != (modified is None) or (
             rec.modified_arguments is not None and digest(rec.modified_arguments) != modified
         ):
@@ -1247,11 +1218,16 @@ class Store:
         return {r[0]: r[1] for r in rows}
 
 
+_AUDIT_COLUMNS = "seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash"
 _PIN_COLUMNS = "upstream, tool, hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at"
 _LEASE_COLUMNS = (
     "id, upstream, tool, tooldef_hash, envelope, created_at, created_by, source_call, expires_at, calls_left,"
     " revoked_at, revoked_by, used"
 )
+
+
+def _audit_event(r: tuple[Any, ...]) -> AuditEvent:
+    return AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9])
 
 
 def _pin(r: tuple[Any, ...]) -> Pin:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -54,10 +54,6 @@ class UpstreamHooks:
         Callable[[str, types.CreateMessageRequestParams], Awaitable[types.CreateMessageResult | types.ErrorData]] | None
     ) = None
     on_roots: Callable[[str], Awaitable[types.ListRootsResult | types.ErrorData]] | None = None
-
-
-Connector = Callable[[], AbstractAsyncContextManager[Any]]
-"""Returns what ``Client(...)`` accepts as its first argument, as a context (tests pass a Server)."""
 
 
 class Upstream:

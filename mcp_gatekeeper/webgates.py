@@ -13,7 +13,6 @@ needs beyond the pending queue (:func:`gates_snapshot`).
 
 from __future__ import annotations
 
-import difflib
 import json
 from typing import Any
 
@@ -21,7 +20,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError
-from mcp_gatekeeper.models import CallRecord, Decision, Lease, LeaseRequest, Pin, State
+from mcp_gatekeeper.models import (
+    QUARANTINE_MARK,
+    CallRecord,
+    Decision,
+    Lease,
+    LeaseRequest,
+    Pin,
+    State,
+    definition_diff,
+    is_quarantine_hold,
+)
 from mcp_gatekeeper.webhttp import (
     Problem,
     WebState,
@@ -35,7 +44,6 @@ from mcp_gatekeeper.webhttp import (
 )
 from mcp_gatekeeper.webredact import SecretHit, find_secrets
 
-QUARANTINE_MARK = "QUARANTINED:"
 MAX_LEASE_SECONDS = 90 * 86400.0
 """The longest lease the page grants (90 days): longer standing approvals belong in the policy."""
 MAX_LEASE_CALLS = 100_000
@@ -163,11 +171,9 @@ async def revoke_lease(request: Request) -> Response:
 # ---------------------------------------------------------------------------------------------- pins
 
 
-def definition_diff(old: Any, new: Any) -> list[str]:
-    """A unified diff of two tool definitions (pretty JSON, sorted keys), as lines for the page."""
-    a = json.dumps(old, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
-    b = json.dumps(new, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
-    lines = list(difflib.unified_diff(a, b, "pinned definition", "definition now", lineterm="", n=3))
+def page_diff(old: Any, new: Any) -> list[str]:
+    """The definition diff for the page, capped."""
+    lines = definition_diff(old, new)
     if len(lines) > _DIFF_LINES:
         lines = [*lines[:_DIFF_LINES], f"… {len(lines) - _DIFF_LINES} more diff lines not shown"]
     return lines
@@ -183,7 +189,7 @@ async def _held_for_quarantine(st: WebState) -> dict[tuple[str, str], int]:
 
 def _pin_json(pin: Pin, held: dict[tuple[str, str], int]) -> dict[str, Any]:
     out = pin.to_json()
-    out["diff"] = definition_diff(pin.definition, pin.pending_definition) if pin.quarantined else None
+    out["diff"] = page_diff(pin.definition, pin.pending_definition) if pin.quarantined else None
     out["held"] = held.get((pin.upstream, pin.tool), 0)
     return out
 
@@ -235,7 +241,7 @@ async def review(request: Request) -> Response:
 
 def quarantine_of(rec: CallRecord) -> dict[str, Any] | None:
     """A call held because its tool's definition changed: the proxy's message and its diff."""
-    if not rec.reasons or not rec.reasons[0].startswith(QUARANTINE_MARK):
+    if not is_quarantine_hold(rec.reasons):
         return None
     message, _, diff = rec.reasons[0].partition("Changes:\n")
     return {"message": message.strip(), "diff": diff.splitlines()}
