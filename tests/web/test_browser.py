@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -49,7 +50,10 @@ from .conftest import (
 
 CHROMIUM = Path("/usr/bin/chromium")
 HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# a test run writes its pictures to test-artifacts/ (ignored by git, kept by CI); to refresh the committed
+# ones in docs/screenshots, run with GK_SCREENSHOTS_DIR=docs/screenshots
+_REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = _REPO / os.environ.get("GK_SCREENSHOTS_DIR", "test-artifacts/screenshots")
 CHROME_ARGS = [
     "--headless=new",
     "--no-sandbox",
