@@ -422,6 +422,7 @@ class Gate:
                     detail={"is_error": bool(result and result.get("isError"))}
                     if result is not None
                     else {"error": error},
+                    args_digest=rec.args_digest,
                 )
             except StoreError:
                 log.error("could not record the outcome of %s", rec.id[:8], exc_info=True)

@@ -81,6 +81,7 @@ async def open_runtime(
             heartbeat_interval=config.heartbeat_interval,
         )
         async with gate.running(), anyio.create_task_group() as tg:
+            tg.start_soon(store.run_checkpoints)
             if register:
                 tg.start_soon(_heartbeat, store)
             try:

@@ -1,6 +1,9 @@
 """The durable store (SQLite): schema, migrations, every SQL statement, CAS transitions, the audit chain.
 
-One connection per process, WAL, ``synchronous=FULL``, ``busy_timeout``, ``BEGIN IMMEDIATE`` for writes.
+One connection per process, WAL, ``BEGIN IMMEDIATE`` for writes; every step of a held call is committed
+with ``synchronous=FULL`` (fsynced), the records of calls that pass straight through with ``NORMAL``;
+WAL checkpoints run on the worker thread every :data:`CHECKPOINT_EVERY` commits, never inside a commit on
+the event loop.
 Every state change is a compare-and-set ``UPDATE ... WHERE state IN (...)`` and appends a hash-chained
 audit event in the same transaction: if the audit write fails, the change does not happen.
 Several processes share one file; ``PRAGMA data_version`` tells a process that another one committed.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -152,13 +156,28 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX leases_tool ON leases (upstream, tool);
         """,
     ),
+    (
+        "0005_lean_indexes",
+        # every commit writes each index page it touches: the retry lookup only ever concerns calls whose
+        # client was told to retry, and the live calls of an instance are found through calls_state_created
+        """
+        DROP INDEX calls_retry;
+        CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        DROP INDEX calls_instance;
+        """,
+    ),
 )
+
+CHECKPOINT_EVERY = 100
+"""Commits between WAL checkpoints: about SQLite's own 1,000-page default at ~10 pages a commit here."""
 
 _COLUMNS = (
     "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, "
     "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
     "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
 )
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 _BUSY_FAST_FAIL = 2.0  # seconds after a write gave up on a locked database during which queued writes fail fast
 _DB_ERRORS = (sqlite3.Error, ValueError)  # aiosqlite raises ValueError once its connection is gone
@@ -261,6 +280,8 @@ class Store:
         self._conn = conn
         self.path = path
         self.clock = clock
+        self._commits = 0
+        self._checkpoint_due: anyio.Event | None = None
         self._lock = anyio.Lock()
         self.instance_id: str | None = None
         self._busy_at = -1e9
@@ -293,7 +314,6 @@ class Store:
 
     async def _setup(self, existed: bool) -> None:
         def setup(c: sqlite3.Connection) -> None:
-            c.execute("PRAGMA busy_timeout = 5000")
             # look before touching: a foreign or newer database is refused before anything is written to it
             tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
             if existed and tables and "schema_migrations" not in tables:
@@ -310,8 +330,11 @@ class Store:
             mode = c.execute("PRAGMA journal_mode = WAL").fetchone()
             if not mode or str(mode[0]).lower() != "wal":
                 raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
-            c.execute("PRAGMA synchronous = FULL")
             c.execute("PRAGMA foreign_keys = ON")
+            # at rest: commits not fsynced (a transaction that must be durable asks for FULL, see _tx) and a
+            # zero busy timeout for the work that runs on the event loop (work on the worker thread waits,
+            # see _in_thread)
+            c.execute("PRAGMA synchronous = NORMAL")
 
         try:
             await self._in_thread(setup)
@@ -347,7 +370,12 @@ class Store:
         conn = self._conn
 
         def call() -> T:
-            return fn(conn._conn)  # aiosqlite's sqlite3.Connection, used only on its own thread
+            c = conn._conn  # aiosqlite's sqlite3.Connection, used only on its own thread (or under the lock)
+            c.execute("PRAGMA busy_timeout = 5000")  # off the event loop, waiting out another writer is fine
+            try:
+                return fn(c)
+            finally:
+                c.execute("PRAGMA busy_timeout = 0")
 
         # aiosqlite runs queued callables on that thread, in order; its public API hops once per statement,
         # which costs a round trip each, so whole transactions go through its (untyped) internal queue
@@ -372,15 +400,13 @@ class Store:
             inline = inline or fail_fast
             try:
                 if inline:
-                    raw = self._conn._conn  # the same connection; never used by two threads at once (the lock)
+                    # the same connection; never used by two threads at once (the lock). Its busy timeout is
+                    # zero at rest, so a locked database fails here at once instead of stalling the loop
                     try:
-                        raw.execute("PRAGMA busy_timeout = 0")
-                        return fn(raw)
+                        return fn(self._conn._conn)
                     except sqlite3.OperationalError as e:
                         if ("locked" not in str(e) and "busy" not in str(e)) or fail_fast:
                             raise
-                    finally:
-                        raw.execute("PRAGMA busy_timeout = 5000")
 
                 try:
                     return await self._in_thread(fn)
@@ -394,14 +420,16 @@ class Store:
     async def _tx(self, fn: Callable[[sqlite3.Connection], T], *, fsync: bool = True) -> T:
         """``fn`` inside one ``BEGIN IMMEDIATE`` transaction; any failure rolls back.
 
-        ``fsync=False`` commits with ``synchronous=NORMAL``: the write survives a crash of any process (it is in
-        the WAL), but a power loss may drop it. Only the records of calls that were never held use it (unless
-        ``[store] fsync_every_call``). A database failure becomes :class:`StoreError` (callers fail closed).
+        ``fsync=True`` (the default) commits with ``synchronous=FULL``, on the worker thread. ``fsync=False``
+        commits with the connection's ``NORMAL``, on the event loop: the write survives a crash of any process
+        (it is in the WAL), but a power loss may drop it. Only the records of calls that were never held use
+        it (unless ``[store] fsync_every_call``). A database failure becomes :class:`StoreError` (callers fail
+        closed).
         """
 
         def transaction(c: sqlite3.Connection) -> T:
-            if not fsync:
-                c.execute("PRAGMA synchronous = NORMAL")
+            if fsync:
+                c.execute("PRAGMA synchronous = FULL")
             try:
                 c.execute("BEGIN IMMEDIATE")
                 try:
@@ -411,12 +439,41 @@ class Store:
                         c.execute("ROLLBACK")
                     raise
                 c.execute("COMMIT")
-                return out
             finally:
-                if not fsync:
-                    c.execute("PRAGMA synchronous = FULL")
+                if fsync:
+                    c.execute("PRAGMA synchronous = NORMAL")
+            return out
 
-        return await self._run(transaction, inline=not fsync)
+        out = await self._run(transaction, inline=not fsync)
+        self._commits += 1
+        if self._checkpoint_due is not None and self._commits >= CHECKPOINT_EVERY:
+            self._checkpoint_due.set()
+        return out
+
+    async def run_checkpoints(self) -> None:
+        """Take WAL checkpoints over from commits until cancelled (a long-running process starts this).
+
+        SQLite's default runs the checkpoint inside whichever commit crosses 1,000 WAL pages: for this store
+        often a commit on the event loop, which then stalls the loop for the copy and two fsyncs. While this
+        runs, commits skip that (``wal_autocheckpoint = 0``) and every CHECKPOINT_EVERY commits it runs one on
+        the connection's worker thread under the store's lock: store work waits for it, the loop does not.
+        ``PASSIVE`` never waits for other processes; what it cannot copy now is left for the next one.
+        """
+        due = self._checkpoint_due = anyio.Event()
+        try:
+            await self._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"), inline=False)
+            while True:
+                await due.wait()
+                due = self._checkpoint_due = anyio.Event()
+                self._commits = 0
+                try:
+                    await self._run(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), inline=False)
+                except StoreError as e:  # the WAL grows until the next one; nothing is lost
+                    log.warning("WAL checkpoint failed: %s", e)
+        finally:
+            self._checkpoint_due = None
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await self._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 1000"), inline=False)
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -827,8 +884,12 @@ class Store:
         result: dict[str, Any] | None,
         error: str | None,
         detail: dict[str, Any],
+        args_digest: str,
     ) -> bool:
-        """CAS ``from_state → to_state`` recording how a forwarded call ended (no read-back: nobody needs it)."""
+        """CAS ``from_state → to_state`` recording how a forwarded call ended (no read-back: nobody needs it).
+
+        ``args_digest`` is the call's own (the caller holds its record); it goes into the audit event.
+        """
         now = self.clock.now()
 
         def _body(c: sqlite3.Connection) -> bool:
@@ -838,10 +899,9 @@ class Store:
             )
             if cur.rowcount != 1:
                 return False
-            row = c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,)).fetchone()
             self._audit(
                 c, event=to_state.value, call_id=call_id, actor="gatekeeper", channel="proxy",
-                args_digest=row[0] if row else None, detail=detail,
+                args_digest=args_digest, detail=detail,
             )  # fmt: skip
             return True
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -391,18 +392,46 @@ async def test_a_file_that_is_not_a_database_is_refused_and_untouched(tmp_path: 
     assert path.read_bytes() == content
 
 
-async def test_wal_and_full_sync_are_set(tmp_path: Path) -> None:
+async def test_wal_and_full_sync_for_what_must_survive_a_power_loss(tmp_path: Path) -> None:
     path = tmp_path / "gk.db"
     async with Store.open(path, FakeClock()) as store:
         with raw(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-        # synchronous and busy_timeout are per connection: ask the store's own connection
-        assert await store.query("SELECT synchronous FROM pragma_synchronous") == [(2,)]  # 2 = FULL
-        # inline work (reads, unsynced commits) runs with a zero busy timeout and falls back to the worker
-        # thread, which waits; at rest the connection keeps the blocking timeout
+        # synchronous and busy_timeout are per connection: look from inside the store's own transactions
+        seen: dict[str, tuple[int, int]] = {}
+
+        def probe(name: str) -> Any:
+            def body(c: sqlite3.Connection) -> None:
+                sync = c.execute("PRAGMA synchronous").fetchone()[0]
+                busy = c.execute("PRAGMA busy_timeout").fetchone()[0]
+                seen[name] = (sync, busy)
+
+            return body
+
+        await store._tx(probe("durable"))  # every step of a held call: fsynced (2 = FULL), off the loop (waits)
+        await store._tx(probe("lazy"), fsync=False)  # a call that passes through: 1 = NORMAL, on the loop
+        assert seen == {"durable": (2, 5000), "lazy": (1, 0)}
+        # which records take which: a held call's are durable, the record of a call that passes through is not
+        flags: list[bool] = []
+        original = store._tx
+
+        async def spy(fn: Any, *, fsync: bool = True) -> Any:
+            flags.append(fsync)
+            return await original(fn, fsync=fsync)
+
+        store._tx = spy  # type: ignore[method-assign]  # observe the store's own choice per transaction
+        new = NewCall(upstream="u", tool="t", arguments={}, gate="hard", risk="high")
+        await store.insert_call(new, state=State.PENDING)
+        allowed = await store.insert_call(replace(new, gate="allow", risk="low"), state=State.ALLOWED)
+        await store.finish_call(
+            allowed.id, State.ALLOWED, State.FORWARDED, result={}, error=None, detail={}, args_digest=new.args_digest
+        )
+        assert flags == [True, False, False]
+        store.fsync_every_call = True
+        await store.insert_call(replace(new, gate="allow", risk="low"), state=State.ALLOWED)
+        assert flags[-1] is True
         [(inline_busy,)] = await store.query("SELECT timeout FROM pragma_busy_timeout")
-        assert inline_busy == 0
-        assert store._conn._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert inline_busy == 0  # inline work fails fast on a locked database and falls back to the thread
         assert await store.integrity_check() == "ok"
 
 
@@ -480,3 +509,40 @@ async def test_a_stopping_process_orphans_its_own_pending_calls(tmp_path: Path) 
     async with Store.open(path, clock) as b:
         assert (await b.get(rec.id)).state == State.ORPHANED
         assert (await b.verify_audit())[0]
+
+
+async def test_checkpoints_run_off_the_commits_and_keep_the_wal_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "gk.db"
+    wal = Path(f"{path}-wal")
+    new = NewCall(upstream="u", tool="echo", arguments={"text": "x" * 2000}, gate="allow", risk="low")
+
+    async def pass_through(store: Store, n: int) -> None:
+        for _ in range(n):
+            rec = await store.insert_call(new, state=State.ALLOWED)
+            await store.finish_call(
+                rec.id, State.ALLOWED, State.FORWARDED, result={"content": []}, error=None, detail={},
+                args_digest=rec.args_digest,
+            )  # fmt: skip
+
+    async with Store.open(path, FakeClock()) as store:
+
+        async def autocheckpoint() -> int:
+            pages: int = await store._run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0], inline=True)
+            return pages
+
+        assert await autocheckpoint() == 1000  # without the task: SQLite's own, in the commits
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.run_checkpoints)
+            await pass_through(store, 1)
+            assert await autocheckpoint() == 0  # the task has taken over
+            await pass_through(store, 600)
+            bounded = wal.stat().st_size
+            tg.cancel_scope.cancel()
+        assert await autocheckpoint() == 1000  # handed back when the task stops
+        # without checkpoints, as a control: the same work grows the WAL by every commit
+        await store._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"), inline=True)
+        await store._run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), inline=False)
+        await pass_through(store, 600)
+        unbounded = wal.stat().st_size
+        assert await store.integrity_check() == "ok"
+    assert bounded * 3 < unbounded, (bounded, unbounded)
