@@ -45,7 +45,6 @@ from mcp_gatekeeper.models import (
     is_quarantine_hold,
 )
 from mcp_gatekeeper.policy import Policy, Verdict
-from mcp_gatekeeper.stdio import serve_stdio_streams
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,31 @@ def clean_meta(meta: Any) -> dict[str, Any]:
 
 @dataclass
 class _Inflight:
+    """Who is waiting for a forwarded call: where the upstream's elicitation/sampling for it goes, and its
+    progress callback (None when the client asked for no progress)."""
+
     session: ServerSession
     request_id: Any
+    progress: Any = None
+
+
+@dataclass
+class FastSession:
+    """The one downstream client of a stdio process, after its handshake (see :meth:`Proxy.plan_fast`)."""
+
+    session: ServerSession
+    client: dict[str, Any]
+
+
+@dataclass
+class FastCall:
+    """A ``tools/call`` that passes straight through, fully checked, ready for :meth:`Proxy.run_fast`."""
+
+    upstream: Upstream
+    tool: str
+    new: NewCall
+    raw: dict[str, Any]
+    arguments: dict[str, Any]
 
 
 @dataclass
@@ -126,6 +148,8 @@ class Proxy:
         self._resource_owner: dict[str, str] = {}
         self._pins: dict[str, dict[str, Pin]] = {}
         self._hash = _HashCache()
+        self.fast_session: FastSession | None = None
+        """Set once a stdio client finished the handshake: its allowed calls may take the fast lane."""
         self.compensator = Compensator(gate=gate, config=config, clock=clock, upstreams=lambda: self.upstreams)
         self.holding = Holding(
             gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
@@ -244,6 +268,9 @@ class Proxy:
             await ctx.session.report_progress(p, total, message)
 
         return progress
+
+    def _caller(self, ctx: ServerRequestContext[ProxyState]) -> _Inflight:
+        return _Inflight(ctx.session, ctx.request_id, self._progress_fn(ctx))
 
     def _client_info(self, ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
         info: dict[str, Any] = {"protocol": ctx.protocol_version}
@@ -396,17 +423,7 @@ class Proxy:
         tooldef = upstream.tools.get(tool)
         if tooldef is None:
             return self._finish(ctx, await self._deny_unrouted(name, arguments, client, upstream=up_name))
-        arguments = dict(arguments)
-        agent_reason = arguments.pop(AGENT_REASON, None)
-        agent_confidence = arguments.pop(AGENT_CONFIDENCE, None)
-        if not isinstance(agent_reason, str):
-            agent_reason = None
-        if (
-            isinstance(agent_confidence, bool)
-            or not isinstance(agent_confidence, int | float)
-            or not 0 <= agent_confidence <= 1
-        ):
-            agent_confidence = None
+        arguments, agent_reason, agent_confidence = _agent_params(arguments)
         raw["arguments"] = arguments
         try:
             verdict = self.policy.evaluate(
@@ -438,40 +455,8 @@ class Proxy:
                 gate="deny", hold=False, risk="critical", rule=None, rule_index=None,
                 reasons=(f"policy error: {type(e).__name__}",), deny_reason="policy error: the call was denied to be safe",
             )  # fmt: skip
-        canonical = canonical_json(arguments)
-        size = len(canonical.encode())
-        cap = self.config.security.max_argument_bytes
-        stored_arguments = arguments
-        if size > cap:
-            verdict = Verdict(
-                gate="deny", hold=False, risk=verdict.risk, rule=None, rule_index=None,
-                reasons=(f"arguments are {size} bytes, over the {cap}-byte limit",),
-                deny_reason=f"the arguments are too large to review ({size} bytes; the limit is {cap})",
-            )  # fmt: skip
-            # never stored in full: an agent must not be able to fill the database with denied calls
-            stored_arguments = {
-                "gatekeeper_truncated": {"bytes": size, "head": canonical[:512], "tail": canonical[-256:]}
-            }
-        new = NewCall(
-            upstream=up_name,
-            tool=tool,
-            arguments=stored_arguments,
-            gate=verdict.gate,
-            risk=verdict.risk,
-            rule=verdict.rule,
-            tooldef_hash=self._hash(tooldef),
-            summary=verdict.summary,
-            effects=dict(verdict.effects),
-            reasons=verdict.reasons,
-            agent_reason=agent_reason,
-            agent_confidence=agent_confidence,
-            client=client,
-            # the schema is kept only where a reviewer may edit the arguments (it can be large; allowed calls skip it)
-            input_schema=tooldef.get("inputSchema")
-            if verdict.action == "hold" and isinstance(tooldef.get("inputSchema"), dict)
-            else None,
-            wait_strategy="hold" if verdict.action == "hold" else None,
-            args_digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        verdict, new = self._new_call(
+            up_name, tool, tooldef, arguments, verdict, client, agent_reason, agent_confidence
         )
         try:
             if verdict.action == "deny":
@@ -481,7 +466,9 @@ class Proxy:
                 return self._finish(ctx, await self._audit_gate(ctx, upstream, tool, new, verdict, raw, arguments))
             if verdict.action == "allow":
                 rec = await self.gate.record(new, State.ALLOWED)
-                return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
+                return self._finish(
+                    ctx, await self._run(self._caller(ctx), upstream, tool, rec, raw, arguments, modified=False)
+                )
             rule = verdict.rule_config
             quarantined = is_quarantine_hold(verdict.reasons)
             if not quarantined and verdict.risk != "critical" and not (rule and rule.no_lease):
@@ -491,19 +478,16 @@ class Proxy:
                     rec = await self.gate.record(
                         replace(new, gate="lease", reasons=(why, *new.reasons)), State.ALLOWED, reason=why
                     )
-                    return self._finish(ctx, await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False))
+                    return self._finish(
+                        ctx, await self._run(self._caller(ctx), upstream, tool, rec, raw, arguments, modified=False)
+                    )
             outcome = await self.holding.run(
                 ctx, new, verdict, request_state=request_state, input_responses=input_responses,
                 session=client.get("session"),
             )  # fmt: skip
         except StoreError as e:
             log.error("store error; failing closed: %s", e)
-            return self._finish(
-                ctx,
-                text_result(
-                    f"mcp-gatekeeper could not record this call, so it was not run (fail closed): {e}", is_error=True
-                ),
-            )
+            return self._finish(ctx, _unrecorded(e))
         if isinstance(outcome, Reply):
             return outcome.result if not isinstance(outcome.result, dict) else self._finish(ctx, outcome.result)
         if isinstance(outcome, Refused):
@@ -575,8 +559,126 @@ class Proxy:
                 ),
             )
         return self._finish(
-            ctx, await self._run(ctx, upstream, tool, started, raw, outcome.arguments, modified=outcome.modified)
+            ctx,
+            await self._run(
+                self._caller(ctx), upstream, tool, started, raw, outcome.arguments, modified=outcome.modified
+            ),
         )
+
+    def _new_call(
+        self,
+        upstream: str,
+        tool: str,
+        tooldef: Mapping[str, Any],
+        arguments: dict[str, Any],
+        verdict: Verdict,
+        client: dict[str, Any],
+        agent_reason: str | None,
+        agent_confidence: float | None,
+    ) -> tuple[Verdict, NewCall]:
+        """The record of a call (and its verdict: arguments over the size limit are denied, and not stored)."""
+        canonical = canonical_json(arguments)
+        size = len(canonical.encode())
+        cap = self.config.security.max_argument_bytes
+        stored_arguments = arguments
+        if size > cap:
+            verdict = Verdict(
+                gate="deny", hold=False, risk=verdict.risk, rule=None, rule_index=None,
+                reasons=(f"arguments are {size} bytes, over the {cap}-byte limit",),
+                deny_reason=f"the arguments are too large to review ({size} bytes; the limit is {cap})",
+            )  # fmt: skip
+            # never stored in full: an agent must not be able to fill the database with denied calls
+            stored_arguments = {
+                "gatekeeper_truncated": {"bytes": size, "head": canonical[:512], "tail": canonical[-256:]}
+            }
+        schema = tooldef.get("inputSchema")
+        new = NewCall(
+            upstream=upstream,
+            tool=tool,
+            arguments=stored_arguments,
+            gate=verdict.gate,
+            risk=verdict.risk,
+            rule=verdict.rule,
+            tooldef_hash=self._hash(tooldef),
+            summary=verdict.summary,
+            effects=dict(verdict.effects),
+            reasons=verdict.reasons,
+            agent_reason=agent_reason,
+            agent_confidence=agent_confidence,
+            client=client,
+            # the schema is kept only where a reviewer may edit the arguments (it can be large; allowed calls skip it)
+            input_schema=schema if verdict.action == "hold" and isinstance(schema, dict) else None,
+            wait_strategy="hold" if verdict.action == "hold" else None,
+            args_digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        )
+        return verdict, new
+
+    # ------------------------------------------------------------------ the fast lane (stdio)
+
+    def plan_fast(self, params: Any) -> FastCall | None:
+        """The call, if it is one that simply passes through; None sends it down the full path instead.
+
+        Used by :mod:`mcp_gatekeeper.fastlane`, which serves such calls on stdio without the SDK's
+        per-message work. Only what the full path would also allow without a look at the upstream, the store
+        or a human qualifies: a handshake-era stdio client, a known tool of a connected upstream, a policy
+        verdict of plain allow (no audit gate, no lease needed), a pinned definition that still matches,
+        arguments within the size limit, and no progress token, 2026 envelope or input round. Anything else,
+        or anything unexpected, returns None: the full path then handles (and refuses) it as before.
+        """
+        fast = self.fast_session
+        if fast is None or not isinstance(params, dict) or "requestState" in params or "inputResponses" in params:
+            return None
+        meta = params.get("_meta")
+        if meta is not None and (
+            not isinstance(meta, dict) or "progressToken" in meta or any(str(k).startswith(META_PREFIX) for k in meta)
+        ):
+            return None
+        name = params.get("name")
+        arguments = params.get("arguments") or {}
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            return None
+        if name == STATUS_TOOL and self.config.status_tool:
+            return None
+        route = self._split(name)
+        if route is None:
+            return None
+        up_name, tool = route
+        upstream = self.upstreams[up_name]
+        tooldef = upstream.tools.get(tool)
+        if tooldef is None or not upstream.connected:
+            return None
+        arguments, agent_reason, agent_confidence = _agent_params(arguments)
+        try:
+            verdict = self.policy.evaluate(
+                up_name, tool, arguments, tooldef.get("annotations"), confidence=agent_confidence
+            )
+        except Exception:  # the full path evaluates again, logs it and fails closed
+            return None
+        if verdict.action != "allow" or verdict.gate == "audit" or self._quarantine(up_name, tool, tooldef) is not None:
+            return None
+        verdict, new = self._new_call(
+            up_name, tool, tooldef, arguments, verdict, fast.client, agent_reason, agent_confidence
+        )
+        if verdict.action != "allow":
+            return None
+        raw = dict(params)
+        raw.pop("_meta", None)
+        if cleaned := clean_meta(meta):
+            raw["_meta"] = cleaned
+        raw["arguments"] = arguments
+        return FastCall(upstream=upstream, tool=tool, new=new, raw=raw, arguments=arguments)
+
+    async def run_fast(self, call: FastCall, request_id: Any) -> dict[str, Any]:
+        """Record and forward a call :meth:`plan_fast` passed: the same two steps as on the full path."""
+        fast = self.fast_session
+        assert fast is not None
+        try:
+            rec = await self.gate.record(call.new, State.ALLOWED)
+        except StoreError as e:
+            log.error("store error; failing closed: %s", e)
+            return _unrecorded(e)
+        caller = _Inflight(fast.session, request_id)
+        return await self._run(caller, call.upstream, call.tool, rec, call.raw, call.arguments, modified=False)
 
     async def _audit_gate(
         self,
@@ -610,9 +712,11 @@ class Proxy:
                 started = await self.gate.begin_forward(outcome.call)
                 if started is None:
                     return self._already_ran(outcome.call)
-                return await self._run(ctx, upstream, tool, started, raw, outcome.arguments, modified=outcome.modified)
+                return await self._run(
+                    self._caller(ctx), upstream, tool, started, raw, outcome.arguments, modified=outcome.modified
+                )
         rec = await self.gate.record(new, State.ALLOWED)
-        result = await self._run(ctx, upstream, tool, rec, raw, arguments, modified=False)
+        result = await self._run(self._caller(ctx), upstream, tool, rec, raw, arguments, modified=False)
         if not result.get("isError"):
             window = rule.review_window or DEFAULT_REVIEW_WINDOW
             opened = await self.gate.store.transition(
@@ -644,7 +748,7 @@ class Proxy:
 
     async def _run(
         self,
-        ctx: ServerRequestContext[ProxyState],
+        caller: _Inflight,
         upstream: Upstream,
         tool: str,
         rec: CallRecord,
@@ -655,11 +759,10 @@ class Proxy:
     ) -> dict[str, Any]:
         """Forward the call (exactly these arguments) and record how it ended, before replying."""
         fwd = {**raw, "name": tool, "arguments": arguments}
-        entry = _Inflight(ctx.session, ctx.request_id)
-        self._inflight.setdefault(upstream.name, []).append(entry)
+        self._inflight.setdefault(upstream.name, []).append(caller)
         try:
             result = await upstream.request(
-                "tools/call", fwd, progress=self._progress_fn(ctx), timeout=upstream.config.timeout
+                "tools/call", fwd, progress=caller.progress, timeout=upstream.config.timeout
             )
         except MCPError as e:
             if e.code == types.REQUEST_TIMEOUT:
@@ -685,7 +788,7 @@ class Proxy:
             raise
         finally:
             with contextlib.suppress(ValueError):
-                self._inflight[upstream.name].remove(entry)
+                self._inflight[upstream.name].remove(caller)
         await self.gate.finish(rec, result=result, error=None)
         if modified:
             note = (
@@ -850,6 +953,9 @@ class Proxy:
         sessions = self.state.sessions
         sessions.append(ctx.session)
         del sessions[:-MAX_SESSIONS]
+        if ctx.request is None and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            # stdio: this process serves exactly this one client from now on
+            self.fast_session = FastSession(ctx.session, self._client_info(ctx))
 
     async def _on_roots_changed(self, ctx: ServerRequestContext[ProxyState], params: Any) -> None:
         for up in self.upstreams.values():
@@ -923,7 +1029,19 @@ class Proxy:
             return types.ErrorData(code=e.code, message=e.message, data=e.data)
 
 
-async def serve_stdio(server: Server[ProxyState], init: InitializationOptions) -> None:
-    """Serve the proxy on this process's stdin/stdout (both protocol eras)."""
-    async with serve_stdio_streams() as (read, write):
-        await server.run(read, write, init)
+def _agent_params(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, float | None]:
+    """The arguments without the gatekeeper's own parameters, and the agent's stated reason and confidence."""
+    arguments = dict(arguments)
+    reason = arguments.pop(AGENT_REASON, None)
+    confidence = arguments.pop(AGENT_CONFIDENCE, None)
+    if not isinstance(reason, str):
+        reason = None
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
+        confidence = None
+    return arguments, reason, confidence
+
+
+def _unrecorded(e: StoreError) -> dict[str, Any]:
+    return text_result(
+        f"mcp-gatekeeper could not record this call, so it was not run (fail closed): {e}", is_error=True
+    )

@@ -19,10 +19,11 @@ import httpx2
 from mcp_gatekeeper.clock import Clock, SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
+from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.notify import Notifications
 from mcp_gatekeeper.policy import Policy
-from mcp_gatekeeper.proxy import Proxy, serve_stdio
+from mcp_gatekeeper.proxy import Proxy
 from mcp_gatekeeper.sealing import load_or_create_key
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.upstream import Upstream
@@ -187,7 +188,8 @@ async def run_proxy(
             tg.start_soon(proxy.compensator.run)
             server = proxy.build_server()
             if http is None:
-                await serve_stdio(server, proxy.init_options(server))
+                async with FastLane(proxy).running() as lane:
+                    await lane.serve_stdio(server, proxy.init_options(server))
             else:
                 await serve_http(server, host=http[0], port=http[1])
             tg.cancel_scope.cancel()

@@ -7,6 +7,9 @@ streams backed by non-blocking pipes on the event loop instead. The wire is move
 first, and fd 0 / fd 1 are pointed at ``/dev/null`` / stderr while serving, so a stray ``print`` or a
 child process cannot corrupt the protocol — the same guarantee the SDK gives. Anything else (a regular
 file, a terminal, another event loop) falls back to the SDK's own transport.
+
+A *tap* may take lines before the SDK sees them (the fast lane of :mod:`mcp_gatekeeper.fastlane`): it is
+made from the :class:`LineOut` the SDK writes through, so its own replies share the one ordered wire.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import fcntl
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from mcp.server.stdio import stdio_server
@@ -26,27 +29,39 @@ LINE_LIMIT = 256 * 1024 * 1024
 """Longest accepted line (the SDK's own transport has no limit; one message per line)."""
 
 
-class _Lines:
-    """``async for line in stdin`` over a non-blocking pipe."""
+Tap = Callable[[str], bool]
+"""Offered every incoming line; True means it took the line and the SDK never sees it."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+
+class _Lines:
+    """``async for line in stdin`` over a non-blocking pipe (lines a tap takes are skipped)."""
+
+    def __init__(self, reader: asyncio.StreamReader, tap: Tap | None) -> None:
         self._reader = reader
+        self._tap = tap
 
     def __aiter__(self) -> _Lines:
         return self
 
     async def __anext__(self) -> str:
-        try:
-            line = await self._reader.readline()
-        except ValueError:  # a line longer than LINE_LIMIT: skip it, the client gets no answer (as on the SDK path)
-            return "\n"
-        if not line:
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        while True:
+            try:
+                line = await self._reader.readline()
+            except ValueError:  # a line longer than LINE_LIMIT: skipped, the client gets no answer (as on the SDK path)
+                return "\n"
+            if not line:
+                raise StopAsyncIteration
+            text = line.decode("utf-8", errors="replace")
+            if self._tap is None or not self._tap(text):
+                return text
 
 
-class _Out:
-    """``await stdout.write(text)`` / ``await stdout.flush()`` over a non-blocking pipe."""
+class LineOut:
+    """``await stdout.write(text)`` / ``await stdout.flush()`` over a non-blocking pipe.
+
+    A ``write`` puts the whole text in the transport's buffer at once, so writers that each write whole
+    lines (the SDK's, and a tap's) never interleave within a line.
+    """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
@@ -75,8 +90,11 @@ def _is_pipe(fd: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def serve_stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
-    """The (read, write) streams ``Server.run`` wants, for this process's stdin and stdout."""
+async def serve_stdio_streams(make_tap: Callable[[LineOut], Tap] | None = None) -> AsyncIterator[tuple[Any, Any]]:
+    """The (read, write) streams ``Server.run`` wants, for this process's stdin and stdout.
+
+    ``make_tap`` is called once with the output, before the first line is read (not on the SDK fallback).
+    """
     if sys.platform == "win32" or not (_is_pipe(0) and _is_pipe(1)) or not _on_asyncio():
         async with stdio_server() as streams:
             yield streams
@@ -101,8 +119,10 @@ async def serve_stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
             lambda: asyncio.streams.FlowControlMixin(), os.fdopen(wire_out, "wb", buffering=0)
         )
         writer = asyncio.StreamWriter(writer_transport, cast(Any, protocol), None, loop)
+        out = LineOut(writer)
+        lines = _Lines(reader, make_tap(out) if make_tap is not None else None)
         # the SDK transport drives the two streams; it only needs `async for` and write/flush
-        async with stdio_server(stdin=cast(Any, _Lines(reader)), stdout=cast(Any, _Out(writer))) as streams:
+        async with stdio_server(stdin=cast(Any, lines), stdout=cast(Any, out)) as streams:
             yield streams
     finally:
         for transport in (read_transport, writer_transport):

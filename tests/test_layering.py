@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     # 4: the MCP server side and the web side
     "proxy": 4,
     "holding": 4,  # the proxy's per-request waiting (imports gate and MCP types)
+    "fastlane": 4,  # allowed tools/call on stdio without the SDK's per-message work (imports proxy and stdio)
     "compensation": 4,  # audit gates: capture before, compensation after a failed review (gate + upstream)
     "web": 4,
     "webauth": 4,
@@ -61,6 +62,7 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("web", "webauth"),
         ("web", "webredact"),
         ("web", "reports"),
+        ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast
         ("policy", "config"),  # policy compiles the config's rules; architecture.md puts both on layer 1
         ("waiting", "config"),  # the wait plan reads the [waiting] section
         ("proxy", "holding"),

@@ -274,6 +274,7 @@ def build_server(call_log: str | None) -> FeatureServer:
                 raise RuntimeError("boom: upstream exploded")
             case "slow":
                 steps, delay = int(args.get("steps", 5)), float(args.get("delay", 0.1))
+                print(f"UPSTREAM: slow() started ({steps} steps)", file=sys.stderr, flush=True)
                 try:
                     for i in range(steps):
                         await anyio.sleep(delay)

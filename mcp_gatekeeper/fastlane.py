@@ -1,0 +1,131 @@
+"""The stdio fast lane: allowed ``tools/call`` requests served without the SDK's per-message work.
+
+On the full path every request is validated into pydantic models twice, dispatched through a task, the
+OpenTelemetry middleware and the result shaper, and serialised back — about as much CPU again as the
+gatekeeper's own checks and its record in the store. For the calls that simply pass through, none of that
+changes what the client gets: this lane takes their lines off stdin (a :data:`~mcp_gatekeeper.stdio.Tap`),
+lets :meth:`Proxy.plan_fast <mcp_gatekeeper.proxy.Proxy.plan_fast>` decide whether the call qualifies,
+and if it does, records it and forwards it exactly as the full path would (:meth:`Proxy.run_fast`), then
+writes the JSON-RPC reply itself. Everything else — held, denied, audited, leased, quarantined, unknown
+tools, progress tokens, the 2026-07-28 era, any other method, anything malformed — goes to the SDK
+untouched, so its behaviour is the full path's by construction.
+
+``notifications/cancelled`` for a call in this lane cancels it here (the SDK never saw the request); the
+upstream is told, the record says ``outcome_unknown``, and, as the spec asks, no reply is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp.types as types
+from mcp import MCPError
+from mcp.server import Server
+from mcp.server.models import InitializationOptions
+
+from mcp_gatekeeper.proxy import FastCall, Proxy, ProxyState
+from mcp_gatekeeper.stdio import LineOut, Tap, serve_stdio_streams
+
+log = logging.getLogger(__name__)
+
+_MARKERS = ('"tools/call"', '"notifications/cancelled"')
+
+
+def _key(request_id: Any) -> tuple[str, Any]:
+    """Request ids 1 and "1" are different requests."""
+    return type(request_id).__name__, request_id
+
+
+class FastLane:
+    """Use :meth:`running` (an async context manager), then :meth:`serve_stdio`."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.taken = 0
+        """How many calls this lane served (for tests and the bench)."""
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._out: LineOut | None = None
+        self._running: dict[tuple[str, Any], anyio.CancelScope] = {}
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[FastLane]:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()  # calls still running end as a cancellation would (outcome_unknown)
+                self._tg = None
+
+    async def serve_stdio(self, server: Server[ProxyState], init: InitializationOptions) -> None:
+        """Serve the proxy on this process's stdin/stdout, with this lane in front of the SDK."""
+        async with serve_stdio_streams(self.tap) as (read, write):
+            await server.run(read, write, init)
+
+    def tap(self, out: LineOut) -> Tap:
+        """The stdio transport's hook: remember where replies go, hand back :meth:`offer`."""
+        self._out = out
+        return self.offer
+
+    def offer(self, line: str) -> bool:
+        """Take ``line`` if it is a call this lane serves (or the cancellation of one); False hands it on."""
+        if self._tg is None or self._out is None or not any(m in line for m in _MARKERS):
+            return False
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+            return False
+        method = msg.get("method")
+        params = msg.get("params")
+        if method == "notifications/cancelled" and "id" not in msg:
+            rid = params.get("requestId") if isinstance(params, dict) else None
+            scope = self._running.pop(_key(rid), None)
+            if scope is None:
+                return False  # not ours: the SDK's own requests are the SDK's to cancel
+            scope.cancel()
+            return True
+        if method != "tools/call" or "id" not in msg:
+            return False
+        rid = msg["id"]
+        if isinstance(rid, bool) or not isinstance(rid, int | str) or _key(rid) in self._running:
+            return False
+        call = self.proxy.plan_fast(params)
+        if call is None:
+            return False
+        scope = anyio.CancelScope()
+        self._running[_key(rid)] = scope  # registered now: a cancellation on the very next line finds it
+        self._tg.start_soon(self._serve, rid, call, scope)
+        return True
+
+    async def _serve(self, rid: Any, call: FastCall, scope: anyio.CancelScope) -> None:
+        reply: dict[str, Any] | None = None
+        with scope:
+            try:
+                result = await self.proxy.run_fast(call, rid)
+                reply = {"jsonrpc": "2.0", "id": rid, "result": result}
+            except MCPError as e:  # the upstream's own JSON-RPC error, passed on as the full path does
+                reply = {"jsonrpc": "2.0", "id": rid, "error": e.error.model_dump(by_alias=True, exclude_none=True)}
+            except Exception:
+                log.exception("fast lane: call %r failed", rid)
+                reply = {
+                    "jsonrpc": "2.0",
+                    "id": rid,
+                    "error": {"code": types.INTERNAL_ERROR, "message": "mcp-gatekeeper: internal error"},
+                }
+            finally:
+                if self._running.get(_key(rid)) is scope:
+                    del self._running[_key(rid)]
+        if reply is None:  # cancelled by the client: no reply (the record says outcome_unknown)
+            return
+        self.taken += 1
+        assert self._out is not None
+        await self._out.write(json.dumps(reply, ensure_ascii=False, separators=(",", ":")) + "\n")
+        await self._out.flush()
