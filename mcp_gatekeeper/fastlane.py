@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +36,25 @@ from mcp_gatekeeper.stdio import LineOut, Tap, serve_stdio_streams
 log = logging.getLogger(__name__)
 
 _MARKERS = ('"tools/call"', '"notifications/cancelled"')
+_PARAMS = frozenset({"name", "arguments", "_meta"})
+"""The only keys of a call's params the lane takes; any other (a task, an extension) is the full path's."""
+MAX_DEPTH = 64
+"""Deeper arguments go to the full path: its JSON parser's limit decides, not Python's."""
+_SURROGATE = re.compile(r"\\u[dD][89abAB]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, the SDK's parser does not
+
+
+def _shallow(value: Any, depth: int = 0) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_shallow(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_shallow(v, depth + 1) for v in value)
+    return True
 
 
 def _key(request_id: Any) -> tuple[str, Any]:
@@ -77,9 +97,11 @@ class FastLane:
         """Take ``line`` if it is a call this lane serves (or the cancellation of one); False hands it on."""
         if self._tg is None or self._out is None or not any(m in line for m in _MARKERS):
             return False
+        if "\\u" in line and _SURROGATE.search(line):
+            return False  # escaped surrogates: whether they are valid is the SDK's parser's call, not Python's
         try:
-            msg = json.loads(line)
-        except ValueError:
+            msg = json.loads(line, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
             return False
         if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
             return False
@@ -92,7 +114,9 @@ class FastLane:
                 return False  # not ours: the SDK's own requests are the SDK's to cancel
             scope.cancel()
             return True
-        if method != "tools/call" or "id" not in msg:
+        if method != "tools/call" or "id" not in msg or not isinstance(params, dict) or not params.keys() <= _PARAMS:
+            return False
+        if not _shallow(params):
             return False
         rid = msg["id"]
         if isinstance(rid, bool) or not isinstance(rid, int | str) or _key(rid) in self._running:
@@ -127,5 +151,8 @@ class FastLane:
             return
         self.taken += 1
         assert self._out is not None
-        await self._out.write(json.dumps(reply, ensure_ascii=False, separators=(",", ":")) + "\n")
-        await self._out.flush()
+        try:
+            await self._out.write(json.dumps(reply, ensure_ascii=False, separators=(",", ":")) + "\n")
+            await self._out.flush()
+        except (OSError, RuntimeError) as e:  # the client went away; the call is recorded all the same
+            log.debug("fast lane: could not reply to %r: %s", rid, e)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import mcp.types as types
 import pytest
 from anyio.abc import Process
@@ -140,6 +141,13 @@ async def test_agent_parameters_are_recorded_and_stripped_as_on_the_full_path(tm
         ("not JSON-RPC 2.0", json.dumps({"id": 1, "method": "tools/call", "params": {"name": "echo"}})),
         ("another method", json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})),
         ("a batch", json.dumps([json.loads(call_line(1, "echo", {"text": "x"}))])),
+        (
+            "nested deeper than the lane takes",
+            call_line(1, "echo", {"text": "x", "deep": json.loads("[" * 70 + "]" * 70)}),
+        ),
+        ("NaN (not JSON)", call_line(1, "echo", {"text": "x", "n": float("nan")})),
+        ("an escaped surrogate", call_line(1, "echo", {"text": "\ud83d\ude00"})),
+        ("a params key the lane does not know", call_line(1, "echo", {"text": "x"}, task={"ttl": 1000})),
         ("broken JSON", '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"'),
         (
             "someone else's cancellation",
@@ -193,8 +201,8 @@ async def test_cancelling_a_call_in_the_lane(tmp_path: Path) -> None:
             lane.tap(w.out)
             assert lane.offer(call_line(5, "slow", {"steps": 1000, "delay": 0.05}))
             with anyio.fail_after(10):
-                while not stack.received:  # the upstream has the call
-                    await anyio.wait_all_tasks_blocked()
+                while not stack.received:  # the upstream has the call (it records calls as they arrive)
+                    await anyio.lowlevel.checkpoint()
             cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5, "reason": "x"}}
             assert lane.offer(json.dumps(cancel) + "\n")
             assert lane.offer(json.dumps(cancel) + "\n") is False  # already gone: not ours any more
