@@ -669,7 +669,7 @@ class Proxy:
         return FastCall(upstream=upstream, tool=tool, new=new, raw=raw, arguments=arguments)
 
     async def run_fast(self, call: FastCall, request_id: Any) -> dict[str, Any]:
-        """Record and forward a call :meth:`plan_fast` passed: the same two steps as on the full path."""
+        """Record and forward a call :meth:`plan_fast` passed, and record its outcome: the full path's steps."""
         fast = self.fast_session
         assert fast is not None
         try:

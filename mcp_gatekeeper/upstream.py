@@ -30,6 +30,7 @@ from pydantic import TypeAdapter
 
 from mcp_gatekeeper.config import UpstreamConfig, expand_env
 from mcp_gatekeeper.errors import UpstreamError
+from mcp_gatekeeper.upstream_stdio import StdioChild
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Upstream:
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing: anyio.Event | None = None
         self._lock = anyio.Lock()
+        self._stdio: StdioChild | None = None
+        """The stdio connection's raw lane (tools/call without progress), while connected over stdio."""
         self.generation = 0
         self.tools: dict[str, dict[str, Any]] = {}
         """The latest tool definitions by name (raw dicts as the upstream sent them)."""
@@ -161,9 +164,18 @@ class Upstream:
             assert cfg.command is not None
             env = dict(os.environ)
             env.update({k: expand_env(v) for k, v in cfg.env.items()})
-            params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=env, cwd=cfg.cwd)
-            async with stdio_client(params, errlog=self._errlog) as streams:
-                yield streams
+            if sys.platform == "win32":  # the SDK's transport knows Windows' process trees; no raw lane there
+                params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=env, cwd=cfg.cwd)
+                async with stdio_client(params, errlog=self._errlog) as streams:
+                    yield streams
+                return
+            child = StdioChild(cfg.command, list(cfg.args), env=env, cwd=cfg.cwd, errlog=self._errlog)
+            async with child.connect() as streams:
+                self._stdio = child
+                try:
+                    yield streams
+                finally:
+                    self._stdio = None
             return
         assert cfg.url is not None
         headers = {k: expand_env(v) for k, v in cfg.headers.items()}
@@ -191,8 +203,19 @@ class Upstream:
         progress: ProgressFn | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Send ``method`` with raw ``params``; the raw result dict, or MCPError / UpstreamError."""
+        """Send ``method`` with raw ``params``; the raw result dict, or MCPError / UpstreamError.
+
+        Over stdio, a ``tools/call`` without a progress callback takes the connection's raw lane (one JSON
+        line each way, see :mod:`mcp_gatekeeper.upstream_stdio`); everything else goes through the SDK.
+        """
         client = self._client or await self.connect()
+        stdio = self._stdio
+        if stdio is not None and progress is None and method == "tools/call":
+            try:
+                return await stdio.request(method, params or {}, timeout=timeout)
+            except UpstreamError as e:
+                self.mark_broken()
+                raise UpstreamError(f"upstream {self.name!r} is gone: {e}") from e
         try:
             return await client.session.send_request(  # type: ignore[type-var]  # a TypeAdapter of dict is accepted at run time; the bound only reflects the model path
                 RawRequest(method=method, params=params or {}),

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "store": 2,
     "notify": 2,
     "sealing": 2,  # HMAC-sealed requestState and its per-home key file
+    "upstream_stdio": 2,  # an upstream server process on stdio: the SDK's streams plus a raw lane
     # 3: holding and deciding; upstream connections
     "gate": 3,
     "upstream": 3,
