@@ -282,7 +282,7 @@ class Store:
         self.clock = clock
         self._commits = 0
         self._checkpoint_due: anyio.Event | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # uncontended (the usual case): no trip round the event loop
         self.instance_id: str | None = None
         self._busy_at = -1e9
         self.fsync_every_call = False

@@ -60,7 +60,7 @@ class StdioChild:
         self._process: anyio.abc.Process | None = None
         self._waiting: dict[str, _Waiter] = {}
         self._ids = itertools.count(1)
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)  # uncontended: no trip round the event loop
         self._closed = False
 
     @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from mcp_gatekeeper.clock import FakeClock
@@ -519,6 +520,9 @@ async def test_checkpoints_run_off_the_commits_and_keep_the_wal_bounded(tmp_path
     async def pass_through(store: Store, n: int) -> None:
         for _ in range(n):
             rec = await store.insert_call(new, state=State.ALLOWED)
+            await (
+                anyio.lowlevel.checkpoint()
+            )  # a real call waits for its upstream here (store work itself need not yield)
             await store.finish_call(
                 rec.id, State.ALLOWED, State.FORWARDED, result={"content": []}, error=None, detail={},
                 args_digest=rec.args_digest,
