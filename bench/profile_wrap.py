@@ -37,7 +37,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("canonical JSON / SHA-256 digests / audit hash", ("mcp_gatekeeper/models.py", "json/", "hashlib")),
     ("store.py on the event loop (rows, CallRecord; SQLite itself when run inline)", ("mcp_gatekeeper/store.py",)),
     ("aiosqlite, event-loop side (queue put, futures)", ("aiosqlite/",)),
-    ("gate.py / proxy.py / upstream.py logic", ("mcp_gatekeeper/",)),
+    ("fastlane.py / gate.py / proxy.py / upstream.py logic", ("mcp_gatekeeper/",)),
     ("pydantic validation / serialisation (SDK types)", ("pydantic/", "pydantic_core", "mcp_types/", "type_adapter")),
     ("MCP SDK session, dispatcher, stdio transport", ("mcp/",)),
     ("pipe write syscalls (asyncio pipe transport: to the upstream's stdin)", ("unix_events.py",)),
@@ -47,11 +47,14 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 HOT_FUNCTIONS = [
-    ("Proxy._call_tool (our whole handler, inclusive)", "_call_tool (mcp_gatekeeper/proxy.py"),
-    ("Store.insert_call (commit 1 + read back)", "insert_call (mcp_gatekeeper/store.py"),
-    ("Gate.finish -> Store.transition (commit 2 + read back)", "finish (mcp_gatekeeper/gate.py"),
+    ("FastLane.offer (take the line off stdin: parse, plan_fast)", "offer (mcp_gatekeeper/fastlane.py"),
+    ("FastLane._serve (record, forward, record, reply)", "_serve (mcp_gatekeeper/fastlane.py"),
+    ("Proxy.plan_fast (route, policy, digest, NewCall)", "plan_fast (mcp_gatekeeper/proxy.py"),
+    ("Proxy._call_tool (the full path's handler, inclusive)", "_call_tool (mcp_gatekeeper/proxy.py"),
+    ("Store.insert_call (commit 1)", "insert_call (mcp_gatekeeper/store.py"),
+    ("Gate.finish -> Store.finish_call (commit 2)", "finish (mcp_gatekeeper/gate.py"),
     ("Store.get (read back a row -> CallRecord)", "get (mcp_gatekeeper/store.py"),
-    ("Store._append_audit (hash chain)", "_append_audit (mcp_gatekeeper/store.py"),
+    ("Store._audit (hash chain: previous hash, SHA-256, INSERT)", "_audit (mcp_gatekeeper/store.py"),
     ("Policy.evaluate", "evaluate (mcp_gatekeeper/policy.py"),
     ("tooldef_hash", "tooldef_hash (mcp_gatekeeper/proxy.py"),
     ("Proxy._client_info", "_client_info (mcp_gatekeeper/proxy.py"),

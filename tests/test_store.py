@@ -550,3 +550,70 @@ async def test_checkpoints_run_off_the_commits_and_keep_the_wal_bounded(tmp_path
         unbounded = wal.stat().st_size
         assert await store.integrity_check() == "ok"
     assert bounded * 3 < unbounded, (bounded, unbounded)
+
+
+async def test_concurrent_pass_through_records_share_commits_and_stay_chained(tmp_path: Path) -> None:
+    new = NewCall(upstream="u", tool="echo", arguments={"text": "x"}, gate="allow", risk="low")
+    async with Store.open(tmp_path / "gk.db", FakeClock()) as store:
+        ids: list[str] = []
+
+        async def call(i: int) -> None:
+            rec = await store.insert_call(replace(new, arguments={"text": f"x{i}"}), state=State.ALLOWED)
+            ids.append(rec.id)
+            await anyio.lowlevel.checkpoint()  # the upstream works
+            assert await store.finish_call(
+                rec.id,
+                State.ALLOWED,
+                State.FORWARDED,
+                result={"i": i},
+                error=None,
+                detail={},
+                args_digest=rec.args_digest,
+            )
+
+        before = store._commits
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(call, i)
+        commits = store._commits - before
+        rows = await store.query("SELECT state, arguments, result FROM calls")
+        ok, events, _ = await store.verify_audit()
+    assert len(set(ids)) == 200
+    assert sorted(rows) == sorted(("forwarded", f'{{"text":"x{i}"}}', f'{{"i":{i}}}') for i in range(200))
+    assert (ok, events) == (True, 400)  # one "allowed" and one "forwarded" event per call, chained
+    assert commits < 40, commits  # 400 transactions, grouped by turn of the event loop
+
+
+async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "gk.db", FakeClock()) as store:
+
+        def good(i: int) -> Any:
+            def body(c: sqlite3.Connection) -> int:
+                c.execute("INSERT INTO used_states (nonce, call_id, used_at) VALUES (?, 'c', 0)", (f"good{i}",))
+                return i
+
+            return body
+
+        def bad(c: sqlite3.Connection) -> int:
+            c.execute("INSERT INTO used_states (nonce, call_id, used_at) VALUES ('bad', 'c', 0)")
+            c.execute("INSERT INTO used_states (nonce, call_id, used_at) VALUES ('good3', 'c', 0)")  # taken: fails
+            return -1
+
+        results: dict[int, Any] = {}
+
+        async def run(i: int, fn: Any) -> None:
+            try:
+                results[i] = await store._tx(fn, fsync=False)
+            except StoreError as e:
+                results[i] = e
+
+        before = store._commits
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(run, i, good(i))
+            tg.start_soon(run, 99, bad)
+        nonces = {r[0] for r in await store.query("SELECT nonce FROM used_states")}
+    assert store._commits - before < 11  # they were grouped
+    assert {i: results[i] for i in range(10)} == {i: i for i in range(10)}
+    assert isinstance(results[99], StoreError) and "UNIQUE" in str(results[99])
+    assert nonces == {f"good{i}" for i in range(10)}  # the failing body left nothing behind, the others all landed
