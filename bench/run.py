@@ -43,9 +43,11 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown section(s) {sorted(bad)}")
     a.only = None  # passthrough configuration filter (unused from the command line)
     # counts: default | quick
-    a.rounds = 2 if q else 5
-    a.calls = 100 if q else 200  # sequential calls per configuration per round (5 x 200 = 1,000)
-    a.bursts = 1 if q else 3
+    # more, shorter rounds: each round's figures are paired with the same round's direct, and the median over
+    # rounds shrugs off the odd round that a neighbour on this shared machine slowed down
+    a.rounds = 2 if q else 9
+    a.calls = 100 if q else 120  # sequential calls per configuration per round (9 x 120 = 1,080)
+    a.bursts = 1 if q else 2
     a.concurrency = 200
     a.startup_reps = 3 if q else 8
     a.decisions = 15 if q else 60
