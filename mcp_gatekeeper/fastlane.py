@@ -95,6 +95,13 @@ class FastLane:
 
     def offer(self, line: str) -> bool:
         """Take ``line`` if it is a call this lane serves (or the cancellation of one); False hands it on."""
+        try:
+            return self._offer(line)
+        except Exception:  # a fault here must not take the server down: the full path handles the line
+            log.exception("fast lane: could not look at a line; leaving it to the full path")
+            return False
+
+    def _offer(self, line: str) -> bool:
         if self._tg is None or self._out is None or not any(m in line for m in _MARKERS):
             return False
         if "\\u" in line and _SURROGATE.search(line):

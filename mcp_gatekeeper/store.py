@@ -530,6 +530,8 @@ class Store:
         if slot.error is not None:
             if isinstance(slot.error, _DB_ERRORS):
                 raise StoreError(f"cannot use {self.path}: {slot.error}") from slot.error
+            if isinstance(slot.error, StoreError):  # the group's own failure: each caller gets its own exception
+                raise StoreError(str(slot.error)) from slot.error
             raise slot.error
         out: T = slot.value
         return out

@@ -175,7 +175,8 @@ class Upstream:
                 try:
                     yield streams
                 finally:
-                    self._stdio = None
+                    if self._stdio is child:  # a reconnection may already have put its own in place
+                        self._stdio = None
             return
         assert cfg.url is not None
         headers = {k: expand_env(v) for k, v in cfg.headers.items()}

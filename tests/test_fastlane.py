@@ -347,3 +347,18 @@ async def test_wrap_serves_allowed_calls_cancellations_and_progress_on_the_wire(
     assert [(e["tool"], e["arguments"].get("text")) for e in call_log(log) if e["tool"] == "echo"] == [
         ("echo", "one"), ("echo", "two"), ("echo", "four"),
     ]  # fmt: skip
+
+
+async def test_a_fault_in_the_lane_leaves_the_line_to_the_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(params: Any) -> None:
+        raise RuntimeError("a bug in the lane")
+
+    async with lane_for(tmp_path) as rig:
+        monkeypatch.setattr(rig.stack.proxy, "plan_fast", broken)
+        assert rig.lane.offer(call_line(1, "echo", {"text": "x"})) is False  # not raised into the stdio reader
+        await rig.settle()
+        records = await rows(rig.stack)
+    assert records == [] and rig.stack.received == []
+    assert "a bug in the lane" in caplog.text
