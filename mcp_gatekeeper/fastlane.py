@@ -11,7 +11,9 @@ tools, progress tokens, the 2026-07-28 era, any other method, anything malformed
 untouched, so its behaviour is the full path's by construction.
 
 ``notifications/cancelled`` for a call in this lane cancels it here (the SDK never saw the request); the
-upstream is told, the record says ``outcome_unknown``, and, as the spec asks, no reply is sent.
+upstream is told, the record says ``outcome_unknown``, and, as the spec asks, no reply is sent. When the
+client closes stdin, calls still running end the same way but are answered "Connection closed", as the SDK
+answers its own requests then.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class FastLane:
         self._tg: anyio.abc.TaskGroup | None = None
         self._out: LineOut | None = None
         self._running: dict[tuple[str, Any], anyio.CancelScope] = {}
+        self._shut: set[anyio.CancelScope] = set()
+        self._active = 0
+        self._idle = anyio.Event()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[FastLane]:
@@ -86,7 +91,11 @@ class FastLane:
     async def serve_stdio(self, server: Server[ProxyState], init: InitializationOptions) -> None:
         """Serve the proxy on this process's stdin/stdout, with this lane in front of the SDK."""
         async with serve_stdio_streams(self.tap) as (read, write):
-            await server.run(read, write, init)
+            try:
+                await server.run(read, write, init)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._close()  # while stdout is still open
 
     def tap(self, out: LineOut) -> Tap:
         """The stdio transport's hook: remember where replies go, hand back :meth:`offer`."""
@@ -138,28 +147,49 @@ class FastLane:
 
     async def _serve(self, rid: Any, call: FastCall, scope: anyio.CancelScope) -> None:
         reply: dict[str, Any] | None = None
-        with scope:
-            try:
-                result = await self.proxy.run_fast(call, rid)
-                reply = {"jsonrpc": "2.0", "id": rid, "result": result}
-            except MCPError as e:  # the upstream's own JSON-RPC error, passed on as the full path does
-                reply = {"jsonrpc": "2.0", "id": rid, "error": e.error.model_dump(by_alias=True, exclude_none=True)}
-            except Exception:
-                log.exception("fast lane: call %r failed", rid)
-                reply = {
-                    "jsonrpc": "2.0",
-                    "id": rid,
-                    "error": {"code": types.INTERNAL_ERROR, "message": "mcp-gatekeeper: internal error"},
-                }
-            finally:
-                if self._running.get(_key(rid)) is scope:
-                    del self._running[_key(rid)]
-        if reply is None:  # cancelled by the client: no reply (the record says outcome_unknown)
-            return
-        self.taken += 1
+        self._active += 1
+        try:
+            with scope:
+                try:
+                    result = await self.proxy.run_fast(call, rid)
+                    reply = {"jsonrpc": "2.0", "id": rid, "result": result}
+                except MCPError as e:  # the upstream's own JSON-RPC error, passed on as the full path does
+                    reply = {"jsonrpc": "2.0", "id": rid, "error": e.error.model_dump(by_alias=True, exclude_none=True)}
+                except Exception:
+                    log.exception("fast lane: call %r failed", rid)
+                    reply = {"jsonrpc": "2.0", "id": rid, "error": {"code": types.INTERNAL_ERROR,
+                             "message": "mcp-gatekeeper: internal error"}}  # fmt: skip
+                finally:
+                    if self._running.get(_key(rid)) is scope:
+                        del self._running[_key(rid)]
+            if reply is None and scope in self._shut:
+                # the client closed stdin: answered as the SDK answers its own requests then, so that nobody is
+                # left waiting (the record says outcome_unknown)
+                reply = {"jsonrpc": "2.0", "id": rid, "error": {"code": types.CONNECTION_CLOSED,
+                         "message": "Connection closed"}}  # fmt: skip
+            if reply is None:  # cancelled by the client: no reply (the record says outcome_unknown)
+                return
+            self.taken += 1
+            await self._reply(reply)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _close(self) -> None:
+        """Stdin is closed: end the calls still running (each answers "Connection closed") and wait for them."""
+        self._shut = set(self._running.values())
+        for scope in self._shut:
+            scope.cancel()
+        if self._active:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(5):  # bounded: every step of ending a call is (shielded store writes)
+                await self._idle.wait()
+
+    async def _reply(self, reply: dict[str, Any]) -> None:
         assert self._out is not None
         try:
             await self._out.write(json.dumps(reply, ensure_ascii=False, separators=(",", ":")) + "\n")
             await self._out.flush()
         except (OSError, RuntimeError) as e:  # the client went away; the call is recorded all the same
-            log.debug("fast lane: could not reply to %r: %s", rid, e)
+            log.debug("fast lane: could not reply to %r: %s", reply.get("id"), e)

@@ -332,8 +332,16 @@ async def test_wrap_serves_allowed_calls_cancellations_and_progress_on_the_wire(
             assert [m.get("method") for m in seen[:2]] == ["notifications/progress"] * 2
             assert {m["params"]["progressToken"] for m in seen[:2]} == {"tok"}
             assert seen[2]["id"] == 5 and seen[2]["result"]["content"][0]["text"] == "done 2"
+            # the client closes stdin while a call runs: it is answered "Connection closed", as the SDK
+            # answers its own requests then, and wrap exits
+            await c.send({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                          "params": {"name": "slow", "arguments": {"steps": 1000, "delay": 0.05}}})  # fmt: skip
+            with anyio.fail_after(30):
+                await watcher.wait_for(re.compile(r"UPSTREAM: slow\(\) started \(1000"))
             assert proc.stdin is not None
-            await proc.stdin.aclose()  # the client goes away: wrap exits
+            await proc.stdin.aclose()
+            last = await c.receive()
+            assert last == {"jsonrpc": "2.0", "id": 6, "error": {"code": -32000, "message": "Connection closed"}}
             with anyio.fail_after(30):
                 assert await proc.wait() == 0
     finally:
@@ -342,7 +350,7 @@ async def test_wrap_serves_allowed_calls_cancellations_and_progress_on_the_wire(
         states = db.execute("SELECT tool, state FROM calls ORDER BY created_at").fetchall()
     assert states == [
         ("echo", "forwarded"), ("echo", "forwarded"), ("slow", "outcome_unknown"), ("echo", "forwarded"),
-        ("slow", "forwarded"),
+        ("slow", "forwarded"), ("slow", "outcome_unknown"),
     ]  # fmt: skip
     assert [(e["tool"], e["arguments"].get("text")) for e in call_log(log) if e["tool"] == "echo"] == [
         ("echo", "one"), ("echo", "two"), ("echo", "four"),
