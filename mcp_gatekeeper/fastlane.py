@@ -70,7 +70,7 @@ class FastLane:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.taken = 0
-        """How many calls this lane served (for tests and the bench)."""
+        """How many calls this lane answered (the tests check it took what it should)."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._out: LineOut | None = None
         self._running: dict[tuple[str, Any], anyio.CancelScope] = {}

@@ -547,7 +547,7 @@ class Store:
         """
         due = self._checkpoint_due = anyio.Event()
         try:
-            await self._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"), inline=False)
+            await self._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"), inline=True)  # no I/O
             while True:
                 await due.wait()
                 due = self._checkpoint_due = anyio.Event()
@@ -559,7 +559,7 @@ class Store:
         finally:
             self._checkpoint_due = None
             with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                await self._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 1000"), inline=False)
+                await self._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 1000"), inline=True)
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def read(c: sqlite3.Connection) -> list[tuple[Any, ...]]:

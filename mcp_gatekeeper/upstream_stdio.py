@@ -16,9 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
-import os
-import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -28,11 +25,10 @@ import anyio.abc
 import mcp.types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import MCPError
+from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
 from mcp_gatekeeper.errors import UpstreamError
-
-log = logging.getLogger(__name__)
 
 EXIT_GRACE = 2.0
 """Seconds a server gets to exit after its stdin is closed, and again after SIGTERM, before SIGKILL."""
@@ -208,7 +204,7 @@ class StdioChild:
             with contextlib.suppress(Exception):
                 await process.stdin.aclose()
         if not await _exited(process):
-            await _terminate_group(process.pid)
+            await terminate_posix_process_tree(process, EXIT_GRACE)  # SIGTERM the group, SIGKILL what is left
             await _exited(process)
         if process.stdout is not None:
             with contextlib.suppress(Exception):
@@ -229,24 +225,3 @@ def _parse(line: bytes) -> SessionMessage | Exception:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
     except ValueError as e:
         return e
-
-
-async def _terminate_group(pgid: int) -> None:
-    """SIGTERM the group (the server is its leader), SIGKILL what is left after EXIT_GRACE seconds."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        log.warning("no permission to signal process group %d", pgid)
-    with anyio.move_on_after(EXIT_GRACE):
-        while True:  # a group has no event to wait on: probe it with signal 0 until it is gone
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                pass
-            await anyio.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
