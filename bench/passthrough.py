@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def build_configs(bg: Background, *, peers: bool, only: set[str] | None = None) 
     notes: list[str] = []
     cfgs: list[Config] = []
     gk = C.gatekeeper_cmd()
+    # GK_BENCH_BASELINE: the `mcp-gatekeeper` of another build (e.g. the previous release installed in its own venv),
+    # measured in the same rounds as this one so that a change's cost is a paired difference, not two noisy runs
+    base = [os.environ["GK_BENCH_BASELINE"]] if os.environ.get("GK_BENCH_BASELINE") else []
     cfg_file = C.OUT / "passthrough-gatekeeper.toml"
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(GK_CONFIG)
@@ -101,6 +105,12 @@ def build_configs(bg: Background, *, peers: bool, only: set[str] | None = None) 
                    [*gk, "wrap", "--config", str(cfg_file), "--name", "time", "--", *t], TIME_CALL,
                    note="mcp-gatekeeper wrap, allow rule, [ui] autostart=false", gk_home=True),
         ]  # fmt: skip
+        if base:
+            cfgs.append(
+                Config("time/gatekeeper-baseline", "time", "gatekeeper",
+                       [*base, "wrap", "--config", str(cfg_file), "--name", "time", "--", *t], TIME_CALL,
+                       note=f"the same, an earlier build for a side-by-side comparison: {base[0]}", gk_home=True)
+            )  # fmt: skip
         if peers:
             sdk = C.sdk_proxy_path()
             if sdk is not None:
@@ -139,6 +149,12 @@ def build_configs(bg: Background, *, peers: bool, only: set[str] | None = None) 
         Config("echo/gatekeeper", "echo", "gatekeeper",
                [*gk, "wrap", "--config", str(cfg_file), "--name", "feat", "--", *fs], ECHO_CALL, gk_home=True),
     ]  # fmt: skip
+    if base:
+        cfgs.append(
+            Config("echo/gatekeeper-baseline", "echo", "gatekeeper",
+                   [*base, "wrap", "--config", str(cfg_file), "--name", "feat", "--", *fs], ECHO_CALL, gk_home=True,
+                   note=f"an earlier build, side by side: {base[0]}")
+        )  # fmt: skip
     if only:
         cfgs = [c for c in cfgs if c.name in only]
     return cfgs, notes
