@@ -564,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--config",
             metavar="FILE",
-            help="config file (default: $MCP_GATEKEEPER_CONFIG or ~/.config/mcp-gatekeeper/config.toml)",
+            help='config file (default: $MCP_GATEKEEPER_CONFIG or the user\'s config.toml, see README "Where things live")',
         )
         return sp
 

@@ -3,7 +3,8 @@
 ``load_config()`` raises one :class:`~mcp_gatekeeper.errors.ConfigError` that names every bad field by
 its path and, where the file shows it, its line (``config.toml:14: rules[2].gate: ...``).
 Where the config lives: ``--config``, else ``$MCP_GATEKEEPER_CONFIG``, else
-``~/.config/mcp-gatekeeper/config.toml`` if present, else built-in defaults.
+the user's ``config.toml`` (``~/.config/mcp-gatekeeper/`` on Linux, the platform's config dir elsewhere:
+:func:`default_config_path`) if present, else built-in defaults.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -406,7 +408,9 @@ class GatekeeperConfig(_Model):
 
 
 def default_config_path() -> Path:
-    return Path(os.path.expanduser("~/.config/mcp-gatekeeper/config.toml"))
+    """The user's config file: the platform's user config dir (``~/.config/mcp-gatekeeper`` on Linux), or
+    the older ``~/.config/mcp-gatekeeper/config.toml`` when only that exists (see :mod:`mcp_gatekeeper.hostos`)."""
+    return hostos.locate_config().path
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:

@@ -29,11 +29,9 @@ import math
 import os
 import re
 import shlex
-import shutil
-import sys
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.errors import ConfigError, GatekeeperError
 
 CLIENTS: tuple[str, ...] = ("claude-desktop", "claude-code", "cursor", "vscode")
@@ -93,41 +92,44 @@ def _client(name: str) -> _Client:
 # --------------------------------------------------------------------------- where the files are
 
 
-def _app_config_dir(home: Path) -> Path:
-    """The per-user directory desktop applications keep their settings in."""
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support"
-    if sys.platform == "win32":
-        appdata = os.environ.get("APPDATA")
-        return Path(appdata) if appdata else home / "AppData" / "Roaming"
-    return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+def client_config_files(
+    client: str,
+    project: Path | None = None,
+    *,
+    platform: str = hostos.HOST,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """(project-scope files, user-scope files) the client reads on ``platform``, existing or not.
 
-
-def _candidate_files(client: str, project: Path | None) -> tuple[list[Path], list[Path]]:
-    """(project-scope files, user-scope files) the client reads, existing or not."""
-    home = Path.home()
+    Claude Desktop: ``~/Library/Application Support/Claude/claude_desktop_config.json`` (macOS),
+    ``%APPDATA%\\Claude\\claude_desktop_config.json`` (Windows), ``~/.config/Claude/...`` (Linux builds);
+    VS Code: ``User/mcp.json`` in the same settings directory under ``Code``; Cursor and Claude Code: in the
+    home directory (``%USERPROFILE%`` on Windows) on every platform.
+    """
+    _client(client)
+    home = Path.home() if home is None else home
+    settings = hostos.app_settings_dir(platform, env, home)
     if client == "claude-desktop":
-        return [], [_app_config_dir(home) / "Claude" / "claude_desktop_config.json"]
+        return [], [settings / "Claude" / "claude_desktop_config.json"]
     if client == "claude-code":
         return ([project / ".mcp.json"] if project else []), [home / ".claude.json"]
     if client == "cursor":
         return ([project / ".cursor" / "mcp.json"] if project else []), [home / ".cursor" / "mcp.json"]
-    return ([project / ".vscode" / "mcp.json"] if project else []), [
-        _app_config_dir(home) / "Code" / "User" / "mcp.json"
-    ]
+    return ([project / ".vscode" / "mcp.json"] if project else []), [settings / "Code" / "User" / "mcp.json"]
 
 
 def find_config_files(client: str, *, project: Path | None = None) -> list[Path]:
     """The client's config files that exist: the project's (if ``project`` is given) then the user's."""
     _client(client)
-    project_files, user_files = _candidate_files(client, project)
+    project_files, user_files = client_config_files(client, project)
     return [p for p in project_files + user_files if p.is_file()]
 
 
 def _target_file(client: str, config_path: Path | None, project: Path | None) -> Path:
     if config_path is not None:
         return config_path
-    project_files, user_files = _candidate_files(client, project)
+    project_files, user_files = client_config_files(client, project)
     return (project_files or user_files)[0]
 
 
@@ -599,7 +601,25 @@ class _Wrapped:
     notes: tuple[str, ...] = ()
 
 
-def _wrap(name: str, entry: dict[str, object], exe: str) -> _Wrapped | str:
+Resolver = Callable[[str], str | None]
+
+
+def _absolute_command(name: str, command: str, resolve: Resolver) -> tuple[str, str | None]:
+    """The upstream command as an absolute path where it can be found now, and a note saying what was done.
+
+    Clients start servers with their own environment: Claude Desktop on macOS with a short ``PATH``, and a
+    bare ``npx`` does not run on Windows (it is ``npx.cmd``). A command with a ``${...}`` placeholder, a
+    relative path or an absolute path is left as written.
+    """
+    if "$" in command or os.path.isabs(command) or "/" in command or "\\" in command:
+        return command, None
+    found = resolve(command)
+    if found is None:
+        return command, f"note: '{name}': '{command}' is not on this PATH; left as written (the client must find it)"
+    return found, f"note: '{name}': '{command}' is written as {found} (clients may start servers with another PATH)"
+
+
+def _wrap(name: str, entry: dict[str, object], exe: str, resolve: Resolver = hostos.resolve_command) -> _Wrapped | str:
     """The gated version of ``entry``, or why it is left alone."""
     if _wrap_args(entry) is not None:
         return "already gated by mcp-gatekeeper; left as is"
@@ -608,7 +628,8 @@ def _wrap(name: str, entry: dict[str, object], exe: str) -> _Wrapped | str:
     command, args = entry.get("command"), _str_list(entry.get("args", []))
     if not isinstance(command, str) or args is None:
         return "neither a 'command' with string 'args' nor a 'url'; left as is"
-    new_args = ["wrap", "--name", name, "--", command, *args]
+    upstream, resolved_note = _absolute_command(name, command, resolve)
+    new_args = ["wrap", "--name", name, "--", upstream, *args]
     wrapped: dict[str, object] = {}
     for key, value in entry.items():
         if key == "command":
@@ -618,8 +639,10 @@ def _wrap(name: str, entry: dict[str, object], exe: str) -> _Wrapped | str:
         else:
             wrapped[key] = new_args if key == "args" else value
     other = _other_wrapper(command, args)
-    notes = (f"note: '{name}' already runs through another tool ({other}); gating it as well",) if other else ()
-    return _Wrapped(wrapped, f"stdio: {shlex.join([command, *args])}", notes)
+    notes = [f"note: '{name}' already runs through another tool ({other}); gating it as well"] if other else []
+    if resolved_note:
+        notes.append(resolved_note)
+    return _Wrapped(wrapped, f"stdio: {shlex.join([command, *args])}", tuple(notes))
 
 
 def _wrap_remote(name: str, entry: dict[str, object], exe: str) -> _Wrapped | str:
@@ -695,7 +718,7 @@ def _unwrap_unrecorded(entry: dict[str, object]) -> dict[str, object] | None:
 def _command_exists(command: str) -> bool:
     if os.path.isabs(command):
         return os.path.isfile(command) and os.access(command, os.X_OK)
-    return shutil.which(command) is not None
+    return hostos.resolve_command(command) is not None
 
 
 def _status(entry: _Entry) -> ServerStatus:
@@ -766,11 +789,7 @@ class _Record(BaseModel):
 
 def _record_path() -> Path:
     """In the gatekeeper home: ``$MCP_GATEKEEPER_HOME``, else the user state dir (as the store finds it)."""
-    home = os.environ.get("MCP_GATEKEEPER_HOME")
-    if home:
-        return Path(home).expanduser() / "installs.json"
-    state = os.environ.get("XDG_STATE_HOME")
-    return (Path(state) if state else Path.home() / ".local" / "state") / "mcp-gatekeeper" / "installs.json"
+    return hostos.locate_home().path / "installs.json"
 
 
 def _load_record() -> _Record:
@@ -816,7 +835,7 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if sys.platform != "win32":
+    if not hostos.is_windows():  # a directory cannot be opened for fsync on Windows
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -878,7 +897,7 @@ def _commit(doc: _Document, new: bytes, out: TextIO) -> None:
 
 
 def _resolve_executable(executable: str) -> str:
-    found = executable if os.path.isabs(executable) else shutil.which(executable)
+    found = executable if os.path.isabs(executable) else hostos.resolve_command(executable)
     if found is None:
         raise GatekeeperError(f"gatekeeper executable {executable!r} is not on PATH")
     if not (os.path.isfile(found) and os.access(found, os.X_OK)):

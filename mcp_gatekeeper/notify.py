@@ -1,7 +1,7 @@
 """Telling a human that a call is waiting: the ``Notifier`` protocol and its channels.
 
-Channels: a line on stderr (with a bell on a terminal), a desktop notification (``notify-send`` or
-``osascript`` where available), a JSON webhook signed with HMAC-SHA256, and a Slack-compatible incoming
+Channels: a line on stderr (with a bell on a terminal), a desktop notification (``notify-send`` on
+Linux, ``osascript`` on macOS, a PowerShell toast on Windows), a JSON webhook signed with HMAC-SHA256, and a Slack-compatible incoming
 webhook. A failing channel is logged and never blocks or decides a hold.
 """
 
@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
@@ -19,6 +18,7 @@ from typing import Any, Protocol, TextIO
 import anyio
 import httpx2
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.config import NotifyConfig, WebhookChannel, expand_env
 from mcp_gatekeeper.models import CallRecord
 
@@ -79,22 +79,22 @@ class StderrChannel:
 
 
 class DesktopChannel:
-    """A desktop notification through ``notify-send`` (Linux) or ``osascript`` (macOS), when installed."""
+    """A desktop notification: ``notify-send`` (Linux, when installed), ``osascript`` (macOS), a toast through
+    PowerShell (Windows); the command comes from :func:`mcp_gatekeeper.hostos.notification_command`."""
 
     name = "desktop"
 
+    def __init__(self, platform: str = hostos.HOST) -> None:
+        self.platform = platform
+
     async def send(self, event: str, call: CallRecord, text: str, url: str | None) -> None:
         body = text + (f"\n{url}" if url else "")
-        if shutil.which("notify-send"):
-            argv = ["notify-send", "--app-name=mcp-gatekeeper", "mcp-gatekeeper", body]
-        elif shutil.which("osascript"):
-            script = f'display notification {json.dumps(body)} with title "mcp-gatekeeper"'
-            argv = ["osascript", "-e", script]
-        else:
-            log.info("no desktop notifier (notify-send / osascript) on this machine")
+        argv = hostos.notification_command(hostos.APP, body, self.platform)
+        if argv is None:
+            log.info("no desktop notifier on this machine (on Linux: install notify-send)")
             return
         with anyio.fail_after(5):
-            await anyio.run_process(argv, check=True)
+            await anyio.run_process(argv, check=True, env=hostos.notification_env(hostos.APP, body, self.platform))
 
 
 class WebhookSender:

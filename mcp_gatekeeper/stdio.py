@@ -8,6 +8,9 @@ first, and fd 0 / fd 1 are pointed at ``/dev/null`` / stderr while serving, so a
 child process cannot corrupt the protocol — the same guarantee the SDK gives. Anything else (a regular
 file, a terminal, another event loop) falls back to the SDK's own transport.
 
+POSIX only: on Windows (and with ``$MCP_GATEKEEPER_LANES=sdk``, see :func:`mcp_gatekeeper.hostos.fast_lanes`)
+the SDK's own transport always serves, and no tap is made.
+
 A *tap* may take lines before the SDK sees them (the fast lane of :mod:`mcp_gatekeeper.fastlane`): it is
 made from the :class:`LineOut` the SDK writes through, so its own replies share the one ordered wire.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import stat
 import sys
@@ -24,6 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from mcp.server.stdio import stdio_server
+
+from mcp_gatekeeper import hostos
 
 LINE_LIMIT = 256 * 1024 * 1024
 """Longest accepted line (the SDK's own transport has no limit; one message per line)."""
@@ -89,20 +93,35 @@ def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+def _private_copy(fd: int) -> int:
+    """A close-on-exec duplicate of ``fd`` numbered 3 or above (0-2 are about to be pointed elsewhere)."""
+    if sys.platform != "win32":
+        import fcntl  # POSIX-only: imported where it is used, so that this module imports on Windows
+
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    raise OSError("no fcntl on Windows: serve_stdio_streams uses the SDK's transport there")
+
+
 @contextlib.asynccontextmanager
 async def serve_stdio_streams(make_tap: Callable[[LineOut], Tap] | None = None) -> AsyncIterator[tuple[Any, Any]]:
     """The (read, write) streams ``Server.run`` wants, for this process's stdin and stdout.
 
     ``make_tap`` is called once with the output, before the first line is read (not on the SDK fallback).
     """
-    if sys.platform == "win32" or not (_is_pipe(0) and _is_pipe(1)) or not _on_asyncio():
+    if not hostos.fast_lanes() or not (_is_pipe(0) and _is_pipe(1)) or not _on_asyncio():
         async with stdio_server() as streams:
             yield streams
         return
-    wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
-    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
-    saved_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
-    saved_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    async with _pipe_streams(make_tap) as streams:
+        yield streams
+
+
+@contextlib.asynccontextmanager
+async def _pipe_streams(make_tap: Callable[[LineOut], Tap] | None) -> AsyncIterator[tuple[Any, Any]]:
+    wire_in = _private_copy(0)
+    wire_out = _private_copy(1)
+    saved_in = _private_copy(0)
+    saved_out = _private_copy(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

@@ -29,6 +29,7 @@ import aiosqlite
 import anyio
 import anyio.lowlevel
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, StoreError
 from mcp_gatekeeper.models import (
@@ -290,23 +291,16 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> CallRecord:
 
 
 def default_home() -> Path:
-    """``$MCP_GATEKEEPER_HOME``, else the platform's user state dir."""
-    env = os.environ.get("MCP_GATEKEEPER_HOME")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
-    return base / "mcp-gatekeeper"
+    """``$MCP_GATEKEEPER_HOME``, else the platform's user state dir (or an older location that already
+    holds a database, which is said on stderr): :func:`mcp_gatekeeper.hostos.locate_home`."""
+    located = hostos.locate_home()
+    if located.note:
+        log.warning("%s", located.note)
+    return located.path
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return hostos.pid_alive(pid)
 
 
 class Store:

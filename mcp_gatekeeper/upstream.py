@@ -28,6 +28,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import TypeAdapter
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.config import UpstreamConfig, expand_env
 from mcp_gatekeeper.errors import UpstreamError
 from mcp_gatekeeper.upstream_stdio import StdioChild
@@ -164,7 +165,7 @@ class Upstream:
             assert cfg.command is not None
             env = dict(os.environ)
             env.update({k: expand_env(v) for k, v in cfg.env.items()})
-            if sys.platform == "win32":  # the SDK's transport knows Windows' process trees; no raw lane there
+            if not hostos.fast_lanes():  # Windows: the SDK's transport knows its process trees; no raw lane there
                 params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=env, cwd=cfg.cwd)
                 async with stdio_client(params, errlog=self._errlog) as streams:
                     yield streams

@@ -9,6 +9,10 @@ parses it. A ``tools/call`` then costs one ``json.dumps`` and one ``json.loads``
 request model, its serialisation, the parse of the reply into pydantic models and the dispatcher's
 bookkeeping. Everything else the server sends (its own requests, notifications, replies to the SDK's
 requests, and anything malformed) goes to the SDK untouched.
+
+POSIX only (a process group per server): on Windows, and with ``$MCP_GATEKEEPER_LANES=sdk``,
+:mod:`mcp_gatekeeper.upstream` uses the SDK's own ``stdio_client`` instead (see
+:func:`mcp_gatekeeper.hostos.fast_lanes`); the tree is ended through :func:`mcp_gatekeeper.hostos.terminate_tree`.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import anyio.abc
 import mcp.types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import MCPError
-from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.errors import UpstreamError
 
 EXIT_GRACE = 2.0
@@ -204,7 +208,7 @@ class StdioChild:
             with contextlib.suppress(Exception):
                 await process.stdin.aclose()
         if not await _exited(process):
-            await terminate_posix_process_tree(process, EXIT_GRACE)  # SIGTERM the group, SIGKILL what is left
+            await hostos.terminate_tree(process, EXIT_GRACE)  # POSIX: SIGTERM the group, SIGKILL what is left
             await _exited(process)
         if process.stdout is not None:
             with contextlib.suppress(Exception):

@@ -48,6 +48,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("MCP_GATEKEEPER_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no upstream command resolves: entries keep them as written
     return home
 
 

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "models": 0,
     "clock": 0,
+    "hostos": 0,  # every difference between Linux, macOS and Windows (third-party imports only)
     # 1: the config file and pure policy
     "config": 1,
     "policy": 1,

@@ -1,0 +1,303 @@
+"""Every difference between the operating systems the gatekeeper runs on (Linux, macOS, Windows), in one place.
+
+Each function takes the platform (a ``sys.platform`` value: ``"linux"``, ``"darwin"``, ``"win32"``) as a
+parameter that defaults to this machine's, so every branch can be exercised on any machine; nothing here
+reads ``sys.platform`` anywhere else. What differs:
+
+- **The lanes.** The stdio fast lane, the non-blocking stdin/stdout pipes and the raw upstream lane rely on
+  ``fcntl``, pipes the event loop can poll and process groups: POSIX only. On Windows every message takes
+  the SDK's path (its stdio transport for the client, its ``stdio_client`` for upstreams).
+  ``$MCP_GATEKEEPER_LANES=sdk`` chooses that path on POSIX too (to rule the lanes out when diagnosing).
+- **Liveness of a process** by pid: ``psutil.pid_exists``. Never ``os.kill(pid, 0)``: on Windows that
+  *terminates* the process.
+- **Ending an upstream's process tree**: the SDK's own code; a process group (SIGTERM, then SIGKILL) on
+  POSIX, the Job Object the SDK put the server in on Windows.
+- **Finding a command**: ``shutil.which``, with ``PATHEXT`` on Windows (``npx`` is ``npx.cmd`` there).
+- **Where files live**: ``platformdirs``; an existing database in the old Linux-style location is used
+  (and said so) rather than silently starting a second one.
+- **Desktop notifications**: ``notify-send`` (Linux), ``osascript`` (macOS), a PowerShell toast (Windows).
+- **Secret files**: mode 0600 on POSIX; on Windows file modes mean nothing and the user profile's ACL
+  (only the user, SYSTEM and administrators) is what protects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import ntpath
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import anyio.abc
+import psutil
+from mcp.os.posix.utilities import terminate_posix_process_tree
+from mcp.os.win32.utilities import terminate_windows_process_tree
+from platformdirs.api import PlatformDirsABC
+from platformdirs.macos import MacOS
+from platformdirs.unix import Unix
+from platformdirs.windows import Windows
+
+log = logging.getLogger(__name__)
+
+HOST: Final[str] = sys.platform
+"""This machine's platform (the default of every ``platform`` parameter)."""
+APP: Final = "mcp-gatekeeper"
+DB_FILE: Final = "gatekeeper.db"
+CONFIG_FILE: Final = "config.toml"
+LANES_ENV: Final = "MCP_GATEKEEPER_LANES"
+HOME_ENV: Final = "MCP_GATEKEEPER_HOME"
+DEFAULT_PATHEXT: Final = ".COM;.EXE;.BAT;.CMD"
+"""Windows' own default, used when ``PATHEXT`` is unset."""
+
+
+def is_windows(platform: str = HOST) -> bool:
+    return platform == "win32"
+
+
+# ----------------------------------------------------------------------------------------------- the lanes
+
+
+def fast_lanes(platform: str = HOST, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the POSIX-only stdio fast lane, non-blocking pipes and raw upstream lane may be used.
+
+    Never on Windows. ``$MCP_GATEKEEPER_LANES=sdk`` turns them off elsewhere too; any other value than
+    ``sdk``, ``auto`` or empty is reported and treated as ``auto``.
+    """
+    env = os.environ if env is None else env
+    choice = env.get(LANES_ENV, "").strip().lower()
+    if choice not in ("", "auto", "sdk"):
+        log.warning("$%s=%r is not 'sdk' or 'auto'; using 'auto'", LANES_ENV, env.get(LANES_ENV))
+    return not is_windows(platform) and choice != "sdk"
+
+
+# ----------------------------------------------------------------------------------------------- processes
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (a zombie counts as alive, as before).
+
+    ``psutil.pid_exists`` opens the process on Windows and probes with signal 0 on POSIX; this module never
+    calls ``os.kill(pid, 0)`` itself, because on Windows ``os.kill`` with any other signal than the two
+    console events terminates the process.
+    """
+    if pid <= 0:  # 0 and negative numbers name groups or "every process" to kill(2), never one process
+        return False
+    return psutil.pid_exists(pid)
+
+
+@dataclass(frozen=True)
+class TerminationPlan:
+    """How an upstream server's process tree is started and ended on a platform (what the SDK does)."""
+
+    new_process_group: bool
+    """Spawned as the leader of a new session/process group (``start_new_session``)."""
+    steps: tuple[str, ...]
+    """What happens at shutdown, in order, after stdin is closed and the grace period passed."""
+    graceful: bool
+    """Whether the tree is asked to exit before it is killed."""
+
+
+def termination_plan(platform: str = HOST) -> TerminationPlan:
+    if is_windows(platform):
+        return TerminationPlan(
+            new_process_group=False,
+            steps=("TerminateJobObject (every process in the server's Job Object)", "TerminateProcess (the server)"),
+            graceful=False,
+        )
+    return TerminationPlan(
+        new_process_group=True,
+        steps=("SIGTERM to the process group", "wait for the group to exit", "SIGKILL to what is left of the group"),
+        graceful=True,
+    )
+
+
+async def terminate_tree(process: anyio.abc.Process, grace: float, platform: str = HOST) -> None:
+    """End ``process`` and its descendants as :func:`termination_plan` says, through the SDK's own code."""
+    if is_windows(platform):
+        await terminate_windows_process_tree(process)
+    else:
+        await terminate_posix_process_tree(process, grace)
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def resolve_command(
+    command: str,
+    *,
+    platform: str = HOST,
+    path: str | None = None,
+    pathext: str | None = None,
+) -> str | None:
+    """The absolute path ``command`` runs as, or None when it is not found.
+
+    ``path`` is the search path in the platform's own syntax (``;``-separated on Windows), ``$PATH`` when
+    None. On Windows a bare name is tried with each ``PATHEXT`` extension in order (``npx`` finds
+    ``npx.cmd``; the extension-less ``npx`` shell script npm also installs is not runnable there), and the
+    current directory is never searched.
+    """
+    if not command:
+        return None
+    search = os.environ.get("PATH", "") if path is None else path
+    if not is_windows(platform):
+        found = shutil.which(command, path=search)
+        return os.path.abspath(found) if found else None
+    exts = [e for e in (pathext or os.environ.get("PATHEXT") or DEFAULT_PATHEXT).split(";") if e.strip()]
+    has_ext = ntpath.splitext(command)[1].lower() in {e.strip().lower() for e in exts}
+    names = [command] if has_ext else [command + e.strip().lower() for e in exts]
+    if ntpath.dirname(command):  # a path: checked as given, never searched for
+        dirs: list[str | None] = [None]
+    else:
+        dirs = [d for d in search.split(";") if d.strip()]
+    for directory in dirs:
+        for name in names:
+            candidate = name if directory is None else ntpath.join(directory.strip().strip('"'), name)
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- where files live
+
+
+def _dirs(platform: str) -> PlatformDirsABC:
+    kind: type[PlatformDirsABC] = Windows if is_windows(platform) else MacOS if platform == "darwin" else Unix
+    return kind(appname=APP, appauthor=False, roaming=False)
+
+
+def _legacy_home(env: Mapping[str, str]) -> Path:
+    """Where every platform kept its data before this module: ``$XDG_STATE_HOME`` or ``~/.local/state``."""
+    state = env.get("XDG_STATE_HOME")
+    return (Path(state) if state else Path.home() / ".local" / "state") / APP
+
+
+@dataclass(frozen=True)
+class Located:
+    """A location, and what the user should be told about how it was chosen (None: nothing)."""
+
+    path: Path
+    note: str | None = None
+
+
+def locate_home(platform: str = HOST, env: Mapping[str, str] | None = None) -> Located:
+    """The data home: ``$MCP_GATEKEEPER_HOME``; else the platform's user state dir, unless only the old
+    location (``~/.local/state/mcp-gatekeeper``, used on every platform before) holds a database."""
+    env = os.environ if env is None else env
+    explicit = env.get(HOME_ENV)
+    if explicit:
+        return Located(Path(explicit).expanduser())
+    current = Path(_dirs(platform).user_state_dir)
+    legacy = _legacy_home(env)
+    if legacy == current:
+        return Located(current)
+    has_current, has_legacy = (current / DB_FILE).is_file(), (legacy / DB_FILE).is_file()
+    if has_legacy and not has_current:
+        return Located(
+            legacy,
+            f"using the existing database in {legacy} (the usual place on this platform is {current}; "
+            "to move it there, stop every client that runs mcp-gatekeeper and move the whole folder)",
+        )
+    if has_legacy:
+        return Located(current, f"{legacy} also holds a gatekeeper database; it is not used (only {current} is)")
+    return Located(current)
+
+
+def locate_config(platform: str = HOST, env: Mapping[str, str] | None = None) -> Located:
+    """The user's config file (which may not exist): the platform's user config dir, unless only the old
+    location ``~/.config/mcp-gatekeeper/config.toml`` has one."""
+    env = os.environ if env is None else env
+    current = Path(_dirs(platform).user_config_dir) / CONFIG_FILE
+    legacy = Path.home() / ".config" / APP / CONFIG_FILE
+    if legacy != current and legacy.is_file() and not current.is_file():
+        return Located(legacy, f"using the config file {legacy} (the usual place on this platform is {current})")
+    return Located(current)
+
+
+def app_settings_dir(platform: str = HOST, env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    """Where desktop applications (Claude Desktop, VS Code) keep per-user settings on ``platform``.
+
+    macOS ``~/Library/Application Support``; Windows ``%APPDATA%`` (the roaming AppData); elsewhere
+    ``$XDG_CONFIG_HOME`` or ``~/.config``.
+    """
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    if platform == "darwin":
+        return home / "Library" / "Application Support"
+    if is_windows(platform):
+        appdata = env.get("APPDATA")
+        return Path(appdata) if appdata else home / "AppData" / "Roaming"
+    return Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+
+
+def client_log_hint(platform: str = HOST, env: Mapping[str, str] | None = None, home: Path | None = None) -> str:
+    """Where Claude Desktop writes what an MCP server prints on stderr (so: the gatekeeper's log)."""
+    home = Path.home() if home is None else home
+    if platform == "darwin":
+        return str(home / "Library" / "Logs" / "Claude" / "mcp-server-NAME.log")
+    if is_windows(platform):
+        return str(app_settings_dir(platform, env, home) / "Claude" / "logs" / "mcp-server-NAME.log")
+    return "the client's own log (Claude Desktop does not run on Linux)"
+
+
+# ----------------------------------------------------------------------------------------------- notifications
+
+
+def notification_command(title: str, body: str, platform: str = HOST) -> list[str] | None:
+    """The command that shows a desktop notification on ``platform``, or None when there is none.
+
+    Linux: ``notify-send`` if installed; macOS: ``osascript`` (always there); Windows: a toast through
+    PowerShell's WinRT bridge. Title and body travel as data, never as script text: ``osascript`` gets them
+    as ``on run argv`` arguments, PowerShell as environment variables (see :func:`notification_env`).
+    """
+    if platform == "darwin":
+        script = ("on run argv", "display notification (item 2 of argv) with title (item 1 of argv)", "end run")
+        exe = resolve_command("osascript", platform=platform) or "/usr/bin/osascript"
+        return [exe, *(arg for line in script for arg in ("-e", line)), title, body]
+    if is_windows(platform):
+        exe = resolve_command("powershell", platform=platform) or "powershell.exe"
+        return [exe, "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-Command", _TOAST_SCRIPT]
+    notify_send = resolve_command("notify-send", platform=platform)
+    return (
+        [notify_send, f"--app-name={APP}", "--", title, body] if notify_send else None
+    )  # "--": a body may start with "-"
+
+
+def notification_env(title: str, body: str, platform: str = HOST) -> dict[str, str] | None:
+    """Extra environment for :func:`notification_command` (Windows' toast reads title and body from it)."""
+    if is_windows(platform):
+        return {**os.environ, "GK_TOAST_TITLE": title, "GK_TOAST_BODY": body}
+    return None
+
+
+_TOAST_SCRIPT: Final = (
+    "$ErrorActionPreference = 'Stop';"
+    "[void][Windows.UI.Notifications.ToastNotificationManager, Windows.UI.Notifications, ContentType = WindowsRuntime];"
+    "$t = [Windows.UI.Notifications.ToastNotificationManager]::GetTemplateContent("
+    "[Windows.UI.Notifications.ToastTemplateType]::ToastText02);"
+    "$n = $t.GetElementsByTagName('text');"
+    "[void]$n.Item(0).AppendChild($t.CreateTextNode($env:GK_TOAST_TITLE));"
+    "[void]$n.Item(1).AppendChild($t.CreateTextNode($env:GK_TOAST_BODY));"
+    "$id = '{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\\WindowsPowerShell\\v1.0\\powershell.exe';"
+    "[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier($id).Show("
+    "[Windows.UI.Notifications.ToastNotification]::new($t))"
+)
+"""A toast shown as Windows PowerShell (an app id every Windows has), title and body from the environment."""
+
+
+# ----------------------------------------------------------------------------------------------- secret files
+
+SecretProtection = Literal["mode 0600", "user profile ACL"]
+
+
+def secret_protection(platform: str = HOST) -> SecretProtection:
+    """What keeps the home's secret files (``ui-token``, ``requeststate.key``, ``installs.json``) private.
+
+    POSIX: they are created with mode 0600 in a 0700 directory. Windows ignores those modes; the files are
+    private because the data home is inside the user's profile, whose ACL grants access only to the user,
+    SYSTEM and administrators. A ``$MCP_GATEKEEPER_HOME`` outside the profile gets no such protection.
+    """
+    return "user profile ACL" if is_windows(platform) else "mode 0600"
