@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import ntpath
 import os
+import posixpath
 import shutil
 import sys
 from collections.abc import Mapping
@@ -136,9 +137,10 @@ def resolve_command(
     """The absolute path ``command`` runs as, or None when it is not found.
 
     ``path`` is the search path in the platform's own syntax (``;``-separated on Windows), ``$PATH`` when
-    None. On Windows a bare name is tried with each ``PATHEXT`` extension in order (``npx`` finds
-    ``npx.cmd``; the extension-less ``npx`` shell script npm also installs is not runnable there), and the
-    current directory is never searched.
+    None. POSIX: ``shutil.which``. Windows: a bare name is tried with each ``PATHEXT`` extension in order
+    (``npx`` finds ``npx.cmd``; the extension-less ``npx`` shell script npm also installs is not runnable
+    there), directory by directory. That branch walks ``PATH`` itself because ``shutil.which`` on Windows
+    searches the current directory first, where a project could plant an ``npx.cmd``.
     """
     if not command:
         return None
@@ -155,10 +157,33 @@ def resolve_command(
         dirs = [d for d in search.split(";") if d.strip()]
     for directory in dirs:
         for name in names:
-            candidate = name if directory is None else ntpath.join(directory.strip().strip('"'), name)
+            candidate = name if directory is None else os.path.join(directory.strip().strip('"'), name)
             if os.path.isfile(candidate):
                 return candidate
     return None
+
+
+def with_command_dir(command: str, env: Mapping[str, str], platform: str = HOST) -> dict[str, str]:
+    """``env`` for a child started as ``command``, with the command's own directory at the *end* of ``PATH``
+    when ``command`` is an absolute path whose directory is not on it yet.
+
+    Claude Desktop on macOS starts servers with a short ``PATH`` (``/usr/bin:/bin:/usr/sbin:/sbin``), so
+    ``/opt/homebrew/bin/npx`` starts but its ``#!/usr/bin/env node`` does not find ``node``, which sits
+    beside it (Homebrew, nvm, the Node installer alike). Appended, never prepended: nothing already on
+    ``PATH`` is shadowed.
+    """
+    out = dict(env)
+    pathmod = ntpath if is_windows(platform) else posixpath
+    if not pathmod.isabs(command):
+        return out
+    directory = pathmod.dirname(command)
+    sep = ";" if is_windows(platform) else ":"
+    key = next((k for k in out if k.upper() == "PATH"), "PATH") if is_windows(platform) else "PATH"
+    entries = [e for e in out.get(key, "").split(sep) if e]
+    norm = (lambda p: pathmod.normcase(pathmod.normpath(p))) if is_windows(platform) else pathmod.normpath
+    if directory and norm(directory) not in {norm(e) for e in entries}:
+        out[key] = sep.join([*entries, directory])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- where files live
@@ -169,9 +194,9 @@ def _dirs(platform: str) -> PlatformDirsABC:
     return kind(appname=APP, appauthor=False, roaming=False)
 
 
-def _legacy_home(env: Mapping[str, str]) -> Path:
+def _legacy_home() -> Path:
     """Where every platform kept its data before this module: ``$XDG_STATE_HOME`` or ``~/.local/state``."""
-    state = env.get("XDG_STATE_HOME")
+    state = os.environ.get("XDG_STATE_HOME")
     return (Path(state) if state else Path.home() / ".local" / "state") / APP
 
 
@@ -183,15 +208,17 @@ class Located:
     note: str | None = None
 
 
-def locate_home(platform: str = HOST, env: Mapping[str, str] | None = None) -> Located:
+def locate_home(platform: str = HOST) -> Located:
     """The data home: ``$MCP_GATEKEEPER_HOME``; else the platform's user state dir, unless only the old
-    location (``~/.local/state/mcp-gatekeeper``, used on every platform before) holds a database."""
-    env = os.environ if env is None else env
-    explicit = env.get(HOME_ENV)
+    location (``~/.local/state/mcp-gatekeeper``, used on every platform before) holds a database.
+
+    Reads the environment (as platformdirs does: ``$XDG_STATE_HOME``, ``$HOME``, Windows' known folders).
+    """
+    explicit = os.environ.get(HOME_ENV)
     if explicit:
         return Located(Path(explicit).expanduser())
     current = Path(_dirs(platform).user_state_dir)
-    legacy = _legacy_home(env)
+    legacy = _legacy_home()
     if legacy == current:
         return Located(current)
     has_current, has_legacy = (current / DB_FILE).is_file(), (legacy / DB_FILE).is_file()
@@ -206,10 +233,9 @@ def locate_home(platform: str = HOST, env: Mapping[str, str] | None = None) -> L
     return Located(current)
 
 
-def locate_config(platform: str = HOST, env: Mapping[str, str] | None = None) -> Located:
+def locate_config(platform: str = HOST) -> Located:
     """The user's config file (which may not exist): the platform's user config dir, unless only the old
     location ``~/.config/mcp-gatekeeper/config.toml`` has one."""
-    env = os.environ if env is None else env
     current = Path(_dirs(platform).user_config_dir) / CONFIG_FILE
     legacy = Path.home() / ".config" / APP / CONFIG_FILE
     if legacy != current and legacy.is_file() and not current.is_file():
@@ -294,7 +320,7 @@ SecretProtection = Literal["mode 0600", "user profile ACL"]
 
 
 def secret_protection(platform: str = HOST) -> SecretProtection:
-    """What keeps the home's secret files (``ui-token``, ``requeststate.key``, ``installs.json``) private.
+    """What keeps the home's secret files (``ui-token``, ``state-key``, ``installs.json``) private.
 
     POSIX: they are created with mode 0600 in a 0700 directory. Windows ignores those modes; the files are
     private because the data home is inside the user's profile, whose ACL grants access only to the user,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat
 import sys
@@ -28,6 +29,8 @@ from typing import Any, cast
 from mcp.server.stdio import stdio_server
 
 from mcp_gatekeeper import hostos
+
+log = logging.getLogger(__name__)
 
 LINE_LIMIT = 256 * 1024 * 1024
 """Longest accepted line (the SDK's own transport has no limit; one message per line)."""
@@ -108,11 +111,19 @@ async def serve_stdio_streams(make_tap: Callable[[LineOut], Tap] | None = None) 
 
     ``make_tap`` is called once with the output, before the first line is read (not on the SDK fallback).
     """
-    if not hostos.fast_lanes() or not (_is_pipe(0) and _is_pipe(1)) or not _on_asyncio():
-        async with stdio_server() as streams:
+    if not hostos.fast_lanes():
+        why = "Windows" if hostos.is_windows() else f"${hostos.LANES_ENV}=sdk"
+    elif not (_is_pipe(0) and _is_pipe(1)):
+        why = "stdin/stdout are not pipes"
+    elif not _on_asyncio():
+        why = "not on asyncio"
+    else:
+        log.info("stdio: non-blocking pipes, with the fast lane")
+        async with _pipe_streams(make_tap) as streams:
             yield streams
         return
-    async with _pipe_streams(make_tap) as streams:
+    log.info("stdio: the SDK's transport (%s)", why)
+    async with stdio_server() as streams:
         yield streams
 
 

@@ -165,8 +165,10 @@ class Upstream:
             assert cfg.command is not None
             env = dict(os.environ)
             env.update({k: expand_env(v) for k, v in cfg.env.items()})
+            env = hostos.with_command_dir(cfg.command, env)  # a script's interpreter beside it (macOS short PATH)
             if not hostos.fast_lanes():  # Windows: the SDK's transport knows its process trees; no raw lane there
                 params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=env, cwd=cfg.cwd)
+                log.info("upstream %s: the SDK's stdio_client (no raw lane)", self.name)
                 async with stdio_client(params, errlog=self._errlog) as streams:
                     yield streams
                 return
