@@ -254,7 +254,7 @@ async def _refuse_without_tty(rt: Any, config: GatekeeperConfig, *, holder_insta
 def _decider() -> tuple[str, dict[str, Any]]:
     try:
         user = getpass.getuser()
-    except (KeyError, OSError):
+    except (KeyError, OSError, ImportError):  # ImportError: Windows without %USERNAME% (getpass falls back to pwd)
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     tty = sys.stdin.isatty()
     return f"cli:{user}", {"tty": tty, "pid": os.getpid()}
