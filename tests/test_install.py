@@ -440,6 +440,69 @@ def test_a_bare_executable_name_is_written_as_an_absolute_path(
     assert json.loads(path.read_text())["mcpServers"]["a"]["command"] == exe
 
 
+def test_upstream_commands_are_written_as_absolute_paths(
+    home: Path, exe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients start servers with their own PATH (Claude Desktop on macOS: a short one): a command found now
+    is written absolute, with a note; one not found, or written with a placeholder or a path, stays as is."""
+    nodebin = tmp_path / "nodebin"
+    nodebin.mkdir()
+    npx = nodebin / "npx"
+    npx.write_text("#!/bin/sh\nexit 0\n")
+    npx.chmod(0o755)
+    monkeypatch.setenv("PATH", str(nodebin))
+    servers = {
+        "fs": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/w"]},
+        "gone": {"command": "not-installed"},
+        "var": {"command": "${HOME}/bin/npx"},
+        "rel": {"command": "./npx"},
+    }
+    path = _write(_desktop_config(home), json.dumps({"mcpServers": servers}))
+    code, output = _run(install, "claude-desktop", executable=exe)
+    assert code == 0, output
+    got = json.loads(path.read_text())["mcpServers"]
+    assert got["fs"]["args"] == [
+        "wrap",
+        "--name",
+        "fs",
+        "--",
+        str(npx),
+        "-y",
+        "@modelcontextprotocol/server-filesystem",
+        "/w",
+    ]
+    assert got["gone"]["args"] == ["wrap", "--name", "gone", "--", "not-installed"]
+    assert got["var"]["args"][-1] == "${HOME}/bin/npx" and got["rel"]["args"][-1] == "./npx"
+    assert f"'npx' is written as {npx}" in output and "'not-installed' is not on this PATH" in output
+    # uninstall gives back exactly what the user wrote, bare names included
+    assert _run(uninstall, "claude-desktop")[0] == 0
+    assert json.loads(path.read_text())["mcpServers"] == servers
+
+
+def test_on_windows_npx_becomes_npx_cmd_and_a_planted_one_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_gatekeeper import hostos
+    from mcp_gatekeeper.install import _wrap
+
+    nodejs, project = tmp_path / "nodejs", tmp_path / "project"
+    for folder in (nodejs, project):
+        folder.mkdir()
+        (folder / "npx.cmd").write_text("@echo off\n")
+    (nodejs / "npx").write_text("#!/bin/sh\n")  # npm's sh script: not runnable on Windows
+    monkeypatch.chdir(project)  # cmd.exe would find .\npx.cmd first
+
+    def resolve(command: str) -> str | None:
+        return hostos.resolve_command(command, platform="win32", path=str(nodejs), pathext=".EXE;.CMD")
+
+    wrapped = _wrap("fs", {"command": "npx", "args": ["-y", "pkg"]}, "C:/gk/mcp-gatekeeper.exe", resolve)
+    assert not isinstance(wrapped, str)
+    assert wrapped.entry == {
+        "command": "C:/gk/mcp-gatekeeper.exe",
+        "args": ["wrap", "--name", "fs", "--", str(nodejs / "npx.cmd"), "-y", "pkg"],
+    }
+
+
 def test_remote_entry_whose_removed_keys_come_first(home: Path, exe: str) -> None:
     text = (
         "{\n"
