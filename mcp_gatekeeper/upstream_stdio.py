@@ -70,7 +70,11 @@ class StdioChild:
         tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
     ]:
         process = await anyio.open_process(
-            [self.command, *self.args], env=self.env, cwd=self.cwd, stderr=self.errlog, start_new_session=True
+            [self.command, *self.args],
+            env=self.env,
+            cwd=self.cwd,
+            stderr=self.errlog,
+            start_new_session=hostos.termination_plan().new_process_group,  # its group is what _stop ends
         )
         self._process = process
         to_sdk, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](0)
