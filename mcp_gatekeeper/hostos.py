@@ -53,6 +53,9 @@ LANES_ENV: Final = "MCP_GATEKEEPER_LANES"
 HOME_ENV: Final = "MCP_GATEKEEPER_HOME"
 DEFAULT_PATHEXT: Final = ".COM;.EXE;.BAT;.CMD"
 """Windows' own default, used when ``PATHEXT`` is unset."""
+_RUNNABLE: Final = frozenset({".com", ".exe", ".bat", ".cmd"})
+"""The ``PATHEXT`` extensions a process can be started from (not ``.js``, ``.py``, ``.ps1``...: those need
+their interpreter named)."""
 
 
 def is_windows(platform: str = HOST) -> bool:
@@ -138,8 +141,8 @@ def resolve_command(
 
     ``path`` is the search path in the platform's own syntax (``;``-separated on Windows), ``$PATH`` when
     None. POSIX: ``shutil.which``. Windows: a bare name is tried with each ``PATHEXT`` extension in order
-    (``npx`` finds ``npx.cmd``; the extension-less ``npx`` shell script npm also installs is not runnable
-    there), directory by directory. That branch walks ``PATH`` itself because ``shutil.which`` on Windows
+    that ``CreateProcess`` can start (``npx`` finds ``npx.cmd``; the extension-less ``npx`` shell script npm
+    also installs, or an ``npx.ps1``, cannot be started), directory by directory. That branch walks ``PATH`` itself because ``shutil.which`` on Windows
     searches the current directory first, where a project could plant an ``npx.cmd``.
     """
     if not command:
@@ -148,9 +151,10 @@ def resolve_command(
     if not is_windows(platform):
         found = shutil.which(command, path=search)
         return os.path.abspath(found) if found else None
-    exts = [e for e in (pathext or os.environ.get("PATHEXT") or DEFAULT_PATHEXT).split(";") if e.strip()]
-    has_ext = ntpath.splitext(command)[1].lower() in {e.strip().lower() for e in exts}
-    names = [command] if has_ext else [command + e.strip().lower() for e in exts]
+    listed = [e.strip().lower() for e in (pathext or os.environ.get("PATHEXT") or DEFAULT_PATHEXT).split(";")]
+    exts = [e for e in listed if e in _RUNNABLE]
+    has_ext = ntpath.splitext(command)[1].lower() in _RUNNABLE
+    names = [command] if has_ext else [command + e for e in exts]
     if ntpath.dirname(command):  # a path: checked as given, never searched for
         dirs: list[str | None] = [None]
     else:

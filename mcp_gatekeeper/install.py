@@ -976,6 +976,8 @@ def install(
         return opened
     doc, entries = opened
     out.write(f"{spec.title} config: {doc.path}\n")
+    if client == "claude-desktop" and hostos.HOST in ("darwin", "win32"):
+        out.write(f"The gatekeeper's log (its stderr) will be in {hostos.client_log_hint()}\n")
     if not entries:
         out.write(f"No MCP servers are configured in {doc.path}; nothing to do.\n")
         return 1

@@ -140,6 +140,14 @@ def test_windows_resolution_uses_pathext_and_skips_the_extensionless_npm_script(
         win_shim / "npx.cmd"
     )
     assert hostos.resolve_command("nothere", platform="win32", path=path, pathext=".CMD") is None
+    # only what CreateProcess can start: a script for another interpreter is not the command
+    _executable(unix_shim / "tool.ps1")
+    _executable(unix_shim / "tool.js")
+    assert hostos.resolve_command("tool", platform="win32", path=path, pathext=".JS;.PS1;.CMD") is None
+    _executable(win_shim / "tool.bat")
+    assert hostos.resolve_command("tool", platform="win32", path=path, pathext=".JS;.PS1;.BAT") == str(
+        win_shim / "tool.bat"
+    )
 
 
 def test_windows_resolution_never_searches_the_current_directory(
