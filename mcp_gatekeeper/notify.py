@@ -1,8 +1,8 @@
 """Telling a human that a call is waiting: the ``Notifier`` protocol and its channels.
 
 Channels: a line on stderr (with a bell on a terminal), a desktop notification (``notify-send`` on
-Linux, ``osascript`` on macOS, a PowerShell toast on Windows), a JSON webhook signed with HMAC-SHA256, and a Slack-compatible incoming
-webhook. A failing channel is logged and never blocks or decides a hold.
+Linux, ``osascript`` on macOS, a PowerShell toast on Windows), a JSON webhook signed with HMAC-SHA256,
+and a Slack-compatible incoming webhook. A failing channel is logged and never blocks or decides a hold.
 """
 
 from __future__ import annotations
