@@ -13,7 +13,6 @@ import getpass
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -23,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from mcp_gatekeeper import __version__
+from mcp_gatekeeper import __version__, hostos
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, parse_duration, resolve_config_path
 from mcp_gatekeeper.errors import (
     AlreadyDecidedError,
@@ -524,7 +523,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace, uninstall: bool) -> int:
     from mcp_gatekeeper import install
 
-    exe = shutil.which("mcp-gatekeeper") or str(Path(sys.argv[0]).resolve())
+    # PATH (and PATHEXT: mcp-gatekeeper.exe on Windows), never the current directory, where a project could
+    # plant an mcp-gatekeeper.cmd for the client to run from then on
+    exe = hostos.resolve_command("mcp-gatekeeper") or str(Path(sys.argv[0]).resolve())
     project = Path(args.project) if args.project else None
     config_path = Path(args.config_path) if args.config_path else None
     if uninstall:
