@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from mcp_gatekeeper import __version__, hostos
+from mcp_gatekeeper import __version__, hostos, names
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, parse_duration, resolve_config_path
 from mcp_gatekeeper.errors import (
     AlreadyDecidedError,
@@ -100,8 +100,7 @@ def cmd_wrap(args: argparse.Namespace) -> int:
         raise ConfigError(["wrap: give either --url URL or -- CMD ARGS, not both"])
     if not args.url and not cmd:
         raise ConfigError(["wrap: nothing to wrap; use: mcp-gatekeeper wrap -- CMD [ARGS...]  or  wrap --url URL"])
-    name = args.name or (Path(cmd[0]).name if cmd else "remote")
-    name = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in name).strip("-_.") or "upstream"
+    name = names.clean_name(args.name or (names.name_for_command(cmd) if cmd else names.name_for_url(args.url)))
     base = config.upstreams.get(name)
     extra: dict[str, Any] = {}
     if base is not None:
@@ -222,41 +221,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     return anyio.run(go)
 
 
-async def _refuse_without_tty(rt: Any, config: GatekeeperConfig, *, holder_instance: str | None = None) -> bool:
-    """``cli_requires_tty`` from this config *or* from any running gatekeeper's config (or the call holder's).
-
-    An agent's shell has no terminal; leaving out ``--config`` must not be a way around the holder's setting.
-    """
-    if sys.stdin.isatty():
-        return False
-    paths = set(await rt.store.live_config_paths())
-    holder = await rt.store.instance_config_path(holder_instance)
-    if holder:
-        paths.add(holder)
-    required = config.security.cli_requires_tty
-    for path in paths:
-        if required:
-            break
-        try:
-            required = load_config(path).security.cli_requires_tty
-        except ConfigError:
-            required = True  # cannot tell: fail closed
-    if required:
-        print(
-            "mcp-gatekeeper: refusing to decide from a non-interactive shell (security.cli_requires_tty = true"
-            " in a gatekeeper's config); use a terminal or the approval page",
-            file=sys.stderr,
-        )
-    return required
-
-
 def _decider() -> tuple[str, dict[str, Any]]:
+    """Who decides from this CLI, and the facts we know about it (evidence only: any program can give
+    itself a terminal, so ``stdin_tty`` proves nothing about a person)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError, ImportError):  # ImportError: Windows without %USERNAME% (getpass falls back to pwd)
         user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
-    tty = sys.stdin.isatty()
-    return f"cli:{user}", {"tty": tty, "pid": os.getpid()}
+    evidence: dict[str, Any] = {"os_user": user, "stdin_tty": sys.stdin.isatty(), "pid": os.getpid()}
+    if hasattr(os, "getuid"):
+        evidence["uid"] = os.getuid()
+    return f"cli:{user}", evidence
 
 
 def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
@@ -286,13 +261,11 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
             seconds=parse_duration(args.lease_for) if args.lease_for else None,
             calls=args.lease_calls,
         )
-    who, detail = _decider()
+    who, evidence = _decider()
 
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
             rec = await rt.store.find(args.id)
-            if await _refuse_without_tty(rt, config, holder_instance=rec.instance_id):
-                return EXIT_REFUSED
             gate = rt.gate
             if args.config is None and arguments is not None:
                 # check an edit against the policy of the process that holds the call, not a guess
@@ -304,11 +277,12 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
                 Decision(
                     approve=approve,
                     decided_by=who,
-                    channel="cli" if detail["tty"] else "cli-noninteractive",
+                    channel="cli",
                     reason=args.reason,
                     arguments=arguments,
                     args_digest=rec.args_digest,
                     lease=lease,
+                    evidence=evidence,
                 ),
             )
             verb = "approved" if approve else "rejected"
@@ -332,8 +306,6 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
-            if await _refuse_without_tty(rt, config):
-                return EXIT_REFUSED
             done = await rt.gate.review(args.id, ok=args.confirm, by=who, channel="cli", reason=args.reason)
             if args.confirm:
                 print(f"confirmed: {done.id[:12]} {escape(done.upstream)}/{escape(done.tool)}")
@@ -415,8 +387,6 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
-            if await _refuse_without_tty(rt, config):
-                return EXIT_REFUSED
             before = [p for p in await rt.store.pins(upstream=args.upstream) if p.tool == args.tool]
             if before and before[0].pending_definition is not None and not args.yes:
                 for line in definition_diff(before[0].definition, before[0].pending_definition):
@@ -436,14 +406,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config)
     config = load_config(args.config)
     where = str(path) if path else "built-in defaults (no config file found)"
-    print(f"ok: {where}: {len(config.upstreams)} upstream(s), {len(config.rules)} rule(s)")
+    served = [names.clean_name(n) for n in args.name] if args.name else list(config.upstreams)
+    problems = names.unreached(config, served)
+    print(
+        f"{'ok' if not problems else 'PROBLEM'}: {where}: {len(config.upstreams)} upstream(s), {len(config.rules)} rule(s)"
+    )
     for name, up in config.upstreams.items():
         target = up.url if up.url else " ".join([up.command or "", *up.args])
         print(f"  upstream {name}: {up.kind} {escape(target)}")
     for i, rule in enumerate(config.rules):
         tools = rule.tool if isinstance(rule.tool, str) else ", ".join(rule.tool)
         print(f"  rule {i} {rule.name or ''}: {rule.gate:<5} upstream={rule.upstream} tool={tools}")
-    return EXIT_OK
+    targeted = names.targeted_names(config)
+    if targeted:
+        print(f"  rules target upstream name(s): {', '.join(escape(t) for t in targeted)}")
+    for problem in problems:
+        print(f"mcp-gatekeeper: {escape(problem.message())}", file=sys.stderr)
+    return EXIT_REFUSED if problems else EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -570,7 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     w = with_config(sub.add_parser("wrap", help="proxy one upstream (stdio command or URL) on stdio"))
-    w.add_argument("--name", help="the upstream's name (used by rules and shown to reviewers)")
+    w.add_argument(
+        "--name",
+        help="the upstream's name, which rules match (default: from the command, e.g. server-filesystem -> filesystem)",
+    )
     w.add_argument("--url", help="a Streamable HTTP (or SSE) upstream instead of a command")
     w.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="HTTP header for --url (repeatable)")
     w.add_argument("--transport", choices=["http", "sse"], help="for --url: force the transport")
@@ -638,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     rj.set_defaults(func=lambda a: cmd_decide(a, False))
 
     cc = with_config(sub.add_parser("check-config", help="validate the config and summarise it"))
+    cc.add_argument(
+        "--name",
+        action="append",
+        metavar="NAME",
+        help="check that the rules reach the upstream wrap serves as NAME (repeatable; default: the [upstreams])",
+    )
     cc.set_defaults(func=cmd_check_config)
 
     ex = with_config(sub.add_parser("explain", help="which rule, gate and risk a call would get, and why"))

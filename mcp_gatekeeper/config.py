@@ -335,8 +335,10 @@ class UiConfig(_Model):
 
 
 class SecurityConfig(_Model):
-    cli_requires_tty: bool = False
-    """Refuse ``approve``/``reject`` from a CLI without a terminal (an agent's shell usually has none)."""
+    unmatched_upstream: Literal["hold", "warn"] = "hold"
+    """An upstream that no rule names while the rules name other upstreams (``--name filesystem`` under rules
+    for ``fs``): ``hold`` every call no rule matches (the default: the config's intent is not in force), or
+    ``warn`` and let the built-in default policy decide. Either way it is said on stderr and on the page."""
     max_argument_bytes: int = Field(default=1_048_576, gt=0)
     """Calls whose canonical arguments exceed this size are denied (never stored or forwarded)."""
 
@@ -444,6 +446,17 @@ def parse_config(text: str, *, source: str = "<config>") -> GatekeeperConfig:
     return validate_config(data, text=text, source=source)
 
 
+REMOVED_KEYS: dict[tuple[str | int, ...], str] = {
+    ("security", "cli_requires_tty"): (
+        "removed: it promised that an agent's shell could not decide, but any program can give itself a terminal"
+        " (`script -qec 'mcp-gatekeeper approve ID' /dev/null`), so it protected nothing. Delete the line. What does"
+        " protect: run the gatekeeper as another OS user that owns its data home (see the README, 'What a local"
+        " gate cannot promise'); CLI decisions are recorded with the OS user and whether stdin was a terminal"
+    ),
+}
+"""Settings that no longer exist, with why and what to do: a security setting is never silently ignored."""
+
+
 def validate_config(data: Mapping[str, Any], *, text: str = "", source: str = "<config>") -> GatekeeperConfig:
     try:
         return GatekeeperConfig.model_validate(data)
@@ -455,7 +468,9 @@ def validate_config(data: Mapping[str, Any], *, text: str = "", source: str = "<
             line = lines.find(err["loc"])
             where = f"line {line}: " if line else ""
             msg = err["msg"]
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and tuple(err["loc"]) in REMOVED_KEYS:
+                msg = REMOVED_KEYS[tuple(err["loc"])]
+            elif err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see the config reference in the README)"
             elif msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]

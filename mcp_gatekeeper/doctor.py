@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 from mcp import Client
 
-from mcp_gatekeeper import install
+from mcp_gatekeeper import install, names
 from mcp_gatekeeper.config import load_config
 from mcp_gatekeeper.serve import db_path, open_runtime
 from mcp_gatekeeper.store import default_home
@@ -61,6 +61,9 @@ def run_doctor(args: argparse.Namespace) -> int:
             if missing_exe:
                 detail += f"; gatekeeper path missing for {', '.join(missing_exe)}"
             rows.append((f"client {client}", status, detail))
+            for server in servers:
+                if server.gated and server.served_as:
+                    rows.extend(_name_rows(f"client {client}", server, getattr(args, "config", None)))
 
     try:
         config = load_config(getattr(args, "config", None))
@@ -82,8 +85,11 @@ def run_doctor(args: argparse.Namespace) -> int:
                     integrity = await rt.store.integrity_check()
                     ok, _n, msg = await rt.store.verify_audit()
                     counts = await rt.store.counts()
+                    running = await rt.store.live_problems()
                 rows.append(("database", OK if integrity == "ok" else FAIL, f"{db}: integrity {integrity}; {counts}"))
                 rows.append(("audit chain", OK if ok else FAIL, msg))
+                for event in running:
+                    rows.append(("running gatekeeper", FAIL, str(event.detail.get("message", event.detail))))
             except Exception as e:
                 rows.append(("database", FAIL, f"{db}: {e}"))
         for name, cfg in config.upstreams.items():
@@ -113,6 +119,18 @@ def run_doctor(args: argparse.Namespace) -> int:
     anyio.run(checks)
     _print(rows)
     return 1 if any(r[1] == FAIL for r in rows) else 0
+
+
+def _name_rows(what: str, server: install.ServerStatus, fallback: str | None) -> list[tuple[str, str, str]]:
+    """Whether the rules of the config a gated entry runs with reach the name it is served as."""
+    try:
+        config = load_config(server.config or fallback)
+    except Exception as e:
+        return [(what, FAIL, f"server {server.name!r}: its config cannot be loaded ({e})")]
+    return [
+        (what, FAIL, f"server {server.name!r} (served as {server.served_as!r}): {problem.message()}")
+        for problem in names.unreached(config, [server.served_as or server.name])
+    ]
 
 
 def _print(rows: list[tuple[str, str, str]]) -> None:

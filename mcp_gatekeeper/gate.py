@@ -318,7 +318,7 @@ class Gate:
                 modified = decision.arguments
         elif decision.arguments is not None:
             raise InvalidModificationError("arguments can only be given with an approval")
-        detail: dict[str, Any] = {}
+        detail: dict[str, Any] = {"evidence": decision.evidence} if decision.evidence else {}
         if modified is not None:
             detail["modified"] = True
         done: CallRecord = await self.store.decide(

@@ -39,7 +39,7 @@ from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mcp_gatekeeper import hostos
+from mcp_gatekeeper import hostos, names
 from mcp_gatekeeper.errors import ConfigError, GatekeeperError
 
 CLIENTS: tuple[str, ...] = ("claude-desktop", "claude-code", "cursor", "vscode")
@@ -64,6 +64,10 @@ class ServerStatus:
     url: str | None
     exe_exists: bool | None
     location: tuple[str, ...] = ()
+    served_as: str | None = None
+    """For a gated entry: the upstream name the gatekeeper serves it as (``--name``, else wrap's default)."""
+    config: str | None = None
+    """For a gated entry: its ``--config`` file, if the entry names one."""
 
 
 @dataclass(frozen=True)
@@ -728,8 +732,20 @@ def _status(entry: _Entry) -> ServerStatus:
     if args is not None:
         url = _option(args, "--url")
         transport: Transport = "stdio" if url is None else ("sse" if _option(args, "--transport") == "sse" else "http")
+        upstream = args[args.index("--") + 1 :] if "--" in args else []
+        served_as = _option(args, "--name") or (
+            names.name_for_url(url) if url is not None else names.name_for_command(upstream)
+        )
         return ServerStatus(
-            entry.name, True, transport, str(command), url, _command_exists(str(command)), entry.location
+            entry.name,
+            True,
+            transport,
+            str(command),
+            url,
+            _command_exists(str(command)),
+            entry.location,
+            served_as=names.clean_name(served_as),
+            config=_option(args, "--config"),
         )
     if _is_remote(value):
         url = value.get("url")

@@ -178,6 +178,9 @@ class Decision:
     arguments: dict[str, Any] | None = None
     args_digest: str | None = None
     lease: LeaseRequest | None = None
+    evidence: dict[str, Any] | None = None
+    """Facts about how the decision was made, recorded in its audit event as evidence only (the CLI: OS user,
+    uid, pid, whether stdin was a terminal). Never a guarantee of who decided."""
 
 
 @dataclass(frozen=True, slots=True)

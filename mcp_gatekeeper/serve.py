@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import httpx2
 
+from mcp_gatekeeper import names
 from mcp_gatekeeper.clock import Clock, SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
@@ -175,7 +176,13 @@ async def run_proxy(
     """``wrap`` and ``run``: serve the proxy on stdio (or Streamable HTTP) until the client goes away."""
     if not upstream_configs:
         raise ConfigError(["upstreams: no upstream to proxy (add [upstreams.NAME] to the config, or use wrap)"])
+    problems = names.unreached(config, upstream_configs)
+    for problem in problems:
+        print(f"mcp-gatekeeper: WARNING: {problem.message()}", file=sys.stderr, flush=True)
+    config = names.holding_unreached(config, problems)
     async with open_runtime(config, home=home, label=label, config_path=config_path) as rt:
+        for problem in problems:
+            await rt.store.note_problem(problem.to_json())
         proxy = Proxy(
             config=config, policy=rt.policy, gate=rt.gate, clock=rt.clock, state_key=load_or_create_key(rt.home)
         )

@@ -1075,6 +1075,24 @@ class Store:
         rows = await self._read("SELECT config_path FROM instances WHERE id = ?", (instance_id,))
         return rows[0][0] if rows else None
 
+    async def note_problem(self, detail: dict[str, Any]) -> None:
+        """Record a set-up problem this process found at start (audited; shown on the page while it runs)."""
+        actor = f"instance:{self.instance_id}" if self.instance_id else None
+
+        def _body(c: sqlite3.Connection) -> Any:
+            self._audit(c, event="config_problem", call_id=None, actor=actor, channel="startup", detail=detail)
+
+        await self._tx(_body)
+
+    async def live_problems(self) -> list[AuditEvent]:
+        """The set-up problems noted by gatekeeper processes that are still running, oldest first."""
+        rows = await self._read(
+            f"SELECT {', '.join('a.' + c.strip() for c in _AUDIT_COLUMNS.split(','))} FROM audit a"
+            " JOIN instances i ON a.actor = 'instance:' || i.id"
+            " WHERE a.call_id IS NULL AND a.event = 'config_problem' AND i.stopped_at IS NULL ORDER BY a.seq"
+        )
+        return [_audit_event(r) for r in rows]
+
     # ------------------------------------------------------------------ escalation, sweeping, review, compensation
 
     async def due_pending(self, instance_id: str | None, now: float) -> list[tuple[CallRecord, int]]:

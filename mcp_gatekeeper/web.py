@@ -231,9 +231,19 @@ async def live_snapshot(st: WebState) -> dict[str, Any]:
     return {
         "pending": [{**dict(zip(keys, r, strict=True)), "quarantined": bool(r[-1])} for r in rows],
         **await gates_snapshot(st),
+        "problems": await _problems_of(st),
         "counts": await st.store.counts(),
         "now": st.clock.now(),
     }
+
+
+async def _problems_of(st: WebState) -> list[dict[str, Any]]:
+    """Set-up problems of the running gatekeeper processes (e.g. an upstream no rule reaches)."""
+    return [{**e.detail, "at": e.at, "noted_by": e.actor} for e in await st.store.live_problems()]
+
+
+async def _problems(request: Request) -> Response:
+    return JSONResponse({"problems": await _problems_of(web_state(request))})
 
 
 async def _events(request: Request) -> Response:
@@ -375,6 +385,7 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         Route("/api/stats", _stats, methods=["GET"]),
         Route("/api/audit", _audit, methods=["GET"]),
         Route("/api/rules", _rules, methods=["GET"]),
+        Route("/api/problems", _problems, methods=["GET"]),
         Route("/api/explain", _explain, methods=["POST"]),
         Route("/api/openapi.json", _openapi, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "config": 1,
     "policy": 1,
     "waiting": 1,  # pure: which way a held call waits, from the client's facts and the config
+    "names": 1,  # pure: wrap's default upstream name, and whether the config's rules reach an upstream
     # 2: the store and other services over values and config
     "store": 2,
     "notify": 2,
@@ -67,6 +68,7 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast
         ("policy", "config"),  # policy compiles the config's rules; architecture.md puts both on layer 1
         ("waiting", "config"),  # the wait plan reads the [waiting] section
+        ("names", "config"),  # the name check reads the rules' upstream patterns and [security]
         ("proxy", "holding"),
         ("proxy", "compensation"),
         ("web", "webguard"),

@@ -419,6 +419,7 @@
       state.reviews = data.reviews || [];
       state.rollbackFailed = data.rollback_failed || [];
       state.quarantined = data.quarantined || [];
+      state.problems = data.problems || [];
       setTitle();
       if (fresh.length) alertNew(fresh);
       if (state.view === "queue") { renderBanners(); renderQueueList(); }

@@ -353,6 +353,12 @@
     const q = state.quarantined || [];
     const failed = state.rollbackFailed || [];
     const reviews = state.reviews || [];
+    for (const p of state.problems || []) {
+      // a running gatekeeper serves an upstream that none of its config's rules name
+      out.push(h("div", { class: "banner crit problem", role: "alert" }, icon("!"),
+        h("span", null, h("b", { text: "Rules do not reach upstream " }), h("code", null, safeText(p.upstream || "?")), h("b", { text: ". " }),
+          safeText(p.message || ""))));
+    }
     if (failed.length) {
       out.push(h("a", { class: "banner crit", href: "#/review", role: "alert" }, icon("!"),
         h("span", null, h("b", { text: `Rollback failed for ${failed.length} call${failed.length > 1 ? "s" : ""}.` }), " A call that failed its review could not be undone automatically: a human must undo it."), h("span", { class: "go", text: "See →" })));

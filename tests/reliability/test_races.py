@@ -281,7 +281,7 @@ async def test_b1_cross_process_two_cli_approvers_race(home: Path, tmp_path: Pat
                 assert refused[0][0] == 1 and "already" in refused[0][1], refused
                 wins[ok[0]] += 1
                 row = call_row(db, ids[path])
-                assert row["decided_by"].startswith("cli:") and row["channel"] == "cli-noninteractive"
+                assert row["decided_by"].startswith("cli:") and row["channel"] == "cli"
                 if verbs[ok[0]] == "approve":  # I2 and I5: the winner's decision, run once
                     assert row["state"] == "forwarded" and not results[path].is_error
                     assert received(log, "write_note").count({"path": path, "content": "c"}) == 1

@@ -1,9 +1,12 @@
-"""F7: the agent approves its own call from its shell (CLI without a terminal, the bearer API, the database).
+"""F7: the agent approves its own call from its shell (the CLI, the bearer API, the database).
 
 What the product promises (README, "What a local gate cannot promise"): an agent with an unrestricted shell
 running as the same user can get around any local gate. So these paths must be *visible* (the decision says how
-it was made) or *refused* where a setting asks for it (``cli_requires_tty``), and a decision that was not made
+it was made, with the facts we know as evidence, never as a guarantee), and a decision that was not made
 through the gatekeeper (a row written straight into the database) must never be executed.
+
+There is no setting that keeps an agent's shell from deciding: ``cli_requires_tty`` was removed because
+``script -qec "mcp-gatekeeper approve ID" /dev/null`` gives any program a terminal (tested below).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import pty
+import shlex
+import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import anyio
 import httpx2
 import mcp.types as types
 import pytest
+from harness import ROOT
 from relkit import (
     GK,
     UI_READY,
@@ -49,7 +56,6 @@ name = "notes"
 tool = "write_note"
 gate = "hard"
 """
-TTY_REQUIRED = NOTES_HELD + "[security]\ncli_requires_tty = true\n"
 NOTE = {"path": "/n/1", "content": "self-approved?"}
 
 
@@ -64,8 +70,8 @@ async def _hold(gk: GK, out: list[types.CallToolResult], args: dict[str, Any] = 
 # ---------------------------------------------------------------------------------------------- (a) the CLI
 
 
-async def test_f7a_cli_without_a_terminal_decides_but_says_so(home: Path, tmp_path: Path) -> None:
-    """Default settings: a decision from a shell with no terminal works, and is recorded as cli-noninteractive."""
+async def test_f7a_cli_without_a_terminal_decides_and_records_the_facts(home: Path, tmp_path: Path) -> None:
+    """A decision from a shell with no terminal works; it is recorded as channel ``cli`` with the facts we know."""
     cfg = write_config(tmp_path / "gk.toml", NOTES_HELD)
     log = tmp_path / "calls.jsonl"
     results: list[types.CallToolResult] = []
@@ -78,60 +84,63 @@ async def test_f7a_cli_without_a_terminal_decides_but_says_so(home: Path, tmp_pa
         rc, out, _ = await cli(home, "show", cid, "--json", config=cfg)
     assert rc == 0
     shown = json.loads(out)
-    assert (shown["channel"], shown["decided_by"]) == ("cli-noninteractive", f"cli:{user()}")
+    assert (shown["channel"], shown["decided_by"]) == ("cli", f"cli:{user()}")
     (approval,) = [e for e in shown["audit"] if e["event"] == "approved"]
-    assert (approval["channel"], approval["actor"]) == ("cli-noninteractive", f"cli:{user()}")
+    assert (approval["channel"], approval["actor"]) == ("cli", f"cli:{user()}")
+    evidence = approval["detail"]["evidence"]
+    assert evidence["os_user"] == user() and evidence["uid"] == os.getuid()
+    assert evidence["stdin_tty"] is False and isinstance(evidence["pid"], int)
     assert not results[0].is_error and received(log, "write_note") == [NOTE]
 
 
-async def test_f7a_cli_requires_tty_refuses_a_shell_and_accepts_a_terminal(home: Path, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "gk.toml", TTY_REQUIRED)
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script`")
+async def test_f7a_a_terminal_proves_nothing_script_gives_the_agent_one(home: Path, tmp_path: Path) -> None:
+    """``script -qec CMD /dev/null`` runs CMD on a fresh pseudo-terminal: an agent's shell (no terminal) decides,
+    and the evidence says ``stdin_tty: true``. So the record says "cli" and reports the tty as a fact, never as
+    proof of a person, and the README promises no protection from a terminal check."""
+    cfg = write_config(tmp_path / "gk.toml", NOTES_HELD)
     db, log = db_of(home), tmp_path / "calls.jsonl"
     results: list[types.CallToolResult] = []
     with anyio.fail_after(30):
         async with wrap(home, cfg, "feat", log) as gk, anyio.create_task_group() as tg:
             tg.start_soon(_hold, gk, results)
             cid = await gk.watcher.held()
-            for verb in ("approve", "reject"):
-                rc, _, err = await cli(home, verb, cid, config=cfg)
-                assert rc == 1 and "non-interactive" in err, (verb, rc, err)
-            assert call_row(db, cid)["state"] == "pending" and received(log, "write_note") == []
-            assert events_of(db, call_row(db, cid)["id"]) == ["held"]  # the refusals changed nothing
-
-            leader, follower = pty.openpty()  # a terminal: what a human at a keyboard has
-            try:
-                rc, _, err = await cli(home, "approve", cid, config=cfg, stdin=follower)
-            finally:
-                os.close(follower)
-                os.close(leader)
-            assert rc == 0, err
+            inner = shlex.join([sys.executable, "-m", "mcp_gatekeeper", "approve", cid, "--config", str(cfg)])
+            proc = await anyio.run_process(
+                ["script", "-qec", inner, "/dev/null"],
+                stdin=subprocess.DEVNULL,  # the agent's own shell has no terminal
+                env=env_for(home),
+                check=False,
+                cwd=str(ROOT),
+            )
+            assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     row = call_row(db, cid)
     assert (row["state"], row["channel"], row["decided_by"]) == ("forwarded", "cli", f"cli:{user()}")
+    (approval,) = [e for e in audit_of(db, row["id"]) if e["event"] == "approved"]
+    assert approval["channel"] == "cli"
+    assert json.loads(approval["detail"])["evidence"]["stdin_tty"] is True  # a terminal, and no person at it
     assert not results[0].is_error and received(log, "write_note") == [NOTE]
 
+    readme = (ROOT / "README.md").read_text()
+    limits = readme[readme.index("## What a local gate cannot promise") :]
+    limits = limits[: limits.index("\n## ", 1)]
+    assert "cli_requires_tty" in limits and "removed" in limits  # says plainly that the setting is gone, and why
+    assert "another OS user" in limits  # and what does protect
+    fails_closed = readme[readme.index("## Fails closed") : readme.index("## What a local gate cannot promise")]
+    (row_text,) = [line for line in fails_closed.splitlines() if "approve its own call" in line]
+    assert "refused" not in row_text.split("|")[2]  # the table no longer claims the CLI path is refused
 
-async def test_f7a_cli_requires_tty_of_the_holder_applies_to_a_bare_approve(home: Path, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "gk.toml", TTY_REQUIRED)
-    db, log = db_of(home), tmp_path / "calls.jsonl"
-    bare_home = tmp_path / "user-home"  # no ~/.config/mcp-gatekeeper/config.toml, no $MCP_GATEKEEPER_CONFIG
-    bare_home.mkdir()
-    results: list[types.CallToolResult] = []
-    with anyio.fail_after(30):
-        async with wrap(home, cfg, "feat", log) as gk, anyio.create_task_group() as tg:
-            tg.start_soon(_hold, gk, results)
-            cid = await gk.watcher.held()
-            rc, _, err = await cli(home, "approve", cid, env=env_for(home, HOME=str(bare_home)))
-            state = call_row(db, cid)["state"]
-            if rc != 0:  # what should happen: refused, still pending; a human at a terminal ends the hold
-                leader, follower = pty.openpty()
-                try:
-                    await cli(home, "reject", cid, "--reason", "cleanup", config=cfg, stdin=follower)
-                finally:
-                    os.close(follower)
-                    os.close(leader)
-    assert rc == 1 and "non-interactive" in err, (rc, err)
-    assert state == "pending"
-    assert received(log, "write_note") == []
+
+async def test_f7a_a_config_that_still_sets_cli_requires_tty_refuses_to_start(home: Path, tmp_path: Path) -> None:
+    """A security setting is never silently ignored: the removed key stops every command, naming key and line."""
+    cfg = write_config(tmp_path / "gk.toml", NOTES_HELD + "[security]\ncli_requires_tty = true\n")
+    line = cfg.read_text().splitlines().index("cli_requires_tty = true") + 1
+    for argv in (["wrap", "--name", "feat", "--", "true"], ["approve", "0123abcd"], ["check-config"]):
+        rc, _, err = await cli(home, *argv, config=cfg)
+        assert rc == 2, (argv, rc, err)
+        assert f"line {line}: security.cli_requires_tty: removed" in err, err
+        assert "script" in err and "another OS user" in err
+    assert not db_of(home).exists()  # nothing started
 
 
 # ---------------------------------------------------------------------------------------------- (b) the bearer API
@@ -140,8 +149,8 @@ async def test_f7a_cli_requires_tty_of_the_holder_applies_to_a_bare_approve(home
 async def test_f7b_bearer_api_with_the_token_file_decides_and_is_attributed(home: Path, tmp_path: Path) -> None:
     """An agent that reads ``ui-token`` can approve through the API: the product promises attribution, not
     prevention. The decision is recorded as ``api:<user>`` (a browser session is ``web:<sid>``), so it is visible
-    in the record and the audit. ``cli_requires_tty`` covers the CLI only: it does not stop the bearer API."""
-    cfg = write_config(tmp_path / "gk.toml", TTY_REQUIRED)
+    in the record and the audit."""
+    cfg = write_config(tmp_path / "gk.toml", NOTES_HELD)
     db, log = db_of(home), tmp_path / "calls.jsonl"
     results: list[types.CallToolResult] = []
     with anyio.fail_after(40):
