@@ -37,6 +37,7 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, definition_diff
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.serve import open_runtime, run_proxy
+from mcp_gatekeeper.webredact import redact
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -136,7 +137,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _render_call(rec: CallRecord, now: float, *, full: bool) -> str:
+def _masked(value: Any, reveal: bool) -> Any:
+    """``value`` with each secret-looking span (a PEM block, a token, a password's value) replaced by a marker
+    naming its kind and length, exactly that span and nothing around it; as-is with ``--reveal``."""
+    if reveal:
+        return value
+    return redact(value, lambda secret: f"masked, {len(secret)} characters; show --reveal")
+
+
+def _render_call(rec: CallRecord, now: float, *, full: bool, reveal: bool = False) -> str:
     lines = [
         f"call      {rec.id}",
         f"state     {rec.state.value}",
@@ -144,7 +153,7 @@ def _render_call(rec: CallRecord, now: float, *, full: bool) -> str:
         f"gate      {rec.gate} (risk {rec.risk}){'  rule ' + escape(rec.rule) if rec.rule else ''}",
     ]
     if rec.summary:
-        lines.append(f"summary   {escape(rec.summary)}")
+        lines.append(f"summary   {escape(_masked(rec.summary, reveal))}")
     if rec.client.get("name"):
         lines.append(f"client    {escape(str(rec.client.get('name')))} {escape(str(rec.client.get('version') or ''))}")
     lines.append(
@@ -157,25 +166,28 @@ def _render_call(rec: CallRecord, now: float, *, full: bool) -> str:
             if rec.effects.get(k):
                 lines.append(f"if {k:<7}{escape(str(rec.effects[k]))}")
     lines.append(
-        "arguments " + escape(json.dumps(rec.arguments, indent=2, ensure_ascii=False)).replace("\n", "\n          ")
+        "arguments "
+        + escape(json.dumps(_masked(rec.arguments, reveal), indent=2, ensure_ascii=False)).replace("\n", "\n          ")
     )
     lines.append(f"digest    {rec.args_digest}")
     if rec.modified_arguments is not None:
         lines.append(
             "modified  "
-            + escape(json.dumps(rec.modified_arguments, indent=2, ensure_ascii=False)).replace("\n", "\n          ")
+            + escape(json.dumps(_masked(rec.modified_arguments, reveal), indent=2, ensure_ascii=False)).replace(
+                "\n", "\n          "
+            )
         )
     if rec.decided_by:
         lines.append(f"decided   by {escape(rec.decided_by)} via {rec.channel}")
     if rec.reason:
-        lines.append(f"reason    {escape(rec.reason)}")
+        lines.append(f"reason    {escape(_masked(rec.reason, reveal))}")
     if full:
         for r in rec.reasons:
             lines.append(f"why       {escape(r)}")
         if rec.result is not None:
-            lines.append("result    " + escape(json.dumps(rec.result, ensure_ascii=False))[:2000])
+            lines.append("result    " + escape(json.dumps(_masked(rec.result, reveal), ensure_ascii=False))[:2000])
         if rec.error:
-            lines.append(f"error     {escape(rec.error)}")
+            lines.append(f"error     {escape(_masked(rec.error, reveal))}")
     return "\n".join(lines)
 
 
@@ -193,7 +205,10 @@ def cmd_pending(args: argparse.Namespace) -> int:
                 return EXIT_OK
             now = rt.clock.now()
             for c in calls:
-                what = c.summary or f"{c.tool} {json.dumps(c.arguments, ensure_ascii=False)[:80]}"
+                what = (
+                    _masked(c.summary, False)
+                    or f"{c.tool} {json.dumps(_masked(c.arguments, False), ensure_ascii=False)[:80]}"
+                )
                 left = _ago(c.deadline_at, now) if c.deadline_at else "-"
                 print(
                     f"{c.id[:10]}  {c.risk:<8} {escape(c.upstream)}/{escape(c.tool)}  {escape(what)}  (waiting {_dur(now - c.created_at)}, expires {left})"
@@ -215,7 +230,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 out["audit"] = [e.to_json() for e in await rt.store.audit_events(call_id=rec.id)]
                 _json_out(out)
             else:
-                print(_render_call(rec, rt.clock.now(), full=True))
+                print(_render_call(rec, rt.clock.now(), full=True, reveal=args.reveal))
             return EXIT_OK
 
     return anyio.run(go)
@@ -570,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = with_config(sub.add_parser("show", help="show one call in full"))
     sh.add_argument("id", help="call id (a unique prefix is enough)")
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--json", action="store_true", help="the record as JSON, secrets included (for scripts)")
+    sh.add_argument("--reveal", action="store_true", help="show secret-looking values instead of masking them")
     sh.set_defaults(func=cmd_show)
 
     ap = with_config(sub.add_parser("approve", help="approve a held call (optionally with modified arguments)"))

@@ -734,7 +734,7 @@ def _status(entry: _Entry) -> ServerStatus:
         transport: Transport = "stdio" if url is None else ("sse" if _option(args, "--transport") == "sse" else "http")
         upstream = args[args.index("--") + 1 :] if "--" in args else []
         served_as = _option(args, "--name") or (
-            names.name_for_url(url) if url is not None else names.name_for_command(upstream)
+            names.name_for_url(url) if url is not None else names.name_for_command(upstream) if upstream else None
         )
         return ServerStatus(
             entry.name,
@@ -744,7 +744,7 @@ def _status(entry: _Entry) -> ServerStatus:
             url,
             _command_exists(str(command)),
             entry.location,
-            served_as=names.clean_name(served_as),
+            served_as=names.clean_name(served_as) if served_as else None,
             config=_option(args, "--config"),
         )
     if _is_remote(value):

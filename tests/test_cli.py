@@ -115,3 +115,35 @@ async def test_pending_show_approve_reject_from_another_process(home: Path, tmp_
     _, out, _ = await cli(home, "show", b, "--json")
     shown = json.loads(out)
     assert shown["decided_by"].startswith("cli:") and [e["event"] for e in shown["audit"]] == ["held", "rejected"]
+
+
+KEY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"
+
+
+@pytest.mark.anyio
+async def test_show_masks_exactly_the_secret_and_reveals_it_on_request(home: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text(CONFIG)
+    log = tmp_path / "calls.jsonl"
+    pem = f"-----BEGIN PRIVATE KEY-----\n{KEY}\n-----END PRIVATE KEY-----"
+    note = {"path": "/tmp/keys", "content": f"Hi ops,\n{pem}\nInstall it today."}
+    params = wrap_params(home, cfg, "feat", [sys.executable, str(FEATURE_SERVER), "--call-log", str(log)])
+    with anyio.fail_after(60):
+        async with gatekeeper(params) as (client, watcher), anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                await client.call_tool("write_note", note)
+
+            tg.start_soon(call)
+            held = await watcher.held()
+            _, shown, _ = await cli(home, "show", held)
+            _, revealed, _ = await cli(home, "show", held, "--reveal")
+            _, raw, _ = await cli(home, "show", held, "--json")
+            _, pending, _ = await cli(home, "pending")
+            await cli(home, "reject", held)
+    assert KEY not in shown and "BEGIN PRIVATE KEY" not in shown
+    masked = f"⟦private key (PEM): masked, {len(pem)} characters; show --reveal⟧"
+    assert f'"content": "Hi ops,\\n{masked}\\nInstall it today."' in shown  # before and after stay readable
+    assert "summary   Write /tmp/keys" in shown
+    assert KEY in revealed and json.loads(raw)["arguments"] == note
+    assert "Write /tmp/keys" in pending and KEY not in pending

@@ -195,6 +195,16 @@ def test_unknown_key_on_line_n_names_rules_0_and_line_n(tmp_path: Path) -> None:
     find_problem(problems, "rules[0].gate")
 
 
+def test_the_removed_cli_requires_tty_is_refused_naming_key_line_why_and_what_to_do(tmp_path: Path) -> None:
+    """A security setting is never silently ignored: even ``= false`` names the line and says why it went."""
+    for value in ("true", "false"):
+        text = f"[ui]\nport = 8765\n\n[security]\nmax_argument_bytes = 10\ncli_requires_tty = {value}\n"
+        problems = problems_of(tmp_path, text)
+        (problem,) = problems
+        assert problem.startswith("line 6: security.cli_requires_tty: removed:"), problem
+        assert "script -qec" in problem and "another OS user" in problem and "Delete the line" in problem
+
+
 def test_on_timeout_approve_is_refused_even_alone() -> None:
     # Nothing in mcp-gatekeeper approves by default: there is no value of on_timeout that approves.
     with pytest.raises(ConfigError) as info:

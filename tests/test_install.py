@@ -287,6 +287,7 @@ def test_remote_entry_with_headers(home: Path, exe: str) -> None:
         url="https://h.example/mcp",
         exe_exists=True,
         location=("mcpServers", "r"),
+        served_as="r",  # the name rules must use: install writes the server's key as --name
     )
 
 
@@ -683,7 +684,7 @@ def test_inspect_servers_tells_gated_from_direct(home: Path, exe: str) -> None:
         ),
     )
     assert inspect_servers(path) == [
-        ServerStatus("gated", True, "stdio", exe, None, True, ("mcpServers", "gated")),
+        ServerStatus("gated", True, "stdio", exe, None, True, ("mcpServers", "gated"), served_as="gated"),
         ServerStatus("direct", False, "stdio", "no-such-command-here", None, False, ("mcpServers", "direct")),
         ServerStatus("remote", False, "sse", None, "https://r.example/sse", None, ("mcpServers", "remote")),
         ServerStatus(

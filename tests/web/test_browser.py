@@ -598,3 +598,45 @@ async def test_screenshots_review_leases_quarantine(live: Live) -> None:
     for name in ("review", "leases", "quarantine"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
     assert live.dialogs == []
+
+
+PEM_BODY = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\nMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu"
+
+
+async def test_a_private_key_masks_only_itself(live: Live) -> None:
+    """A PEM block in an email body masks from its BEGIN line to its END line: the text before and after it,
+    the subject and the summary stay readable. An unterminated block masks to the end, and nothing before it."""
+    h = live.h
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    pem = f"-----BEGIN PRIVATE KEY-----\n{PEM_BODY}\n-----END PRIVATE KEY-----"
+    args = {
+        "to": "ops@example.com",
+        "subject": "Key rotation for the staging box",
+        "body": f"Hi ops,\nhere is the new key:\n{pem}\nPlease install it today.\nThanks, Ana",
+        "attachment_note": f"Old key follows, cut off:\n-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}",
+    }
+    summary = "Email ops@example.com: Key rotation for the staging box"
+    rec, _ = await h.hold(call_for(h.policy, "mail", "send_email", args, summary=summary))
+    await _wait_for_row(page, rec.id)
+    await page.wait_for_selector(".card .masked")
+    card = await page.text_content(".card")
+    assert "MIIEvQ" not in card and "Mz" + "EfYyji" not in card  # the key is hidden
+    for visible in (
+        "Hi ops,",
+        "here is the new key:",
+        "Please install it today.",
+        "Thanks, Ana",
+        "Old key follows, cut off:",
+    ):
+        assert visible in card, visible
+    assert await page.text_content(".card-title") == summary
+    assert "Key rotation for the staging box" in card  # the subject
+    masked = await page.eval_on_selector_all(".card .masked", "els => els.map(e => e.textContent)")
+    assert masked == ["•••••• private key (PEM)", "•••••• private key (PEM)"]
+    for _ in masked:  # revealed on request: exactly the blocks
+        await page.click(".card .masked >> nth=0")
+    revealed = await page.text_content(".card pre.json")
+    assert "new key:\\n-----BEGIN PRIVATE KEY-----\\nMIIEvQ" in revealed
+    assert "-----END PRIVATE KEY-----\\nPlease install" in revealed
+    assert "cut off:\\n-----BEGIN RSA PRIVATE KEY-----\\nMIIEvQ" in revealed

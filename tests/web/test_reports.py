@@ -152,3 +152,51 @@ async def test_stats_flag_rules_that_time_out_and_count_escalations(harness: Har
     assert st["time_to_decision"]["count"] == 3  # the review is not a decision on a hold
     files = [u for u in st["usage"] if u["tool"] == "write_file"]
     assert files == [{"upstream": "files", "tool": "write_file", "total": 2, "held": 0, "allowed": 0, "denied": 0}]
+
+
+KEY_LINES = (
+    "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\nMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictG"
+)
+PEM = f"-----BEGIN PRIVATE KEY-----\n{KEY_LINES}\n-----END PRIVATE KEY-----"
+MAIL = {
+    "to": "ops@example.com",
+    "subject": "Key rotation for staging",
+    "body": f"Hi ops,\nthe new key:\n{PEM}\nInstall it today.\nThanks, Ana",
+}
+
+
+def _spans(value: dict[str, object]) -> list[tuple[tuple[str | int, ...], str]]:
+    return [(h.path, value[str(h.path[0])][h.start : h.end]) for h in find_secrets(value)]  # type: ignore[index]
+
+
+def test_a_pem_block_masks_from_begin_to_end_and_nothing_around_it() -> None:
+    (hit,) = find_secrets(MAIL)
+    assert hit.path == ("body",) and hit.kind == "private key (PEM)"
+    assert MAIL["body"][hit.start : hit.end] == PEM  # exactly the block: not the greeting, not what follows
+    assert MAIL["body"][: hit.start] == "Hi ops,\nthe new key:\n"
+    assert MAIL["body"][hit.end :] == "\nInstall it today.\nThanks, Ana"
+    out = redact(MAIL, lambda v: "x")
+    assert out["subject"] == MAIL["subject"] and out["to"] == MAIL["to"]
+    assert out["body"] == "Hi ops,\nthe new key:\n⟦private key (PEM): x⟧\nInstall it today.\nThanks, Ana"
+
+
+def test_an_unterminated_pem_block_masks_to_the_end_and_nothing_before_it() -> None:
+    body = f"Before the key.\n-----BEGIN RSA PRIVATE KEY-----\n{KEY_LINES}"
+    assert _spans({"body": body}) == [(("body",), body[len("Before the key.\n") :])]
+
+
+def test_two_blocks_and_other_pem_kinds_each_mask_only_themselves() -> None:
+    ec = "-----BEGIN EC PRIVATE KEY-----\r\nMHcCAQEEIBkg\r\n-----END EC PRIVATE KEY-----"
+    body = f"one {PEM} two {ec} three"
+    assert [s for _, s in _spans({"body": body})] == [PEM, ec]
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"  # public: not a secret
+    assert find_secrets({"body": f"chain: {cert}"}) == []
+
+
+async def test_the_card_locates_only_the_key_and_never_in_subject_or_summary(harness: Harness) -> None:
+    summary = "Email ops@example.com: Key rotation for staging"
+    rec, _ = await harness.hold(call_for(harness.policy, "mail", "send_email", MAIL, summary=summary))
+    body = (await harness.client.get(f"/api/calls/{rec.id}", headers=harness.bearer)).json()
+    assert body["secrets"]["summary"] == [] and body["summary"] == summary
+    (hit,) = body["secrets"]["arguments"]
+    assert hit["path"] == ["body"] and body["arguments"]["body"][hit["start"] : hit["end"]] == PEM
