@@ -449,10 +449,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"mcp-gatekeeper: not valid JSON: {e}", file=sys.stderr)
         return EXIT_USAGE
     upstream = args.upstream or (next(iter(config.upstreams)) if len(config.upstreams) == 1 else "default")
-    verdict = Policy(config).evaluate(upstream, args.tool, arguments, annotations)
+    problems = names.unreached(config, [upstream]) if args.upstream or config.upstreams else []
+    verdict = Policy(names.holding_unreached(config, problems)).evaluate(upstream, args.tool, arguments, annotations)
     if args.json:
-        _json_out({"upstream": upstream, "tool": args.tool, **verdict.to_json()})
+        problems_json = [p.to_json() for p in problems]
+        _json_out({"upstream": upstream, "tool": args.tool, **verdict.to_json(), "problems": problems_json})
         return EXIT_OK
+    for problem in problems:
+        print(f"note: {escape(problem.message())}")
     print(
         f"{escape(upstream)}/{escape(args.tool)} -> {verdict.action.upper()} (gate {verdict.gate}, risk {verdict.risk})"
     )

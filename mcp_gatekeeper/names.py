@@ -147,12 +147,12 @@ class Unreached:
     targeted: tuple[str, ...]
     suggestion: str | None
     mode: str
-    """``hold`` (every call to it is held) or ``warn`` (the built-in default policy applies)."""
+    """``hold`` (its calls no rule matches are held) or ``warn`` (the built-in default policy applies)."""
 
     def message(self) -> str:
         names = ", ".join(repr(n) for n in self.targeted)
         what = (
-            'every call to it is held for a human ([security] unmatched_upstream = "hold")'
+            'its calls that no rule matches are held for a human ([security] unmatched_upstream = "hold")'
             if self.mode == "hold"
             else 'its calls fall to the built-in default policy ([security] unmatched_upstream = "warn")'
         )

@@ -181,6 +181,21 @@ def test_check_config_without_a_name_checks_the_upstreams_run_would_serve(
     assert "Did you mean 'gti'?" in capsys.readouterr().err
 
 
+def test_explain_shows_what_a_process_serving_that_name_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text(FS_RULES)
+    env = json.dumps({"path": "/w/.env"})
+    assert main(["explain", "--config", str(cfg), "--upstream", "filesystem", "read_text_file", "--args", env]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("note: upstream 'filesystem' matches none of the rules' upstream names ('fs')")
+    assert "filesystem/read_text_file -> HOLD" in out and "rule: unmatched-upstream" in out
+    assert main(["explain", "--config", str(cfg), "--upstream", "fs", "read_text_file", "--args", env, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["action"], shown["rule"], shown["problems"]) == ("deny", "no-secrets", [])
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.toml")), ids=lambda p: p.name)
 def test_the_shipped_configs_use_the_names_their_servers_are_started_with(
     path: Path, capsys: pytest.CaptureFixture[str]

@@ -135,8 +135,12 @@ async def test_f7a_a_config_that_still_sets_cli_requires_tty_refuses_to_start(ho
     """A security setting is never silently ignored: the removed key stops every command, naming key and line."""
     cfg = write_config(tmp_path / "gk.toml", NOTES_HELD + "[security]\ncli_requires_tty = true\n")
     line = cfg.read_text().splitlines().index("cli_requires_tty = true") + 1
-    for argv in (["wrap", "--name", "feat", "--", "true"], ["approve", "0123abcd"], ["check-config"]):
-        rc, _, err = await cli(home, *argv, config=cfg)
+    for argv in (
+        ["wrap", "--config", str(cfg), "--name", "feat", "--", "true"],
+        ["approve", "0123abcd", "--config", str(cfg)],
+        ["check-config", "--config", str(cfg)],
+    ):
+        rc, _, err = await cli(home, *argv)
         assert rc == 2, (argv, rc, err)
         assert f"line {line}: security.cli_requires_tty: removed" in err, err
         assert "script" in err and "another OS user" in err

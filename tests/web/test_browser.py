@@ -640,3 +640,20 @@ async def test_a_private_key_masks_only_itself(live: Live) -> None:
     assert "new key:\\n-----BEGIN PRIVATE KEY-----\\nMIIEvQ" in revealed
     assert "-----END PRIVATE KEY-----\\nPlease install" in revealed
     assert "cut off:\\n-----BEGIN RSA PRIVATE KEY-----\\nMIIEvQ" in revealed
+
+
+async def test_a_running_gatekeeper_whose_rules_miss_its_upstream_gets_a_red_banner(live: Live) -> None:
+    from mcp_gatekeeper.config import parse_config
+    from mcp_gatekeeper.names import unreached
+
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    (problem,) = unreached(parse_config('[[rules]]\nupstream = "fs"\ngate = "allow"\n'), ["filesystem"])
+    async with Store.open(live.h.home / "gatekeeper.db", SystemClock()) as other:  # another wrap process
+        await other.register_instance("wrap filesystem")
+        await other.note_problem(problem.to_json())
+        banner = await page.wait_for_selector(".banner.problem")
+        assert banner is not None
+        text = await banner.text_content()
+    assert "Rules do not reach upstream filesystem." in text
+    assert "Did you mean 'fs'?" in text and "held for a human" in text
