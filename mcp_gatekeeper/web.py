@@ -80,6 +80,7 @@ from mcp_gatekeeper.webhttp import (
     json_body,
     principal,
     reason_of,
+    summary_secrets,
     web_state,
 )
 
@@ -229,7 +230,10 @@ async def live_snapshot(st: WebState) -> dict[str, Any]:
         " reasons LIKE '[\"QUARANTINED:%' FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
     )
     return {
-        "pending": [{**dict(zip(keys, r, strict=True)), "quarantined": bool(r[-1])} for r in rows],
+        "pending": [
+            {**dict(zip(keys, r, strict=True)), "quarantined": bool(r[-1]), "summary_secrets": summary_secrets(r[6])}
+            for r in rows
+        ],
         **await gates_snapshot(st),
         "problems": await _problems_of(st),
         "counts": await st.store.counts(),

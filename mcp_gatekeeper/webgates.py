@@ -40,6 +40,7 @@ from mcp_gatekeeper.webhttp import (
     json_body,
     principal,
     reason_of,
+    summary_secrets,
     web_state,
 )
 from mcp_gatekeeper.webredact import SecretHit, find_secrets
@@ -292,8 +293,10 @@ async def gates_snapshot(st: WebState) -> dict[str, Any]:
     )
     quarantined = await st.store.pins(quarantined_only=True)
     return {
-        "reviews": [dict(zip(keys, r, strict=True)) for r in reviews],
-        "rollback_failed": [dict(zip(keys, r, strict=True)) for r in failed],
+        "reviews": [{**dict(zip(keys, r, strict=True)), "summary_secrets": summary_secrets(r[7])} for r in reviews],
+        "rollback_failed": [
+            {**dict(zip(keys, r, strict=True)), "summary_secrets": summary_secrets(r[7])} for r in failed
+        ],
         "quarantined": [
             {"upstream": p.upstream, "tool": p.tool, "changed_at": p.changed_at} for p in quarantined if p.quarantined
         ],

@@ -90,10 +90,16 @@ def principal(request: Request) -> Principal:
     return p
 
 
+def summary_secrets(summary: str | None) -> list[dict[str, Any]]:
+    """Where a summary holds secret-looking spans, so every list that shows it masks exactly those."""
+    return [h.to_json() for h in find_secrets(summary)] if summary else []
+
+
 def call_json(rec: CallRecord, *, detail: bool) -> dict[str, Any]:
     """A call as the API returns it; ``detail`` adds where secret-looking values are, for the page to mask."""
     out = rec.to_json()
     out["args_bytes"] = len(canonical_json(rec.arguments).encode())
+    out["summary_secrets"] = summary_secrets(rec.summary)
     if detail:
         out["secrets"] = {
             key: [h.to_json() for h in find_secrets(value)]

@@ -163,6 +163,22 @@
     return frag;
   }
 
+  // A call's summary in a list: its secret-looking spans masked (exactly those), the rest as text.
+  function summaryView(c, fallback) {
+    return c.summary ? richString(c.summary, c.summary_secrets || [], false, null) : safeText(fallback);
+  }
+
+  // Plain text with each secret span replaced (for places that take no markup, such as notifications).
+  function maskedText(str, hits) {
+    let out = "", pos = 0;
+    for (const hit of (hits || []).slice().sort((a, b) => a.start - b.start)) {
+      if (hit.start < pos) continue;
+      out += `${str.slice(pos, hit.start)}•••••• ${hit.kind}`;
+      pos = hit.end;
+    }
+    return out + str.slice(pos);
+  }
+
   // ------------------------------------------------------------------ JSON view
 
   function samePath(a, b) {
@@ -437,7 +453,7 @@
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     for (const c of calls.slice(0, 3)) {
       try {
-        const n = new Notification(`Held (${c.risk}): ${c.upstream} · ${c.tool}`, { body: c.summary || "A tool call is waiting for your decision", tag: c.id });
+        const n = new Notification(`Held (${c.risk}): ${c.upstream} · ${c.tool}`, { body: c.summary ? maskedText(c.summary, c.summary_secrets) : "A tool call is waiting for your decision", tag: c.id });
         n.onclick = () => { window.focus(); location.hash = `#/queue/${c.id}`; };
       } catch (_) { /* notifications unavailable */ }
     }
@@ -490,7 +506,7 @@
           h("div", { class: "qtop" }, riskChip(c.risk), c.escalation ? h("span", { class: "chip escalated", title: `Escalated (step ${c.escalation})`, text: "escalated" }) : null,
             c.quarantined ? h("span", { class: "chip risk-critical", title: "Held because the tool's definition changed since it was pinned", text: "quarantined" }) : null,
             h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
-          h("div", { class: "qsummary" }, safeText(c.summary || `${c.tool} on ${c.upstream}`)),
+          h("div", { class: "qsummary" }, summaryView(c, `${c.tool} on ${c.upstream}`)),
           h("div", { class: "qtimes" },
             h("span", { class: "waited", "data-since": c.created_at }),
             h("span", { class: "left", "data-deadline": c.deadline_at || "" })),
@@ -964,7 +980,7 @@
           h("td", null, stateChip(c.state, c.modified_arguments !== null)),
           h("td", { class: "hide-sm" }, riskChip(c.risk)),
           h("td", { class: "mono hide-sm" }, safeText(`${c.upstream} · ${c.tool}`)),
-          h("td", { class: "sum" }, safeText(c.summary || c.tool)),
+          h("td", { class: "sum" }, summaryView(c, c.tool)),
           h("td", { class: "mono hide-sm" }, safeText(c.decided_by || "")),
           h("td", { class: "num hide-sm", text: c.decided_at ? dur(c.decided_at - c.created_at) : "" }));
         const go = () => { location.hash = `#/call/${c.id}`; };
@@ -1255,7 +1271,7 @@
     setInterval(tick, 1000);
   }
 
-  Object.assign(GK, { h, s, $, safeText, richString, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
+  Object.assign(GK, { h, s, $, safeText, richString, summaryView, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
   // gates.js (loaded after this file) adds its views before the page starts
   document.addEventListener("DOMContentLoaded", start);
 })();

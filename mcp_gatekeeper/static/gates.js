@@ -5,7 +5,7 @@
 
 (() => {
   const GK = window.GK;
-  const { h, $, safeText, richString, jsonView, api, toast, dur, fmtTime, riskChip, stateChip, icon, state, serverNow } = GK;
+  const { h, $, safeText, richString, summaryView, jsonView, api, toast, dur, fmtTime, riskChip, stateChip, icon, state, serverNow } = GK;
 
   // ------------------------------------------------------------------ unified diff of a tool definition
 
@@ -177,7 +177,7 @@
   function reviewItem(c, failed) {
     const li = h("li", { class: `qitem ${failed ? "risk-critical failed" : `risk-${c.risk}`}`, role: "option", tabindex: "0", "data-id": c.id },
       h("div", { class: "qtop" }, stateChip(c.state), h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
-      h("div", { class: "qsummary" }, safeText(c.summary || `${c.tool} on ${c.upstream}`)),
+      h("div", { class: "qsummary" }, summaryView(c, `${c.tool} on ${c.upstream}`)),
       h("div", { class: "qtimes" },
         h("span", { class: "ran", "data-ran": c.created_at }),
         c.state === "under_review" ? h("span", { class: "left", "data-deadline": c.deadline_at || "" }) : h("span", { class: "muted", text: failed ? "undo by hand" : "window closed" })),

@@ -657,3 +657,21 @@ async def test_a_running_gatekeeper_whose_rules_miss_its_upstream_gets_a_red_ban
         text = await banner.text_content()
     assert "Rules do not reach upstream filesystem." in text
     assert "Did you mean 'fs'?" in text and "held for a human" in text
+
+
+async def test_lists_mask_a_secret_in_a_summary_and_nothing_else(live: Live) -> None:
+    """The queue and the history show each call's summary; a token in it is masked there too, exactly the token."""
+    h = live.h
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    token = "ghp_" + "Q1w2E3r4T5y6U7i8O9p0A1s2D3f4G5h6J7k8"
+    summary = f"Push main to origin with {token} then tag it"
+    rec, _ = await h.hold(call_for(h.policy, "git", "git_push", {"remote": "origin"}, summary=summary))
+    await _wait_for_row(page, rec.id)
+    item = await page.text_content(f'.qitem[data-id="{rec.id}"] .qsummary')
+    assert item == "Push main to origin with •••••• GitHub token then tag it"
+    await page.goto(f"{live.base}/#/history")
+    row = await page.wait_for_selector("table.grid tbody tr:has-text('Push main to origin')")
+    assert row is not None
+    cell = await row.text_content()
+    assert token not in cell and "then tag it" in cell
