@@ -60,7 +60,7 @@ def name_for_command(command: Sequence[str]) -> str:
 
     ``npx -y @modelcontextprotocol/server-filesystem /dir`` → ``filesystem``; ``uvx mcp-server-git`` → ``git``;
     ``python -m mcp_server_time`` → ``time``; ``node build/index.js`` → ``index``. Launchers (npx, uvx, node,
-    python, docker run, ...) and their options are skipped; an npm scope, a version and a file extension are
+    python, docker run, ...), their options and ``NAME=value`` words are skipped; an npm scope, a version and a file extension are
     dropped; then one ``mcp-server-``/``server-``/``mcp-`` prefix and one ``-mcp``/``-server`` suffix.
     """
     if not command:
@@ -69,8 +69,8 @@ def name_for_command(command: Sequence[str]) -> str:
     for token in command:
         base = re.split(r"[/\\]", token)[-1]
         bare = _EXTENSION.sub("", base).lower() if base.lower().endswith((".exe", ".cmd", ".bat")) else base.lower()
-        if _LAUNCHER.match(bare) or token.startswith("-") or token in _SUBCOMMAND:
-            continue
+        if _LAUNCHER.match(bare) or token.startswith("-") or token in _SUBCOMMAND or "=" in token:
+            continue  # a launcher, an option, or an assignment (env FOO=1, --from pkg==1.0)
         chosen = token
         break
     if chosen is None:

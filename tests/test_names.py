@@ -18,6 +18,7 @@ from harness import ROOT, cli, gatekeeper, gk_env, npm_bin, wrap_params
 from mcp import StdioServerParameters
 
 from mcp_gatekeeper.cli import main
+from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.errors import ConfigError
 from mcp_gatekeeper.names import (
@@ -29,6 +30,7 @@ from mcp_gatekeeper.names import (
     unreached,
 )
 from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.store import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -68,6 +70,9 @@ gate = "allow"
         (["github-mcp-server", "stdio"], "github"),
         (["node", "build/index.js"], "index"),
         (["srv"], "srv"),
+        (["docker", "run", "-i", "--rm", "-e", "TOKEN=x", "ghcr.io/acme/notes-mcp:1"], "notes"),
+        (["uvx", "--from", "mcp-server-git==2025.1", "mcp-server-git"], "git"),
+        (["env", "TZ=UTC", "mcp-server-time"], "time"),
         (["./my server!.py"], "my-server"),
     ],
 )
@@ -335,13 +340,20 @@ async def test_doctor_lists_a_gated_server_whose_name_no_rule_uses(tmp_path: Pat
         },
     }
     (claude / "claude_desktop_config.json").write_text(json.dumps({"mcpServers": servers}))
-    env = gk_env(tmp_path / "gk-home", HOME=str(home_dir), XDG_CONFIG_HOME=str(home_dir / ".config"))
+    gk_home = tmp_path / "gk-home"
+    env = gk_env(gk_home, HOME=str(home_dir), XDG_CONFIG_HOME=str(home_dir / ".config"))
     argv = [sys.executable, "-m", "mcp_gatekeeper", "doctor", "--config", str(cfg), "--project", str(tmp_path)]
+    (running,) = unreached(parse_config(FS_RULES), ["files"])
     with anyio.fail_after(60):
-        proc = await anyio.run_process(argv, env=env, check=False, cwd=str(ROOT))
+        async with Store.open(gk_home / "gatekeeper.db", SystemClock()) as store:  # a gatekeeper that is running
+            await store.register_instance("wrap files")
+            await store.note_problem(running.to_json())
+            proc = await anyio.run_process(argv, env=env, check=False, cwd=str(ROOT))
     out = proc.stdout.decode()
     assert proc.returncode == 1, out
     fails = [line for line in out.splitlines() if line.startswith("client claude-desktop") and "FAIL" in line]
     assert len(fails) == 2, out
     assert "server 'filesystem' (served as 'filesystem')" in fails[0] and "Did you mean 'fs'?" in fails[0]
     assert "server 'derived' (served as 'git')" in fails[1] and "('fs')" in fails[1]
+    (live,) = [line for line in out.splitlines() if line.startswith("running gatekeeper")]
+    assert "FAIL" in live and "upstream 'files' matches none" in live
