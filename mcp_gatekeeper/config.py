@@ -13,6 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,8 +27,14 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PREDICATE_OPS = (
     "eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "glob", "not_glob", "regex", "exists",
-    "len_gt", "len_gte", "len_lt", "len_lte",
+    "len_gt", "len_gte", "len_lt", "len_lte", "under", "not_under", "path_glob", "not_path_glob", "path_regex",
 )  # fmt: skip
+PATH_OPS = frozenset(["under", "not_under", "path_glob", "not_path_glob", "path_regex"])
+"""Operators that read their value as a file path: they compare its normal forms (see ``paths.py``)."""
+NUMBER_OPS = frozenset(["gt", "gte", "lt", "lte", "len_gt", "len_gte", "len_lt", "len_lte"])
+EACH = "[*]"
+"""A step of a ``when`` key that means "every element of this list" (``paths[*]``, ``edits[*].path``)."""
+_KEY_PART = re.compile(r"^([^\[\]]+)((?:\[\*\])*)$")
 Risk = Literal["low", "medium", "high", "critical"]
 
 
@@ -99,11 +106,36 @@ class UpstreamConfig(_Model):
 Predicate = dict[str, Any]
 
 
+def parse_when_key(key: str) -> tuple[Literal["any", "all"] | None, tuple[str, ...]]:
+    """``"all:edits[*].path"`` -> ``("all", ("edits", "[*]", "path"))``; no prefix -> ``None`` (the rule's default).
+
+    Raises ValueError for a malformed key (an empty step, a bracket that is not ``[*]``, an unknown prefix)."""
+    quantifier: Literal["any", "all"] | None = None
+    if key.startswith(("any:", "all:")):
+        quantifier = "any" if key.startswith("any:") else "all"
+        key = key[4:]
+    steps: list[str] = []
+    for part in key.split("."):
+        m = _KEY_PART.match(part)
+        if m is None:
+            raise ValueError(f"when: bad argument path {key!r} (steps are names, numbers or name[*])")
+        steps.append(m.group(1))
+        steps.extend([EACH] * (len(m.group(2)) // 3))
+    if quantifier is not None and EACH not in steps:
+        raise ValueError(f"when: {quantifier}: applies only to a path with [*] (got {key!r})")
+    return quantifier, tuple(steps)
+
+
+def _strings_or_list(arg: Any) -> bool:
+    if isinstance(arg, str):
+        return True
+    return isinstance(arg, list) and bool(arg) and all(isinstance(a, str) for a in arg)
+
+
 def check_predicates(when: dict[str, Any]) -> None:
     """Every ``when`` predicate is well formed (raises ValueError naming the path and operator)."""
     for path, pred in when.items():
-        if not path or any(not part for part in path.split(".")):
-            raise ValueError(f"when: bad argument path {path!r}")
+        parse_when_key(path)
         if not isinstance(pred, dict):
             continue
         if not pred:
@@ -113,19 +145,28 @@ def check_predicates(when: dict[str, Any]) -> None:
                 raise ValueError(f"when.{path}: unknown operator {op!r} (use one of {', '.join(PREDICATE_OPS)})")
             if op in ("in", "not_in") and not isinstance(arg, list):
                 raise ValueError(f"when.{path}.{op}: expected a list")
-            if op in ("gt", "gte", "lt", "lte", "len_gt", "len_gte", "len_lt", "len_lte") and (
-                isinstance(arg, bool) or not isinstance(arg, int | float | str)
-            ):
+            if op in NUMBER_OPS and (isinstance(arg, bool) or not isinstance(arg, int | float | str)):
                 raise ValueError(f"when.{path}.{op}: expected a number")
-            if op in ("glob", "not_glob", "regex") and not isinstance(arg, str):
+            if op in NUMBER_OPS and not _finite_number(arg):
+                raise ValueError(f"when.{path}.{op}: expected a finite number, got {arg!r}")
+            if op in ("glob", "not_glob", "regex", "path_regex") and not isinstance(arg, str):
                 raise ValueError(f"when.{path}.{op}: expected a string")
-            if op == "regex":
+            if op in ("under", "not_under", "path_glob", "not_path_glob") and not _strings_or_list(arg):
+                raise ValueError(f"when.{path}.{op}: expected a path or a non-empty list of paths")
+            if op in ("regex", "path_regex"):
                 try:
                     re.compile(arg)
                 except re.error as e:
-                    raise ValueError(f"when.{path}.regex: invalid regular expression: {e}") from None
+                    raise ValueError(f"when.{path}.{op}: invalid regular expression: {e}") from None
             if op == "exists" and not isinstance(arg, bool):
                 raise ValueError(f"when.{path}.exists: expected true or false")
+
+
+def _finite_number(arg: Any) -> bool:
+    try:
+        return Decimal(arg.strip() if isinstance(arg, str) else arg).is_finite()
+    except (InvalidOperation, ValueError):
+        return False
 
 
 class ToolCall(_Model):
@@ -341,6 +382,9 @@ class SecurityConfig(_Model):
     ``warn`` and let the built-in default policy decide. Either way it is said on stderr and on the page."""
     max_argument_bytes: int = Field(default=1_048_576, gt=0)
     """Calls whose canonical arguments exceed this size are denied (never stored or forwarded)."""
+    protect_own_files: bool = True
+    """Deny every call whose arguments name the gatekeeper's data home, database, token files or config.
+    ``false`` turns this built-in rule off and is logged as a warning at every start."""
 
 
 def _check_upstream_name(name: str) -> str:

@@ -8,14 +8,16 @@ the upstream annotates ``destructiveHint: true`` is always held. Annotations onl
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mcp_gatekeeper.config import Amplifier, GatekeeperConfig, RuleConfig
+from mcp_gatekeeper import paths
+from mcp_gatekeeper.config import EACH, NUMBER_OPS, PATH_OPS, Amplifier, GatekeeperConfig, RuleConfig, parse_when_key
 from mcp_gatekeeper.models import RISK_ORDER
 
 READ_WORDS = frozenset(
@@ -301,10 +303,22 @@ class Verdict:
 _MISSING = object()
 
 
+class Unreadable:
+    """A value a predicate cannot read as what its operator needs (a number, a string, a path, a list)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
 def lookup(arguments: Any, path: str) -> Any:
     """The value at a dotted path (``customer.email``, ``items.0.sku``), or ``_MISSING``."""
-    value = arguments
-    for part in path.split("."):
+    return _step(arguments, path.split("."))
+
+
+def _step(value: Any, steps: Sequence[str]) -> Any:
+    for part in steps:
         if isinstance(value, Mapping) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
@@ -314,76 +328,161 @@ def lookup(arguments: Any, path: str) -> Any:
     return value
 
 
-def _number(value: Any) -> Decimal | float | None:
-    """A number (or numeric string) as an exact Decimal; huge values compare instead of overflowing."""
-    if isinstance(value, bool):
+def _elements(arguments: Any, steps: Sequence[str]) -> list[Any] | Unreadable:
+    """The values a ``when`` key reaches: one value (maybe ``_MISSING``) without ``[*]``, else every element."""
+    if EACH not in steps:
+        return [_step(arguments, steps)]
+    at = steps.index(EACH)
+    head = _step(arguments, steps[:at])
+    if head is _MISSING:
+        return [_MISSING]
+    if not isinstance(head, list):
+        return Unreadable(f"{'.'.join(steps[:at])} is {_kind(head)}, not a list")
+    out: list[Any] = []
+    for item in head:
+        got = _elements(item, steps[at + 1 :])
+        if isinstance(got, Unreadable):
+            return got
+        out.extend(got)
+    return out
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is _MISSING else "null" if value is None else type(value).__name__
+
+
+def _number(value: Any) -> Decimal | None:
+    """A finite number (or numeric string) as an exact Decimal; booleans, NaN and infinities are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float | str):
-        try:
-            d = Decimal(value.strip() if isinstance(value, str) else value)
-        except (InvalidOperation, ValueError):
-            return None
-        if d.is_nan():
-            return None
-        return float(d) if d.is_infinite() else d  # ±inf still compares: 1e999 on the wire is more than 1000
-    return None
+    try:
+        d = Decimal(value.strip() if isinstance(value, str) else value)
+    except (InvalidOperation, ValueError):
+        return None
+    return d if d.is_finite() else None
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """JSON equality: ``true`` is not ``1``, ``1`` is ``1.0``, lists and objects compare element by element."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+_NEGATIVE = frozenset(["ne", "not_in", "not_glob", "not_under", "not_path_glob"])
+_NUMBER_CMP = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
 
 
 class _Predicate:
-    __slots__ = ("op", "operand", "path", "regex")
+    """One operator on one ``when`` key. ``test`` answers True, False or :class:`Unreadable`.
 
-    def __init__(self, path: str, op: str, operand: Any) -> None:
-        self.path, self.op, self.operand = path, op, operand
+    With ``[*]`` in the key the operator is tried on every element, and ``quantifier`` says whether one
+    (``any``) or every (``all``) element must satisfy it; a list with no element satisfies neither. A path
+    operator tries every normal form of each value (``paths.interpretations``) under the same quantifier."""
+
+    __slots__ = ("home", "key", "number", "op", "operand", "quantifier", "regex", "roots", "steps")
+
+    def __init__(self, key: str, op: str, operand: Any, *, quantifier: str, home: str) -> None:
+        explicit, self.steps = parse_when_key(key)
+        self.key, self.op, self.operand, self.home = key, op, operand, home
+        self.quantifier = explicit or quantifier
         self.regex: re.Pattern[str] | None = None
+        self.roots: tuple[str, ...] = ()
+        self.number = _number(operand) if op in NUMBER_OPS else None
         if op in ("glob", "not_glob"):
             self.regex = re.compile(fnmatch.translate(str(operand)))
-        elif op == "regex":
+        elif op in ("regex", "path_regex"):
             self.regex = re.compile(str(operand))
+        elif op in ("under", "not_under", "path_glob", "not_path_glob"):
+            self.roots = tuple(_config_path(r, home) for r in ([operand] if isinstance(operand, str) else operand))
+            if op in ("path_glob", "not_path_glob"):
+                self.regex = re.compile("|".join(f"(?:{paths.glob_regex(r).pattern})" for r in self.roots))
+
+    def test(self, arguments: Mapping[str, Any]) -> bool | Unreadable:
+        values = _elements(arguments, self.steps)
+        if isinstance(values, Unreadable):
+            return values
+        results: list[bool] = []
+        for value in values:
+            got = self._one(value)
+            if isinstance(got, Unreadable):
+                return got
+            results.extend(got)
+        if not results:
+            return False
+        return any(results) if self.quantifier == "any" else all(results)
 
     def holds(self, arguments: Mapping[str, Any]) -> bool:
-        value = lookup(arguments, self.path)
+        """True only when the predicate is satisfied (an unreadable value does not satisfy it)."""
+        return self.test(arguments) is True
+
+    def _one(self, value: Any) -> list[bool] | Unreadable:
         op = self.op
         if op == "exists":
-            return (value is not _MISSING) == bool(self.operand)
+            return [(value is not _MISSING) == bool(self.operand)]
         if value is _MISSING:
-            return op in ("ne", "not_in", "not_glob")
-        if op == "eq":
-            return bool(value == self.operand)
-        if op == "ne":
-            return bool(value != self.operand)
-        if op == "in":
-            return value in self.operand
-        if op == "not_in":
-            return value not in self.operand
-        if op in ("gt", "gte", "lt", "lte"):
-            a, b = _number(value), _number(self.operand)
-            if a is None or b is None:
-                return False
-            return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[op]
+            return [op in _NEGATIVE]
+        if op in ("eq", "ne"):
+            return [_equal(value, self.operand) == (op == "eq")]
+        if op in ("in", "not_in"):
+            return [any(_equal(value, x) for x in self.operand) == (op == "in")]
+        if op in _NUMBER_CMP:
+            a = _number(value)
+            if a is None or self.number is None:
+                return Unreadable(f"{self.key} is {_shown(value)}, not a finite number")
+            return [bool(_NUMBER_CMP[op](a, self.number))]
         if op.startswith("len_"):
-            if not isinstance(value, list | str | Mapping):
-                return False
-            n, b = len(value), _number(self.operand)
-            if b is None:
-                return False
-            return {"len_gt": n > b, "len_gte": n >= b, "len_lt": n < b, "len_lte": n <= b}[op]
-        assert self.regex is not None
-        if op == "not_glob":
-            return not isinstance(value, str) or self.regex.match(value) is None
+            if not isinstance(value, list | str | Mapping) or self.number is None:
+                return Unreadable(f"{self.key} is {_kind(value)}, which has no length")
+            return [bool(_NUMBER_CMP[op[4:]](Decimal(len(value)), self.number))]
+        if op in PATH_OPS:
+            forms = paths.interpretations(value, home=self.home)
+            if forms is None:
+                return Unreadable(f"{self.key} is {_kind(value)}, not a path")
+            return [self._path(f) for f in forms]
         if not isinstance(value, str):
-            return False
-        if op == "glob":
-            return self.regex.match(value) is not None
-        return self.regex.search(value) is not None
+            return Unreadable(f"{self.key} is {_kind(value)}, not a string")
+        assert self.regex is not None
+        if op == "regex":
+            return [self.regex.search(value) is not None]
+        return [(self.regex.match(value) is not None) == (op == "glob")]
+
+    def _path(self, form: str) -> bool:
+        op = self.op
+        if op in ("under", "not_under"):
+            return any(paths.is_under(form, r) for r in self.roots) == (op == "under")
+        assert self.regex is not None
+        if op == "path_regex":
+            return self.regex.search(form) is not None
+        return (self.regex.match(form) is not None) == (op == "path_glob")
 
     def describe(self) -> str:
-        return f"{self.path} {self.op} {self.operand!r}"
+        each = f"{self.quantifier} of " if EACH in self.steps else ""
+        return f"{each}{self.key.removeprefix('any:').removeprefix('all:')} {self.op} {self.operand!r}"
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) and len(value) <= 40 else _kind(value)
+
+
+def _config_path(value: str, home: str) -> str:
+    """A path written in the config, in normal form (``C:\\x`` written the Windows way is accepted)."""
+    return paths.normalise(value.replace("\\", "/") if re.match(r"^[A-Za-z]:\\", value) else value, home=home)
 
 
 class _Rule:
     __slots__ = ("config", "index", "name", "predicates", "tool_literals", "tool_re", "upstream_re")
 
-    def __init__(self, index: int, rule: RuleConfig) -> None:
+    def __init__(self, index: int, rule: RuleConfig, home: str) -> None:
         self.index, self.config = index, rule
         self.name = rule.name or f"rules[{index}]"
         ups = [rule.upstream] if isinstance(rule.upstream, str) else list(rule.upstream)
@@ -392,7 +491,7 @@ class _Rule:
         literal = all(not (_GLOB_CHARS & set(t)) for t in tools)
         self.tool_literals: frozenset[str] | None = frozenset(tools) if literal else None
         self.tool_re = None if literal else _glob_regex(tools)
-        self.predicates = _compile_when(rule.when)
+        self.predicates = _compile_when(rule.when, quantifier=_quantifier_for(rule.gate), home=home)
 
     def matches_name(self, upstream: str, tool: str) -> bool:
         if self.upstream_re is not None and not self.upstream_re.match(upstream):
@@ -405,31 +504,104 @@ class _Rule:
 class _Amplifier:
     __slots__ = ("config", "name", "predicates", "tool_re", "upstream_re")
 
-    def __init__(self, index: int, amp: Amplifier) -> None:
+    def __init__(self, index: int, amp: Amplifier, home: str) -> None:
         self.config = amp
         self.name = amp.name or f"risk.amplifiers[{index}]"
         ups = [amp.upstream] if isinstance(amp.upstream, str) else list(amp.upstream)
         tools = [amp.tool] if isinstance(amp.tool, str) else list(amp.tool)
         self.upstream_re = _glob_regex(ups)
         self.tool_re = _glob_regex(tools)
-        self.predicates = _compile_when(amp.when)
+        self.predicates = _compile_when(amp.when, quantifier="any", home=home)
 
     def matches(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> bool:
         return (
             self.upstream_re.match(upstream) is not None
             and self.tool_re.match(tool) is not None
-            and all(p.holds(arguments) for p in self.predicates)
+            and all(p.test(arguments) is not False for p in self.predicates)  # unreadable: raise the risk
         )
 
 
-def _compile_when(when: Mapping[str, Any]) -> list[_Predicate]:
+def _quantifier_for(gate: str) -> str:
+    """Over list elements: a rule that can let a call run unreviewed needs every element (``all``); a rule
+    that only denies or holds needs one (``any``)."""
+    return "all" if gate in ("allow", "audit", "soft") else "any"
+
+
+def _compile_when(when: Mapping[str, Any], *, quantifier: str, home: str) -> list[_Predicate]:
     out: list[_Predicate] = []
-    for path, pred in when.items():
+    for key, pred in when.items():
         if isinstance(pred, dict):
-            out.extend(_Predicate(path, op, arg) for op, arg in pred.items())
+            out.extend(_Predicate(key, op, arg, quantifier=quantifier, home=home) for op, arg in pred.items())
         else:
-            out.append(_Predicate(path, "eq", pred))
+            out.append(_Predicate(key, "eq", pred, quantifier=quantifier, home=home))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class OwnFiles:
+    """The gatekeeper's own files, which no tool call may name (see :meth:`Policy.evaluate`).
+
+    ``dirs`` (the data home, also through its resolved symlinks) protect everything inside them; ``files``
+    (database, ``-wal``/``-shm``, token and key files, the config file, and their resolved targets) protect
+    themselves. Absolute paths, given by the composition root (``serve.own_files``)."""
+
+    dirs: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+SELF_PROTECTION_RULE = "protect-own-files"
+_TOKEN_SPLIT = re.compile(r"[\s'\"=;|&<>(),`]+")
+_TOKEN_SCAN_LIMIT = 4096
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in the arguments, at any depth, object keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+class _OwnFilesCheck:
+    """The built-in rule ahead of every user rule: a call that names the gatekeeper's own files is denied."""
+
+    def __init__(self, own: OwnFiles, home: str) -> None:
+        self.home = home
+        self.dirs = tuple(dict.fromkeys(paths.normalise(d, home=home) for d in own.dirs))
+        self.files = tuple(dict.fromkeys(paths.normalise(f, home=home) for f in own.files))
+        self.dir_parts = [d.strip("/").split("/") for d in self.dirs]
+        self.file_parts = [f.strip("/").split("/") for f in self.files]
+
+    def hit(self, arguments: Mapping[str, Any], *, ancestors: bool) -> str | None:
+        """The first argument string naming a protected file (``ancestors``: or a folder holding one)."""
+        for s in _strings(arguments):
+            candidates = [s]
+            if len(s) <= _TOKEN_SCAN_LIMIT and "\n" not in s:
+                candidates.extend(t for t in _TOKEN_SPLIT.split(s) if t and t != s)
+            for c in candidates:
+                for form in paths.interpretations(c, home=self.home) or ():
+                    if self._names(form, ancestors=ancestors):
+                        return s
+        return None
+
+    def _names(self, form: str, *, ancestors: bool) -> bool:
+        protected = self.dirs + self.files
+        if form.startswith("/") or form[1:3] == ":/":
+            if any(paths.is_under(form, p) for p in self.dirs) or form in self.files:
+                return True
+            return ancestors and any(paths.is_under(p, form) for p in protected)
+        parts = [p for p in form.split("/") if p != ".."]  # climbing out first: judge where it lands
+        # a relative path resolves against a folder we cannot know: caught when it begins with the tail of a
+        # protected folder (``mcp-gatekeeper/ui-token``) or is the tail (2+ names) of a protected file
+        for dp in self.dir_parts:
+            if any(parts[:k] == dp[-k:] for k in range(1, min(len(parts), len(dp)) + 1)):
+                return True
+        return any(len(parts) >= 2 and fp[-len(parts) :] == parts for fp in self.file_parts)
 
 
 class _SafeFormatter(string.Formatter):
@@ -482,12 +654,37 @@ def render_summary(template: str, arguments: Mapping[str, Any]) -> str:
         return template
 
 
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A rule whose predicate could not read its value: the call is denied, never passed to a later rule."""
+
+    rule: _Rule
+    predicate: _Predicate
+    why: str
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _looks_like_path(value: str) -> bool:
+    if value[:5].lower() == "file:":
+        return True
+    return not _URL.match(value) and ("/" in value.strip("/") or value.startswith(("/", "~/")))
+
+
 class Policy:
     """The compiled rules of one config. Immutable and safe to share."""
 
-    def __init__(self, config: GatekeeperConfig) -> None:
+    def __init__(
+        self, config: GatekeeperConfig, *, own_files: OwnFiles | None = None, home_dir: str | None = None
+    ) -> None:
+        """``own_files``: the gatekeeper's files for the built-in self-protection rule (none: nothing to protect);
+        ``home_dir``: what ``~`` means in paths (default: the user's home)."""
         self.config = config
-        self._rules = [_Rule(i, r) for i, r in enumerate(config.rules)]
+        self.home_dir = home_dir or os.path.expanduser("~")
+        protect = own_files is not None and config.security.protect_own_files and (own_files.dirs or own_files.files)
+        self._own = _OwnFilesCheck(own_files, self.home_dir) if protect and own_files is not None else None
+        self._rules = [_Rule(i, r, self.home_dir) for i, r in enumerate(config.rules)]
         self._by_tool: dict[str, list[_Rule]] = {}
         self._candidate_cache: dict[tuple[str, str], tuple[_Rule, ...]] = {}
         self._wild: list[_Rule] = []
@@ -507,7 +704,7 @@ class Policy:
         r = config.risk
         self._risk_high = _glob_regex(r.high) if r.high else None
         self._risk_medium = _glob_regex(r.medium) if r.medium else None
-        self._amplifiers = [_Amplifier(i, a) for i, a in enumerate(r.amplifiers)]
+        self._amplifiers = [_Amplifier(i, a, self.home_dir) for i, a in enumerate(r.amplifiers)]
 
     def asks_agent(self, upstream: str, tool: str) -> bool:
         """Whether the tool's schema gets ``gatekeeper_reason`` / ``gatekeeper_confidence`` (config or any rule)."""
@@ -515,10 +712,29 @@ class Policy:
             return True
         return any(rule.config.ask_agent and rule.matches_name(upstream, tool) for rule in self._rules)
 
-    @staticmethod
-    def envelope_holds(envelope: Mapping[str, Any], arguments: Mapping[str, Any]) -> bool:
-        """Does a lease's argument envelope (``when``-style predicates) cover these arguments?"""
-        return all(p.holds(arguments) for p in _compile_when(envelope))
+    def envelope_holds(self, envelope: Mapping[str, Any], arguments: Mapping[str, Any]) -> bool:
+        """Does a lease's argument envelope (``when``-style predicates) cover these arguments? An envelope
+        allows, so over list elements it needs every one, and an unreadable value is not covered."""
+        return all(p.holds(arguments) for p in _compile_when(envelope, quantifier="all", home=self.home_dir))
+
+    def lease_paths(self, arguments: Mapping[str, Any]) -> dict[str, str]:
+        """For "approve and allow similar calls": each top-level or nested string argument that names a file,
+        by dotted key, mapped to the folder an envelope should keep later calls ``under`` (lexically
+        normalised, so ``src/../.git/x`` suggests ``.git``, not ``src``)."""
+        out: dict[str, str] = {}
+
+        def walk(value: Any, key: str) -> None:
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    walk(v, f"{key}.{k}" if key else str(k))
+            elif isinstance(value, str) and _looks_like_path(value):
+                forms = paths.interpretations(value, home=self.home_dir)
+                folder = paths.parent(forms[0]) if forms else "/"
+                if folder not in (".", "/") and not folder.endswith(":/"):  # never suggest a whole drive
+                    out[key] = folder
+
+        walk(arguments, "")
+        return out
 
     def rule_named(self, name: str | None) -> RuleConfig | None:
         """The rule a recorded call matched (by its name), if it still exists."""
@@ -544,9 +760,15 @@ class Policy:
             self._candidate_cache[key] = found
         return found
 
-    def _first_match(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> _Rule | None:
+    def _first_match(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> _Rule | _Refused | None:
         for rule in self._candidates(upstream, tool):
-            if all(p.holds(arguments) for p in rule.predicates):
+            for p in rule.predicates:
+                got = p.test(arguments)
+                if isinstance(got, Unreadable):
+                    return _Refused(rule, p, got.why)
+                if not got:
+                    break
+            else:
                 return rule
         return None
 
@@ -624,9 +846,31 @@ class Policy:
         *,
         confidence: float | None = None,
     ) -> Verdict:
-        """Which rule matches, which gate, which risk level, and why."""
+        """Which rule matches, which gate, which risk level, and why.
+
+        Before any user rule, the built-in ``protect-own-files`` rule denies a call naming the gatekeeper's own
+        files. A rule whose predicate cannot read its value (``amount`` is ``true``, ``path`` is a list) denies
+        the call: an unreadable value never falls through to a later rule or the default."""
         risk, reasons = self.score(tool, annotations, upstream=upstream, arguments=arguments, confidence=confidence)
-        rule = self._first_match(upstream, tool, arguments)
+        if self._own is not None:
+            reads = not self._default_gate(tool, annotations)[0]
+            named = self._own.hit(arguments, ancestors=not reads)
+            if named is not None:
+                why = "the arguments name the gatekeeper's own files (its data home, database, tokens or config)"
+                return self._denied(
+                    SELF_PROTECTION_RULE,
+                    None,
+                    risk,
+                    [f"matched built-in rule {SELF_PROTECTION_RULE}: {why}", *reasons],
+                    f"denied: {why}; no tool call may read or change them",
+                )
+        match = self._first_match(upstream, tool, arguments)
+        if isinstance(match, _Refused):
+            why = f"cannot read the arguments for {match.rule.name} ({match.predicate.describe()}): {match.why}"
+            return self._denied(
+                match.rule.name, match.rule.index, risk, [f"refused: {why}", *reasons], f"denied: {why}"
+            )
+        rule = match
         if rule is None:
             hold, why = self._default_gate(tool, annotations)
             reasons.insert(0, why)
@@ -677,4 +921,17 @@ class Policy:
             in_client=cfg.in_client or self.config.waiting.in_client,
             ask_agent=cfg.ask_agent if cfg.ask_agent is not None else self.config.risk.ask_agent,
             rule_config=cfg,
+        )
+
+    def _denied(self, rule: str, index: int | None, risk: str, reasons: list[str], deny_reason: str) -> Verdict:
+        return Verdict(
+            gate="deny",
+            hold=False,
+            risk=risk,
+            rule=rule,
+            rule_index=index,
+            reasons=tuple(reasons),
+            timeout=self.config.defaults.timeout,
+            deny_reason=deny_reason,
+            in_client=self.config.waiting.in_client,
         )

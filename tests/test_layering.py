@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "models": 0,
     "clock": 0,
     "hostos": 0,  # every difference between Linux, macOS and Windows (third-party imports only)
+    "paths": 0,  # pure: what a path argument names, lexically
     # 1: the config file and pure policy
     "config": 1,
     "policy": 1,

@@ -104,8 +104,11 @@ gate = "allow"
 
 # ---------------------------------------------------------------------------------------------- predicates
 
-# (when-table in TOML, arguments, does the rule match?)
-PREDICATES: list[tuple[str, dict[str, Any], bool]] = [
+REFUSED = "refused"
+"""The predicate cannot read the value (wrong type, NaN): the call is denied by that rule, whatever its gate."""
+
+# (when-table in TOML, arguments, does the rule match? or REFUSED)
+PREDICATES: list[tuple[str, dict[str, Any], bool | str]] = [
     # eq (bare value and explicit)
     ("{ currency = 'EUR' }", {"currency": "EUR"}, True),
     ("{ currency = 'EUR' }", {"currency": "eur"}, False),
@@ -132,11 +135,11 @@ PREDICATES: list[tuple[str, dict[str, Any], bool]] = [
     ("{ amount = { gt = 1000 } }", {"amount": " 1500 "}, True),
     ("{ amount = { gt = 1000 } }", {"amount": "1.5e3"}, True),
     ("{ amount = { gt = 1000 } }", {"amount": "999"}, False),
-    ("{ amount = { gt = 1000 } }", {"amount": "lots"}, False),
-    ("{ amount = { gt = 1000 } }", {"amount": "nan"}, False),
-    ("{ amount = { gt = 0 } }", {"amount": True}, False),
-    ("{ amount = { gt = 1000 } }", {"amount": None}, False),
-    ("{ amount = { gt = 1000 } }", {"amount": [2000]}, False),
+    ("{ amount = { gt = 1000 } }", {"amount": "lots"}, REFUSED),
+    ("{ amount = { gt = 1000 } }", {"amount": "nan"}, REFUSED),
+    ("{ amount = { gt = 0 } }", {"amount": True}, REFUSED),
+    ("{ amount = { gt = 1000 } }", {"amount": None}, REFUSED),
+    ("{ amount = { gt = 1000 } }", {"amount": [2000]}, REFUSED),
     ("{ amount = { gt = 1000 } }", {}, False),
     ("{ amount = { gte = 1000 } }", {"amount": 1000}, True),
     ("{ amount = { gte = 1000 } }", {"amount": 999.99}, False),
@@ -144,7 +147,7 @@ PREDICATES: list[tuple[str, dict[str, Any], bool]] = [
     ("{ amount = { lt = 10 } }", {"amount": 9}, True),
     ("{ amount = { lt = 10 } }", {"amount": "9.5"}, True),
     ("{ amount = { lt = 10 } }", {"amount": 10}, False),
-    ("{ amount = { lt = 10 } }", {"amount": False}, False),  # False is not 0
+    ("{ amount = { lt = 10 } }", {"amount": False}, REFUSED),  # False is not 0
     ("{ amount = { lt = 10 } }", {}, False),
     ("{ amount = { lte = 10 } }", {"amount": 10}, True),
     ("{ amount = { lte = 10 } }", {"amount": 10.01}, False),
@@ -155,14 +158,14 @@ PREDICATES: list[tuple[str, dict[str, Any], bool]] = [
     ("{ path = { glob = '/tmp/*' } }", {"path": "/tmp/a/b"}, True),
     ("{ path = { glob = '/tmp/*' } }", {"path": "/etc/passwd"}, False),
     ("{ path = { glob = '/tmp/*' } }", {"path": "x/tmp/a"}, False),
-    ("{ path = { glob = '/tmp/*' } }", {"path": 5}, False),
+    ("{ path = { glob = '/tmp/*' } }", {"path": 5}, REFUSED),
     ("{ path = { glob = '/tmp/*' } }", {}, False),
     # regex: search semantics, strings only
     ("{ to = { regex = '@example\\.com$' } }", {"to": "ann@example.com"}, True),
     ("{ to = { regex = '@example\\.com$' } }", {"to": "ann@example.com.evil.net"}, False),
     ("{ to = { regex = '^ann' } }", {"to": "x ann"}, False),
     ("{ to = { regex = 'ann' } }", {"to": "x ann"}, True),
-    ("{ to = { regex = 'ann' } }", {"to": ["ann"]}, False),
+    ("{ to = { regex = 'ann' } }", {"to": ["ann"]}, REFUSED),
     ("{ to = { regex = 'ann' } }", {}, False),
     # exists, on dotted paths
     ("{ 'customer.email' = { exists = true } }", {"customer": {"email": "a@b.c"}}, True),
@@ -190,11 +193,15 @@ PREDICATES: list[tuple[str, dict[str, Any], bool]] = [
 
 
 @pytest.mark.parametrize(("when", "arguments", "matches"), PREDICATES)
-def test_predicate(when: str, arguments: dict[str, Any], matches: bool) -> None:
+def test_predicate(when: str, arguments: dict[str, Any], matches: bool | str) -> None:
     text = f'[[rules]]\nname = "p"\ntool = "frob"\nwhen = {when}\ngate = "deny"\n'
     verdict = evaluate(text, "frob", arguments)
-    assert (verdict.rule == "p") is matches
-    assert (verdict.action == "deny") is matches
+    assert (verdict.rule == "p") is bool(matches)
+    assert (verdict.action == "deny") is bool(matches)
+    assert verdict.reasons[0].startswith("refused") is (matches == REFUSED)
+    # the same predicate on an allow rule: a refusal still denies, never falls through to the default
+    allowed = evaluate(text.replace('"deny"', '"allow"'), "frob", arguments)
+    assert allowed.action == ("deny" if matches == REFUSED else "allow" if matches else "hold")
 
 
 BIG_REFUNDS = """
@@ -219,10 +226,13 @@ def test_a_numeric_string_beyond_float_range_does_not_slip_past_a_gt_rule(amount
     assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": amount}).action == "deny"
 
 
-def test_a_json_infinity_is_big() -> None:
-    # `{"amount": 1e999}` on the wire arrives as float("inf"): it must still count as more than 1000
-    assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": float("inf")}).action == "deny"
-    assert evaluate(BIG_REFUNDS, "issue_refund", {"amount": float("-inf")}).rule == "refunds"
+@pytest.mark.parametrize("amount", [float("inf"), float("-inf"), float("nan"), "-Infinity", "NaN", True])
+def test_non_finite_numbers_and_booleans_are_refused_not_compared(amount: Any) -> None:
+    # `{"amount": 1e999}` arrives as float("inf"); -inf would pass any `lte` allow, NaN fails every comparison:
+    # none of them is a number the policy can judge, so the call is denied whichever rule reads it
+    verdict = evaluate(BIG_REFUNDS, "issue_refund", {"amount": amount})
+    assert (verdict.action, verdict.rule) == ("deny", "no-big-refunds")
+    assert "not a finite number" in (verdict.deny_reason or "")
 
 
 # ---------------------------------------------------------------------------------------------- defaults
