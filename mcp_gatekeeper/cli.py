@@ -36,7 +36,8 @@ from mcp_gatekeeper.errors import (
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, definition_diff
 from mcp_gatekeeper.policy import Policy
-from mcp_gatekeeper.serve import open_runtime, run_proxy
+from mcp_gatekeeper.serve import build_policy, open_runtime, run_proxy
+from mcp_gatekeeper.store import default_home
 from mcp_gatekeeper.webredact import redact
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -450,7 +451,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     upstream = args.upstream or (next(iter(config.upstreams)) if len(config.upstreams) == 1 else "default")
     problems = names.unreached(config, [upstream]) if args.upstream or config.upstreams else []
-    verdict = Policy(names.holding_unreached(config, problems)).evaluate(upstream, args.tool, arguments, annotations)
+    policy = build_policy(
+        names.holding_unreached(config, problems), default_home(), resolve_config_path(getattr(args, "config", None))
+    )
+    verdict = policy.evaluate(upstream, args.tool, arguments, annotations)
     if args.json:
         problems_json = [p.to_json() for p in problems]
         _json_out({"upstream": upstream, "tool": args.tool, **verdict.to_json(), "problems": problems_json})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from mcp_gatekeeper.errors import ConfigError, UpstreamError
 from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.notify import Notifications
-from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.policy import OwnFiles, Policy
 from mcp_gatekeeper.proxy import Proxy
-from mcp_gatekeeper.sealing import load_or_create_key
+from mcp_gatekeeper.sealing import KEY_FILE, load_or_create_key
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.upstream import Upstream
+from mcp_gatekeeper.webauth import TOKEN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,32 @@ def db_path(home: Path) -> Path:
     return home / "gatekeeper.db"
 
 
+def own_files(home: Path, config_path: str | os.PathLike[str] | None) -> OwnFiles:
+    """What the built-in ``protect-own-files`` rule guards: the data home, the database and its ``-wal``/``-shm``,
+    the token and key files and the config file, each as spelled and as its symlinks resolve."""
+    db = db_path(home)
+    files: list[Path] = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+    files += [home / TOKEN_FILE, home / KEY_FILE]
+    if config_path is not None:
+        files.append(Path(config_path))
+
+    def spellings(p: Path) -> list[str]:
+        return list(dict.fromkeys([os.path.abspath(p), os.path.realpath(p)]))
+
+    return OwnFiles(dirs=tuple(spellings(home)), files=tuple(s for f in files for s in spellings(f)))
+
+
+def build_policy(config: GatekeeperConfig, home: Path, config_path: str | os.PathLike[str] | None) -> Policy:
+    """The policy with the gatekeeper's own files protected (a loud warning every time that is turned off)."""
+    if not config.security.protect_own_files:
+        log.warning(
+            "[security] protect_own_files = false: tool calls may read or change the gatekeeper's own database,"
+            " tokens and config (%s); an agent that reads the ui-token can approve its own calls",
+            home,
+        )
+    return Policy(config, own_files=own_files(home, config_path))
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(
     config: GatekeeperConfig,
@@ -64,7 +92,7 @@ async def open_runtime(
     """Open the store (recovering a dead neighbour's calls), start the gate's watcher and the heartbeat."""
     home = home or default_home()
     clock = clock or SystemClock()
-    policy = Policy(config)
+    policy = build_policy(config, home, config_path)
     async with Store.open(db_path(home), clock) as store, contextlib.AsyncExitStack() as stack:
         store.fsync_every_call = config.store.fsync_every_call
         if register:
