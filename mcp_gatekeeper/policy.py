@@ -728,8 +728,10 @@ class Policy:
                 for k, v in value.items():
                     walk(v, f"{key}.{k}" if key else str(k))
             elif isinstance(value, str) and _looks_like_path(value):
-                forms = paths.interpretations(value, home=self.home_dir)
-                folder = paths.parent(forms[0]) if forms else "/"
+                forms = paths.interpretations(value, home=self.home_dir) or ()
+                # one reading only: a spelling with several (a file: URI, backslashes) is never covered by
+                # an `under` envelope, which must hold for every reading, so suggesting one would mislead
+                folder = paths.parent(forms[0]) if len(forms) == 1 else "/"
                 if folder not in (".", "/") and not folder.endswith(":/"):  # never suggest a whole drive
                     out[key] = folder
 

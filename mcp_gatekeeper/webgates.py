@@ -94,7 +94,15 @@ def _lease_offer(st: WebState, rec: CallRecord) -> dict[str, Any]:
         st.gate.check_lease(rec, probe)
     except InvalidModificationError as e:
         return {"offered": False, "why_not": str(e)}
-    return {"offered": True, "why_not": None, "max_seconds": MAX_LEASE_SECONDS, "max_calls": MAX_LEASE_CALLS}
+    return {
+        "offered": True,
+        "why_not": None,
+        "max_seconds": MAX_LEASE_SECONDS,
+        "max_calls": MAX_LEASE_CALLS,
+        # the folder each path argument's default envelope keeps later calls `under` (normalised: a path
+        # spelled src/../.git/x suggests .git, and `under` never covers a path that climbs out of its folder)
+        "paths": st.policy.lease_paths(rec.arguments),
+    }
 
 
 def envelope_secrets(envelope: dict[str, Any]) -> list[SecretHit]:

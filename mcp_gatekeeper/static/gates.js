@@ -46,7 +46,7 @@
 
   // ------------------------------------------------------------------ lease envelopes
 
-  const OPS = { eq: "=", ne: "≠", gt: ">", gte: "≥", lt: "<", lte: "≤", glob: "matches", not_glob: "does not match", regex: "matches regex", in: "is one of", not_in: "is not one of", exists: "exists:", len_gt: "length >", len_gte: "length ≥", len_lt: "length <", len_lte: "length ≤" };
+  const OPS = { eq: "=", ne: "≠", gt: ">", gte: "≥", lt: "<", lte: "≤", glob: "matches", not_glob: "does not match", regex: "matches regex", in: "is one of", not_in: "is not one of", exists: "exists:", len_gt: "length >", len_gte: "length ≥", len_lt: "length <", len_lte: "length ≤", under: "is inside", not_under: "is not inside", path_glob: "is a path matching", not_path_glob: "is a path not matching", path_regex: "is a path matching regex" };
 
   // One readable line per predicate: `amount ≤ 750`, `path matches "./src/*"`; secrets masked.
   function describeEnvelope(envelope, hits) {
@@ -72,7 +72,8 @@
 
   const globEscape = (s) => s.replace(/[[*?]/g, (c) => `[${c}]`);
 
-  // A sensible pattern for a string: its directory for paths, its origin for URLs, else the value itself.
+  // A sensible pattern for a string that is not a file path: its origin for URLs, else the value itself.
+  // (File paths get `under` their folder as the server normalised it: lease_offer.paths.)
   function defaultPattern(v) {
     const url = /^([a-z][a-z0-9+.-]*:\/\/[^/]+\/)/i.exec(v);
     if (url) return `${globEscape(url[1])}*`;
@@ -80,7 +81,7 @@
     if (slash > 0) return `${globEscape(v.slice(0, slash + 1))}*`;
     return `${globEscape(v)}*`;
   }
-  const pathLike = (v) => /^[a-z][a-z0-9+.-]*:\/\//i.test(v) || v.lastIndexOf("/") > 0;
+  const pathLike = (v) => /^[a-z][a-z0-9+.-]*:\/\/[^/]/i.test(v); // a URL with a host: its origin
 
   function leaves(value, path, out) {
     if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
@@ -95,6 +96,7 @@
   // envelope as editable JSON, and the bounds. value() is {lease} or {error}.
   function leaseEditor(call) {
     const rows = leaves(call.arguments || {}, [], []);
+    const folders = (call.lease_offer && call.lease_offer.paths) || {};
     const envBox = h("textarea", { rows: "6", spellcheck: "false", class: "env-json", "aria-label": "Envelope (JSON predicates on the arguments)" });
     const note = h("div", { class: "lease-note" });
     const controls = [];
@@ -103,16 +105,18 @@
       const key = row.path.join(".");
       const v = row.value;
       const dotted = row.path.some((p) => String(p).includes("."));
-      const opts = typeof v === "string" ? [["same", "is exactly"], ["glob", "matches"], ["any", "any value"]]
+      const folder = typeof v === "string" && Object.prototype.hasOwnProperty.call(folders, key) ? folders[key] : null;
+      const opts = folder !== null ? [["under", "inside folder"], ["same", "is exactly"], ["any", "any value"]]
+        : typeof v === "string" ? [["same", "is exactly"], ["glob", "matches"], ["any", "any value"]]
         : typeof v === "number" ? [["lte", "up to (≤)"], ["same", "is exactly"], ["any", "any value"]]
           : [["same", "is exactly"], ["any", "any value"]];
       const sel = h("select", { "aria-label": `Rule for ${key}`, disabled: dotted }, opts.map(([val, label]) => h("option", { value: val, text: label })));
-      sel.value = dotted ? "any" : typeof v === "string" ? (pathLike(v) ? "glob" : "same") : opts[0][0];
+      sel.value = dotted ? "any" : folder !== null ? "under" : typeof v === "string" ? (pathLike(v) ? "glob" : "same") : opts[0][0];
       const pat = h("input", { type: "text", class: "mono", "aria-label": `Pattern for ${key}`, spellcheck: "false",
-        value: typeof v === "string" ? defaultPattern(v) : "" });
+        value: folder !== null ? folder : typeof v === "string" ? defaultPattern(v) : "" });
       const shown = h("span", { class: "mono val" }, safeText(typeof v === "string" ? `"${v.length > 60 ? v.slice(0, 57) + "…" : v}"` : JSON.stringify(v)));
       const cell = h("div", { class: "lease-val" });
-      const sync = () => { cell.replaceChildren(sel.value === "glob" ? pat : sel.value === "any" ? h("span", { class: "muted", text: "not checked" }) : shown); };
+      const sync = () => { cell.replaceChildren(sel.value === "glob" || sel.value === "under" ? pat : sel.value === "any" ? h("span", { class: "muted", text: "not checked" }) : shown); };
       sel.addEventListener("change", () => { sync(); regenerate(); });
       pat.addEventListener("input", regenerate);
       sync();
@@ -125,6 +129,7 @@
         if (c.sel.value === "same") env[c.key] = { eq: c.v };
         else if (c.sel.value === "lte") env[c.key] = { lte: c.v };
         else if (c.sel.value === "glob") env[c.key] = { glob: c.pat.value };
+        else if (c.sel.value === "under") env[c.key] = { under: c.pat.value };
       }
       const lines = Object.entries(env).map(([k, v]) => `  ${JSON.stringify(k)}: ${JSON.stringify(v, null, 1).replace(/\n\s*/g, " ")}`);
       envBox.value = lines.length ? `{\n${lines.join(",\n")}\n}` : "{}";
