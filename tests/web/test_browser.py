@@ -675,3 +675,25 @@ async def test_lists_mask_a_secret_in_a_summary_and_nothing_else(live: Live) -> 
     assert row is not None
     cell = await row.text_content()
     assert token not in cell and "then tag it" in cell
+
+
+async def test_allow_similar_keeps_a_path_under_its_real_folder(live: Live) -> None:
+    """Issue 11, case 3, on the page: the default envelope for a path is `under` its normalised folder."""
+    h = live.h
+    page = await live.logged_in_page()
+    attack = "/w/src/../.git/hooks/pre-commit"
+    rec, holder = await h.hold(call_for(h.policy, "files", "edit_file", {"path": attack, "dryRun": False}))
+    await _wait_for_row(page, rec.id)
+    await page.click(f'.qitem[data-id="{rec.id}"]')
+    await page.click(".actions .btn.similar")
+    await page.wait_for_selector(".lease-editor")
+    assert await page.input_value(".lease-editor select[aria-label='Rule for path']") == "under"
+    envelope = json.loads(await page.input_value(".lease-editor .env-json"))
+    assert envelope == {"path": {"under": "/w/.git/hooks"}, "dryRun": {"eq": False}}  # not "/w/src/*"
+    await page.click(".actions .btn.similar")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved)
+    [lease] = await h.store.leases(active_at=h.clock.now())
+    assert lease.envelope["path"] == {"under": "/w/.git/hooks"}
+    assert h.policy.envelope_holds(lease.envelope, {"path": "/w/.git/hooks/post-merge", "dryRun": False})
+    assert not h.policy.envelope_holds(lease.envelope, {"path": "/w/.git/hooks/../config", "dryRun": False})

@@ -430,3 +430,24 @@ async def test_new_endpoints_are_in_the_openapi_document(harness: Harness) -> No
         assert path in spec["paths"], path
     approve = spec["paths"]["/api/calls/{id}/approve"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "lease" in approve["properties"]
+
+
+async def test_the_default_envelope_for_a_path_is_under_its_normalised_folder(harness: Harness) -> None:
+    # issue 11, case 3: the page built `path glob ".../src/*"`, which also covered `src/../.git/hooks/...`
+    attack = "/w/src/../.git/hooks/pre-commit"
+    rec, _ = await harness.hold(call_for(harness.policy, "files", "edit_file", {"path": attack, "edits": []}))
+    offer = (await harness.client.get(f"/api/calls/{rec.id}", headers=harness.bearer)).json()["lease_offer"]
+    assert offer["paths"] == {"path": "/w/.git/hooks"}  # the folder it really lands in, not src
+
+    rec, holder = await harness.hold(call_for(harness.policy, "files", "edit_file", {"path": "/w/src/a.py"}))
+    offer = (await harness.client.get(f"/api/calls/{rec.id}", headers=harness.bearer)).json()["lease_offer"]
+    assert offer["paths"] == {"path": "/w/src"}
+    lease = {"envelope": {"path": {"under": offer["paths"]["path"]}}, "calls": 5}
+    r = await harness.client.post(
+        f"/api/calls/{rec.id}/approve", headers=harness.bearer, json={"args_digest": rec.args_digest, "lease": lease}
+    )
+    assert r.status_code == 200, r.text
+    await holder.outcome()
+    [granted] = (await harness.client.get("/api/leases", headers=harness.bearer)).json()["leases"]
+    assert harness.policy.envelope_holds(granted["envelope"], {"path": "/w/src/b.py"})
+    assert not harness.policy.envelope_holds(granted["envelope"], {"path": attack})
