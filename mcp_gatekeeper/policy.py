@@ -596,11 +596,16 @@ class _OwnFilesCheck:
                 return True
             return ancestors and any(paths.is_under(p, form) for p in protected)
         parts = [p for p in form.split("/") if p != ".."]  # climbing out first: judge where it lands
-        # a relative path resolves against a folder we cannot know: caught when it begins with the tail of a
-        # protected folder (``mcp-gatekeeper/ui-token``) or is the tail (2+ names) of a protected file
-        for dp in self.dir_parts:
-            if any(parts[:k] == dp[-k:] for k in range(1, min(len(parts), len(dp)) + 1)):
-                return True
+        # a relative path resolves against a folder we cannot know. Caught: it begins with the last two names
+        # of a protected folder (``state/mcp-gatekeeper/...``), or with its last name followed by one of its
+        # files (``mcp-gatekeeper/ui-token``: a project that happens to be called mcp-gatekeeper is left
+        # alone), or it is the tail (two names or more) of a protected file.
+        for folder, dp in zip(self.dirs, self.dir_parts, strict=True):
+            for k in range(1, min(len(parts), len(dp)) + 1):
+                if parts[:k] != dp[-k:]:
+                    continue
+                if k >= 2 or (len(parts) > 1 and "/".join([folder.rstrip("/"), *parts[1:]]) in self.files):
+                    return True
         return any(len(parts) >= 2 and fp[-len(parts) :] == parts for fp in self.file_parts)
 
 
@@ -862,7 +867,7 @@ class Policy:
                 return self._denied(
                     SELF_PROTECTION_RULE,
                     None,
-                    risk,
+                    risk if RISK_ORDER[risk] > RISK_ORDER["high"] else "high",
                     [f"matched built-in rule {SELF_PROTECTION_RULE}: {why}", *reasons],
                     f"denied: {why}; no tool call may read or change them",
                 )

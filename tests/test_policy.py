@@ -796,6 +796,8 @@ def test_calls_naming_the_gatekeepers_own_files_are_denied_before_any_rule(
         ("directory_tree", {"path": "/home/me"}),
         ("read_file", {"path": "/home/me/.local/state/mcp-gatekeeper-old/ui-token"}),  # a sibling, not the home
         ("read_file", {"path": "ui-token"}),  # relative, one bare name: not enough to tell
+        ("read_file", {"path": "mcp-gatekeeper/README.md"}),  # a project that shares the home's name
+        ("list_directory", {"path": "mcp-gatekeeper"}),
         ("read_file", {"path": "config.toml"}),
         ("write_file", {"path": "/home/me/work/README.md", "content": f"the token lives in {GK_HOME}/ui-token\n"}),
     ],
