@@ -207,7 +207,9 @@ class RuleConfig(_Model):
     tool: str | list[str] = "*"
     """Glob(s) on the tool name (the upstream's own name, without any ``upstream__`` prefix)."""
     when: dict[str, Predicate | Any] = Field(default_factory=dict)
-    """Argument predicates on dotted paths, all must hold: ``{"amount" = {gt = 1000}}``; a bare value means eq."""
+    """Argument predicates on dotted paths, all must hold: ``{"amount" = {gt = 1000}}``; a bare value means eq.
+    ``"paths[*]"`` reaches every list element (``all`` of them for allow/audit/soft, ``any`` for deny/hard;
+    ``"all:paths[*]"`` / ``"any:paths[*]"`` choose); ``under``/``path_glob``/... compare normalised paths."""
     gate: Literal["allow", "deny", "hard", "soft", "audit"]
     risk: Literal["low", "medium", "high", "critical"] | None = None
     summary: str | None = None

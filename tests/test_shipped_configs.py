@@ -192,3 +192,21 @@ def test_git_show_of_a_committed_secret_is_denied() -> None:
         args = {"repo_path": WORK, "revision": revision}
         assert policy.evaluate("git", "git_show", args).action == "deny", revision
     assert policy.evaluate("git", "git_show", {"repo_path": WORK, "revision": "HEAD~2"}).action == "allow"
+
+
+def test_the_filesystem_config_holds_every_escape_from_src_at_high_risk() -> None:
+    policy = Policy(load_config(CONFIG_DIR / "filesystem.toml"))
+    src = f"{WORK}/src"
+    cases = [
+        ("write_file", {"path": f"{src}/../.git/hooks/pre-commit", "content": "x"}, "other-writes"),
+        ("edit_file", {"path": f"{src}/./../../.bashrc", "edits": []}, "other-writes"),
+        ("create_directory", {"path": f"{src}/a/../../.git/hooks"}, "other-writes"),
+        ("move_file", {"source": f"{src}/a.py", "destination": f"{src}/../.git/hooks/pre-commit"}, "other-moves"),
+        ("move_file", {"source": f"{src}/../.git/config", "destination": f"{src}/config"}, "other-moves"),
+        ("write_file", {"path": f"{src}\\..\\..\\.bashrc", "content": "x"}, "other-writes"),
+    ]
+    for tool, args, rule in cases:
+        verdict = policy.evaluate("fs", tool, args)
+        assert (verdict.action, verdict.rule, verdict.risk) == ("hold", rule, "high"), (tool, args)
+    inside = policy.evaluate("fs", "move_file", {"source": f"{src}/a.py", "destination": f"{src}/b/a.py"})
+    assert inside.rule == "moves-in-src"
