@@ -387,25 +387,30 @@ class _Predicate:
 
     With ``[*]`` in the key the operator is tried on every element, and ``quantifier`` says whether one
     (``any``) or every (``all``) element must satisfy it; a list with no element satisfies neither. A path
-    operator tries every normal form of each value (``paths.interpretations``) under the same quantifier."""
+    operator tries every normal form of each value (``paths.interpretations``) under the same quantifier,
+    each both as spelled and ignoring case (``.ENV`` is ``.env`` on macOS and Windows): a deny or hold needs
+    one reading to match, an allow needs all of them."""
 
-    __slots__ = ("home", "key", "number", "op", "operand", "quantifier", "regex", "roots", "steps")
+    __slots__ = ("folded", "home", "key", "number", "op", "operand", "quantifier", "regex", "roots", "steps")
 
     def __init__(self, key: str, op: str, operand: Any, *, quantifier: str, home: str) -> None:
         explicit, self.steps = parse_when_key(key)
         self.key, self.op, self.operand, self.home = key, op, operand, home
         self.quantifier = explicit or quantifier
         self.regex: re.Pattern[str] | None = None
+        self.folded: re.Pattern[str] | None = None  # the same pattern, ignoring case (path operators)
         self.roots: tuple[str, ...] = ()
         self.number = _number(operand) if op in NUMBER_OPS else None
         if op in ("glob", "not_glob"):
             self.regex = re.compile(fnmatch.translate(str(operand)))
         elif op in ("regex", "path_regex"):
             self.regex = re.compile(str(operand))
+            self.folded = re.compile(str(operand), re.IGNORECASE) if op == "path_regex" else None
         elif op in ("under", "not_under", "path_glob", "not_path_glob"):
             self.roots = tuple(_config_path(r, home) for r in ([operand] if isinstance(operand, str) else operand))
             if op in ("path_glob", "not_path_glob"):
                 self.regex = re.compile("|".join(f"(?:{paths.glob_regex(r).pattern})" for r in self.roots))
+                self.folded = re.compile(self.regex.pattern, re.IGNORECASE)
 
     def test(self, arguments: Mapping[str, Any]) -> bool | Unreadable:
         values = _elements(arguments, self.steps)
@@ -448,7 +453,7 @@ class _Predicate:
             forms = paths.interpretations(value, home=self.home)
             if forms is None:
                 return Unreadable(f"{self.key} is {_kind(value)}, not a path")
-            return [self._path(f) for f in forms]
+            return [self._path(f, folded) for f in forms for folded in (False, True)]
         if not isinstance(value, str):
             return Unreadable(f"{self.key} is {_kind(value)}, not a string")
         assert self.regex is not None
@@ -456,14 +461,19 @@ class _Predicate:
             return [self.regex.search(value) is not None]
         return [(self.regex.match(value) is not None) == (op == "glob")]
 
-    def _path(self, form: str) -> bool:
+    def _path(self, form: str, folded: bool) -> bool:
         op = self.op
         if op in ("under", "not_under"):
-            return any(paths.is_under(form, r) for r in self.roots) == (op == "under")
-        assert self.regex is not None
+            if folded:
+                inside = any(paths.is_under(form.casefold(), r.casefold()) for r in self.roots)
+            else:
+                inside = any(paths.is_under(form, r) for r in self.roots)
+            return inside == (op == "under")
+        regex = self.folded if folded else self.regex
+        assert regex is not None
         if op == "path_regex":
-            return self.regex.search(form) is not None
-        return (self.regex.match(form) is not None) == (op == "path_glob")
+            return regex.search(form) is not None
+        return (regex.match(form) is not None) == (op == "path_glob")
 
     def describe(self) -> str:
         each = f"{self.quantifier} of " if EACH in self.steps else ""
@@ -568,24 +578,31 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 class _OwnFilesCheck:
-    """The built-in rule ahead of every user rule: a call that names the gatekeeper's own files is denied."""
+    """The built-in rule ahead of every user rule: a call that names the gatekeeper's own files is denied.
 
-    def __init__(self, own: OwnFiles, home: str) -> None:
-        self.home = home
-        self.dirs = tuple(dict.fromkeys(paths.normalise(d, home=home) for d in own.dirs))
-        self.files = tuple(dict.fromkeys(paths.normalise(f, home=home) for f in own.files))
+    Each path is compared as spelled and ignoring case (on macOS and Windows ``UI-Token`` is ``ui-token``)."""
+
+    def __init__(self, own: OwnFiles, home: str, *, fold: bool = False) -> None:
+        self.home, self.fold = home, fold
+        norm = [paths.normalise(d, home=home) for d in own.dirs], [paths.normalise(f, home=home) for f in own.files]
+        dirs, files = ([p.casefold() for p in ps] if fold else ps for ps in norm)
+        self.dirs, self.files = tuple(dict.fromkeys(dirs)), tuple(dict.fromkeys(files))
         self.dir_parts = [d.strip("/").split("/") for d in self.dirs]
         self.file_parts = [f.strip("/").split("/") for f in self.files]
+        self.folded = None if fold else _OwnFilesCheck(own, home, fold=True)
 
     def hit(self, arguments: Mapping[str, Any], *, ancestors: bool) -> str | None:
         """The first argument string naming a protected file (``ancestors``: or a folder holding one)."""
+        assert self.folded is not None
         for s in _strings(arguments):
             candidates = [s]
             if len(s) <= _TOKEN_SCAN_LIMIT and "\n" not in s:
                 candidates.extend(t for t in _TOKEN_SPLIT.split(s) if t and t != s)
             for c in candidates:
                 for form in paths.interpretations(c, home=self.home) or ():
-                    if self._names(form, ancestors=ancestors):
+                    if self._names(form, ancestors=ancestors) or self.folded._names(
+                        form.casefold(), ancestors=ancestors
+                    ):
                         return s
         return None
 

@@ -555,11 +555,30 @@ def _fs(when: str, gate: str = "deny", tool: str = "write_file") -> str:
         ("{ path = { path_regex = '/\\.git/' } }", "/w/src/../.git/hooks/x", True),
         ("{ path = { path_glob = '**/.env' } }", "file:///w/src/%2e%2e/.env", True),  # a file: URI is read too
         ("{ path = { path_glob = '**/.env' } }", "C:\\w\\.env", True),  # and backslashes
+        # case: a deny sees .ENV as .env (macOS, Windows); an allow must hold as spelled and ignoring case
+        ("{ path = { path_glob = '**/.env' } }", "/w/.ENV", True),
+        ("{ path = { path_regex = '/\\.ssh/' } }", "/w/.SSH/id_rsa", True),
+        ("{ path = { under = '/w/src' } }", "/w/SRC/a.py", True),
+        ("{ path = { not_under = '/w/src' } }", "/w/SRC/a.py", True),
     ],
 )
 def test_path_operators_see_the_normalised_path(when: str, path: str, matches: bool) -> None:
     p = Policy(parse_config(_fs(when)), home_dir="/home/me")
     assert (p.evaluate("up", "write_file", {"path": path}).rule == "p") is matches
+
+
+@pytest.mark.parametrize(
+    ("when", "path", "allowed"),
+    [
+        ("{ path = { under = '/w/src' } }", "/w/src/a.py", True),
+        ("{ path = { under = '/w/src' } }", "/w/SRC/a.py", False),  # on Linux SRC is another folder
+        ("{ path = { not_path_glob = '**/.env' } }", "/w/.ENV", False),  # on macOS .ENV is the .env file
+        ("{ path = { not_path_glob = '**/.env' } }", "/w/notes.txt", True),
+    ],
+)
+def test_an_allow_on_paths_holds_both_as_spelled_and_ignoring_case(when: str, path: str, allowed: bool) -> None:
+    verdict = evaluate(_fs(when, "allow"), "write_file", {"path": path})
+    assert (verdict.action == "allow") is allowed
 
 
 def test_a_plain_glob_is_talked_around_by_dot_dot_and_a_path_glob_is_not() -> None:
@@ -772,6 +791,7 @@ def _guarded(text: str = ALLOW_ALL) -> Policy:
         ("run_command", {"command": "sqlite3 ~/.local/state/mcp-gatekeeper/gatekeeper.db .dump"}),
         ("read_file", {"path": "mcp-gatekeeper/ui-token"}),  # relative: begins with the home's own name
         ("read_file", {"path": ".local/state/mcp-gatekeeper/gatekeeper.db"}),
+        ("read_file", {"path": "/HOME/me/.local/state/MCP-Gatekeeper/UI-TOKEN"}),  # a case-insensitive disk
         ("read_file", {"path": "../../.config/mcp-gatekeeper/config.toml"}),
         ("write_file", {"path": "/home/me/.config/mcp-gatekeeper/config.toml", "content": "[[rules]]"}),
         ("list_directory", {"path": GK_HOME}),

@@ -40,6 +40,7 @@ WORK = "/home/me/work"
 SECRET_FILES = [
     ".env", ".env.local", "config/.env.production", "deploy/server.pem", "tls/private.key", ".ssh/id_rsa",
     "id_ed25519", ".ssh/config", ".aws/credentials", ".git-credentials", ".netrc", ".npmrc", ".pypirc",
+    ".ENV", ".Ssh/ID_RSA",  # the same files on a case-insensitive disk (macOS, Windows)
 ]  # fmt: skip
 SECRET_DIRS = [".ssh", ".aws", ".gnupg"]
 _FILE_ARG = re.compile(r"^(path|paths|file|files|source|destination|target_file|filename)$", re.IGNORECASE)
