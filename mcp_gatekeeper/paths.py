@@ -20,10 +20,18 @@ from urllib.parse import unquote
 _DRIVE = re.compile(r"^([A-Za-z]):(?=/|$)")
 _URI_DRIVE = re.compile(r"^/[A-Za-z]:(?=/|$)")
 _QUOTES = re.compile(r"^[\"']|[\"']$")
+_NEEDS_READINGS = re.compile(r"^[\s\"']|[\s\"']$|\\")
+
+
+_SEG = r"(?!\.\.?(?:/|$))[^/]+"
+_ALREADY_NORMAL = re.compile(rf"^(?!~)(?![A-Za-z]:)/?{_SEG}(?:/{_SEG})*$")
+"""A spelling with nothing to fold: no ``~``, drive, ``.``/``..`` or empty segment, no trailing ``/``."""
 
 
 def normalise(path: str, *, home: str) -> str:
     """One spelling in normal form (see the module docstring); ``""`` becomes ``"."``."""
+    if _ALREADY_NORMAL.match(path):
+        return path
     if path == "~" or path.startswith("~/"):
         path = home.rstrip("/") + "/" + path[2:]
     drive = ""
@@ -62,6 +70,8 @@ def interpretations(value: object, *, home: str) -> tuple[str, ...] | None:
     """Every normal form ``value`` may name (the literal spelling first), or None if it cannot be a path."""
     if not isinstance(value, str) or "\x00" in value:
         return None
+    if not _NEEDS_READINGS.search(value) and value[:5].lower() != "file:":
+        return (normalise(value, home=home),)
     spellings = [value]
     trimmed = _QUOTES.sub("", value.strip())
     if trimmed != value:

@@ -453,7 +453,11 @@ class _Predicate:
             forms = paths.interpretations(value, home=self.home)
             if forms is None:
                 return Unreadable(f"{self.key} is {_kind(value)}, not a path")
-            return [self._path(f, folded) for f in forms for folded in (False, True)]
+            # A case-blind match includes the exact one, so of the two readings of each form only one can
+            # decide the quantifier: the case-blind one where a match counts towards it (a positive operator
+            # under "any", a negated one under "all"), the exact one otherwise.
+            folded = (self.quantifier == "any") == (self.op not in _NEGATIVE)
+            return [self._path(f, folded) for f in forms]
         if not isinstance(value, str):
             return Unreadable(f"{self.key} is {_kind(value)}, not a string")
         assert self.regex is not None
@@ -562,6 +566,7 @@ class OwnFiles:
 SELF_PROTECTION_RULE = "protect-own-files"
 _TOKEN_SPLIT = re.compile(r"[\s'\"=;|&<>(),`]+")
 _TOKEN_SCAN_LIMIT = 4096
+_ALNUM = re.compile(r"[^\W_]")
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -590,11 +595,27 @@ class _OwnFilesCheck:
         self.dir_parts = [d.strip("/").split("/") for d in self.dirs]
         self.file_parts = [f.strip("/").split("/") for f in self.files]
         self.folded = None if fold else _OwnFilesCheck(own, home, fold=True)
+        every = [p.casefold().strip("/").split("/") for p in (*self.dirs, *self.files)]
+        last = sorted({parts[-1] for parts in every if parts[-1]} | {"~", "%"})
+        names = sorted({n for parts in every for n in parts if n and not n.endswith(":")})
+        self.last_names = re.compile("|".join(map(re.escape, last)))
+        self.all_names = re.compile("|".join(map(re.escape, names)) or r"(?!)")
+
+    def _may_name(self, s: str, *, ancestors: bool) -> bool:
+        """A cheap first look: normalising never invents a name (except ``~`` and ``%``-escapes), so a string
+        naming a protected path contains that path's last name, and a folder holding one contains one of
+        its names (or is the root)."""
+        f = s.casefold()
+        if self.last_names.search(f):
+            return True
+        return ancestors and (self.all_names.search(f) is not None or not _ALNUM.search(f))
 
     def hit(self, arguments: Mapping[str, Any], *, ancestors: bool) -> str | None:
         """The first argument string naming a protected file (``ancestors``: or a folder holding one)."""
         assert self.folded is not None
         for s in _strings(arguments):
+            if not self._may_name(s, ancestors=ancestors):
+                continue
             candidates = [s]
             if len(s) <= _TOKEN_SCAN_LIMIT and "\n" not in s:
                 candidates.extend(t for t in _TOKEN_SPLIT.split(s) if t and t != s)
