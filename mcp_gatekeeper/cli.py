@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--lease-when",
         metavar="JSON",
-        help='approve and allow similar calls: argument predicates, e.g. \'{"path": {"glob": "/src/*"}}\'',
+        help='approve and allow similar calls: argument predicates, e.g. \'{"path": {"under": "/home/me/work/src"}}\'',
     )
     ap.add_argument("--lease-for", metavar="DURATION", help="how long the lease lasts, e.g. 15m")
     ap.add_argument("--lease-calls", type=int, metavar="N", help="how many calls the lease covers")
