@@ -600,6 +600,10 @@ class _OwnFilesCheck:
         names = sorted({n for parts in every for n in parts if n and not n.endswith(":")})
         self.last_names = re.compile("|".join(map(re.escape, last)))
         self.all_names = re.compile("|".join(map(re.escape, names)) or r"(?!)")
+        absolute = sorted({p.casefold().rstrip("/") for p in (*self.dirs, *self.files) if p.strip("/")}, key=len)
+        self.inside_text = re.compile(
+            "(?:" + "|".join(map(re.escape, reversed(absolute))) + r")(?![^/\\\s'\"`;|&<>()])" if absolute else r"(?!)"
+        )
 
     def _may_name(self, s: str, *, ancestors: bool) -> bool:
         """A cheap first look: normalising never invents a name (except ``~`` and ``%``-escapes), so a string
@@ -619,6 +623,8 @@ class _OwnFilesCheck:
             candidates = [s]
             if len(s) <= _TOKEN_SCAN_LIMIT and "\n" not in s:
                 candidates.extend(t for t in _TOKEN_SPLIT.split(s) if t and t != s)
+                if self.inside_text.search(s.casefold()):  # `cat${IFS}/…/ui-token`: no word split finds it
+                    return s
             for c in candidates:
                 for form in paths.interpretations(c, home=self.home) or ():
                     if self._names(form, ancestors=ancestors) or self.folded._names(
