@@ -1,8 +1,10 @@
 """Pure rule matching and risk scoring: ``Policy.evaluate(upstream, tool, arguments, annotations) -> Verdict``.
 
-No I/O, no clocks, no async. Rules are tried in order and the first match decides. A call no rule
-matches gets the documented default: read-like tool names pass, everything else is held, and a tool
-the upstream annotates ``destructiveHint: true`` is always held. Annotations only ever tighten.
+No I/O, no clocks, no async. The built-in ``protect-own-files`` rule comes first (``ownfiles.py``); then
+rules are tried in order and the first match decides (a rule that cannot read its value denies: see
+``predicates.py``). A call no rule matches gets the documented default: read-like tool names pass,
+everything else is held, and a tool the upstream annotates ``destructiveHint: true`` is always held.
+Annotations only ever tighten.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import fnmatch
 import os
 import re
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from mcp_gatekeeper import paths
-from mcp_gatekeeper.config import EACH, NUMBER_OPS, PATH_OPS, Amplifier, GatekeeperConfig, RuleConfig, parse_when_key
+from mcp_gatekeeper.config import Amplifier, GatekeeperConfig, RuleConfig
 from mcp_gatekeeper.models import RISK_ORDER
+from mcp_gatekeeper.ownfiles import SELF_PROTECTION_RULE, OwnFiles, OwnFilesCheck
+from mcp_gatekeeper.predicates import MISSING, Predicate, Unreadable, compile_when, lookup, quantifier_for
 
 READ_WORDS = frozenset(
     [
@@ -300,199 +303,6 @@ class Verdict:
         }
 
 
-_MISSING = object()
-
-
-class Unreadable:
-    """A value a predicate cannot read as what its operator needs (a number, a string, a path, a list)."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
-def lookup(arguments: Any, path: str) -> Any:
-    """The value at a dotted path (``customer.email``, ``items.0.sku``), or ``_MISSING``."""
-    return _step(arguments, path.split("."))
-
-
-def _step(value: Any, steps: Sequence[str]) -> Any:
-    for part in steps:
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _MISSING
-    return value
-
-
-def _elements(arguments: Any, steps: Sequence[str]) -> list[Any] | Unreadable:
-    """The values a ``when`` key reaches: one value (maybe ``_MISSING``) without ``[*]``, else every element."""
-    if EACH not in steps:
-        return [_step(arguments, steps)]
-    at = steps.index(EACH)
-    head = _step(arguments, steps[:at])
-    if head is _MISSING:
-        return [_MISSING]
-    if not isinstance(head, list):
-        return Unreadable(f"{'.'.join(steps[:at])} is {_kind(head)}, not a list")
-    out: list[Any] = []
-    for item in head:
-        got = _elements(item, steps[at + 1 :])
-        if isinstance(got, Unreadable):
-            return got
-        out.extend(got)
-    return out
-
-
-def _kind(value: Any) -> str:
-    return "missing" if value is _MISSING else "null" if value is None else type(value).__name__
-
-
-def _number(value: Any) -> Decimal | None:
-    """A finite number (or numeric string) as an exact Decimal; booleans, NaN and infinities are not numbers."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        d = Decimal(value.strip() if isinstance(value, str) else value)
-    except (InvalidOperation, ValueError):
-        return None
-    return d if d.is_finite() else None
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """JSON equality: ``true`` is not ``1``, ``1`` is ``1.0``, lists and objects compare element by element."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    return bool(a == b)
-
-
-_NEGATIVE = frozenset(["ne", "not_in", "not_glob", "not_under", "not_path_glob"])
-_NUMBER_CMP = {
-    "gt": lambda a, b: a > b,
-    "gte": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b,
-    "lte": lambda a, b: a <= b,
-}
-
-
-class _Predicate:
-    """One operator on one ``when`` key. ``test`` answers True, False or :class:`Unreadable`.
-
-    With ``[*]`` in the key the operator is tried on every element, and ``quantifier`` says whether one
-    (``any``) or every (``all``) element must satisfy it; a list with no element satisfies neither. A path
-    operator tries every normal form of each value (``paths.interpretations``) under the same quantifier,
-    each both as spelled and ignoring case (``.ENV`` is ``.env`` on macOS and Windows): a deny or hold needs
-    one reading to match, an allow needs all of them."""
-
-    __slots__ = ("folded", "home", "key", "number", "op", "operand", "quantifier", "regex", "roots", "steps")
-
-    def __init__(self, key: str, op: str, operand: Any, *, quantifier: str, home: str) -> None:
-        explicit, self.steps = parse_when_key(key)
-        self.key, self.op, self.operand, self.home = key, op, operand, home
-        self.quantifier = explicit or quantifier
-        self.regex: re.Pattern[str] | None = None
-        self.folded: re.Pattern[str] | None = None  # the same pattern, ignoring case (path operators)
-        self.roots: tuple[str, ...] = ()
-        self.number = _number(operand) if op in NUMBER_OPS else None
-        if op in ("glob", "not_glob"):
-            self.regex = re.compile(fnmatch.translate(str(operand)))
-        elif op in ("regex", "path_regex"):
-            self.regex = re.compile(str(operand))
-            self.folded = re.compile(str(operand), re.IGNORECASE) if op == "path_regex" else None
-        elif op in ("under", "not_under", "path_glob", "not_path_glob"):
-            self.roots = tuple(_config_path(r, home) for r in ([operand] if isinstance(operand, str) else operand))
-            if op in ("path_glob", "not_path_glob"):
-                self.regex = re.compile("|".join(f"(?:{paths.glob_regex(r).pattern})" for r in self.roots))
-                self.folded = re.compile(self.regex.pattern, re.IGNORECASE)
-
-    def test(self, arguments: Mapping[str, Any]) -> bool | Unreadable:
-        values = _elements(arguments, self.steps)
-        if isinstance(values, Unreadable):
-            return values
-        results: list[bool] = []
-        for value in values:
-            got = self._one(value)
-            if isinstance(got, Unreadable):
-                return got
-            results.extend(got)
-        if not results:
-            return False
-        return any(results) if self.quantifier == "any" else all(results)
-
-    def holds(self, arguments: Mapping[str, Any]) -> bool:
-        """True only when the predicate is satisfied (an unreadable value does not satisfy it)."""
-        return self.test(arguments) is True
-
-    def _one(self, value: Any) -> list[bool] | Unreadable:
-        op = self.op
-        if op == "exists":
-            return [(value is not _MISSING) == bool(self.operand)]
-        if value is _MISSING:
-            return [op in _NEGATIVE]
-        if op in ("eq", "ne"):
-            return [_equal(value, self.operand) == (op == "eq")]
-        if op in ("in", "not_in"):
-            return [any(_equal(value, x) for x in self.operand) == (op == "in")]
-        if op in _NUMBER_CMP:
-            a = _number(value)
-            if a is None or self.number is None:
-                return Unreadable(f"{self.key} is {_shown(value)}, not a finite number")
-            return [bool(_NUMBER_CMP[op](a, self.number))]
-        if op.startswith("len_"):
-            if not isinstance(value, list | str | Mapping) or self.number is None:
-                return Unreadable(f"{self.key} is {_kind(value)}, which has no length")
-            return [bool(_NUMBER_CMP[op[4:]](Decimal(len(value)), self.number))]
-        if op in PATH_OPS:
-            forms = paths.interpretations(value, home=self.home)
-            if forms is None:
-                return Unreadable(f"{self.key} is {_kind(value)}, not a path")
-            # A case-blind match includes the exact one, so of the two readings of each form only one can
-            # decide the quantifier: the case-blind one where a match counts towards it (a positive operator
-            # under "any", a negated one under "all"), the exact one otherwise.
-            folded = (self.quantifier == "any") == (self.op not in _NEGATIVE)
-            return [self._path(f, folded) for f in forms]
-        if not isinstance(value, str):
-            return Unreadable(f"{self.key} is {_kind(value)}, not a string")
-        assert self.regex is not None
-        if op == "regex":
-            return [self.regex.search(value) is not None]
-        return [(self.regex.match(value) is not None) == (op == "glob")]
-
-    def _path(self, form: str, folded: bool) -> bool:
-        op = self.op
-        if op in ("under", "not_under"):
-            if folded:
-                inside = any(paths.is_under(form.casefold(), r.casefold()) for r in self.roots)
-            else:
-                inside = any(paths.is_under(form, r) for r in self.roots)
-            return inside == (op == "under")
-        regex = self.folded if folded else self.regex
-        assert regex is not None
-        if op == "path_regex":
-            return regex.search(form) is not None
-        return (regex.match(form) is not None) == (op == "path_glob")
-
-    def describe(self) -> str:
-        each = f"{self.quantifier} of " if EACH in self.steps else ""
-        return f"{each}{self.key.removeprefix('any:').removeprefix('all:')} {self.op} {self.operand!r}"
-
-
-def _shown(value: Any) -> str:
-    return repr(value) if isinstance(value, str) and len(value) <= 40 else _kind(value)
-
-
-def _config_path(value: str, home: str) -> str:
-    """A path written in the config, in normal form (``C:\\x`` written the Windows way is accepted)."""
-    return paths.normalise(value.replace("\\", "/") if re.match(r"^[A-Za-z]:\\", value) else value, home=home)
-
-
 class _Rule:
     __slots__ = ("config", "index", "name", "predicates", "tool_literals", "tool_re", "upstream_re")
 
@@ -505,7 +315,7 @@ class _Rule:
         literal = all(not (_GLOB_CHARS & set(t)) for t in tools)
         self.tool_literals: frozenset[str] | None = frozenset(tools) if literal else None
         self.tool_re = None if literal else _glob_regex(tools)
-        self.predicates = _compile_when(rule.when, quantifier=_quantifier_for(rule.gate), home=home)
+        self.predicates = compile_when(rule.when, quantifier=quantifier_for(rule.gate), home=home)
 
     def matches_name(self, upstream: str, tool: str) -> bool:
         if self.upstream_re is not None and not self.upstream_re.match(upstream):
@@ -525,7 +335,7 @@ class _Amplifier:
         tools = [amp.tool] if isinstance(amp.tool, str) else list(amp.tool)
         self.upstream_re = _glob_regex(ups)
         self.tool_re = _glob_regex(tools)
-        self.predicates = _compile_when(amp.when, quantifier="any", home=home)
+        self.predicates = compile_when(amp.when, quantifier="any", home=home)
 
     def matches(self, upstream: str, tool: str, arguments: Mapping[str, Any]) -> bool:
         return (
@@ -535,130 +345,12 @@ class _Amplifier:
         )
 
 
-def _quantifier_for(gate: str) -> str:
-    """Over list elements: a rule that can let a call run unreviewed needs every element (``all``); a rule
-    that only denies or holds needs one (``any``)."""
-    return "all" if gate in ("allow", "audit", "soft") else "any"
-
-
-def _compile_when(when: Mapping[str, Any], *, quantifier: str, home: str) -> list[_Predicate]:
-    out: list[_Predicate] = []
-    for key, pred in when.items():
-        if isinstance(pred, dict):
-            out.extend(_Predicate(key, op, arg, quantifier=quantifier, home=home) for op, arg in pred.items())
-        else:
-            out.append(_Predicate(key, "eq", pred, quantifier=quantifier, home=home))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class OwnFiles:
-    """The gatekeeper's own files, which no tool call may name (see :meth:`Policy.evaluate`).
-
-    ``dirs`` (the data home, also through its resolved symlinks) protect everything inside them; ``files``
-    (database, ``-wal``/``-shm``, token and key files, the config file, and their resolved targets) protect
-    themselves. Absolute paths, given by the composition root (``serve.own_files``)."""
-
-    dirs: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()
-
-
-SELF_PROTECTION_RULE = "protect-own-files"
-_TOKEN_SPLIT = re.compile(r"[\s'\"=;|&<>(),`]+")
-_TOKEN_SCAN_LIMIT = 4096
-_ALNUM = re.compile(r"[^\W_]")
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string in the arguments, at any depth, object keys included."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield str(k)
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
-class _OwnFilesCheck:
-    """The built-in rule ahead of every user rule: a call that names the gatekeeper's own files is denied.
-
-    Each path is compared as spelled and ignoring case (on macOS and Windows ``UI-Token`` is ``ui-token``)."""
-
-    def __init__(self, own: OwnFiles, home: str, *, fold: bool = False) -> None:
-        self.home, self.fold = home, fold
-        norm = [paths.normalise(d, home=home) for d in own.dirs], [paths.normalise(f, home=home) for f in own.files]
-        dirs, files = ([p.casefold() for p in ps] if fold else ps for ps in norm)
-        self.dirs, self.files = tuple(dict.fromkeys(dirs)), tuple(dict.fromkeys(files))
-        self.dir_parts = [d.strip("/").split("/") for d in self.dirs]
-        self.file_parts = [f.strip("/").split("/") for f in self.files]
-        self.folded = None if fold else _OwnFilesCheck(own, home, fold=True)
-        every = [p.casefold().strip("/").split("/") for p in (*self.dirs, *self.files)]
-        last = sorted({parts[-1] for parts in every if parts[-1]} | {"~", "%"})
-        names = sorted({n for parts in every for n in parts if n and not n.endswith(":")})
-        self.last_names = re.compile("|".join(map(re.escape, last)))
-        self.all_names = re.compile("|".join(map(re.escape, names)) or r"(?!)")
-        absolute = sorted({p.casefold().rstrip("/") for p in (*self.dirs, *self.files) if p.strip("/")}, key=len)
-        self.inside_text = re.compile(
-            "(?:" + "|".join(map(re.escape, reversed(absolute))) + r")(?![^/\\\s'\"`;|&<>()])" if absolute else r"(?!)"
-        )
-
-    def _may_name(self, s: str, *, ancestors: bool) -> bool:
-        """A cheap first look: normalising never invents a name (except ``~`` and ``%``-escapes), so a string
-        naming a protected path contains that path's last name, and a folder holding one contains one of
-        its names (or is the root)."""
-        f = s.casefold()
-        if self.last_names.search(f):
-            return True
-        return ancestors and (self.all_names.search(f) is not None or not _ALNUM.search(f))
-
-    def hit(self, arguments: Mapping[str, Any], *, ancestors: bool) -> str | None:
-        """The first argument string naming a protected file (``ancestors``: or a folder holding one)."""
-        assert self.folded is not None
-        for s in _strings(arguments):
-            if not self._may_name(s, ancestors=ancestors):
-                continue
-            candidates = [s]
-            if len(s) <= _TOKEN_SCAN_LIMIT and "\n" not in s:
-                candidates.extend(t for t in _TOKEN_SPLIT.split(s) if t and t != s)
-                if self.inside_text.search(s.casefold()):  # `cat${IFS}/…/ui-token`: no word split finds it
-                    return s
-            for c in candidates:
-                for form in paths.interpretations(c, home=self.home) or ():
-                    if self._names(form, ancestors=ancestors) or self.folded._names(
-                        form.casefold(), ancestors=ancestors
-                    ):
-                        return s
-        return None
-
-    def _names(self, form: str, *, ancestors: bool) -> bool:
-        protected = self.dirs + self.files
-        if form.startswith("/") or form[1:3] == ":/":
-            if any(paths.is_under(form, p) for p in self.dirs) or form in self.files:
-                return True
-            return ancestors and any(paths.is_under(p, form) for p in protected)
-        parts = [p for p in form.split("/") if p != ".."]  # climbing out first: judge where it lands
-        # a relative path resolves against a folder we cannot know. Caught: it begins with the last two names
-        # of a protected folder (``state/mcp-gatekeeper/...``), or with its last name followed by one of its
-        # files (``mcp-gatekeeper/ui-token``: a project that happens to be called mcp-gatekeeper is left
-        # alone), or it is the tail (two names or more) of a protected file.
-        for folder, dp in zip(self.dirs, self.dir_parts, strict=True):
-            for k in range(1, min(len(parts), len(dp)) + 1):
-                if parts[:k] != dp[-k:]:
-                    continue
-                if k >= 2 or (len(parts) > 1 and "/".join([folder.rstrip("/"), *parts[1:]]) in self.files):
-                    return True
-        return any(len(parts) >= 2 and fp[-len(parts) :] == parts for fp in self.file_parts)
-
-
 class _SafeFormatter(string.Formatter):
     """``str.format`` over the arguments, by dotted path; unknown fields stay as ``{field}``."""
 
     def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, str]:
         value = lookup(kwargs, field_name)
-        if value is _MISSING:
+        if value is MISSING:
             return "{" + field_name + "}", field_name
         return value, field_name
 
@@ -681,11 +373,11 @@ def render_arguments(template: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(template, str):
         if m := _WHOLE_FIELD.match(template):
             value = lookup(context, m.group(1))
-            if value is _MISSING:
+            if value is MISSING:
                 raise KeyError(m.group(1))
             return value
         for name in re.findall(r"\{([A-Za-z0-9_.\-]+)\}", template):
-            if lookup(context, name) is _MISSING:
+            if lookup(context, name) is MISSING:
                 raise KeyError(name)
         return render_summary(template, context)
     if isinstance(template, list):
@@ -708,7 +400,7 @@ class _Refused:
     """A rule whose predicate could not read its value: the call is denied, never passed to a later rule."""
 
     rule: _Rule
-    predicate: _Predicate
+    predicate: Predicate
     why: str
 
 
@@ -732,7 +424,7 @@ class Policy:
         self.config = config
         self.home_dir = home_dir or os.path.expanduser("~")
         protect = own_files is not None and config.security.protect_own_files and (own_files.dirs or own_files.files)
-        self._own = _OwnFilesCheck(own_files, self.home_dir) if protect and own_files is not None else None
+        self._own = OwnFilesCheck(own_files, self.home_dir) if protect and own_files is not None else None
         self._rules = [_Rule(i, r, self.home_dir) for i, r in enumerate(config.rules)]
         self._by_tool: dict[str, list[_Rule]] = {}
         self._candidate_cache: dict[tuple[str, str], tuple[_Rule, ...]] = {}
@@ -764,7 +456,7 @@ class Policy:
     def envelope_holds(self, envelope: Mapping[str, Any], arguments: Mapping[str, Any]) -> bool:
         """Does a lease's argument envelope (``when``-style predicates) cover these arguments? An envelope
         allows, so over list elements it needs every one, and an unreadable value is not covered."""
-        return all(p.holds(arguments) for p in _compile_when(envelope, quantifier="all", home=self.home_dir))
+        return all(p.holds(arguments) for p in compile_when(envelope, quantifier="all", home=self.home_dir))
 
     def lease_paths(self, arguments: Mapping[str, Any]) -> dict[str, str]:
         """For "approve and allow similar calls": each top-level or nested string argument that names a file,

@@ -24,7 +24,8 @@ from mcp_gatekeeper.errors import ConfigError, UpstreamError
 from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.notify import Notifications
-from mcp_gatekeeper.policy import OwnFiles, Policy
+from mcp_gatekeeper.ownfiles import OwnFiles
+from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import Proxy
 from mcp_gatekeeper.sealing import KEY_FILE, load_or_create_key
 from mcp_gatekeeper.store import Store, default_home

@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
     # 1: the config file and pure policy
     "config": 1,
     "policy": 1,
+    "predicates": 1,  # pure: one `when` operator on the values a key reaches
+    "ownfiles": 1,  # pure: the built-in rule that keeps tool calls off the gatekeeper's own files
     "waiting": 1,  # pure: which way a held call waits, from the client's facts and the config
     "names": 1,  # pure: wrap's default upstream name, and whether the config's rules reach an upstream
     # 2: the store and other services over values and config
@@ -68,6 +70,9 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("web", "reports"),
         ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast
         ("policy", "config"),  # policy compiles the config's rules; architecture.md puts both on layer 1
+        ("policy", "predicates"),  # a rule's `when` is a list of predicates
+        ("policy", "ownfiles"),  # the built-in rule ahead of the user's rules
+        ("predicates", "config"),  # the key syntax and operator names are the config's
         ("waiting", "config"),  # the wait plan reads the [waiting] section
         ("names", "config"),  # the name check reads the rules' upstream patterns and [security]
         ("proxy", "holding"),

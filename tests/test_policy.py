@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from mcp_gatekeeper.config import parse_config
-from mcp_gatekeeper.policy import OwnFiles, Policy, Verdict, name_words, render_summary
+from mcp_gatekeeper.ownfiles import OwnFiles
+from mcp_gatekeeper.policy import Policy, Verdict, name_words, render_summary
 
 
 def policy(text: str = "") -> Policy:
