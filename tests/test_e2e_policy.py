@@ -55,7 +55,7 @@ async def test_case_2_secrets_in_a_list_of_paths_are_refused(home: Path, tmp_pat
     (work / ".env.local").write_text("STRIPE_KEY=sk_live_local\n")
     (work / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret-key-body\n")
     (work / "notes.txt").write_text("plain notes\n")
-    params = wrap_params(home, shipped_filesystem_config(work, tmp_path), "fs", [_fs(), str(work)])
+    params = wrap_params(home, shipped_filesystem_config(work, tmp_path), "filesystem", [_fs(), str(work)])
     secrets = ("hunter2", "sk_live_local", "secret-key-body")
     with anyio.fail_after(60):
         async with gatekeeper(params) as (client, _watcher):
@@ -84,7 +84,7 @@ async def test_case_3_a_lease_for_src_does_not_cover_src_dot_dot(home: Path, tmp
     (work / ".git" / "hooks").mkdir(parents=True)
     hook = work / ".git" / "hooks" / "pre-commit"
     config = shipped_filesystem_config(work, tmp_path)
-    params = wrap_params(home, config, "fs", [_fs(), str(work)])
+    params = wrap_params(home, config, "filesystem", [_fs(), str(work)])
     with anyio.fail_after(90):
         async with gatekeeper(params) as (client, watcher):
 

@@ -52,7 +52,7 @@ def _servers(tmp: Path) -> dict[str, dict[str, list[str | None]]]:
     root = tmp / "root"
     root.mkdir(exist_ok=True)
     return {
-        "filesystem.toml": {"fs": [npm_bin("mcp-server-filesystem"), str(root)]},
+        "filesystem.toml": {"filesystem": [npm_bin("mcp-server-filesystem"), str(root)]},
         "multi-upstream.toml": {"git": [peer_bin("mcp-server-git")], "time": [peer_bin("mcp-server-time")]},
         "orderdesk-demo.toml": {
             "orderdesk": [sys.executable, "-m", "mcp_gatekeeper.orderdesk", "--state", str(tmp / "desk.json")]
@@ -180,7 +180,7 @@ tool = ["write_file", "edit_file", "create_directory", "move_file"]
 gate = "hard"
 """
     )
-    tools = await list_tools(_servers(tmp_path)["filesystem.toml"]["fs"])
+    tools = await list_tools(_servers(tmp_path)["filesystem.toml"]["filesystem"])
     gaps = "\n".join(coverage_gaps(Policy(before), "fs", tools))
     assert "read_multiple_files: paths=" in gaps  # {"paths": [..., ".env"]} passed under `reads`
     assert "move_file: destination=" in gaps and "move_file: source=" in gaps
@@ -207,7 +207,7 @@ def test_the_filesystem_config_holds_every_escape_from_src_at_high_risk() -> Non
         ("write_file", {"path": f"{src}\\..\\..\\.bashrc", "content": "x"}, "other-writes"),
     ]
     for tool, args, rule in cases:
-        verdict = policy.evaluate("fs", tool, args)
+        verdict = policy.evaluate("filesystem", tool, args)
         assert (verdict.action, verdict.rule, verdict.risk) == ("hold", rule, "high"), (tool, args)
-    inside = policy.evaluate("fs", "move_file", {"source": f"{src}/a.py", "destination": f"{src}/b/a.py"})
+    inside = policy.evaluate("filesystem", "move_file", {"source": f"{src}/a.py", "destination": f"{src}/b/a.py"})
     assert inside.rule == "moves-in-src"
