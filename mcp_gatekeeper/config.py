@@ -378,6 +378,8 @@ class UiConfig(_Model):
 
 
 class SecurityConfig(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)  # written ``schema`` in the file
+
     unmatched_upstream: Literal["hold", "warn"] = "hold"
     """An upstream that no rule names while the rules name other upstreams (``--name filesystem`` under rules
     for ``fs``): ``hold`` every call no rule matches (the default: the config's intent is not in force), or
@@ -387,6 +389,17 @@ class SecurityConfig(_Model):
     protect_own_files: bool = True
     """Deny every call whose arguments name the gatekeeper's data home, database, token files or config.
     ``false`` turns this built-in rule off and is logged as a warning at every start."""
+    schema_mismatch: Literal["refuse", "hold"] = Field(default="refuse", alias="schema")
+    """A call whose arguments do not match the tool's ``inputSchema`` (or whose schema is not a valid JSON Schema)
+    is refused with the validation errors (``refuse``, so the model can correct it), or held for a human with the
+    errors shown as the reason (``hold``). There is no ``off``: the policy reads the arguments as JSON, and an
+    upstream that re-parses a string into an object would act on values the policy never saw."""
+
+
+class PerformanceConfig(_Model):
+    fast_lane: bool = True
+    """On stdio, serve plainly allowed calls without the SDK's per-message work (same plan, same executor, same
+    reply, record and upstream request as the full path). ``false`` sends every call through the SDK."""
 
 
 def _check_upstream_name(name: str) -> str:
@@ -449,6 +462,7 @@ class GatekeeperConfig(_Model):
     risk: RiskConfig = Field(default_factory=RiskConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0

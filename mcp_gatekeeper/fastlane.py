@@ -4,9 +4,9 @@ On the full path every request is validated into pydantic models twice, dispatch
 OpenTelemetry middleware and the result shaper, and serialised back — about as much CPU again as the
 gatekeeper's own checks and its record in the store. For the calls that simply pass through, none of that
 changes what the client gets: this lane takes their lines off stdin (a :data:`~mcp_gatekeeper.stdio.Tap`),
-lets :meth:`Proxy.plan_fast <mcp_gatekeeper.proxy.Proxy.plan_fast>` decide whether the call qualifies,
-and if it does, records it and forwards it exactly as the full path would (:meth:`Proxy.run_fast`), then
-writes the JSON-RPC reply itself. Everything else — held, denied, audited, leased, quarantined, unknown
+gets the call's plan from the one planner (:meth:`Proxy.plan_fast <mcp_gatekeeper.proxy.Proxy.plan_fast>`),
+and if it is a plan this lane may serve (plain ``allow``), has the one executor carry it out
+(:meth:`Proxy.run_fast`), then writes the JSON-RPC reply itself. The lane decides nothing. Everything else — held, denied, audited, leased, quarantined, unknown
 tools, progress tokens, the 2026-07-28 era, any other method, anything malformed — goes to the SDK
 untouched, so its behaviour is the full path's by construction.
 
@@ -32,7 +32,8 @@ from mcp import MCPError
 from mcp.server import Server
 from mcp.server.models import InitializationOptions
 
-from mcp_gatekeeper.proxy import FastCall, Proxy, ProxyState
+from mcp_gatekeeper.plan import Plan
+from mcp_gatekeeper.proxy import Proxy, ProxyState
 from mcp_gatekeeper.stdio import LineOut, Tap, serve_stdio_streams
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class FastLane:
         self._tg.start_soon(self._serve, rid, call, scope)
         return True
 
-    async def _serve(self, rid: Any, call: FastCall, scope: anyio.CancelScope) -> None:
+    async def _serve(self, rid: Any, call: Plan, scope: anyio.CancelScope) -> None:
         reply: dict[str, Any] | None = None
         self._active += 1
         try:

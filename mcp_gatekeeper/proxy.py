@@ -7,7 +7,6 @@ Everything that is not a gated ``tools/call`` passes through as raw dicts, in bo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -28,13 +27,11 @@ from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.compensation import DEFAULT_REVIEW_WINDOW, Compensator
 from mcp_gatekeeper.config import GatekeeperConfig
 from mcp_gatekeeper.errors import StoreError, UpstreamError
+from mcp_gatekeeper.execute import Caller, Executor, already_ran, refused_result, unrecorded
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.holding import Holding, Reply, client_identity, has_progress_token, text_result
 from mcp_gatekeeper.models import (
-    QUARANTINE_MARK,
-    RISK_ORDER,
     Approved,
-    CallRecord,
     NewCall,
     Pin,
     Refused,
@@ -42,18 +39,15 @@ from mcp_gatekeeper.models import (
     canonical_json,
     definition_diff,
     digest,
-    is_quarantine_hold,
 )
-from mcp_gatekeeper.policy import Policy, Verdict
+from mcp_gatekeeper.plan import AGENT_CONFIDENCE, AGENT_REASON, META_PREFIX, Plan, Planner, Routing
+from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
 log = logging.getLogger(__name__)
 
-AGENT_REASON = "gatekeeper_reason"
-AGENT_CONFIDENCE = "gatekeeper_confidence"
 SEPARATOR = "__"
 STATUS_TOOL = "gatekeeper_status"
-META_PREFIX = "io.modelcontextprotocol/"
 MAX_SESSIONS = 256
 
 
@@ -89,32 +83,11 @@ def clean_meta(meta: Any) -> dict[str, Any]:
 
 
 @dataclass
-class _Inflight:
-    """Who is waiting for a forwarded call: where the upstream's elicitation/sampling for it goes, and its
-    progress callback (None when the client asked for no progress)."""
-
-    session: ServerSession
-    request_id: Any
-    progress: Any = None
-
-
-@dataclass
 class FastSession:
     """The one downstream client of a stdio process, after its handshake (see :meth:`Proxy.plan_fast`)."""
 
     session: ServerSession
     client: dict[str, Any]
-
-
-@dataclass
-class FastCall:
-    """A ``tools/call`` that passes straight through, fully checked, ready for :meth:`Proxy.run_fast`."""
-
-    upstream: Upstream
-    tool: str
-    new: NewCall
-    raw: dict[str, Any]
-    arguments: dict[str, Any]
 
 
 @dataclass
@@ -144,7 +117,8 @@ class Proxy:
         self.upstreams: dict[str, Upstream] = upstreams or {}
         self._namespaced = namespaced
         self.state = ProxyState()
-        self._inflight: dict[str, list[_Inflight]] = {}
+        self.executor = Executor(gate=gate)
+        self._inflight = self.executor.inflight
         self._resource_owner: dict[str, str] = {}
         self._pins: dict[str, dict[str, Pin]] = {}
         self._hash = _HashCache()
@@ -154,6 +128,13 @@ class Proxy:
         self.holding = Holding(
             gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
         )
+        self.planner = Planner(
+            config=config, policy=policy, gate=gate, clock=clock, status=config.status_tool,
+            routing=Routing(
+                route=self._split, upstreams=lambda: self.upstreams, tool_hash=self._hash,
+                quarantine=self._quarantine, refresh=self.refresh_tools, repin=self._pin,
+            ),
+        )  # fmt: skip
 
     @property
     def namespaced(self) -> bool:
@@ -269,8 +250,8 @@ class Proxy:
 
         return progress
 
-    def _caller(self, ctx: ServerRequestContext[ProxyState]) -> _Inflight:
-        return _Inflight(ctx.session, ctx.request_id, self._progress_fn(ctx))
+    def _caller(self, ctx: ServerRequestContext[ProxyState]) -> Caller:
+        return Caller(ctx.session, ctx.request_id, self._progress_fn(ctx), ctx.protocol_version)
 
     def _client_info(self, ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
         info: dict[str, Any] = {"protocol": ctx.protocol_version}
@@ -335,17 +316,6 @@ class Proxy:
         schema["properties"] = props
         return {**tool, "inputSchema": schema}
 
-    async def _matching_lease(self, upstream: str, tool: str, tool_hash: str, arguments: Mapping[str, Any]) -> Any:
-        now = self.clock.now()
-        for lease in await self.gate.store.leases(active_at=now, upstream=upstream, tool=tool):
-            if lease.tooldef_hash not in (None, tool_hash):
-                continue  # granted for another definition of the tool: no longer applies
-            if self.policy.envelope_holds(lease.envelope, arguments) and await self.gate.store.use_lease(
-                lease.id, call_id=None
-            ):
-                return lease
-        return None
-
     # ------------------------------------------------------------------ tools
 
     async def _list_tools(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
@@ -400,104 +370,53 @@ class Proxy:
         # 2026-07-28 input rounds are ours (we asked); never forward them upstream
         request_state = raw.pop("requestState", None)
         input_responses = raw.pop("inputResponses", None)
-        name = raw.get("name")
-        arguments = raw.get("arguments") or {}
-        if not isinstance(name, str) or not isinstance(arguments, dict):
-            return self._finish(ctx, text_result("mcp-gatekeeper: malformed tools/call", is_error=True))
-        if name == STATUS_TOOL and self.config.status_tool:
-            return self._finish(ctx, await self._status(arguments))
-        route = self._split(name)
         client = self._client_info(ctx)
-        if route is None:
-            return self._finish(ctx, await self._deny_unrouted(name, arguments, client))
-        up_name, tool = route
-        upstream = self.upstreams[up_name]
         try:
-            await self._ensure_tools(upstream)
-            if tool not in upstream.tools:
-                await self.refresh_tools(upstream)
-        except (UpstreamError, MCPError) as e:
-            return self._finish(
-                ctx, text_result(f"mcp-gatekeeper: upstream {up_name!r} is unavailable: {e}", is_error=True)
-            )
-        tooldef = upstream.tools.get(tool)
-        if tooldef is None:
-            return self._finish(ctx, await self._deny_unrouted(name, arguments, client, upstream=up_name))
-        arguments, agent_reason, agent_confidence = _agent_params(arguments)
-        raw["arguments"] = arguments
+            plan = await self.planner.plan(raw, client)
+        except StoreError as e:  # looking for a lease: fail closed
+            log.error("store error; failing closed: %s", e)
+            return self._finish(ctx, unrecorded(e))
+        kind = plan.kind
+        if kind == "malformed":
+            return self._finish(ctx, text_result(f"mcp-gatekeeper: {plan.reason}", is_error=True))
+        if kind == "status":
+            return self._finish(ctx, await self._status(plan.arguments or {}))
+        if kind == "unavailable":
+            return self._finish(ctx, text_result(f"mcp-gatekeeper: {plan.reason}", is_error=True))
+        if kind == "unrouted":
+            up = plan.upstream.name if plan.upstream is not None else None
+            if up is None and (route := self._split(plan.name)) is not None:
+                up = route[0]
+            return self._finish(ctx, await self._deny_unrouted(plan.name, plan.arguments or {}, client, upstream=up))
+        if kind in ("deny", "refuse_invalid", "allow", "lease"):
+            return self._finish(ctx, await self.executor.execute(plan, self._caller(ctx)))
+        assert plan.upstream is not None
+        assert plan.new is not None
+        assert plan.verdict is not None
+        assert plan.raw is not None
+        assert plan.arguments is not None
+        assert plan.tooldef is not None
+        upstream, tool, raw, verdict = plan.upstream, plan.tool, plan.raw, plan.verdict
         try:
-            verdict = self.policy.evaluate(
-                up_name, tool, arguments, tooldef.get("annotations"), confidence=agent_confidence
-            )
-            if verdict.action == "hold":
-                # look again right before holding: a silent change of the tool's definition is caught here
-                await self.refresh_tools(upstream)
-                tooldef = upstream.tools.get(tool) or tooldef
-            if verdict.action != "deny" and self._quarantine(up_name, tool, tooldef) is not None:
-                await self._pin(up_name, {tool: tooldef})  # a human may have re-pinned it from another process
-            if verdict.action != "deny" and (diff := self._quarantine(up_name, tool, tooldef)) is not None:
-                verdict = replace(
-                    verdict, gate="hard", hold=True, in_client="off",
-                    risk=verdict.risk if RISK_ORDER[verdict.risk] >= RISK_ORDER["high"] else "high",
-                    reasons=(
-                        f"{QUARANTINE_MARK} the tool's definition changed since it was pinned; every call is held until a"
-                        f" human re-pins it (mcp-gatekeeper pin {up_name} {tool}). Changes:\n{diff}",
-                        *verdict.reasons,
-                    ),
-                )  # fmt: skip
-        except (UpstreamError, MCPError) as e:
-            return self._finish(
-                ctx, text_result(f"mcp-gatekeeper: upstream {up_name!r} is unavailable: {e}", is_error=True)
-            )
-        except Exception as e:  # fail closed: a policy error never executes
-            log.exception("policy evaluation failed for %s/%s", up_name, tool)
-            verdict = Verdict(
-                gate="deny", hold=False, risk="critical", rule=None, rule_index=None,
-                reasons=(f"policy error: {type(e).__name__}",), deny_reason="policy error: the call was denied to be safe",
-            )  # fmt: skip
-        verdict, new = self._new_call(
-            up_name, tool, tooldef, arguments, verdict, client, agent_reason, agent_confidence
-        )
-        try:
-            if verdict.action == "deny":
-                rec = await self.gate.record(new, State.DENIED, reason=verdict.deny_reason)
-                return self._finish(ctx, self._refused_result(rec, verdict.deny_reason or "denied by policy"))
-            if verdict.gate == "audit":
-                return self._finish(ctx, await self._audit_gate(ctx, upstream, tool, new, verdict, raw, arguments))
-            if verdict.action == "allow":
-                rec = await self.gate.record(new, State.ALLOWED)
-                return self._finish(
-                    ctx, await self._run(self._caller(ctx), upstream, tool, rec, raw, arguments, modified=False)
-                )
-            rule = verdict.rule_config
-            quarantined = is_quarantine_hold(verdict.reasons)
-            if not quarantined and verdict.risk != "critical" and not (rule and rule.no_lease):
-                lease = await self._matching_lease(up_name, tool, new.tooldef_hash or "", arguments)
-                if lease is not None:
-                    why = f"allowed by lease {lease.id} (granted by {lease.created_by})"
-                    rec = await self.gate.record(
-                        replace(new, gate="lease", reasons=(why, *new.reasons)), State.ALLOWED, reason=why
-                    )
-                    return self._finish(
-                        ctx, await self._run(self._caller(ctx), upstream, tool, rec, raw, arguments, modified=False)
-                    )
+            if kind == "audit":
+                return self._finish(ctx, await self._audit_gate(ctx, plan))
             outcome = await self.holding.run(
-                ctx, new, verdict, request_state=request_state, input_responses=input_responses,
+                ctx, plan.new, verdict, request_state=request_state, input_responses=input_responses,
                 session=client.get("session"),
             )  # fmt: skip
         except StoreError as e:
             log.error("store error; failing closed: %s", e)
-            return self._finish(ctx, _unrecorded(e))
+            return self._finish(ctx, unrecorded(e))
         if isinstance(outcome, Reply):
             return outcome.result if not isinstance(outcome.result, dict) else self._finish(ctx, outcome.result)
         if isinstance(outcome, Refused):
-            return self._finish(ctx, self._refused_result(outcome.call, outcome.reason))
+            return self._finish(ctx, refused_result(outcome.call, outcome.reason))
         assert isinstance(outcome, Approved)
         if outcome.call.state != State.APPROVED:
-            return self._finish(ctx, self._already_ran(outcome.call))
+            return self._finish(ctx, already_ran(outcome.call))
         if outcome.modified:
             # the decider checked the edit against its policy; the holder checks it against this one too
-            recheck = self.policy.evaluate(up_name, tool, outcome.arguments, tooldef.get("annotations"))
+            recheck = self.policy.evaluate(upstream.name, tool, outcome.arguments, plan.tooldef.get("annotations"))
             if recheck.action == "deny":
                 reason = (
                     f"the reviewer's modified arguments are denied by policy ({recheck.rule}): {recheck.deny_reason}"
@@ -509,12 +428,12 @@ class Proxy:
                     )  # fmt: skip
                 except StoreError:
                     log.error("could not record the denial of %s", outcome.call.id[:8])
-                return self._finish(ctx, self._refused_result(outcome.call, reason))
+                return self._finish(ctx, refused_result(outcome.call, reason))
         try:
             current = await self.refresh_tools(upstream)
         except (UpstreamError, MCPError) as e:
             current = {}
-            log.warning("could not re-check %s's tools before forwarding: %s", up_name, e)
+            log.warning("could not re-check %s's tools before forwarding: %s", upstream.name, e)
         now_def = current.get(tool)
         if now_def is None or tooldef_hash(now_def) != outcome.call.tooldef_hash:
             reason = "the tool's definition changed (or vanished) after the call was approved; the approval no longer applies"
@@ -523,7 +442,7 @@ class Proxy:
                     outcome.call.id, [State.APPROVED], State.DENIED, event="definition_changed", reason=reason,
                     finished_at=self.clock.now(),
                 )  # fmt: skip
-            return self._finish(ctx, self._refused_result(outcome.call, reason))
+            return self._finish(ctx, refused_result(outcome.call, reason))
         try:
             forged = await self.gate.store.verify_decision(outcome.call.id)
         except StoreError as e:
@@ -560,143 +479,62 @@ class Proxy:
             )
         return self._finish(
             ctx,
-            await self._run(
-                self._caller(ctx), upstream, tool, started, raw, outcome.arguments, modified=outcome.modified
+            await self.executor.forward(
+                self._caller(ctx), upstream, started, raw, outcome.arguments, modified=outcome.modified
             ),
         )
 
-    def _new_call(
-        self,
-        upstream: str,
-        tool: str,
-        tooldef: Mapping[str, Any],
-        arguments: dict[str, Any],
-        verdict: Verdict,
-        client: dict[str, Any],
-        agent_reason: str | None,
-        agent_confidence: float | None,
-    ) -> tuple[Verdict, NewCall]:
-        """The record of a call (and its verdict: arguments over the size limit are denied, and not stored)."""
-        canonical = canonical_json(arguments)
-        size = len(canonical.encode())
-        cap = self.config.security.max_argument_bytes
-        stored_arguments = arguments
-        if size > cap:
-            verdict = Verdict(
-                gate="deny", hold=False, risk=verdict.risk, rule=None, rule_index=None,
-                reasons=(f"arguments are {size} bytes, over the {cap}-byte limit",),
-                deny_reason=f"the arguments are too large to review ({size} bytes; the limit is {cap})",
-            )  # fmt: skip
-            # never stored in full: an agent must not be able to fill the database with denied calls
-            stored_arguments = {
-                "gatekeeper_truncated": {"bytes": size, "head": canonical[:512], "tail": canonical[-256:]}
-            }
-        schema = tooldef.get("inputSchema")
-        new = NewCall(
-            upstream=upstream,
-            tool=tool,
-            arguments=stored_arguments,
-            gate=verdict.gate,
-            risk=verdict.risk,
-            rule=verdict.rule,
-            tooldef_hash=self._hash(tooldef),
-            summary=verdict.summary,
-            effects=dict(verdict.effects),
-            reasons=verdict.reasons,
-            agent_reason=agent_reason,
-            agent_confidence=agent_confidence,
-            client=client,
-            # the schema is kept only where a reviewer may edit the arguments (it can be large; allowed calls skip it)
-            input_schema=schema if verdict.action == "hold" and isinstance(schema, dict) else None,
-            wait_strategy="hold" if verdict.action == "hold" else None,
-            args_digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-        )
-        return verdict, new
-
     # ------------------------------------------------------------------ the fast lane (stdio)
 
-    def plan_fast(self, params: Any) -> FastCall | None:
-        """The call, if it is one that simply passes through; None sends it down the full path instead.
+    def plan_fast(self, params: Any) -> Plan | None:
+        """The plan of a call the stdio fast lane may serve; None sends it down the full path instead.
 
-        Used by :mod:`mcp_gatekeeper.fastlane`, which serves such calls on stdio without the SDK's
-        per-message work. Only what the full path would also allow without a look at the upstream, the store
-        or a human qualifies: a handshake-era stdio client, a known tool of a connected upstream, a policy
-        verdict of plain allow (no audit gate, no lease needed), a pinned definition that still matches,
-        arguments within the size limit, and no progress token, 2026 envelope or input round. Anything else,
-        or anything unexpected, returns None: the full path then handles (and refuses) it as before.
+        The plan is :meth:`Planner.plan_now`'s (the full path's decision, made from what is known without
+        I/O); the lane serves only what needs no look at the upstream, the store or a human: a handshake-era
+        stdio client, a plain ``allow`` plan (no audit gate, no lease, no hold, no refusal), and no progress
+        token, 2026 envelope, input round or unknown params key. Anything else goes to the full path, which
+        plans it again and answers (or refuses) it there.
         """
         fast = self.fast_session
-        if fast is None or not isinstance(params, dict) or "requestState" in params or "inputResponses" in params:
+        if fast is None or not self.config.performance.fast_lane or not isinstance(params, dict):
+            return None
+        if "requestState" in params or "inputResponses" in params:
             return None
         meta = params.get("_meta")
-        if meta is not None and (
-            not isinstance(meta, dict) or "progressToken" in meta or any(str(k).startswith(META_PREFIX) for k in meta)
-        ):
-            return None
-        name = params.get("name")
-        arguments = params.get("arguments") or {}
-        if not isinstance(name, str) or not isinstance(arguments, dict):
-            return None
-        if name == STATUS_TOOL and self.config.status_tool:
-            return None
-        route = self._split(name)
-        if route is None:
-            return None
-        up_name, tool = route
-        upstream = self.upstreams[up_name]
-        tooldef = upstream.tools.get(tool)
-        if tooldef is None or not upstream.connected:
-            return None
-        arguments, agent_reason, agent_confidence = _agent_params(arguments)
-        try:
-            verdict = self.policy.evaluate(
-                up_name, tool, arguments, tooldef.get("annotations"), confidence=agent_confidence
-            )
-        except Exception:  # the full path evaluates again, logs it and fails closed
-            return None
-        if verdict.action != "allow" or verdict.gate == "audit" or self._quarantine(up_name, tool, tooldef) is not None:
-            return None
-        verdict, new = self._new_call(
-            up_name, tool, tooldef, arguments, verdict, fast.client, agent_reason, agent_confidence
-        )
-        if verdict.action != "allow":
-            return None
-        raw = dict(params)
-        raw.pop("_meta", None)
-        if cleaned := clean_meta(meta):
-            raw["_meta"] = cleaned
-        raw["arguments"] = arguments
-        return FastCall(upstream=upstream, tool=tool, new=new, raw=raw, arguments=arguments)
+        if meta is not None:
+            if (
+                not isinstance(meta, dict)
+                or "progressToken" in meta
+                or any(str(k).startswith(META_PREFIX) for k in meta)
+            ):
+                return None
+            params = {k: v for k, v in params.items() if k != "_meta"}
+            if cleaned := clean_meta(meta):
+                params["_meta"] = cleaned
+        plan = self.planner.plan_now(params, fast.client)
+        return plan if plan is not None and plan.kind == "allow" else None
 
-    async def run_fast(self, call: FastCall, request_id: Any) -> dict[str, Any]:
-        """Record and forward a call :meth:`plan_fast` passed, and record its outcome: the full path's steps."""
+    async def run_fast(self, plan: Plan, request_id: Any) -> dict[str, Any]:
+        """Carry out a plan :meth:`plan_fast` passed: the full path's executor, for the lane's one client."""
         fast = self.fast_session
         assert fast is not None
-        try:
-            rec = await self.gate.record(call.new, State.ALLOWED)
-        except StoreError as e:
-            log.error("store error; failing closed: %s", e)
-            return _unrecorded(e)
-        caller = _Inflight(fast.session, request_id)
-        return await self._run(caller, call.upstream, call.tool, rec, call.raw, call.arguments, modified=False)
+        caller = Caller(fast.session, request_id, None, fast.client.get("protocol"))
+        return await self.executor.execute(plan, caller)
 
-    async def _audit_gate(
-        self,
-        ctx: ServerRequestContext[ProxyState],
-        upstream: Upstream,
-        tool: str,
-        new: NewCall,
-        verdict: Verdict,
-        raw: dict[str, Any],
-        arguments: dict[str, Any],
-    ) -> dict[str, Any]:
+    async def _audit_gate(self, ctx: ServerRequestContext[ProxyState], plan: Plan) -> dict[str, Any]:
         """Run now, review later: capture what an undo needs, forward, then open the review window."""
+        verdict, new, upstream = plan.verdict, plan.new, plan.upstream
+        assert verdict is not None
+        assert new is not None
+        assert upstream is not None
+        assert plan.raw is not None
+        assert plan.arguments is not None
         rule = verdict.rule_config
         assert rule is not None
         capture: dict[str, Any] | None = None
         if rule.capture is not None:
             try:
-                capture = await self.compensator.capture(upstream.name, rule.capture, arguments)
+                capture = await self.compensator.capture(upstream.name, rule.capture, plan.arguments)
             except (UpstreamError, MCPError, KeyError) as e:
                 # without what the undo needs, running first is not safe: ask a human first instead
                 why = f"could not capture what undoing this call needs ({e}); it needs approval before it runs"
@@ -708,15 +546,15 @@ class Proxy:
                 if isinstance(outcome, Reply):
                     return dict(outcome.result) if isinstance(outcome.result, dict) else outcome.result
                 if isinstance(outcome, Refused):
-                    return self._refused_result(outcome.call, outcome.reason)
+                    return refused_result(outcome.call, outcome.reason)
                 started = await self.gate.begin_forward(outcome.call)
                 if started is None:
-                    return self._already_ran(outcome.call)
-                return await self._run(
-                    self._caller(ctx), upstream, tool, started, raw, outcome.arguments, modified=outcome.modified
+                    return already_ran(outcome.call)
+                return await self.executor.forward(
+                    self._caller(ctx), upstream, started, plan.raw, outcome.arguments, modified=outcome.modified
                 )
         rec = await self.gate.record(new, State.ALLOWED)
-        result = await self._run(self._caller(ctx), upstream, tool, rec, raw, arguments, modified=False)
+        result = await self.executor.forward(self._caller(ctx), upstream, rec, plan.raw)
         if not result.get("isError"):
             window = rule.review_window or DEFAULT_REVIEW_WINDOW
             opened = await self.gate.store.transition(
@@ -730,87 +568,6 @@ class Proxy:
                     await alert("review_due", opened)
         return result
 
-    def _already_ran(self, rec: CallRecord) -> dict[str, Any]:
-        """An identical retry of a call that was approved earlier: the stored outcome, never a second run."""
-        if rec.state == State.FORWARDED and rec.result is not None:
-            return dict(rec.result)
-        if rec.state == State.FORWARDING:
-            return text_result(
-                f"mcp-gatekeeper: call {rec.id[:12]} was approved and is running right now; retry the identical"
-                " call in a moment for its result (it will not run twice)",
-                is_error=True,
-            )
-        return text_result(
-            f"mcp-gatekeeper: call {rec.id[:12]} was approved and sent to the upstream, which {rec.state.value}"
-            f" ({rec.error or 'no detail'}). It is not run again.",
-            is_error=True,
-        )
-
-    async def _run(
-        self,
-        caller: _Inflight,
-        upstream: Upstream,
-        tool: str,
-        rec: CallRecord,
-        raw: dict[str, Any],
-        arguments: dict[str, Any],
-        *,
-        modified: bool,
-    ) -> dict[str, Any]:
-        """Forward the call (exactly these arguments) and record how it ended, before replying."""
-        fwd = {**raw, "name": tool, "arguments": arguments}
-        self._inflight.setdefault(upstream.name, []).append(caller)
-        try:
-            result = await upstream.request(
-                "tools/call", fwd, progress=caller.progress, timeout=upstream.config.timeout
-            )
-        except MCPError as e:
-            if e.code == types.REQUEST_TIMEOUT:
-                await self.gate.finish(
-                    rec, result=None, error=f"timed out after {upstream.config.timeout:g} s", unknown=True
-                )
-                return text_result(
-                    f"mcp-gatekeeper: the upstream did not answer within {upstream.config.timeout:g} s; whether the call"
-                    f" took effect is unknown (call {rec.id[:12]}). It is not retried automatically.",
-                    is_error=True,
-                )
-            await self.gate.finish(rec, result=None, error=f"upstream error {e.code}: {e.message}")
-            raise
-        except UpstreamError as e:
-            await self.gate.finish(rec, result=None, error=str(e), unknown=True)
-            return text_result(
-                f"mcp-gatekeeper: {e}. Whether the call took effect is unknown (call {rec.id[:12]}); it is not retried"
-                " automatically.",
-                is_error=True,
-            )
-        except BaseException:
-            await self.gate.finish(rec, result=None, error="cancelled while the upstream was running it", unknown=True)
-            raise
-        finally:
-            with contextlib.suppress(ValueError):
-                self._inflight[upstream.name].remove(caller)
-        await self.gate.finish(rec, result=result, error=None)
-        if modified:
-            note = (
-                "Note from mcp-gatekeeper: a human reviewer changed the arguments before approving. The call ran with: "
-                + canonical_json(arguments)
-            )
-            result = {**result, "content": [*(result.get("content") or []), {"type": "text", "text": note}]}
-        return result
-
-    def _refused_result(self, rec: CallRecord, reason: str) -> dict[str, Any]:
-        verb = {
-            State.DENIED: "denied by policy",
-            State.REJECTED: "rejected by a human reviewer",
-            State.EXPIRED: "not approved in time",
-            State.CANCELLED: "cancelled",
-            State.ORPHANED: "abandoned",
-        }.get(rec.state, str(rec.state))
-        text = (
-            f"mcp-gatekeeper: this call to {rec.tool} was {verb} and did not run. Reason: {reason} (call {rec.id[:12]})"
-        )
-        return text_result(text, is_error=True, structured=None)
-
     async def _deny_unrouted(
         self, name: str, arguments: dict[str, Any], client: dict[str, Any], *, upstream: str | None = None
     ) -> dict[str, Any]:
@@ -823,7 +580,7 @@ class Proxy:
             rec = await self.gate.record(new, State.DENIED, reason=reason)
         except StoreError:
             return text_result(f"mcp-gatekeeper: {reason}; the call was not run", is_error=True)
-        return self._refused_result(rec, reason)
+        return refused_result(rec, reason)
 
     async def _status(self, arguments: dict[str, Any]) -> dict[str, Any]:
         cid = arguments.get("id")
@@ -1027,21 +784,3 @@ class Proxy:
             return await session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=meta)
         except MCPError as e:
             return types.ErrorData(code=e.code, message=e.message, data=e.data)
-
-
-def _agent_params(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, float | None]:
-    """The arguments without the gatekeeper's own parameters, and the agent's stated reason and confidence."""
-    arguments = dict(arguments)
-    reason = arguments.pop(AGENT_REASON, None)
-    confidence = arguments.pop(AGENT_CONFIDENCE, None)
-    if not isinstance(reason, str):
-        reason = None
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 <= confidence <= 1:
-        confidence = None
-    return arguments, reason, confidence
-
-
-def _unrecorded(e: StoreError) -> dict[str, Any]:
-    return text_result(
-        f"mcp-gatekeeper could not record this call, so it was not run (fail closed): {e}", is_error=True
-    )

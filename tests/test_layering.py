@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "paths": 0,  # pure: what a path argument names, lexically
     # 1: the config file and pure policy
     "config": 1,
+    "argcheck": 1,  # pure: a call's arguments against its tool's inputSchema (jsonschema)
     "policy": 1,
     "predicates": 1,  # pure: one `when` operator on the values a key reaches
     "ownfiles": 1,  # pure: the built-in rule that keeps tool calls off the gatekeeper's own files
@@ -41,6 +42,8 @@ LAYERS: dict[str, int] = {
     "upstream": 3,
     "stdio": 3,  # serving this process's stdin/stdout on the event loop (no thread per line)
     # 4: the MCP server side and the web side
+    "plan": 4,  # one call's Plan, decided once for every transport (gate for leases, upstream for tools)
+    "execute": 4,  # carrying out a Plan: record, forward, normalise the result, record the outcome
     "proxy": 4,
     "holding": 4,  # the proxy's per-request waiting (imports gate and MCP types)
     "fastlane": 4,  # allowed tools/call on stdio without the SDK's per-message work (imports proxy and stdio)
@@ -69,6 +72,11 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("web", "webredact"),
         ("web", "reports"),
         ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast
+        ("fastlane", "plan"),  # and names the Plan it carries
+        ("proxy", "plan"),
+        ("proxy", "execute"),
+        ("execute", "plan"),
+        ("execute", "holding"),  # text_result: the one shape of the gatekeeper's own answers
         ("policy", "config"),  # policy compiles the config's rules; architecture.md puts both on layer 1
         ("policy", "predicates"),  # a rule's `when` is a list of predicates
         ("policy", "ownfiles"),  # the built-in rule ahead of the user's rules

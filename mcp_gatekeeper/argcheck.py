@@ -1,0 +1,132 @@
+"""A call's arguments against its tool's ``inputSchema``, before policy sees them.
+
+The policy reads the arguments as JSON values; an upstream built on a typed framework reads them through its
+own model, and some frameworks parse a *string* back into an object or a number. A deny rule on
+``payment.amount`` is blind to ``{"payment": "{\\"amount\\": 1000000}"}``, but the upstream pays. So the
+arguments must match the schema the upstream published, exactly as sent: a string where the schema wants an
+object, array or number is a mismatch and is never re-parsed here. Numbers that JSON cannot carry (``1e400``
+parses to infinity, ``NaN``) are refused whatever the schema says.
+
+Validators are compiled once per tool definition (keyed by its definition hash). A schema that is not a valid
+JSON Schema, or names a ``$schema`` draft we do not know, never lets a call through: it is a problem too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Literal
+
+import jsonschema
+import jsonschema.validators
+from jsonschema.exceptions import SchemaError, ValidationError
+from jsonschema.protocols import Validator
+
+MAX_ERRORS = 5
+"""Validation errors listed in a refusal (the model fixes the first few and tries again)."""
+MAX_MESSAGE = 300
+"""Characters of one error message kept (jsonschema's messages quote the offending value)."""
+MAX_CACHED = 4096
+"""Compiled validators kept; the cache starts over beyond this (a server with more tools is unusual)."""
+
+ProblemKind = Literal["invalid", "non_finite", "bad_schema"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentProblem:
+    """Why a call's arguments cannot be checked or do not pass: each error as ``path: message``."""
+
+    kind: ProblemKind
+    errors: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        listed = "; ".join(self.errors)
+        if self.kind == "non_finite":
+            return f"the arguments contain numbers JSON cannot carry (infinite or NaN): {listed}"
+        if self.kind == "bad_schema":
+            return f"the tool's inputSchema is not a usable JSON Schema, so its arguments cannot be checked: {listed}"
+        return (
+            f"the arguments do not match the tool's inputSchema: {listed}. Send each value with the type the"
+            " schema gives (an object as a JSON object, not as a string)"
+        )
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def non_finite_paths(value: Any, path: str = "$") -> Iterator[str]:
+    """JSON paths of every infinite or NaN number in ``value``."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from non_finite_paths(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from non_finite_paths(v, f"{path}[{i}]")
+
+
+def non_finite(arguments: Mapping[str, Any]) -> ArgumentProblem:
+    """The refusal of arguments that contain infinite or NaN numbers."""
+    paths = list(non_finite_paths(arguments))
+    shown = tuple(f"{p}: not a finite number" for p in paths[:MAX_ERRORS]) or ("$: not a finite number",)
+    return ArgumentProblem("non_finite", shown)
+
+
+def compile_schema(schema: Any) -> Validator | ArgumentProblem:
+    """A validator for ``schema`` (draft from ``$schema``, 2020-12 when absent), or why there can be none."""
+    if not isinstance(schema, Mapping):
+        return ArgumentProblem("bad_schema", (f"$: inputSchema is {type(schema).__name__}, not an object",))
+    schema = dict(schema)
+    if "$schema" in schema:
+        found: Any = jsonschema.validators.validator_for(schema, default=None)  # type: ignore[arg-type]  # None for an unknown $schema (documented; the stubs omit it)
+        if found is None:
+            return ArgumentProblem("bad_schema", (f"$schema: unknown draft {_clip(repr(schema['$schema']))}",))
+        cls: type[Validator] = found
+    else:
+        cls = jsonschema.Draft202012Validator
+    try:
+        cls.check_schema(schema)
+    except SchemaError as e:
+        where = e.json_path if e.json_path != "$" else "inputSchema"
+        return ArgumentProblem("bad_schema", (f"{where}: {_clip(e.message)}",))
+    validator: Validator = cls(schema)
+    return validator
+
+
+class SchemaChecks:
+    """Compiled ``inputSchema`` validators, one per tool definition hash."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, Validator | ArgumentProblem] = {}
+
+    def validator(self, tool_hash: str, schema: Any) -> Validator | ArgumentProblem:
+        hit = self._compiled.get(tool_hash)
+        if hit is None:
+            hit = compile_schema(schema)
+            if len(self._compiled) >= MAX_CACHED:
+                self._compiled.clear()
+            self._compiled[tool_hash] = hit
+        return hit
+
+    def check(self, tool_hash: str, schema: Any, arguments: Mapping[str, Any]) -> ArgumentProblem | None:
+        """None when ``arguments`` match ``schema``; otherwise what is wrong, in a form the model can act on."""
+        validator = self.validator(tool_hash, schema)
+        if isinstance(validator, ArgumentProblem):
+            return validator
+        try:
+            first = next(validator.iter_errors(arguments), None)
+            if first is None:
+                return None
+            errors: list[ValidationError] = list(islice(validator.iter_errors(arguments), MAX_ERRORS * 4))
+        except Exception as exc:  # an unresolvable $ref, a pathological pattern: the schema cannot be applied
+            return ArgumentProblem("bad_schema", (f"$: the schema could not be applied ({type(exc).__name__})",))
+        seen: dict[str, None] = {}
+        for err in sorted(errors, key=lambda err: (len(err.absolute_path), err.json_path)):
+            seen.setdefault(f"{err.json_path}: {_clip(err.message)}")
+        return ArgumentProblem("invalid", tuple(seen)[:MAX_ERRORS])
