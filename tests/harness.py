@@ -133,3 +133,60 @@ def call_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RawWrap:
+    """``mcp-gatekeeper wrap`` driven with hand-written JSON-RPC lines on its stdin/stdout, as any client does."""
+
+    def __init__(self, proc: Any, watcher: StderrWatcher) -> None:
+        self.proc = proc
+        self.watcher = watcher
+        self.buffer = b""
+
+    async def send_line(self, line: str) -> None:
+        await self.proc.stdin.send((line + "\n").encode())
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        import json
+
+        await self.send_line(json.dumps(msg))
+
+    async def receive(self) -> dict[str, Any]:
+        import json
+
+        with anyio.fail_after(30):
+            while b"\n" not in self.buffer:
+                self.buffer += await self.proc.stdout.receive()
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+    async def request(self, rid: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        await self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        return await self.receive()
+
+    async def call(self, rid: Any, name: str, arguments: Any) -> dict[str, Any]:
+        return await self.request(rid, "tools/call", {"name": name, "arguments": arguments})
+
+
+@asynccontextmanager
+async def raw_wrap(params: StdioServerParameters, *, protocol: str = "2025-06-18") -> AsyncIterator[RawWrap]:
+    """Start ``wrap`` as a subprocess and do the handshake; on exit close stdin and wait for it to end."""
+    watcher = StderrWatcher()
+    try:
+        async with await anyio.open_process(
+            [params.command, *params.args], env=params.env, cwd=params.cwd, stderr=watcher.file
+        ) as proc:
+            c = RawWrap(proc, watcher)
+            init = await c.request(
+                0, "initialize",
+                {"protocolVersion": protocol, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+            )  # fmt: skip
+            assert "result" in init, init
+            await c.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            yield c
+            await proc.stdin.aclose()
+            with anyio.fail_after(30):
+                await proc.wait()
+    finally:
+        watcher.close()
