@@ -11,6 +11,8 @@ Tools:
 * ``reply(case)``: answers with ``REPLIES[case]`` (a ``result``, or an ``error`` for ``rpc_error``).
 * ``echo(...)``: any arguments; answers with them as text and as ``structuredContent``.
 * ``strict(n, name)``: ``n`` an integer, ``name`` a string, nothing else; answers ``ok``.
+* ``broken_schema``, ``unknown_draft``, ``remote_ref``: unusable input schemas; answer ``ok`` (they must never
+  be reached).
 
 Every ``tools/call`` line is appended to the log exactly as received (the bytes of its ``params``, i.e.
 the line with the request id removed), flushed before the reply is written.
@@ -74,6 +76,22 @@ TOOLS = [
             "additionalProperties": False,
         },
     },
+    # schemas that are not usable: a call to these must never pass unchecked
+    {
+        "name": "broken_schema",
+        "description": "Not a JSON Schema.",
+        "inputSchema": {"type": "object", "properties": {"a": {"type": "objekt"}}},
+    },
+    {
+        "name": "unknown_draft",
+        "description": "A draft nobody knows.",
+        "inputSchema": {"$schema": "https://example.invalid/draft-99/schema", "type": "object"},
+    },
+    {
+        "name": "remote_ref",
+        "description": "A $ref that cannot be resolved (nothing is fetched).",
+        "inputSchema": {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/schema.json"}}},
+    },
 ]
 
 
@@ -99,7 +117,7 @@ def answer(msg: dict[str, Any]) -> dict[str, Any] | None:
         text = json.dumps(args, ensure_ascii=False, sort_keys=True)
         return {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}],
                                                         "structuredContent": args}}  # fmt: skip
-    if name == "strict":
+    if name in ("strict", "broken_schema", "unknown_draft", "remote_ref"):
         return {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "ok"}]}}
     case = args.get("case")
     if case == "rpc_error":
