@@ -205,7 +205,10 @@ class Planner:
             safe = {"gatekeeper_unencodable": {"bytes": len(shown.encode()), "head": shown[:512]}}
             return self._refusal(name, upstream, tool, tooldef, tool_hash, safe, canonical_json(safe),
                                  unencodable, client, agent_reason, agent_confidence)  # fmt: skip
-        problem = self.checks.check(tool_hash, tooldef.get("inputSchema"), arguments)
+        size = len(canonical.encode())
+        cap = self.config.security.max_argument_bytes
+        # arguments over the size limit are denied below, unread: not worth validating
+        problem = self.checks.check(tool_hash, tooldef.get("inputSchema"), arguments) if size <= cap else None
         if problem is not None and self.config.security.schema_mismatch == "refuse":
             return self._refusal(name, upstream, tool, tooldef, tool_hash, arguments, canonical, problem, client,
                                  agent_reason, agent_confidence)  # fmt: skip
@@ -222,8 +225,6 @@ class Planner:
             verdict = _raise_to_hold(verdict, f"held for a human: {problem.reason}")
             leasable = False  # a lease was granted for calls that pass the schema
         stored: dict[str, Any] = arguments
-        size = len(canonical.encode())
-        cap = self.config.security.max_argument_bytes
         if size > cap:
             verdict = _denial(
                 verdict.risk, (f"arguments are {size} bytes, over the {cap}-byte limit",),

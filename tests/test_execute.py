@@ -104,6 +104,8 @@ def requests() -> list[str]:
         f'{{"jsonrpc":"2.0","id":{n + 2},"method":"tools/call","params":{{"name":"strict","arguments":{{"n":-1e400}}}}}}',
         f'{{"jsonrpc":"2.0","id":{n + 3},"method":"tools/call","params":{{"name":"echo","arguments":{{"a":[NaN]}}}}}}',
         f'{{"jsonrpc":"2.0","id":{n + 4},"method":"tools/call","params":{{"name":"echo","arguments":{{"b":Infinity}}}}}}',
+        # a key given twice: whatever both parsers keep, the policy and the upstream see the same value
+        f'{{"jsonrpc":"2.0","id":{n + 5},"method":"tools/call","params":{{"name":"strict","arguments":{{"n":3,"n":500}}}}}}',
     ]
     return lines
 
