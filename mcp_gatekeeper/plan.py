@@ -106,14 +106,22 @@ class Planner:
     """Decides what happens to a call. Never executes anything."""
 
     def __init__(
-        self, *, config: GatekeeperConfig, policy: Policy, gate: Gate, clock: Clock, routing: Routing, status: bool
+        self,
+        *,
+        config: GatekeeperConfig,
+        policy: Policy,
+        gate: Gate,
+        clock: Clock,
+        routing: Routing,
+        status_tool: str | None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.gate = gate
         self.clock = clock
         self.routing = routing
-        self.status = status
+        self.status_tool = status_tool
+        """The gatekeeper's own status tool's name (None when it is off): answered here, never routed."""
         self.checks = SchemaChecks()
 
     # ------------------------------------------------------------------ the whole decision (any transport)
@@ -152,8 +160,7 @@ class Planner:
             lease = await self._matching_lease(up_name, tool, plan.new.tooldef_hash or "", plan.arguments)
             if lease is not None:
                 why = f"allowed by lease {lease.id} (granted by {lease.created_by})"
-                new = replace(plan.new, gate="lease", reasons=(why, *plan.new.reasons), input_schema=None,
-                              wait_strategy=None)  # fmt: skip
+                new = replace(plan.new, gate="lease", reasons=(why, *plan.new.reasons))
                 return replace(plan, kind="lease", reason=why, new=new)
         return plan
 
@@ -174,7 +181,7 @@ class Planner:
         arguments = params.get("arguments") or {}
         if not isinstance(name, str) or not isinstance(arguments, dict):
             return Plan("malformed", "malformed tools/call")
-        if self.status and name == "gatekeeper_status":
+        if name == self.status_tool:
             return Plan("status", name=name, arguments=arguments)
         route = self.routing.route(name)
         if route is None:

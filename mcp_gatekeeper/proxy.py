@@ -129,7 +129,8 @@ class Proxy:
             gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
         )
         self.planner = Planner(
-            config=config, policy=policy, gate=gate, clock=clock, status=config.status_tool,
+            config=config, policy=policy, gate=gate, clock=clock,
+            status_tool=STATUS_TOOL if config.status_tool else None,
             routing=Routing(
                 route=self._split, upstreams=lambda: self.upstreams, tool_hash=self._hash,
                 quarantine=self._quarantine, refresh=self.refresh_tools, repin=self._pin,
