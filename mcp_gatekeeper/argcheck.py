@@ -14,7 +14,7 @@ JSON Schema, or names a ``$schema`` draft we do not know, never lets a call thro
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
@@ -99,26 +99,132 @@ def compile_schema(schema: Any) -> Validator | ArgumentProblem:
     return validator
 
 
+Check = Callable[[Any], bool]
+
+_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$comment", "deprecated", "readOnly",
+                          "writeOnly"})  # fmt: skip
+_FAST_DRAFTS = frozenset(
+    {
+        "https://json-schema.org/draft/2020-12/schema",
+        "https://json-schema.org/draft/2019-09/schema",
+        "http://json-schema.org/draft-07/schema#",
+        "http://json-schema.org/draft-07/schema",
+        "http://json-schema.org/draft-06/schema#",
+        "http://json-schema.org/draft-06/schema",
+    }
+)
+"""Drafts whose meaning of the keywords below is the same (draft 4 differs: 1.0 is not an integer there)."""
+_TYPE_TESTS: dict[str, Check] = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
+def fast_check(schema: Any, *, root: bool = True) -> Check | None:
+    """A plain-Python test for the common shape of tool schemas (``type``, ``properties``, ``required``,
+    ``additionalProperties: false``, ``items``), or None when the schema uses anything else.
+
+    It only ever answers *valid* for the validator: when it says False (or there is none), jsonschema decides
+    and words the errors. So it must never accept what jsonschema would refuse; the test suite checks that on
+    generated schemas and values.
+    """
+    if schema is True:
+        return _always
+    if schema is False:
+        return _never
+    if not isinstance(schema, Mapping):
+        return None
+    types: list[Check] = []
+    props: dict[str, Check] = {}
+    required: tuple[str, ...] = ()
+    closed = False
+    items: Check | None = None
+    for key, value in schema.items():
+        if key in _ANNOTATIONS or (root and key == "$schema" and value in _FAST_DRAFTS):
+            continue
+        if key == "type":
+            names = value if isinstance(value, list) else [value]
+            if not names or not all(isinstance(n, str) and n in _TYPE_TESTS for n in names):
+                return None
+            types = [_TYPE_TESTS[n] for n in names]
+        elif key == "properties" and isinstance(value, Mapping):
+            for name, sub in value.items():
+                compiled = fast_check(sub, root=False)
+                if compiled is None:
+                    return None
+                props[name] = compiled
+        elif key == "required" and isinstance(value, list) and all(isinstance(n, str) for n in value):
+            required = tuple(value)
+        elif key == "additionalProperties" and isinstance(value, bool):
+            closed = not value
+        elif key == "items" and isinstance(value, bool | Mapping):
+            items = fast_check(value, root=False)
+            if items is None:
+                return None
+        else:
+            return None
+
+    def check(value: Any) -> bool:
+        if types and not any(t(value) for t in types):
+            return False
+        if isinstance(value, dict):
+            for name in required:
+                if name not in value:
+                    return False
+            if props or closed:
+                for name, sub in value.items():
+                    test = props.get(name)
+                    if test is None:
+                        if closed:
+                            return False
+                    elif not test(sub):
+                        return False
+        elif items is not None and isinstance(value, list):
+            return all(items(v) for v in value)
+        return True
+
+    return check
+
+
 class SchemaChecks:
     """Compiled ``inputSchema`` validators, one per tool definition hash."""
 
     def __init__(self) -> None:
-        self._compiled: dict[str, Validator | ArgumentProblem] = {}
+        self._compiled: dict[str, tuple[Validator | ArgumentProblem, Check | None]] = {}
 
-    def validator(self, tool_hash: str, schema: Any) -> Validator | ArgumentProblem:
+    def _compile(self, tool_hash: str, schema: Any) -> tuple[Validator | ArgumentProblem, Check | None]:
         hit = self._compiled.get(tool_hash)
         if hit is None:
-            hit = compile_schema(schema)
+            validator = compile_schema(schema)
+            hit = (validator, None if isinstance(validator, ArgumentProblem) else fast_check(schema))
             if len(self._compiled) >= MAX_CACHED:
                 self._compiled.clear()
             self._compiled[tool_hash] = hit
         return hit
 
+    def validator(self, tool_hash: str, schema: Any) -> Validator | ArgumentProblem:
+        return self._compile(tool_hash, schema)[0]
+
     def check(self, tool_hash: str, schema: Any, arguments: Mapping[str, Any]) -> ArgumentProblem | None:
         """None when ``arguments`` match ``schema``; otherwise what is wrong, in a form the model can act on."""
-        validator = self.validator(tool_hash, schema)
+        validator, fast = self._compile(tool_hash, schema)
         if isinstance(validator, ArgumentProblem):
             return validator
+        if fast is not None and fast(arguments):
+            return None
         try:
             first = next(validator.iter_errors(arguments), None)
             if first is None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from typing import Any
 
-from mcp_gatekeeper.argcheck import MAX_ERRORS, SchemaChecks, compile_schema, non_finite
+import jsonschema
+
+from mcp_gatekeeper.argcheck import MAX_ERRORS, SchemaChecks, compile_schema, fast_check, non_finite
 
 
 def test_the_draft_comes_from_dollar_schema_and_defaults_to_2020_12() -> None:
@@ -61,3 +65,71 @@ def test_non_finite_numbers_are_found_wherever_they_are() -> None:
     problem = non_finite({"a": [1, {"b": math.inf}], "c": -math.inf, "d": math.nan, "e": 1.5})
     assert problem.errors == ("$.a[1].b: not a finite number", "$.c: not a finite number", "$.d: not a finite number")
     json.dumps(problem.reason, allow_nan=False)  # the reason itself is plain text
+
+
+def _schema(rng: random.Random, depth: int) -> Any:
+    if depth > 3 or rng.random() < 0.15:
+        return rng.choice([True, False, {}, {"type": rng.choice(TYPES)}])
+    schema: dict[str, Any] = {}
+    if rng.random() < 0.8:
+        schema["type"] = rng.choice(TYPES) if rng.random() < 0.7 else rng.sample(TYPES, rng.randint(1, 3))
+    if rng.random() < 0.6:
+        schema["properties"] = {k: _schema(rng, depth + 1) for k in rng.sample(KEYS, rng.randint(0, 3))}
+    if rng.random() < 0.4:
+        schema["required"] = rng.sample(KEYS, rng.randint(0, 2))
+    if rng.random() < 0.3:
+        schema["additionalProperties"] = rng.random() < 0.5
+    if rng.random() < 0.3:
+        schema["items"] = _schema(rng, depth + 1)
+    if rng.random() < 0.2:
+        schema["description"] = "annotations are ignored"
+    return schema
+
+
+def _instance(rng: random.Random, depth: int) -> Any:
+    kinds = ["str", "int", "float", "whole", "bool", "null", "list", "dict"] if depth < 4 else ["str", "int", "null"]
+    kind = rng.choice(kinds)
+    if kind == "list":
+        return [_instance(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == "dict":
+        return {k: _instance(rng, depth + 1) for k in rng.sample(KEYS, rng.randint(0, 3))}
+    return {"str": "s", "int": 3, "float": 2.5, "whole": 2.0, "bool": rng.random() < 0.5, "null": None}[kind]
+
+
+TYPES = ["string", "number", "integer", "boolean", "null", "array", "object"]
+KEYS = ["a", "b", "c", "d"]
+
+
+def test_the_fast_check_never_accepts_what_jsonschema_refuses() -> None:
+    """The plain-Python check for common schemas may only ever say "valid" where jsonschema agrees."""
+    rng = random.Random(7)
+    agreed = compiled = 0
+    for _ in range(4000):
+        schema = _schema(rng, 0)
+        fast = fast_check(schema)
+        if fast is None:
+            continue
+        compiled += 1
+        validator = jsonschema.Draft202012Validator(schema)
+        for _ in range(5):
+            value = _instance(rng, 0)
+            expected = validator.is_valid(value)
+            assert not fast(value) or expected, (schema, value)
+            agreed += fast(value) == expected
+    assert compiled > 3000 and agreed == compiled * 5  # on this subset it is not just safe but exact
+
+
+def test_the_fast_check_declines_what_it_does_not_know() -> None:
+    for schema in (
+        {"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {}}},
+        {"type": "object", "patternProperties": {"^a": {"type": "string"}}, "additionalProperties": False},
+        {"type": "object", "additionalProperties": {"type": "string"}},
+        {"type": "array", "items": [{"type": "string"}]},
+        {"type": "string", "minLength": 2},
+        {"type": "number", "maximum": 5},
+        {"enum": [1, 2]},
+        {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer"},  # 1.0 is not an integer there
+        {"type": "object", "properties": {"a": {"$schema": "https://json-schema.org/draft/2020-12/schema"}}},
+        {"type": "object", "unevaluatedProperties": False},
+    ):
+        assert fast_check(schema) is None, schema
