@@ -27,7 +27,7 @@ import pytest
 from anyio.abc import Process
 from harness import FEATURE_SERVER, StderrWatcher, call_log, wrap_params
 from mcp import Client, MCPError
-from test_proxy import Stack, make_stack
+from test_proxy import CONFIG, Stack, make_stack
 
 from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.models import State
@@ -164,6 +164,14 @@ async def test_agent_parameters_are_recorded_and_stripped_as_on_the_full_path(tm
             call_line(1, "echo", {"text": "x", "deep": json.loads("[" * 70 + "]" * 70)}),
         ),
         ("NaN (not JSON)", call_line(1, "echo", {"text": "x", "n": float("nan")})),
+        (
+            "a number too large for a float",
+            '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+            '"arguments":{"text":"x","n":1e400}}}',
+        ),
+        ("arguments that do not match the schema", call_line(1, "echo", {"text": 5})),
+        ("an argument the schema does not allow", call_line(1, "echo", {"text": "x", "extra": True})),
+        ("an array where the schema wants a string", call_line(1, "echo", {"text": ["x"]})),
         ("an escaped surrogate", call_line(1, "echo", {"text": "\ud83d\ude00"})),
         ("a params key the lane does not know", call_line(1, "echo", {"text": "x"}, task={"ttl": 1000})),
         ("broken JSON", '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"'),
@@ -191,6 +199,19 @@ async def test_a_quarantined_tool_is_left_to_the_full_path(tmp_path: Path) -> No
         assert rig.lane.offer(call_line(3, "echo", {"text": "x"})) is False
         before = len(stack.received)
     assert before == 1  # only change_description ran
+
+
+async def test_with_the_fast_lane_off_nothing_is_taken(tmp_path: Path) -> None:
+    async with (
+        make_stack(tmp_path, CONFIG + "[performance]\nfast_lane = false\n") as stack,
+        stack.client() as client,
+        wire() as w,
+        FastLane(stack.proxy).running() as lane,
+    ):
+        lane.tap(w.out)
+        assert lane.offer(call_line(1, "echo", {"text": "x"})) is False
+        result = await client.call_tool("echo", {"text": "x"})  # the full path serves it
+    assert not result.is_error and len(stack.received) == 1 and lane.taken == 0
 
 
 async def test_before_the_handshake_nothing_is_taken(tmp_path: Path) -> None:
