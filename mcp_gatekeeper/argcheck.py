@@ -13,6 +13,7 @@ JSON Schema, or names a ``$schema`` draft we do not know, never lets a call thro
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,33 @@ class ArgumentProblem:
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def _message(err: ValidationError) -> str:
+    """jsonschema's message, but in JSON terms for a wrong type (``true``, not ``True``; what was sent)."""
+    if err.validator == "type":
+        want = err.validator_value
+        wanted = " or ".join(map(str, want)) if isinstance(want, list) else str(want)
+        try:
+            sent = json.dumps(err.instance, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            sent = repr(err.instance)
+        return _clip(f"expected {wanted}, got {_json_type(err.instance)} {sent}")
+    return _clip(err.message)
 
 
 def non_finite_paths(value: Any, path: str = "$") -> Iterator[str]:
@@ -234,5 +262,5 @@ class SchemaChecks:
             return ArgumentProblem("bad_schema", (f"$: the schema could not be applied ({type(exc).__name__})",))
         seen: dict[str, None] = {}
         for err in sorted(errors, key=lambda err: (len(err.absolute_path), err.json_path)):
-            seen.setdefault(f"{err.json_path}: {_clip(err.message)}")
+            seen.setdefault(f"{err.json_path}: {_message(err)}")
         return ArgumentProblem("invalid", tuple(seen)[:MAX_ERRORS])

@@ -98,8 +98,8 @@ def unrecorded(e: StoreError) -> dict[str, Any]:
     )
 
 
-def refused_result(rec: CallRecord, reason: str) -> dict[str, Any]:
-    verb = {
+def refused_result(rec: CallRecord, reason: str, *, verb: str | None = None) -> dict[str, Any]:
+    verb = verb or {
         State.DENIED: "denied by policy",
         State.REJECTED: "rejected by a human reviewer",
         State.EXPIRED: "not approved in time",
@@ -143,7 +143,8 @@ class Executor:
         try:
             if plan.kind in ("deny", "refuse_invalid"):
                 rec = await self.gate.record(new, State.DENIED, reason=plan.reason)
-                return refused_result(rec, plan.reason or "denied by policy")
+                verb = "refused by the schema check" if plan.kind == "refuse_invalid" else None
+                return refused_result(rec, plan.reason or "denied by policy", verb=verb)
             rec = await self.gate.record(new, State.ALLOWED, reason=plan.reason if plan.kind == "lease" else None)
         except StoreError as e:
             log.error("store error; failing closed: %s", e)

@@ -94,7 +94,8 @@ async def test_a_payment_sent_as_a_string_cannot_get_around_a_deny_rule(home: Pa
         assert "inputSchema" in reply["result"]["content"][0]["text"]
     # the refusal says where and what, so the model can correct the call
     assert "$.payment: " in replies[0]["result"]["content"][0]["text"]
-    assert "is not of type 'object'" in replies[0]["result"]["content"][0]["text"]
+    assert '$.payment: expected object, got string "{' in replies[0]["result"]["content"][0]["text"]
+    assert "$.payment.amount: expected number, got boolean true" in replies[2]["result"]["content"][0]["text"]
     assert "$.payment.amount: " in replies[1]["result"]["content"][0]["text"]
     assert fine["result"]["isError"] is False
     assert big["result"]["isError"] is True and "finance desk" in big["result"]["content"][0]["text"]
