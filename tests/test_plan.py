@@ -17,6 +17,9 @@ from typing import Any
 import anyio
 import pytest
 from harness import ROOT, cli, raw_wrap, wrap_params
+from test_proxy import make_stack
+
+from mcp_gatekeeper.models import Decision, LeaseRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -213,3 +216,32 @@ async def test_an_unusable_upstream_schema_never_opens_the_gate(home: Path, tmp_
     assert "draft-99" in replies[1]["result"]["content"][0]["text"]
     assert sent == []
     assert [r["state"] for r in _rows(home)] == ["denied"] * 3
+
+
+HOLD_NOTES = """
+[ui]
+autostart = false
+[security]
+schema = "hold"
+[[rules]]
+tool = "write_note"
+gate = "hard"
+"""
+
+
+async def test_a_lease_never_approves_a_call_held_for_its_schema(tmp_path: Path) -> None:
+    """A lease covers calls like the approved one; arguments that fail the schema still go to a human."""
+    async with make_stack(tmp_path, HOLD_NOTES) as stack, stack.client() as client:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "write_note", {"path": "/a", "content": "1"})
+                first = await stack.held.next()
+                lease = LeaseRequest(envelope={}, calls=5)
+                await stack.gate.decide(first.id, Decision(approve=True, decided_by="t", channel="test", lease=lease))
+            assert not (await client.call_tool("write_note", {"path": "/b", "content": "2"})).is_error  # leased
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "write_note", {"path": "/c", "content": "3", "x": 1})
+                odd = await stack.held.next()  # held, although the lease would cover the path
+                assert "inputSchema" in odd.reasons[0] and "$" in odd.reasons[0]
+                await stack.gate.decide(odd.id, Decision(approve=False, decided_by="t", channel="test"))
+    assert [c["arguments"]["content"] for c in stack.received] == ["1", "2"]
