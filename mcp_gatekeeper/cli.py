@@ -157,6 +157,7 @@ def _render_call(rec: CallRecord, now: float, *, full: bool, reveal: bool = Fals
         lines.append(f"summary   {escape(_masked(rec.summary, reveal))}")
     if rec.client.get("name"):
         lines.append(f"client    {escape(str(rec.client.get('name')))} {escape(str(rec.client.get('version') or ''))}")
+    lines.append(f"principal {escape(str(rec.client.get('principal') or '(none recorded)'))}")
     lines.append(
         f"created   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.created_at))} ({_ago(rec.created_at, now)})"
     )
@@ -211,8 +212,9 @@ def cmd_pending(args: argparse.Namespace) -> int:
                     or f"{c.tool} {json.dumps(_masked(c.arguments, False), ensure_ascii=False)[:80]}"
                 )
                 left = _ago(c.deadline_at, now) if c.deadline_at else "-"
+                who = escape(str(c.client.get("principal") or "?"))
                 print(
-                    f"{c.id[:10]}  {c.risk:<8} {escape(c.upstream)}/{escape(c.tool)}  {escape(what)}  (waiting {_dur(now - c.created_at)}, expires {left})"
+                    f"{c.id[:10]}  {c.risk:<8} {escape(c.upstream)}/{escape(c.tool)}  {escape(what)}  [{who}]  (waiting {_dur(now - c.created_at)}, expires {left})"
                 )
             print(f"\n{len(calls)} pending. Decide: mcp-gatekeeper approve ID | reject ID --reason TEXT")
             return EXIT_OK
@@ -282,10 +284,11 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
     async def go() -> int:
         async with open_runtime(config, register=False) as rt:
             rec = await rt.store.find(args.id)
+            holder = await rt.store.holder_instance(rec.id)  # a released call: the process that held it last
             gate = rt.gate
             if args.config is None and arguments is not None:
                 # check an edit against the policy of the process that holds the call, not a guess
-                holder_config = await rt.store.instance_config_path(rec.instance_id)
+                holder_config = await rt.store.instance_config_path(holder)
                 if holder_config and Path(holder_config).exists():
                     gate = Gate(rt.store, Policy(load_config(holder_config)), rt.clock)
             done = await gate.decide(

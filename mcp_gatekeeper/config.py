@@ -420,6 +420,34 @@ class StoreConfig(_Model):
     fsynced lazily (a power loss can drop the last few). ``true`` fsyncs those as well (about 1.5 ms each here)."""
 
 
+def _check_agent_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"agent name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+class AgentConfig(_Model):
+    """An agent that may call the proxy over HTTP (``run --http``): its name and its bearer token."""
+
+    name: Annotated[str, AfterValidator(_check_agent_name)]
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """The SHA-256 (lowercase hex) of the agent's token: ``printf %s "$TOKEN" | sha256sum``."""
+    token_file: str | None = None
+    """A file (mode 0600) holding the token itself."""
+
+    @model_validator(mode="after")
+    def _one_token(self) -> AgentConfig:
+        if (self.token_sha256 is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token_sha256 or token_file")
+        return self
+
+
+class HttpConfig(_Model):
+    allow_unauthenticated_loopback: bool = False
+    """``run --http`` on a loopback address without agent tokens (any local process can then call it, under a
+    principal named after its clientInfo). Logged loudly at start."""
+
+
 class GatekeeperConfig(_Model):
     """The whole file."""
 
@@ -449,6 +477,11 @@ class GatekeeperConfig(_Model):
         for ch in self.notify.on_hold or []:
             if ch not in known:
                 problems.append(f"notify.on_hold: unknown channel {ch!r}")
+        seen: set[str] = set()
+        for i, agent in enumerate(self.agents):
+            if agent.name in seen:
+                problems.append(f"agents[{i}].name: another agent is already named {agent.name!r}")
+            seen.add(agent.name)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -463,6 +496,9 @@ class GatekeeperConfig(_Model):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    agents: list[AgentConfig] = Field(default_factory=list)
+    """Agents allowed over HTTP (``[[agents]]``); none: one agent ``local`` with the home's ``agent-token``."""
+    http: HttpConfig = Field(default_factory=HttpConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0

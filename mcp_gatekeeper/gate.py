@@ -115,8 +115,11 @@ class Gate:
                 log.warning("store unusable while sweeping held calls; retrying", exc_info=True)
 
     async def sweep_once(self) -> None:
-        """Expire this process's overdue calls, fire due escalation steps, close due review windows."""
+        """Expire overdue calls (this process's and released ones), fire due escalation steps, close due review
+        windows, and orphan released approved calls whose client never came back for them."""
         now = self.clock.now()
+        for cid in await self.store.abandon_unclaimed(now, self.policy.config.waiting.retry_grace):
+            self._wake(cid)
         for rec, level in await self.store.due_pending(self.store.instance_id, now):
             if rec.deadline_at is not None and now >= rec.deadline_at:
                 await self._expire(rec)
@@ -398,8 +401,15 @@ class Gate:
     # ------------------------------------------------------------------ forwarding bookkeeping
 
     async def begin_forward(self, rec: CallRecord, *, from_state: State = State.APPROVED) -> CallRecord | None:
-        """CAS approved/allowed → forwarding, written *before* the upstream call (at-most-once)."""
-        return await self.store.transition(rec.id, [from_state], State.FORWARDING, event="forwarding")
+        """CAS approved/allowed → forwarding, written *before* the upstream call (at-most-once).
+
+        The forwarding process becomes the call's owner (a released call has none): if it dies now, recovery
+        finds the call and records ``outcome_unknown``. Of several processes racing an approved call's retry,
+        exactly one wins this compare-and-set; the others get ``None`` and never run it.
+        """
+        return await self.store.transition(
+            rec.id, [from_state], State.FORWARDING, event="forwarding", instance_id=self.store.instance_id
+        )
 
     async def finish(
         self, rec: CallRecord, *, result: dict[str, Any] | None, error: str | None, unknown: bool = False

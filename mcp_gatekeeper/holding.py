@@ -113,11 +113,17 @@ class Holding:
         *,
         request_state: Any,
         input_responses: Any,
-        session: str | None,
+        session: str | None = None,
     ) -> Outcome | Reply:
+        """Hold ``new`` (or attach to the identical held call of the same principal) and wait as the client can.
+
+        ``session`` is recorded with the call (``new.client``) and no longer narrows attaching: a call belongs to
+        its principal, not to a session or a process.
+        """
         facts = client_facts(ctx)
         plan = plan_wait(facts, verdict.in_client, self.config.waiting)
         store = self.gate.store
+        attached = False
         if request_state is not None:
             rec_or_reply = await self._resume(ctx, new, verdict, request_state, input_responses, facts)
             if isinstance(rec_or_reply, Reply):
@@ -125,12 +131,14 @@ class Holding:
             rec = rec_or_reply
             plan = replace(plan, strategy="pending" if plan.budget is not None else "hold")
         else:
+            # attaches only to a call of the same principal (client identity), from whichever process
             prior = await store.find_retry(
                 new.upstream, new.tool, new.args_digest, now=self.clock.now(),
-                grace=self.config.waiting.retry_grace, session=session,
+                grace=self.config.waiting.retry_grace, principal=new.client.get("principal"),
             )  # fmt: skip
             if prior is not None:
                 rec = prior
+                attached = True
                 if plan.strategy in ("elicit", "input_required"):
                     plan = replace(plan, strategy="pending" if plan.budget is not None else "hold")
             else:
@@ -141,16 +149,24 @@ class Holding:
                 return await self._input_required(rec, verdict, plan)
         if rec.state != State.PENDING:
             return outcome_of(rec)
-        return await self._wait(ctx, rec, verdict, plan, facts)
+        return await self._wait(ctx, rec, verdict, plan, facts, attached=attached)
 
     # ------------------------------------------------------------------ waiting on this request
 
     async def _wait(
-        self, ctx: ServerRequestContext[Any], rec: CallRecord, verdict: Verdict, plan: WaitPlan, facts: ClientFacts
+        self,
+        ctx: ServerRequestContext[Any],
+        rec: CallRecord,
+        verdict: Verdict,
+        plan: WaitPlan,
+        facts: ClientFacts,
+        *,
+        attached: bool = False,
     ) -> Outcome | Reply:
         tick = self._ticker(ctx, rec.tool) if plan.heartbeats else None
-        # a 2026 client on HTTP closes its stream to stop waiting: that ends this wait, not the call
-        keep_record = facts.modern and ctx.request is not None
+        # a 2026 client on HTTP closes its stream to stop waiting: that ends this wait, not the call; so does a
+        # retry that went away (the client was already told the call waits for it: it stays decidable)
+        keep_record = attached or (facts.modern and ctx.request is not None)
         result: dict[str, Outcome | None] = {}
         try:
             async with anyio.create_task_group() as tg:
@@ -165,7 +181,7 @@ class Holding:
                 if plan.strategy == "elicit":
                     tg.start_soon(self._elicit, ctx, rec, verdict, plan)
         except BaseException:
-            if keep_record:
+            if keep_record and not attached:
                 with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
                     await self.gate.store.mark_retry_offered(rec.id, strategy="disconnected")
             raise
@@ -271,6 +287,16 @@ class Holding:
         except SealError as e:
             log.warning("refused a requestState: %s", e)
             return Reply(text_result(f"mcp-gatekeeper refused this retry: {e}. Nothing ran.", is_error=True))
+        # checked before the state is spent: another client must not be able to burn this client's retry
+        owner = await self.gate.store.principal_of(state.call_id)
+        if owner is None or owner != new.client.get("principal"):
+            log.warning("refused a requestState for call %s from another principal", state.call_id[:8])
+            return Reply(
+                text_result(
+                    "mcp-gatekeeper refused this retry: its requestState belongs to another client. Nothing ran.",
+                    is_error=True,
+                )
+            )
         if not await self.gate.store.consume_state(state.nonce, state.call_id):
             return Reply(
                 text_result(

@@ -42,6 +42,13 @@ from mcp_gatekeeper.models import (
 )
 from mcp_gatekeeper.plan import AGENT_CONFIDENCE, AGENT_REASON, META_PREFIX, Plan, Planner, Routing
 from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.principals import (
+    AGENT_SCOPE_KEY,
+    agent_principal,
+    os_user,
+    stdio_principal,
+    unauthenticated_principal,
+)
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
 log = logging.getLogger(__name__)
@@ -122,6 +129,7 @@ class Proxy:
         self._resource_owner: dict[str, str] = {}
         self._pins: dict[str, dict[str, Pin]] = {}
         self._hash = _HashCache()
+        self._os_user = os_user()
         self.fast_session: FastSession | None = None
         """Set once a stdio client finished the handshake: its allowed calls may take the fast lane."""
         self.compensator = Compensator(gate=gate, config=config, clock=clock, upstreams=lambda: self.upstreams)
@@ -255,6 +263,7 @@ class Proxy:
         return Caller(ctx.session, ctx.request_id, self._progress_fn(ctx), ctx.protocol_version)
 
     def _client_info(self, ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
+        """Who made a request; ``principal`` is the client identity its calls belong to (see principals.py)."""
         info: dict[str, Any] = {"protocol": ctx.protocol_version}
         name, version = client_identity(ctx)
         if name is not None:
@@ -267,8 +276,11 @@ class Proxy:
             sid = ctx.request.headers.get("mcp-session-id")
             if sid:  # handshake-era HTTP has sessions; 2026-07-28 HTTP has none
                 info["session"] = f"http:{sid}"
+            agent = ctx.request.scope.get(AGENT_SCOPE_KEY)  # set by the bearer check, never by a header
+            info["principal"] = agent_principal(agent) if isinstance(agent, str) else unauthenticated_principal(name)
         else:  # stdio: this process serves exactly one client connection
             info["session"] = f"proc:{self.gate.store.instance_id}"
+            info["principal"] = stdio_principal(self._os_user, name)
         return info
 
     async def _ensure_tools(self, upstream: Upstream) -> None:
@@ -381,7 +393,7 @@ class Proxy:
         if kind == "malformed":
             return self._finish(ctx, text_result(f"mcp-gatekeeper: {plan.reason}", is_error=True))
         if kind == "status":
-            return self._finish(ctx, await self._status(plan.arguments or {}))
+            return self._finish(ctx, await self._status(plan.arguments or {}, ctx))
         if kind == "unavailable":
             return self._finish(ctx, text_result(f"mcp-gatekeeper: {plan.reason}", is_error=True))
         if kind == "unrouted":
@@ -583,12 +595,17 @@ class Proxy:
             return text_result(f"mcp-gatekeeper: {reason}; the call was not run", is_error=True)
         return refused_result(rec, reason)
 
-    async def _status(self, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def _status(self, arguments: dict[str, Any], ctx: ServerRequestContext[ProxyState]) -> dict[str, Any]:
+        """Where one of *this client's* calls stands: only calls of the same principal to the upstreams served here.
+
+        Another client's call gets the same answer as a call that does not exist.
+        """
         cid = arguments.get("id")
         if not isinstance(cid, str) or not cid:
             return text_result("gatekeeper_status needs an 'id'", is_error=True)
+        principal = self._client_info(ctx).get("principal")
         try:
-            rec = await self.gate.store.find(cid)
+            rec = await self.gate.store.find_for(cid, principal=principal, upstreams=list(self.upstreams))
         except StoreError as e:
             return text_result(f"mcp-gatekeeper: {e}", is_error=True)
         info: dict[str, Any] = {

@@ -26,6 +26,7 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.notify import Notifications
 from mcp_gatekeeper.ownfiles import OwnFiles
 from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.principals import DEFAULT_AGENT, AgentTokens, BearerCheck
 from mcp_gatekeeper.proxy import Proxy
 from mcp_gatekeeper.sealing import KEY_FILE, load_or_create_key
 from mcp_gatekeeper.store import Store, default_home
@@ -227,12 +228,39 @@ async def run_proxy(
                 async with FastLane(proxy).running() as lane:
                     await lane.serve_stdio(server, proxy.init_options(server))
             else:
-                await serve_http(server, host=http[0], port=http[1])
+                await serve_http(server, host=http[0], port=http[1], tokens=http_agents(config, rt.home))
             tg.cancel_scope.cancel()
 
 
-async def serve_http(server: Any, *, host: str, port: int) -> None:
-    """Serve the proxy as Streamable HTTP at ``/mcp`` (both eras; Host and Origin checked against loopback)."""
+def http_agents(config: GatekeeperConfig, home: Path) -> AgentTokens | None:
+    """Who may call ``run --http``: the configured agents, else the generated token; None only if opted out."""
+    if config.http.allow_unauthenticated_loopback:
+        log.warning(
+            "http.allow_unauthenticated_loopback = true: ANY local process can call the MCP endpoint without a token;"
+            " its calls belong to the principal 'unauthenticated/<clientInfo name>'"
+        )
+        print(
+            "mcp-gatekeeper: WARNING: the MCP endpoint accepts calls without a token (http.allow_unauthenticated_loopback)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    tokens = AgentTokens.load(list(config.agents), home)
+    if tokens.generated is not None:
+        print(
+            f"mcp-gatekeeper: HTTP agents authenticate with 'Authorization: Bearer <token>'; agent {DEFAULT_AGENT!r}"
+            f" has the token in {tokens.generated}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return tokens
+
+
+async def serve_http(server: Any, *, host: str, port: int, tokens: AgentTokens | None) -> None:
+    """Serve the proxy as Streamable HTTP at ``/mcp`` (both eras; Host and Origin checked against loopback).
+
+    Every request needs an agent's bearer token (401 otherwise) unless ``tokens`` is None (the loopback opt-out).
+    """
     import socket
 
     import uvicorn
@@ -252,7 +280,9 @@ async def serve_http(server: Any, *, host: str, port: int) -> None:
         allowed_origins=[f"http://127.0.0.1:{bound}", f"http://localhost:{bound}", f"http://[::1]:{bound}"],
     )
     app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    cfg = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    cfg = uvicorn.Config(
+        BearerCheck(app, tokens) if tokens is not None else app, log_config=None, access_log=False, lifespan="on"
+    )
     shown = f"[{host}]" if ":" in host else host
     print(f"mcp-gatekeeper: serving MCP at http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
     await uvicorn.Server(cfg).serve(sockets=[sock])

@@ -170,6 +170,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         DROP INDEX calls_instance;
         """,
     ),
+    (
+        "0006_principal",
+        # who made the call (see mcp_gatekeeper.principals): a retry attaches, and gatekeeper_status answers,
+        # only within one principal; calls recorded before this migration have none and belong to nobody
+        """
+        ALTER TABLE calls ADD COLUMN principal TEXT;
+        ALTER TABLE calls ADD COLUMN released_from TEXT;
+        DROP INDEX calls_retry;
+        CREATE INDEX calls_retry ON calls (principal, upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        """,
+    ),
 )
 
 _GROUP_WINDOW = 0.0002
@@ -219,6 +230,8 @@ T = TypeVar("T")
 _BUSY_FAST_FAIL = 2.0  # seconds after a write gave up on a locked database during which queued writes fail fast
 _DB_ERRORS = (sqlite3.Error, ValueError)  # aiosqlite raises ValueError once its connection is gone
 LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING, State.ALLOWED)
+RELEASED_STATES = (State.PENDING, State.APPROVED)
+"""States in which a call whose client was told to retry outlives its process (released: no owner)."""
 
 
 def _loads(text: str | None) -> Any:
@@ -664,7 +677,8 @@ class Store:
         await self._tx(_body)
 
     async def recover_orphans(self, *, stale_after: float = 60.0) -> int:
-        """Calls whose owning process is gone: pending/approved → ``orphaned``, forwarding → ``outcome_unknown``.
+        """Calls whose owning process is gone: forwarding → ``outcome_unknown``; pending/approved → released if
+        their client was told to retry, else ``orphaned`` (see :meth:`_orphan_calls_of`).
 
         A live neighbour's calls are never touched: an instance is dead only if it stopped, or its pid is gone
         on this host, or (another host) its heartbeat is older than ``stale_after`` seconds.
@@ -700,14 +714,34 @@ class Store:
         return count
 
     def _orphan_calls_of(self, c: sqlite3.Connection, instance_ids: Iterable[str | None], *, why: str) -> int:
+        """Settle the live calls of processes that are gone; returns how many calls were orphaned or unknown.
+
+        - ``forwarding`` or ``allowed``: it may have reached the upstream, so ``outcome_unknown`` (never re-sent);
+        - ``pending`` or ``approved`` whose client was told to retry (``retry_offered``): *released* — it keeps
+          its state with no owner, stays decidable until its deadline, and an identical retry of the same
+          principal attaches to it from any process (the sweeper of any live process expires it);
+        - any other ``pending`` or ``approved``: nobody was told to come back for it, so ``orphaned`` (never runs).
+        """
         n = 0
         now = self.clock.now()
         for iid in instance_ids:
             rows = c.execute(
-                f"SELECT id, state, args_digest FROM calls WHERE instance_id = ? AND state IN ({_q(LIVE_OWNER_STATES)})",
+                f"SELECT id, state, args_digest, retry_offered FROM calls WHERE instance_id = ?"
+                f" AND state IN ({_q(LIVE_OWNER_STATES)})",
                 (iid, *LIVE_OWNER_STATES),
             ).fetchall()
-            for cid, state, args_digest in rows:
+            for cid, state, args_digest, retry_offered in rows:
+                if retry_offered and state in RELEASED_STATES:
+                    c.execute(
+                        "UPDATE calls SET instance_id = NULL, released_from = instance_id"
+                        " WHERE id = ? AND state = ? AND instance_id = ?",
+                        (cid, state, iid),
+                    )
+                    self._audit(
+                        c, event="released", call_id=cid, actor="gatekeeper", channel="recovery",
+                        args_digest=args_digest, detail={"state": state, "why": why},
+                    )  # fmt: skip
+                    continue
                 # forwarding or allowed: it may have reached the upstream, so its outcome is unknown (never re-sent)
                 new = State.OUTCOME_UNKNOWN if state in (State.FORWARDING, State.ALLOWED) else State.ORPHANED
                 c.execute(
@@ -726,6 +760,39 @@ class Store:
                 n += 1
         return n
 
+    async def abandon_unclaimed(self, now: float, grace: float) -> list[str]:
+        """Released approved calls that no retry came back for within deadline + ``grace``: ``orphaned``."""
+
+        def _body(c: sqlite3.Connection) -> Any:
+            rows = c.execute(
+                "SELECT id, args_digest FROM calls WHERE state = 'approved' AND instance_id IS NULL"
+                " AND deadline_at IS NOT NULL AND deadline_at + ? <= ? LIMIT 1000",
+                (grace, now),
+            ).fetchall()
+            done = []
+            why = "approved, but its client never retried the call to collect it"
+            for cid, args_digest in rows:
+                cur = c.execute(
+                    "UPDATE calls SET state = 'orphaned', error = ?, finished_at = ? WHERE id = ? AND state = 'approved'"
+                    " AND instance_id IS NULL",
+                    (why, now, cid),
+                )
+                if cur.rowcount == 1:
+                    self._audit(
+                        c, event="orphaned", call_id=cid, actor="gatekeeper", channel="timeout",
+                        args_digest=args_digest, detail={"from": "approved", "why": why},
+                    )  # fmt: skip
+                    done.append(cid)
+            return done
+
+        if not await self._read(
+            "SELECT 1 FROM calls WHERE state = 'approved' AND instance_id IS NULL AND deadline_at + ? <= ? LIMIT 1",
+            (grace, now),
+        ):
+            return []  # the usual case: nothing to write
+        abandoned: list[str] = await self._tx(_body)
+        return abandoned
+
     # ------------------------------------------------------------------ calls
 
     async def insert_call(
@@ -739,14 +806,14 @@ class Store:
 
         def _body(c: sqlite3.Connection) -> Any:
             c.execute(
-                f"INSERT INTO calls ({_COLUMNS}, session) VALUES ({', '.join('?' * 30)})",
+                f"INSERT INTO calls ({_COLUMNS}, session, principal) VALUES ({', '.join('?' * 31)})",
                 (
                     cid, state.value, new.upstream, new.tool, canonical_json(new.arguments), args_digest, new.gate,
                     new.risk, new.rule, new.tooldef_hash, new.summary, canonical_json(new.effects),
                     canonical_json(list(new.reasons)), new.agent_reason, new.agent_confidence,
                     canonical_json(new.client), None if new.input_schema is None else canonical_json(new.input_schema),
                     self.instance_id, now, deadline_at, None, None, None, reason, None, None, None, finished,
-                    new.wait_strategy, new.client.get("session"),
+                    new.wait_strategy, new.client.get("session"), new.client.get("principal"),
                 ),
             )  # fmt: skip
             self._audit(
@@ -922,7 +989,7 @@ class Store:
         """CAS ``from_states → to_state`` setting ``fields``; ``None`` if the call was not in ``from_states``."""
         allowed = {
             "result", "error", "finished_at", "reason", "decided_at", "decided_by", "wait_strategy",
-            "capture", "deadline_at", "decision_channel",
+            "capture", "deadline_at", "decision_channel", "instance_id",
         }  # fmt: skip
         if bad := set(fields) - allowed:
             raise ValueError(f"cannot set {bad}")
@@ -991,23 +1058,47 @@ class Store:
         return done
 
     async def find_retry(
-        self, upstream: str, tool: str, args_digest: str, *, now: float, grace: float, session: str | None
+        self, upstream: str, tool: str, args_digest: str, *, now: float, grace: float, principal: str | None
     ) -> CallRecord | None:
-        """The held call an identical retry attaches to.
+        """The held call an identical retry attaches to, whichever process holds it (or none: released).
 
-        Same upstream, tool and arguments digest, the same client session where the era has one, a call whose
-        client was told to retry (``retry_offered``), and still within its deadline plus ``grace``.
+        Same principal (the client identity, see :mod:`mcp_gatekeeper.principals`), upstream, tool and
+        arguments digest; a call whose client was told to retry (``retry_offered``); still within its deadline
+        plus ``grace``. Without a principal nothing attaches: a call is never attached to on behalf of another.
         """
-        sql = (
-            f"SELECT {_COLUMNS} FROM calls WHERE upstream = ? AND tool = ? AND args_digest = ? AND retry_offered = 1"
-            " AND deadline_at + ? > ? AND state NOT IN ('cancelled', 'orphaned')"
+        if not principal:
+            return None
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM calls WHERE principal = ? AND upstream = ? AND tool = ? AND args_digest = ?"
+            " AND retry_offered = 1 AND deadline_at + ? > ? AND state NOT IN ('cancelled', 'orphaned')"
+            " ORDER BY created_at DESC LIMIT 1",
+            (principal, upstream, tool, args_digest, grace, now),
         )
-        params: list[Any] = [upstream, tool, args_digest, grace, now]
-        if session is not None:
-            sql += " AND session = ?"
-            params.append(session)
-        rows = await self._read(sql + " ORDER BY created_at DESC LIMIT 1", params)
         return _record(rows[0]) if rows else None
+
+    async def find_for(self, prefix: str, *, principal: str | None, upstreams: Sequence[str]) -> CallRecord:
+        """Like :meth:`find`, but only among the calls of ``principal`` to ``upstreams``.
+
+        Another principal's call is "not found", exactly as a call that does not exist (an ambiguous prefix is
+        judged among this principal's calls only, so it does not reveal that other calls exist either).
+        """
+        prefix = prefix.strip().lower()
+        if not prefix or any(ch not in "0123456789abcdef" for ch in prefix) or not principal or not upstreams:
+            raise CallNotFoundError(f"no call with id {prefix!r}")
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM calls WHERE id >= ? AND id < ? AND principal = ? AND upstream IN ({_q(upstreams)})"
+            " ORDER BY id LIMIT 2",
+            (prefix, prefix + "g", principal, *upstreams),
+        )
+        if not rows:
+            raise CallNotFoundError(f"no call with id {prefix!r}")
+        if len(rows) > 1:
+            raise CallNotFoundError(f"id prefix {prefix!r} is ambiguous; type more characters")
+        return _record(rows[0])
+
+    async def principal_of(self, call_id: str) -> str | None:
+        rows = await self._read("SELECT principal FROM calls WHERE id = ?", (call_id,))
+        return rows[0][0] if rows else None
 
     async def mark_retry_offered(self, call_id: str, *, strategy: str) -> None:
         """The client was answered "still waiting, retry": a later identical call attaches to this one."""
@@ -1068,6 +1159,11 @@ class Store:
         )
         return [r[0] for r in rows]
 
+    async def holder_instance(self, call_id: str) -> str | None:
+        """The process that holds a call, or (a released call) the one that held it last."""
+        rows = await self._read("SELECT COALESCE(instance_id, released_from) FROM calls WHERE id = ?", (call_id,))
+        return rows[0][0] if rows else None
+
     async def instance_config_path(self, instance_id: str | None) -> str | None:
         """The config file the process that holds a call was started with (the CLI decides under the same policy)."""
         if instance_id is None:
@@ -1096,9 +1192,13 @@ class Store:
     # ------------------------------------------------------------------ escalation, sweeping, review, compensation
 
     async def due_pending(self, instance_id: str | None, now: float) -> list[tuple[CallRecord, int]]:
-        """This process's pending calls (with their escalation level), oldest first."""
+        """This process's pending calls and the released ones (no owner), with their escalation level, oldest first.
+
+        Every live process sweeps the released calls too: expiry and escalation are compare-and-sets, so two
+        sweepers never both act.
+        """
         rows = await self._read(
-            f"SELECT {_COLUMNS}, escalation FROM calls WHERE state = 'pending' AND instance_id IS ?"
+            f"SELECT {_COLUMNS}, escalation FROM calls WHERE state = 'pending' AND (instance_id IS ? OR instance_id IS NULL)"
             " ORDER BY created_at LIMIT 1000",
             (instance_id,),
         )

@@ -224,9 +224,12 @@ async def _reject(request: Request) -> Response:
 
 async def live_snapshot(st: WebState) -> dict[str, Any]:
     """What the live view shows: the pending queue (with escalation levels) and the other things to act on."""
-    keys = ("id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary", "escalation", "quarantined")
+    keys = (
+        "id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary", "escalation", "principal",
+        "quarantined",
+    )  # fmt: skip
     rows = await st.store.query(
-        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation,"
+        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation, principal,"
         " reasons LIKE '[\"QUARANTINED:%' FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
     )
     return {

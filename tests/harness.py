@@ -127,6 +127,26 @@ async def gatekeeper(params: StdioServerParameters, **client_kw: Any) -> AsyncIt
         watcher.close()
 
 
+def agent_token(home: Path) -> str:
+    """The bearer token ``run --http`` generated for agent ``local`` in this home (it exists once the server
+    printed its ``serving MCP at`` line)."""
+    return (home / "agent-token").read_text().strip()
+
+
+@asynccontextmanager
+async def http_client(url: str, token: str | None, **client_kw: Any) -> AsyncIterator[Client]:
+    """An SDK client of ``run --http`` sending ``Authorization: Bearer <token>`` (none if ``token`` is None)."""
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http), **client_kw) as client,
+    ):
+        yield client
+
+
 def call_log(path: Path) -> list[dict[str, Any]]:
     import json
 

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     # 2: the store and other services over values and config
     "store": 2,
     "notify": 2,
+    "principals": 2,  # who a client is (principals on stdio and HTTP) and the agents' bearer-token check
     "sealing": 2,  # HMAC-sealed requestState and its per-home key file
     "upstream_stdio": 2,  # an upstream server process on stdio: the SDK's streams plus a raw lane
     # 3: holding and deciding; upstream connections

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import mcp.types as types
 import pytest
-from harness import StderrWatcher, gk_env, npm_bin, wrap_params
+from harness import StderrWatcher, agent_token, gk_env, http_client, npm_bin, wrap_params
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -225,7 +225,7 @@ async def test_gatekeeper_served_over_http_both_eras(home: Path, tmp_path: Path,
             async with await anyio.open_process(argv, env=gk_env(home), stderr=watcher.file) as proc:
                 m = await watcher.wait_for(re.compile(r"serving MCP at (http://\S+)"))
                 url = m.group(1)
-                async with Client(url, mode=mode) as c:
+                async with http_client(url, agent_token(home), mode=mode) as c:
                     expected = "2025-11-25" if mode == "legacy" else "2026-07-28"
                     assert c.protocol_version == expected
                     tools = await all_tools(c)
@@ -242,6 +242,7 @@ async def test_gatekeeper_served_over_http_both_eras(home: Path, tmp_path: Path,
                         url,
                         headers={
                             "Host": "evil.test",
+                            "Authorization": f"Bearer {agent_token(home)}",
                             "Content-Type": "application/json",
                             "Accept": "application/json, text/event-stream",
                         },

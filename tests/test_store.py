@@ -617,3 +617,142 @@ async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
     assert {i: results[i] for i in range(10)} == {i: i for i in range(10)}
     assert isinstance(results[99], StoreError) and "UNIQUE" in str(results[99])
     assert nonces == {f"good{i}" for i in range(10)}  # the failing body left nothing behind, the others all landed
+
+
+# ---------------------------------------------------------------------------------------------- calls belong to a client
+
+ANN = {"name": "py-agent", "principal": "stdio:ann/py-agent"}
+MALLORY = {"name": "py-agent", "principal": "agent:mallory"}
+
+
+async def test_a_call_whose_client_was_told_to_retry_outlives_its_process(tmp_path: Path) -> None:
+    """Released (no owner, same state) if the client was told to retry; orphaned if not; unknown if forwarding."""
+    clock = FakeClock()
+    path = tmp_path / "gk.db"
+    async with Store.open(path, clock) as a:
+        a_id = await a.register_instance("wrap shop")
+        told = await hold(a, clock, client=ANN)
+        await a.mark_retry_offered(told.id, strategy="pending")
+        approved = await hold(a, clock, client=ANN, arguments={"order_id": "B", "amount": 1})
+        await a.mark_retry_offered(approved.id, strategy="pending")
+        await decide(a, approved.id)
+        untold = await hold(a, clock, client=ANN, arguments={"order_id": "C", "amount": 2})
+        running = await hold(a, clock, client=ANN, arguments={"order_id": "D", "amount": 3})
+        await a.mark_retry_offered(running.id, strategy="pending")
+        await decide(a, running.id)
+        assert await a.transition(running.id, [State.APPROVED], State.FORWARDING) is not None
+    async with Store.open(path, clock) as b:  # A stopped: its calls were settled as it went
+        b_id = await b.register_instance("wrap shop")
+        assert await b.states_of([told.id, approved.id, untold.id, running.id]) == {
+            told.id: State.PENDING,
+            approved.id: State.APPROVED,
+            untold.id: State.ORPHANED,
+            running.id: State.OUTCOME_UNKNOWN,
+        }
+        assert (await b.get(told.id)).instance_id is None
+        assert await b.holder_instance(told.id) == a_id  # its holder's config still applies to deciding it
+        assert [e.event for e in await b.audit_events(call_id=told.id)][-1] == "released"
+        # any live process sweeps a released call (expiry, escalation): it is among b's due calls
+        assert told.id in {r.id for r, _ in await b.due_pending(b_id, clock.now())}
+        # still decidable until its deadline, by anyone
+        assert (await decide(b, told.id)).state == State.APPROVED
+        # the forwarding process becomes the owner: if it dies now, recovery finds it
+        claimed = await b.transition(told.id, [State.APPROVED], State.FORWARDING, instance_id=b_id)
+        assert claimed is not None and claimed.instance_id == b_id
+        # nobody comes back for the other approved call: after deadline + grace it is orphaned, never run
+        assert await b.abandon_unclaimed(clock.now(), 600.0) == []
+        clock.advance(60 + 600)
+        assert await b.abandon_unclaimed(clock.now(), 600.0) == [approved.id]
+        assert (await b.get(approved.id)).state == State.ORPHANED
+        ok, _, message = await b.verify_audit()
+        assert ok, message
+
+
+async def test_a_killed_holder_releases_told_calls_and_orphans_the_rest(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "gk.db"
+    async with Store.open(path, clock) as a, Store.open(path, clock) as b:
+        a_id = await a.register_instance("wrap shop")
+        told = await hold(a, clock, client=ANN)
+        await a.mark_retry_offered(told.id, strategy="pending")
+        untold = await hold(a, clock, client=ANN, arguments={"order_id": "C", "amount": 2})
+        await b.register_instance("wrap shop")
+        with raw(path) as db:
+            db.execute("UPDATE instances SET pid = ? WHERE id = ?", (dead_pid(), a_id))
+        assert await b.recover_orphans() == 1  # only the untold one counts as lost
+        assert await b.states_of([told.id, untold.id]) == {told.id: State.PENDING, untold.id: State.ORPHANED}
+        assert await b.recover_orphans() == 0  # idempotent: a released call has no owner to recover from
+
+
+async def test_a_retry_attaches_only_within_its_principal(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Store.open(tmp_path / "gk.db", clock) as store:
+        rec = await hold(store, clock, client=ANN)
+        lookup = {"now": clock.now(), "grace": 600.0}
+        args = ("shop", "issue_refund", rec.args_digest)
+        assert await store.find_retry(*args, principal=ANN["principal"], **lookup) is None  # not told to retry yet
+        await store.mark_retry_offered(rec.id, strategy="pending")
+        found = await store.find_retry(*args, principal=ANN["principal"], **lookup)
+        assert found is not None and found.id == rec.id
+        # another principal, no principal, another upstream, other arguments: never this call
+        for principal in (MALLORY["principal"], None, "", "stdio:ann/other-agent"):
+            assert await store.find_retry(*args, principal=principal, **lookup) is None
+        assert (
+            await store.find_retry("bank", "issue_refund", rec.args_digest, principal=ANN["principal"], **lookup)
+            is None
+        )
+        assert await store.find_retry("shop", "issue_refund", "0" * 64, principal=ANN["principal"], **lookup) is None
+
+
+async def test_status_lookup_hides_other_principals_calls_even_through_ambiguity(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Store.open(tmp_path / "gk.db", clock) as store:
+        mine = await hold(store, clock, client=ANN)
+        theirs = [await hold(store, clock, client=MALLORY, arguments={"n": 0})]
+        while theirs[-1].id[0] != mine.id[0]:  # someone else's call shares mine's first character
+            theirs.append(await hold(store, clock, client=MALLORY, arguments={"n": len(theirs)}))
+        legacy = await hold(store, clock, arguments={"n": "no principal"})
+        own = {"principal": ANN["principal"], "upstreams": ["shop"]}
+        with pytest.raises(CallNotFoundError, match="ambiguous"):
+            await store.find(mine.id[:1])  # unfiltered, the prefix is ambiguous...
+        assert (await store.find_for(mine.id[:1], **own)).id == mine.id  # ...among my calls it is not: nothing leaks
+        assert (await store.find_for(mine.id[:6].upper(), **own)).id == mine.id
+        answers = set()
+        for other in [*theirs, legacy]:
+            with pytest.raises(CallNotFoundError) as info:
+                await store.find_for(other.id, **own)
+            answers.add(str(info.value).replace(other.id, "ID"))
+        with pytest.raises(CallNotFoundError) as info:
+            await store.find_for("ab" * 13, **own)
+        answers.add(str(info.value).replace("ab" * 13, "ID"))
+        assert len(answers) == 1  # another client's call reads exactly like one that does not exist
+        with pytest.raises(CallNotFoundError):
+            await store.find_for(mine.id, principal=ANN["principal"], upstreams=["bank"])  # an upstream not served
+        with pytest.raises(CallNotFoundError):
+            await store.find_for(mine.id, principal=None, upstreams=["shop"])
+
+
+async def test_a_database_from_before_principals_is_migrated_and_its_calls_belong_to_nobody(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "gk.db"
+    async with Store.open(path, clock) as store:
+        old = await hold(store, clock, client=ANN)
+        await store.mark_retry_offered(old.id, strategy="pending")
+    with raw(path) as db:  # as the previous version left it: no principal column, no 0006 migration
+        db.execute("DROP INDEX calls_retry")
+        db.execute("ALTER TABLE calls DROP COLUMN principal")
+        db.execute("ALTER TABLE calls DROP COLUMN released_from")
+        db.execute("DELETE FROM schema_migrations WHERE name = '0006_principal'")
+        db.execute(
+            "CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at) WHERE retry_offered = 1"
+        )
+    async with Store.open(path, clock) as store:
+        assert (await store.get(old.id)).state == State.PENDING
+        found = await store.find_retry(
+            "shop", "issue_refund", old.args_digest, now=clock.now(), grace=600.0, principal=ANN["principal"]
+        )
+        assert found is None  # recorded without a principal: nobody's to attach to
+        new = await hold(store, clock, client=ANN)
+        assert await store.principal_of(new.id) == ANN["principal"]
+    with raw(path) as db:
+        assert "0006_principal" in {r[0] for r in db.execute("SELECT name FROM schema_migrations")}

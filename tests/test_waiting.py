@@ -16,8 +16,19 @@ from typing import Any
 import anyio
 import mcp.types as types
 import pytest
-from harness import FEATURE_SERVER, ROOT, StderrWatcher, call_log, cli, gatekeeper, gk_env, peers_dir, wrap_params
-from mcp import Client
+from harness import (
+    FEATURE_SERVER,
+    ROOT,
+    StderrWatcher,
+    agent_token,
+    call_log,
+    cli,
+    gatekeeper,
+    gk_env,
+    http_client,
+    peers_dir,
+    wrap_params,
+)
 from test_proxy import make_stack
 
 from mcp_gatekeeper.models import Decision, State
@@ -347,7 +358,7 @@ async def test_modern_http_disconnect_ends_the_wait_not_the_call(home: Path, tmp
         with anyio.fail_after(60):
             async with await anyio.open_process(argv, env=gk_env(home), stderr=watcher.file) as proc:
                 url = (await watcher.wait_for(re.compile(r"serving MCP at (http://\S+)"))).group(1)
-                async with Client(url) as c:
+                async with http_client(url, agent_token(home)) as c:
                     assert c.protocol_version == "2026-07-28"
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(c.call_tool, "write_note", args)

@@ -507,6 +507,7 @@
             c.quarantined ? h("span", { class: "chip risk-critical", title: "Held because the tool's definition changed since it was pinned", text: "quarantined" }) : null,
             h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
           h("div", { class: "qsummary" }, summaryView(c, `${c.tool} on ${c.upstream}`)),
+          c.principal ? h("div", { class: "who muted mono", title: "The client identity (principal) this call belongs to" }, safeText(c.principal)) : null,
           h("div", { class: "qtimes" },
             h("span", { class: "waited", "data-since": c.created_at }),
             h("span", { class: "left", "data-deadline": c.deadline_at || "" })),
@@ -757,7 +758,8 @@
     const reasons = (call.reasons || []).map((r, i) => (i === 0 && q ? q.message : r));
     const facts = h("div", { class: "facts" },
       fact("Why the agent wants it", agentReason, conf,
-        h("p", { class: "sub" }, "via ", h("b", null, safeText(clientName || "unknown client")), " → upstream ", h("code", null, safeText(call.upstream)))),
+        h("p", { class: "sub" }, "via ", h("b", null, safeText(clientName || "unknown client")), " → upstream ", h("code", null, safeText(call.upstream))),
+        h("p", { class: "sub principal" }, "as ", h("code", { title: "The client identity (principal) this call belongs to: an authenticated HTTP agent, or the OS user and client name on stdio" }, safeText(client.principal || "no principal recorded")))),
       reasons.length ? fact(audited ? "Why it needs review" : "Why it was held", h("ul", { class: "hint-list" }, reasons.map((r) => h("li", null, safeText(r))))) : null);
 
     const editorSlot = h("div");

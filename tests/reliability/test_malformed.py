@@ -145,6 +145,7 @@ async def test_d5_malformed_requests_over_http_get_4xx_and_nothing_is_forwarded(
             httpx2.AsyncClient(timeout=30) as http,
         ):
             url = srv.match.group(1)
+            accept["authorization"] = f"Bearer {(home / 'agent-token').read_text().strip()}"  # run --http's agent
             init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
             r = await http.post(
                 url, headers=accept, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}
