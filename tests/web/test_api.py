@@ -13,7 +13,7 @@ from mcp_gatekeeper.errors import StoreError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import Approved, Decision, Refused, State, digest
 from mcp_gatekeeper.policy import Policy
-from mcp_gatekeeper.web import build_app
+from mcp_gatekeeper.web import build_app, live_snapshot
 
 from .conftest import RULE_NAMES, Harness, new_call, refund_args
 
@@ -307,3 +307,13 @@ async def test_openapi_is_served(harness: Harness) -> None:
     for path in ("/api/calls", "/api/calls/{id}", "/api/calls/{id}/approve", "/api/calls/{id}/reject", "/api/events",
                  "/api/stats", "/api/audit"):  # fmt: skip
         assert path in spec["paths"]
+
+
+async def test_the_principal_is_shown_on_the_card_and_in_the_queue(harness: Harness) -> None:
+    client = {"name": "py-agent", "version": "1", "principal": "agent:ci-bot"}
+    rec, _ = await harness.hold(new_call(harness.policy, client=client))
+    legacy, _ = await harness.hold(new_call(harness.policy, arguments=refund_args(order_id="1")))
+    r = await harness.client.get(f"/api/calls/{rec.id}", headers=harness.bearer)
+    assert r.status_code == 200 and r.json()["client"]["principal"] == "agent:ci-bot"
+    snap = await live_snapshot(harness.app.state.gk)
+    assert {c["id"]: c["principal"] for c in snap["pending"]} == {rec.id: "agent:ci-bot", legacy.id: None}
