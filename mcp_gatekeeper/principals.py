@@ -135,12 +135,17 @@ class BearerCheck:
     """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>`` of a known agent, else 401.
 
     On success the agent's name is put in the scope under :data:`AGENT_SCOPE_KEY` (a value a client cannot
-    set: it is not a header). Lifespan events pass through.
+    set: it is not a header). A handshake-era session belongs to the agent that opened it: another agent's
+    request naming it gets the answer for an unknown session (404). Lifespan events pass through.
     """
+
+    MAX_SESSIONS = 10_000
 
     def __init__(self, app: ASGIApp, tokens: AgentTokens) -> None:
         self.app = app
         self.tokens = tokens
+        self._session_agent: dict[str, str] = {}
+        """Handshake-era session id → the agent that opened it: another agent cannot use the session."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.pop(AGENT_SCOPE_KEY, None)
@@ -151,31 +156,59 @@ class BearerCheck:
             await send({"type": "websocket.close", "code": 1008})
             return
         agent = None
+        session = None
         for key, value in scope.get("headers") or ():
-            if key.lower() == b"authorization":
+            name = key.lower()
+            if name == b"authorization" and agent is None:
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and token.strip():
-                    agent = self.tokens.match(token.strip())
-                break
-        if agent is None:
+                    agent = self.tokens.match(token.strip()) or ""
+            elif name == b"mcp-session-id":
+                session = value.decode("latin-1")
+        if not agent:
             await _unauthorized(send)
             return
+        if session is not None and self._session_agent.get(session, agent) != agent:
+            await _respond(send, 404, {"error": "not_found", "message": "no such session"})  # as an unknown one
+            return
         scope[AGENT_SCOPE_KEY] = agent
-        await self.app(scope, receive, send)
+
+        async def send_noting_sessions(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for key, value in message.get("headers") or ():
+                    if key.lower() == b"mcp-session-id":
+                        self._remember(value.decode("latin-1"), agent)
+            await send(message)
+
+        await self.app(scope, receive, send_noting_sessions)
+
+    def _remember(self, session: str, agent: str) -> None:
+        if session not in self._session_agent and len(self._session_agent) >= self.MAX_SESSIONS:
+            del self._session_agent[next(iter(self._session_agent))]  # the oldest
+        self._session_agent.setdefault(session, agent)
 
 
 async def _unauthorized(send: Send) -> None:
-    body = json.dumps(
-        {"error": "unauthorized", "message": "send Authorization: Bearer <agent token> (see the README)"}
-    ).encode()
+    await _respond(
+        send,
+        401,
+        {"error": "unauthorized", "message": "send Authorization: Bearer <agent token> (see the README)"},
+        [(b"www-authenticate", b'Bearer realm="mcp-gatekeeper"')],
+    )
+
+
+async def _respond(
+    send: Send, status: int, payload: dict[str, str], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 401,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="mcp-gatekeeper"'),
+                *(headers or []),
             ],
         }
     )

@@ -260,12 +260,19 @@ async def test_http_needs_an_agent_token(home: Path, tmp_path: Path) -> None:
                     # the scope key the check sets cannot be sent as a header
                     spoof = {**accept, "mcp_gatekeeper.agent": "alice", "x-mcp-gatekeeper-agent": "alice"}
                     statuses["spoofed"] = (await http.post(url, headers=spoof, json=init)).status_code
+                    # a handshake-era session belongs to the agent that opened it
+                    opened = await http.post(url, headers={**accept, "authorization": f"Bearer {alice}"}, json=init)
+                    sid = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+                    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+                    for label, token in (("mallory in alice's session", mallory), ("alice in hers", alice)):
+                        headers = {**accept, **sid, "authorization": f"Bearer {token}"}
+                        statuses[label] = (await http.post(url, headers=headers, json=initialized)).status_code
                 proc.kill()  # two raw sessions stay open: a graceful stop would wait for them to idle out
     finally:
         watcher.close()
     assert statuses == {
         "none": 401, "wrong": 401, "other scheme": 401, "prefix of a token": 401, "empty": 401,
-        "alice": 200, "mallory": 200, "spoofed": 401,
+        "alice": 200, "mallory": 200, "spoofed": 401, "mallory in alice's session": 404, "alice in hers": 202,
     }  # fmt: skip
     assert call_log(log) == []
 

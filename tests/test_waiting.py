@@ -300,6 +300,12 @@ async def test_modern_input_required_round_trip_and_state_abuse(tmp_path: Path) 
                 r = await session.call_tool("write_note", b, input_responses=answer, request_state=state)
                 assert isinstance(r, types.CallToolResult) and r.is_error and "different call" in text(r)
                 assert stack.received == []  # nothing ran on a bad state
+                # another client (principal) replaying the state is refused, and does not spend it
+                other_info = types.Implementation(name="other-agent", version="1")
+                async with stack.client(mode="auto", client_info=other_info) as other:
+                    r = await other.session.call_tool("write_note", a, input_responses=answer, request_state=state)
+                    assert isinstance(r, types.CallToolResult) and r.is_error and "another client" in text(r)
+                assert stack.received == []
                 r = await session.call_tool("write_note", a, input_responses=answer, request_state=state)
                 assert isinstance(r, types.CallToolResult) and not r.is_error, text(r)
                 replay = await session.call_tool("write_note", a, input_responses=answer, request_state=state)
