@@ -18,6 +18,7 @@ Tokens are compared as SHA-256 digests in constant time, against every configure
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import hmac
@@ -31,6 +32,7 @@ from typing import Any
 
 from mcp_gatekeeper.config import AgentConfig
 from mcp_gatekeeper.errors import ConfigError
+from mcp_gatekeeper.hostos import secret_protection
 
 AGENT_SCOPE_KEY = "mcp_gatekeeper.agent"
 """The ASGI scope key the bearer check sets to the authenticated agent's name."""
@@ -48,7 +50,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def os_user() -> str:
     try:
         return getpass.getuser()
-    except (KeyError, OSError):
+    except (KeyError, OSError, ImportError):  # no login name in the environment and no pwd module
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
@@ -113,7 +115,8 @@ def _read_private(path: Path) -> str:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as e:
         raise ConfigError([f"cannot read {path}: {e.strerror or e}"]) from None
-    if st.st_mode & 0o077:
+    # Windows ignores modes: there the file is private through the user profile's ACL (see hostos)
+    if secret_protection() == "mode 0600" and st.st_mode & 0o077:
         raise ConfigError([f"{path} is readable by other users (mode {st.st_mode & 0o777:o}); chmod 600 it"])
     if len(text) < 16:
         raise ConfigError([f"{path}: the token is shorter than 16 characters"])
@@ -121,14 +124,23 @@ def _read_private(path: Path) -> str:
 
 
 def _read_or_create(path: Path) -> str:
+    """Read the generated token, or create it: written to a private temp file, then hard-linked into place, so
+    two processes starting together agree on one token and neither reads a half-written file."""
     if path.exists():
         return _read_private(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    return token
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won the race: use its token
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_private(path)
 
 
 class BearerCheck:
