@@ -106,7 +106,8 @@ async def test_status_never_answers_for_another_clients_call(home: Path, tmp_pat
     for refused, asked in ((theirs, held), (one_char, held[:1]), (elsewhere, held)):
         assert refused.is_error and refused.structured_content is None
         # word for word the answer for a call that does not exist: the id's existence is not confirmed
-        assert text(refused).replace(asked, "ID") == text(nothing).replace("ab" * 13, "ID")
+        assert text(refused).replace(repr(asked), "ID") == text(nothing).replace(repr("ab" * 13), "ID")
+        assert "ID" in text(nothing).replace(repr("ab" * 13), "ID")
         assert "secret result" not in text(refused) and "wrote" not in text(refused)
     assert writes(log) == [args]
 
