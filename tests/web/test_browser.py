@@ -221,6 +221,19 @@ async def test_live_queue_modify_approve_and_reject(live: Live) -> None:
     assert live.dialogs == []
 
 
+async def test_the_reviewer_sees_whose_call_it_is(live: Live) -> None:
+    h = live.h
+    page = await live.logged_in_page()
+    await page.wait_for_selector(".qlist .empty")
+    client = {"name": "py-agent", "version": "1", "principal": "agent:ci-bot<b>"}
+    rec, _ = await h.hold(new_call(h.policy, client=client))
+    await _wait_for_row(page, rec.id)
+    assert await page.text_content(f'.qitem[data-id="{rec.id}"] .who') == "agent:ci-bot<b>"  # as text, never markup
+    await page.wait_for_selector(".card .principal code")
+    assert await page.text_content(".card .principal code") == "agent:ci-bot<b>"
+    assert await page.query_selector(".card .principal b") is None
+
+
 async def test_keyboard_shortcuts_approve(live: Live) -> None:
     h = live.h
     page = await live.logged_in_page()
