@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from mcp_gatekeeper.notify import Notifications
 from mcp_gatekeeper.ownfiles import OwnFiles
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.principals import DEFAULT_AGENT, AgentTokens, BearerCheck
+from mcp_gatekeeper.principals import TOKEN_FILE as AGENT_TOKEN_FILE
 from mcp_gatekeeper.proxy import Proxy
 from mcp_gatekeeper.sealing import KEY_FILE, load_or_create_key
 from mcp_gatekeeper.store import Store, default_home
@@ -54,12 +55,16 @@ def db_path(home: Path) -> Path:
     return home / "gatekeeper.db"
 
 
-def own_files(home: Path, config_path: str | os.PathLike[str] | None) -> OwnFiles:
+def own_files(
+    home: Path, config_path: str | os.PathLike[str] | None, agent_token_files: Sequence[str] = ()
+) -> OwnFiles:
     """What the built-in ``protect-own-files`` rule guards: the data home, the database and its ``-wal``/``-shm``,
-    the token and key files and the config file, each as spelled and as its symlinks resolve."""
+    the token and key files (the HTTP agents' token files too, wherever they are) and the config file, each as
+    spelled and as its symlinks resolve."""
     db = db_path(home)
     files: list[Path] = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
-    files += [home / TOKEN_FILE, home / KEY_FILE]
+    files += [home / TOKEN_FILE, home / KEY_FILE, home / AGENT_TOKEN_FILE]
+    files += [Path(f).expanduser() for f in agent_token_files]  # an agent reading one could act as that agent
     if config_path is not None:
         files.append(Path(config_path))
 
@@ -77,7 +82,8 @@ def build_policy(config: GatekeeperConfig, home: Path, config_path: str | os.Pat
             " tokens and config (%s); an agent that reads the ui-token can approve its own calls",
             home,
         )
-    return Policy(config, own_files=own_files(home, config_path))
+    agent_files = [a.token_file for a in config.agents if a.token_file is not None]
+    return Policy(config, own_files=own_files(home, config_path, agent_files))
 
 
 @contextlib.asynccontextmanager

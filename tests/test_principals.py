@@ -375,3 +375,22 @@ def test_a_token_file_readable_by_others_is_refused(home: Path, tmp_path: Path) 
     assert "agents[0].token_file" in str(info.value)
     tokens = AgentTokens.load([AgentConfig(name="ci-bot", token_sha256=hashlib.sha256(b"t" * 40).hexdigest())], home)
     assert tokens.match("t" * 40) == "ci-bot" and tokens.match("t" * 39) is None
+
+
+def test_an_agents_token_file_is_one_of_the_gatekeepers_own_files(home: Path, tmp_path: Path) -> None:
+    """An agent that could read another agent's token file through a tool could act as that agent."""
+    from mcp_gatekeeper.config import GatekeeperConfig
+    from mcp_gatekeeper.serve import build_policy
+
+    elsewhere = tmp_path / "secrets" / "ci-bot.token"
+    config = GatekeeperConfig.model_validate(
+        {
+            "rules": [{"name": "everything", "tool": "*", "gate": "allow"}],
+            "agents": [{"name": "ci-bot", "token_file": str(elsewhere)}],
+        }
+    )
+    policy = build_policy(config, home, None)
+    for spelled in (elsewhere, tmp_path / "secrets" / ".." / "secrets" / "ci-bot.token", home / "agent-token"):
+        verdict = policy.evaluate("fs", "read_file", {"path": str(spelled)})
+        assert verdict.rule == "protect-own-files", spelled
+    assert policy.evaluate("fs", "read_file", {"path": str(tmp_path / "notes.txt")}).rule == "everything"
