@@ -49,6 +49,15 @@ def npm_bin(name: str) -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def langgraph_python() -> str | None:
+    """The Python of the peers' LangGraph venv (langgraph + langchain-mcp-adapters, which pin mcp<2)."""
+    p = peers_dir()
+    if p is None:
+        return None
+    candidate = p / "langgraph-venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() else None
+
+
 def gk_env(home: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["MCP_GATEKEEPER_HOME"] = str(home)
