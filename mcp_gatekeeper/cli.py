@@ -9,7 +9,6 @@ the terminal.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -242,10 +241,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _decider() -> tuple[str, dict[str, Any]]:
     """Who decides from this CLI, and the facts we know about it (evidence only: any program can give
     itself a terminal, so ``stdin_tty`` proves nothing about a person)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError, ImportError):  # ImportError: Windows without %USERNAME% (getpass falls back to pwd)
-        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    user = hostos.os_user()  # the real account, not $USER (which the caller sets)
     evidence: dict[str, Any] = {"os_user": user, "stdin_tty": sys.stdin.isatty(), "pid": os.getpid()}
     if hasattr(os, "getuid"):
         evidence["uid"] = os.getuid()

@@ -105,6 +105,19 @@ class TerminationPlan:
     """Whether the tree is asked to exit before it is killed."""
 
 
+def os_user() -> str:
+    """The account this process really runs as: from its real uid (POSIX) or its access token (Windows).
+
+    Not ``getpass.getuser()``, which believes ``$LOGNAME``/``$USER``/``%USERNAME%``: any program can set those
+    for a child, and the name is recorded as who made or decided a call.
+    """
+    try:
+        name = psutil.Process().username()
+    except (psutil.Error, KeyError, OSError):  # a uid with no passwd entry (containers) has no name
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return str(name)
+
+
 def termination_plan(platform: str = HOST) -> TerminationPlan:
     if is_windows(platform):
         return TerminationPlan(

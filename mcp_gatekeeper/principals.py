@@ -19,7 +19,6 @@ Tokens are compared as SHA-256 digests in constant time, against every configure
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import hmac
 import json
@@ -45,13 +44,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError, ImportError):  # no login name in the environment and no pwd module
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
 def stdio_principal(user: str, client_name: str | None) -> str:

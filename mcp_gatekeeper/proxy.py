@@ -30,6 +30,7 @@ from mcp_gatekeeper.errors import StoreError, UpstreamError
 from mcp_gatekeeper.execute import Caller, Executor, already_ran, refused_result, unrecorded
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.holding import Holding, Reply, client_identity, has_progress_token, text_result
+from mcp_gatekeeper.hostos import os_user
 from mcp_gatekeeper.models import (
     Approved,
     NewCall,
@@ -45,7 +46,6 @@ from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.principals import (
     AGENT_SCOPE_KEY,
     agent_principal,
-    os_user,
     stdio_principal,
     unauthenticated_principal,
 )

@@ -382,3 +382,16 @@ def test_secret_files_are_0600_on_posix(tmp_path: Path) -> None:
     for name in ("state-key", "ui-token"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_os_user_is_the_real_account_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Who made or decided a call is recorded from the process's real account: a caller that sets
+    $USER/$LOGNAME/%USERNAME% for its child cannot decide under another name."""
+    real = hostos.os_user()
+    for var in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.setenv(var, "someone-else")
+    assert hostos.os_user() == real != "someone-else"
+    if hasattr(os, "getuid"):
+        import pwd  # POSIX-only, and this branch runs only there
+
+        assert real == pwd.getpwuid(os.getuid()).pw_name
