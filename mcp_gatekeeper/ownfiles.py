@@ -7,6 +7,7 @@ The composition root says which files those are (``serve.own_files``); this modu
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,10 @@ class OwnFilesCheck:
 
     def __init__(self, own: OwnFiles, home: str, *, fold: bool = False) -> None:
         self.home, self.fold = home, fold
-        norm = [paths.normalise(d, home=home) for d in own.dirs], [paths.normalise(f, home=home) for f in own.files]
+        norm = (
+            [paths.normalise_config(d, home=home) for d in own.dirs],
+            [paths.normalise_config(f, home=home) for f in own.files],
+        )
         dirs, files = ([p.casefold() for p in ps] if fold else ps for ps in norm)
         self.dirs, self.files = tuple(dict.fromkeys(dirs)), tuple(dict.fromkeys(files))
         self.dir_parts = [d.strip("/").split("/") for d in self.dirs]
@@ -68,11 +72,10 @@ class OwnFilesCheck:
             "(?:" + "|".join(map(re.escape, reversed(absolute))) + r")(?![^/\\\s'\"`;|&<>()])" if absolute else r"(?!)"
         )
 
-    def _may_name(self, s: str, *, ancestors: bool) -> bool:
-        """A cheap first look: normalising never invents a name (except ``~`` and ``%``-escapes), so a string
-        naming a protected path contains that path's last name, and a folder holding one contains one of
-        its names (or is the root)."""
-        f = s.casefold()
+    def _may_name(self, f: str, *, ancestors: bool) -> bool:
+        """A cheap first look at ``f`` (a string in NFC, case-folded): normalising never invents a name (except
+        ``~`` and ``%``-escapes), so a string naming a protected path contains that path's last name, and a
+        folder holding one contains one of its names (or is the root)."""
         if self.last_names.search(f):
             return True
         return ancestors and (self.all_names.search(f) is not None or not _ALNUM.search(f))
@@ -81,12 +84,13 @@ class OwnFilesCheck:
         """The first argument string naming a protected file (``ancestors``: or a folder holding one)."""
         assert self.folded is not None
         for s in _strings(arguments):
-            if not self._may_name(s, ancestors=ancestors):
+            f = (s if s.isascii() else unicodedata.normalize("NFC", s)).casefold()
+            if not self._may_name(f, ancestors=ancestors):
                 continue
             candidates = [s]
             if len(s) <= _TOKEN_SCAN_LIMIT and "\n" not in s:
                 candidates.extend(t for t in _TOKEN_SPLIT.split(s) if t and t != s)
-                if self.inside_text.search(s.casefold()):  # `cat${IFS}/…/ui-token`: no word split finds it
+                if self.inside_text.search(f):  # `cat${IFS}/…/ui-token`: no word split finds it
                     return s
             for c in candidates:
                 for form in paths.interpretations(c, home=self.home) or ():

@@ -10,17 +10,28 @@ Normal form: ``/`` separators, no ``.`` or empty segments, ``..`` folded lexical
 absolute path, kept at the front of a relative one), no trailing ``/``, ``~`` expanded, a drive letter kept
 upper-case in front (``C:/Users/me``). ``..`` is folded before any symlink is resolved, as Node's
 ``path.resolve`` (and so server-filesystem) does.
+
+Two more readings a server acts on without the spelling showing it: a name that is not ASCII also stands for
+its NFC form (server-filesystem opens ``cafe\u0301`` as the ``café`` on disk when no file is spelled exactly
+so; macOS file systems do the same), and Linux's magic links name other paths: ``/proc/self/root/x`` is
+``/x``, and ``/proc/self/cwd/x`` or ``/dev/fd/3/x`` is ``x`` relative to a folder we cannot know. Paths
+written in a config are compared in NFC too (:func:`normalise_config`).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import unquote
 
 _DRIVE = re.compile(r"^([A-Za-z]):(?=/|$)")
 _URI_DRIVE = re.compile(r"^/[A-Za-z]:(?=/|$)")
 _QUOTES = re.compile(r"^[\"']|[\"']$")
-_NEEDS_READINGS = re.compile(r"^[\s\"']|[\s\"']$|\\")
+_NEEDS_READINGS = re.compile(r"^[\s\"']|[\s\"']$|\\|(?:^|/)(?:proc|dev)/|[^\x00-\x7f]")
+_PROC_ROOT = re.compile(r"^/proc/[^/]+(?:/task/[^/]+)?/root(?=/|$)")
+"""A process's root directory (``/proc/self/root``): what follows is an absolute path."""
+_PROC_RELATIVE = re.compile(r"^/(?:proc/[^/]+(?:/task/[^/]+)?/(?:cwd|fd/[^/]+)|dev/fd/[^/]+)/")
+"""A process's working or an open directory (``/proc/self/cwd``, ``/dev/fd/3``): what follows is relative."""
 
 
 _SEG = r"(?!\.\.?(?:/|$))[^/]+"
@@ -54,6 +65,24 @@ def normalise(path: str, *, home: str) -> str:
     return drive + ("/".join(parts) or ".")
 
 
+def normalise_config(path: str, *, home: str) -> str:
+    """A path written in a config (a root, a pattern, a protected file) in normal form and NFC."""
+    return normalise(unicodedata.normalize("NFC", path), home=home)
+
+
+def _aliases(form: str) -> list[str]:
+    """Other normal forms that name what normal-form ``form`` names: its NFC form, what a magic link is."""
+    out = []
+    if not form.isascii() and (nfc := unicodedata.normalize("NFC", form)) != form:
+        out.append(nfc)
+    for f in (form, *out):
+        if m := _PROC_ROOT.match(f):
+            out.append(f[m.end() :] or "/")
+        elif m := _PROC_RELATIVE.match(f):
+            out.append(f[m.end() :])
+    return out
+
+
 def _from_file_uri(value: str) -> str | None:
     """The path of a ``file:`` URI (percent-decoded; a remote host kept as ``//host/...``), else None."""
     if value[:5].lower() != "file:":
@@ -84,7 +113,8 @@ def interpretations(value: object, *, home: str) -> tuple[str, ...] | None:
             spellings.append(uri)
             if "\\" in uri:
                 spellings.append(uri.replace("\\", "/"))
-    return tuple(dict.fromkeys(normalise(s, home=home) for s in spellings))
+    forms = [normalise(s, home=home) for s in spellings]
+    return tuple(dict.fromkeys([*forms, *(a for f in forms for a in _aliases(f))]))
 
 
 def is_under(path: str, root: str) -> bool:

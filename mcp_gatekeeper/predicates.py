@@ -208,7 +208,7 @@ def _shown(value: Any) -> str:
 
 def _config_path(value: str, home: str) -> str:
     """A path written in the config, in normal form (``C:\\x`` written the Windows way is accepted)."""
-    return paths.normalise(value.replace("\\", "/") if re.match(r"^[A-Za-z]:\\", value) else value, home=home)
+    return paths.normalise_config(value.replace("\\", "/") if re.match(r"^[A-Za-z]:\\", value) else value, home=home)
 
 
 def quantifier_for(gate: str) -> str:

@@ -52,6 +52,22 @@ def test_normalise(raw: str, normal: str) -> None:
         ("C:\\Users\\me\\..\\x", ("C:\\Users\\me\\..\\x", "C:/Users/x")),
         ("/w/src\\..\\..\\etc", ("/w/src\\..\\..\\etc", "/etc")),
         (' "/w/.env" ', (' "/w/.env" ', "/w/.env")),  # server-filesystem trims spaces and quotes
+        ("/w/Donne\u0301es/a", ("/w/Donne\u0301es/a", "/w/Donn\u00e9es/a")),  # NFD also names the NFC file
+        ("/w/Donn\u00e9es/a", ("/w/Donn\u00e9es/a",)),
+        ("/proc/self/root/w/x/../a", ("/proc/self/root/w/a", "/w/a")),
+        ("/x/../proc/1234/task/7/root", ("/proc/1234/task/7/root", "/")),
+        ("/proc/thread-self/cwd/.local/a", ("/proc/thread-self/cwd/.local/a", ".local/a")),
+        ("/dev/fd/3/a/./b", ("/dev/fd/3/a/b", "a/b")),
+        ("/proc/self/rootless/a", ("/proc/self/rootless/a",)),
+        (
+            "/proc/self/root/w/Donne\u0301es",
+            (
+                "/proc/self/root/w/Donne\u0301es",
+                "/proc/self/root/w/Donn\u00e9es",
+                "/w/Donne\u0301es",
+                "/w/Donn\u00e9es",
+            ),
+        ),
     ],
 )
 def test_interpretations_cover_every_reading(raw: str, forms: tuple[str, ...]) -> None:

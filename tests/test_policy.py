@@ -867,3 +867,23 @@ def test_explain_shows_the_self_protection_rule(tmp_path: Path, monkeypatch: Any
     assert main(["explain", "read_file", "--upstream", "fs", "--args", json.dumps({"path": str(token)})]) == 0
     out = capsys.readouterr().out
     assert "-> DENY" in out and "rule: protect-own-files" in out
+
+
+def test_non_ascii_paths_compare_in_nfc_whichever_form_the_config_or_the_call_uses() -> None:
+    nfc, nfd = "/w/Donn\u00e9es", "/w/Donne\u0301es"
+    for root, sent in ((nfc, nfd), (nfd, nfc), (nfd, nfd)):
+        policy = Policy(
+            parse_config(
+                f'[[rules]]\nname = "private"\ntool = "*"\nwhen = {{ path = {{ under = "{root}" }} }}\ngate = "deny"\n'
+                f'[[rules]]\nname = "glob"\ntool = "*"\nwhen = {{ path = {{ path_glob = "{root}/**" }} }}\ngate = "deny"\n'
+            )
+        )
+        assert policy.evaluate("fs", "read_file", {"path": f"{sent}/a"}).rule == "private", (root, sent)
+        assert policy.evaluate("fs", "read_file", {"path": f"/proc/self/root{sent}/a"}).action == "deny"
+    for own in (OwnFiles(dirs=(nfc,)), OwnFiles(dirs=(nfd,))):
+        policy = Policy(parse_config(""), own_files=own, home_dir="/home/me")
+        for sent in (nfc, nfd):
+            for tool in ("read_file", "write_file"):
+                verdict = policy.evaluate("fs", tool, {"path": f"{sent}/ui-token"})
+                assert verdict.rule == "protect-own-files", (own, sent, tool)
+            assert policy.evaluate("fs", "write_file", {"path": f"{sent}/new"}).rule == "protect-own-files"
