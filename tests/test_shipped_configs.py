@@ -41,6 +41,8 @@ SECRET_FILES = [
     ".env", ".env.local", "config/.env.production", "deploy/server.pem", "tls/private.key", ".ssh/id_rsa",
     "id_ed25519", ".ssh/config", ".aws/credentials", ".git-credentials", ".netrc", ".npmrc", ".pypirc",
     ".ENV", ".Ssh/ID_RSA",  # the same files on a case-insensitive disk (macOS, Windows)
+    ".config/gh/hosts.yml", ".pgpass", ".vault-token", ".envrc", "certs/client.p12", ".azure/accessTokens.json",
+    ".config/gcloud/application_default_credentials.json",  # tokens an attacker's pass found readable
 ]  # fmt: skip
 SECRET_DIRS = [".ssh", ".aws", ".gnupg"]
 _FILE_ARG = re.compile(r"^(path|paths|file|files|source|destination|target_file|filename)$", re.IGNORECASE)
