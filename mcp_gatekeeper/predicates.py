@@ -10,6 +10,7 @@ infinities. Pure: no I/O.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -46,22 +47,52 @@ def _step(value: Any, steps: Sequence[str]) -> Any:
     return value
 
 
+def _json_text(value: str) -> Any:
+    """The object or array a string holds as JSON text (``"{\\"amount\\": 5}"``), else ``MISSING``."""
+    if value.lstrip()[:1] not in ("{", "["):
+        return MISSING
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        return MISSING
+    return parsed if isinstance(parsed, dict | list) else MISSING
+
+
+def _readings(value: Any, steps: Sequence[str]) -> list[Any]:
+    """What a dotted path reaches: like :func:`lookup`, but a string met on the way that holds a JSON object
+    or array is read both ways: as the string (the path is ``MISSING`` in it) and as what it holds. Typed
+    upstreams parse such a string back (MCPServer does for any argument not typed ``str``, even where the
+    schema's ``anyOf`` lets a string through), so the policy must see what they will act on."""
+    for i, part in enumerate(steps):
+        if isinstance(value, str) and (parsed := _json_text(value)) is not MISSING:
+            return [MISSING, *_readings(parsed, steps[i:])]
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return [MISSING]
+    return [value]
+
+
 def _elements(arguments: Any, steps: Sequence[str]) -> list[Any] | Unreadable:
-    """The values a ``when`` key reaches: one value (maybe ``MISSING``) without ``[*]``, else every element."""
+    """The values a ``when`` key reaches, every reading of it (:func:`_readings`): without ``[*]`` one value
+    (maybe ``MISSING``) per reading, else every element."""
     if EACH not in steps:
-        return [_step(arguments, steps)]
+        return _readings(arguments, steps)
     at = steps.index(EACH)
-    head = _step(arguments, steps[:at])
-    if head is MISSING:
-        return [MISSING]
-    if not isinstance(head, list):
-        return Unreadable(f"{'.'.join(steps[:at])} is {_kind(head)}, not a list")
     out: list[Any] = []
-    for item in head:
-        got = _elements(item, steps[at + 1 :])
-        if isinstance(got, Unreadable):
-            return got
-        out.extend(got)
+    for head in _readings(arguments, steps[:at]):
+        if head is MISSING:
+            out.append(MISSING)
+            continue
+        if not isinstance(head, list):
+            return Unreadable(f"{'.'.join(steps[:at])} is {_kind(head)}, not a list")
+        for item in head:
+            got = _elements(item, steps[at + 1 :])
+            if isinstance(got, Unreadable):
+                return got
+            out.extend(got)
     return out
 
 

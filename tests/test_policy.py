@@ -887,3 +887,27 @@ def test_non_ascii_paths_compare_in_nfc_whichever_form_the_config_or_the_call_us
                 verdict = policy.evaluate("fs", tool, {"path": f"{sent}/ui-token"})
                 assert verdict.rule == "protect-own-files", (own, sent, tool)
             assert policy.evaluate("fs", "write_file", {"path": f"{sent}/new"}).rule == "protect-own-files"
+
+
+def test_a_when_path_reads_a_json_string_both_ways() -> None:
+    policy = Policy(
+        parse_config(
+            '[[rules]]\nname = "big"\ntool = "pay"\nwhen = { "payment.amount" = { gt = 5000 } }\ngate = "deny"\n'
+            '[[rules]]\nname = "ok"\ntool = "pay"\nwhen = { "payment.amount" = { lte = 100 } }\ngate = "allow"\n'
+            '[[rules]]\nname = "files"\ntool = "add"\nwhen = { "req.files[*]" = { path_glob = "**/.env" } }\n'
+            'gate = "deny"\n'
+        )
+    )
+
+    def rule(tool: str, args: dict[str, Any]) -> str | None:
+        return policy.evaluate("up", tool, args).rule
+
+    assert rule("pay", {"payment": json.dumps({"amount": 1_000_000})}) == "big"
+    assert rule("pay", {"payment": {"x": json.dumps({"amount": 1})}}) is None  # no path into it
+    assert rule("pay", {"payment": " [1]"}) is None
+    assert rule("pay", {"payment": {"amount": 50}}) == "ok"
+    # an allow needs every reading: the string itself has no amount, so it is not allowed
+    assert rule("pay", {"payment": json.dumps({"amount": 50})}) is None
+    assert rule("pay", {"payment": "{not json"}) is None
+    assert rule("add", {"req": json.dumps({"files": ["a", ".env"]})}) == "files"
+    assert rule("add", {"req": {"files": json.dumps(["a", ".env"])}}) == "files"  # unreadable as a list: refused

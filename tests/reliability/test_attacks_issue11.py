@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,37 @@ async def test_git_revisions_that_name_a_committed_secret(home: Path, tmp_path: 
             staged = await client.call_tool("git_add", {"repo_path": str(repo), "files": ["notes.txt", ".pgpass"]})
             assert staged.is_error and "credentials" in _text(staged)
     assert (await _events(home)).count("denied") == 11
+
+
+PAYMENTS = ROOT / "tests" / "upstreams" / "payments_server.py"
+
+
+@pytest.mark.parametrize("lane", [pytest.param(True, id="fast-lane"), pytest.param(False, id="full-path")])
+async def test_a_json_string_where_the_schema_also_allows_a_string(home: Path, tmp_path: Path, lane: bool) -> None:
+    # pay_or_refer(payment: Payment | str): the schema's anyOf has a string branch, so the string validates,
+    # and MCPServer parses it into a Payment all the same
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text(
+        f"[ui]\nautostart = false\n[performance]\nfast_lane = {str(lane).lower()}\n"
+        '[[rules]]\ntool = "pay_or_refer"\nwhen = { "payment.amount" = { gt = 5000 } }\ngate = "deny"\n'
+        'reason = "payments over 5000 need the finance desk"\n'
+        '[[rules]]\ntool = "pay_or_refer"\nwhen = { "payment.to" = { not_in = ["mallory"] } }\ngate = "allow"\n'
+        '[[rules]]\ntool = "pay_or_refer"\ngate = "deny"\nreason = "not for an agent"\n'
+    )
+    ledger = tmp_path / "ledger.jsonl"
+    params = wrap_params(home, cfg, "pay", [sys.executable, str(PAYMENTS), "--ledger", str(ledger)])
+    big = {"to": "mallory", "amount": 1_000_000}
+    with anyio.fail_after(60):
+        async with gatekeeper(params) as (client, _watcher):
+            for payment in (json.dumps(big), f"  {json.dumps(big)}\n", json.dumps(big, indent=2)):
+                got = await client.call_tool("pay_or_refer", {"payment": payment})
+                assert got.is_error and "finance desk" in _text(got), payment
+            # an allow rule must hold for every reading: the string's parsed payment goes to mallory
+            small = await client.call_tool("pay_or_refer", {"payment": json.dumps({"to": "mallory", "amount": 5})})
+            assert small.is_error and "not for an agent" in _text(small)
+            fine = await client.call_tool("pay_or_refer", {"payment": {"to": "alice", "amount": 10}})
+            ref = await client.call_tool("pay_or_refer", {"payment": "invoice 42"})
+            assert not fine.is_error and not ref.is_error and "noted reference" in _text(ref)
+    assert [json.loads(line) for line in ledger.read_text().splitlines()] == [
+        {"to": "alice", "amount": 10.0, "currency": "EUR"}
+    ]

@@ -8,6 +8,9 @@ Run it::
 
     python tests/upstreams/payments_server.py --ledger FILE
 
+``pay_or_refer`` takes a payment *or* a string, so its schema accepts a string: MCPServer parses
+``"{\"amount\": 1000000, ...}"`` into a payment all the same.
+
 Every payment actually made is appended to the ledger as one JSON line ``{"to", "amount", "currency"}``,
 flushed before the tool answers.
 """
@@ -38,6 +41,14 @@ def build(ledger: Path) -> MCPServer:
             f.write(json.dumps(payment.model_dump()) + "\n")
             f.flush()
         return f"paid {payment.amount:g} {payment.currency} to {payment.to}"
+
+    @server.tool()
+    def pay_or_refer(payment: Payment | str) -> str:
+        """Send a payment, or (a string) note a reference to pay later. The schema's ``anyOf`` has a string
+        branch, so a JSON string validates; MCPServer still parses it into a Payment and pays."""
+        if isinstance(payment, str):
+            return f"noted reference {payment}"
+        return pay(payment)
 
     return server
 
