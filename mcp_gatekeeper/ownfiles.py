@@ -6,6 +6,7 @@ The composition root says which files those are (``serve.own_files``); this modu
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
@@ -34,9 +35,17 @@ _ALNUM = re.compile(r"[^\W_]")
 
 
 def _strings(value: Any) -> Iterator[str]:
-    """Every string in the arguments, at any depth, object keys included."""
+    """Every string in the arguments, at any depth, object keys included, and inside a string that holds a
+    JSON object or array (a typed upstream parses it back: see ``predicates._readings``)."""
     if isinstance(value, str):
         yield value
+        if value.lstrip()[:1] in ("{", "["):
+            try:
+                parsed = json.loads(value)
+            except (ValueError, RecursionError):
+                return
+            if isinstance(parsed, dict | list):
+                yield from _strings(parsed)
     elif isinstance(value, Mapping):
         for k, v in value.items():
             yield str(k)

@@ -911,3 +911,13 @@ def test_a_when_path_reads_a_json_string_both_ways() -> None:
     assert rule("pay", {"payment": "{not json"}) is None
     assert rule("add", {"req": json.dumps({"files": ["a", ".env"]})}) == "files"
     assert rule("add", {"req": {"files": json.dumps(["a", ".env"])}}) == "files"  # unreadable as a list: refused
+
+
+def test_own_files_inside_a_string_holding_json_are_found() -> None:
+    policy = Policy(
+        parse_config(""), own_files=OwnFiles(dirs=("/home/me/.local/state/mcp-gatekeeper",)), home_dir="/home/me"
+    )
+    inner = {"path": "/home/me/.local/state/x/../mcp-gatekeeper/ui-token", "note": "multi\nline"}
+    for request in (json.dumps(inner), json.dumps(inner, indent=2), json.dumps([json.dumps(inner, indent=1)])):
+        assert policy.evaluate("up", "read_request", {"request": request}).rule == "protect-own-files", request
+    assert policy.evaluate("up", "read_request", {"request": "{not json\n/x"}).rule is None
