@@ -260,6 +260,12 @@ def locate_config(platform: str = HOST) -> Located:
     return Located(current)
 
 
+def config_dirs(platform: str = HOST) -> tuple[Path, ...]:
+    """Every folder the user's config file may be looked for in (the platform's and the old ``~/.config`` one),
+    whether it exists yet or not."""
+    return tuple(dict.fromkeys([Path(_dirs(platform).user_config_dir), Path.home() / ".config" / APP]))
+
+
 def app_settings_dir(platform: str = HOST, env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
     """Where desktop applications (Claude Desktop, VS Code) keep per-user settings on ``platform``.
 

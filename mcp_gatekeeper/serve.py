@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import httpx2
 
-from mcp_gatekeeper import names
+from mcp_gatekeeper import hostos, names
 from mcp_gatekeeper.clock import Clock, SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
@@ -60,7 +60,8 @@ def own_files(
 ) -> OwnFiles:
     """What the built-in ``protect-own-files`` rule guards: the data home, the database and its ``-wal``/``-shm``,
     the token and key files (the HTTP agents' token files too, wherever they are) and the config file, each as
-    spelled and as its symlinks resolve."""
+    spelled and as its symlinks resolve; and the folders the user's config file is looked for in, even when
+    there is none yet (an agent that wrote one there would set the next start's policy)."""
     db = db_path(home)
     files: list[Path] = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
     files += [home / TOKEN_FILE, home / KEY_FILE, home / AGENT_TOKEN_FILE]
@@ -71,7 +72,11 @@ def own_files(
     def spellings(p: Path) -> list[str]:
         return list(dict.fromkeys([os.path.abspath(p), os.path.realpath(p)]))
 
-    return OwnFiles(dirs=tuple(spellings(home)), files=tuple(s for f in files for s in spellings(f)))
+    dirs = [home, *hostos.config_dirs()]
+    return OwnFiles(
+        dirs=tuple(dict.fromkeys(s for d in dirs for s in spellings(d))),
+        files=tuple(s for f in files for s in spellings(f)),
+    )
 
 
 def build_policy(config: GatekeeperConfig, home: Path, config_path: str | os.PathLike[str] | None) -> Policy:

@@ -265,3 +265,29 @@ async def test_a_json_string_where_the_schema_also_allows_a_string(home: Path, t
     assert [json.loads(line) for line in ledger.read_text().splitlines()] == [
         {"to": "alice", "amount": 10.0, "currency": "EUR"}
     ]
+
+
+async def test_the_agent_cannot_write_the_config_the_next_start_would_load(home: Path, tmp_path: Path) -> None:
+    # no config file yet (the README's first snippet): the user's config folder is where the next start looks
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("plain notes\n")
+    env = {"HOME": str(user), "XDG_CONFIG_HOME": str(user / ".config")}
+    params = wrap_params(home, None, "fs", [_fs(), str(user)], **env)
+    evil = '[security]\nprotect_own_files = false\n[[rules]]\ntool = "*"\ngate = "allow"\n'
+    target = user / ".config" / "mcp-gatekeeper" / "config.toml"
+    with anyio.fail_after(60):
+        async with gatekeeper(params) as (client, _watcher):
+            plain = await client.call_tool("read_text_file", {"path": str(user / "notes.txt")})
+            assert not plain.is_error
+            for tool, args in (
+                ("create_directory", {"path": str(target.parent)}),
+                ("write_file", {"path": str(target), "content": evil}),
+                ("write_file", {"path": "~/.config/mcp-gatekeeper/config.toml", "content": evil}),
+                ("write_file", {"path": ".config/x/../mcp-gatekeeper/config.toml", "content": evil}),
+                ("move_file", {"source": str(user / "notes.txt"), "destination": str(target)}),
+            ):
+                got = await client.call_tool(tool, args)
+                assert got.is_error and "own files" in _text(got), (tool, args)
+    assert not target.exists() and not target.parent.exists()
+    assert (await _events(home)).count("denied") == 5
