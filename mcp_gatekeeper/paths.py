@@ -13,9 +13,10 @@ upper-case in front (``C:/Users/me``). ``..`` is folded before any symlink is re
 
 Two more readings a server acts on without the spelling showing it: a name that is not ASCII also stands for
 its NFC form (server-filesystem opens ``cafe\u0301`` as the ``café`` on disk when no file is spelled exactly
-so; macOS file systems do the same), and Linux's magic links name other paths: ``/proc/self/root/x`` is
-``/x``, and ``/proc/self/cwd/x`` or ``/dev/fd/3/x`` is ``x`` relative to a folder we cannot know. Paths
-written in a config are compared in NFC too (:func:`normalise_config`).
+so; macOS file systems do the same), Linux's magic links name other paths: ``/proc/self/root/x`` is
+``/x``, and ``/proc/self/cwd/x`` or ``/dev/fd/3/x`` is ``x`` relative to a folder we cannot know; and Windows
+opens ``.aws./credentials`` and ``a.pem::$DATA`` as ``.aws/credentials`` and ``a.pem``. Paths written in a
+config are compared in NFC too (:func:`normalise_config`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from urllib.parse import unquote
 _DRIVE = re.compile(r"^([A-Za-z]):(?=/|$)")
 _URI_DRIVE = re.compile(r"^/[A-Za-z]:(?=/|$)")
 _QUOTES = re.compile(r"^[\"']|[\"']$")
-_NEEDS_READINGS = re.compile(r"^[\s\"']|[\s\"']$|\\|(?:^|/)(?:proc|dev)/|[^\x00-\x7f]")
+_NEEDS_READINGS = re.compile(r"^[\s\"']|[\s\"']$|\\|(?:^|/)(?:proc|dev)/|[^\x00-\x7f]|[. ](?:/|$)|::")
 _PROC_ROOT = re.compile(r"^/proc/[^/]+(?:/task/[^/]+)?/root(?=/|$)")
 """A process's root directory (``/proc/self/root``): what follows is an absolute path."""
 _PROC_RELATIVE = re.compile(r"^/(?:proc/[^/]+(?:/task/[^/]+)?/(?:cwd|fd/[^/]+)|dev/fd/[^/]+)/")
@@ -70,11 +71,26 @@ def normalise_config(path: str, *, home: str) -> str:
     return normalise(unicodedata.normalize("NFC", path), home=home)
 
 
+_WINDOWS_TAIL = re.compile(r"(?:::\$data)?[. ]*$", re.IGNORECASE)
+
+
+def _windows(form: str) -> str:
+    """What Windows opens for normal-form ``form``: each name without its trailing dots and spaces, and
+    without a ``::$DATA`` stream suffix (``.aws./credentials`` is ``.aws/credentials``, ``a.pem::$DATA`` is
+    ``a.pem``)."""
+    names = [seg if seg in ("", ".", "..") else _WINDOWS_TAIL.sub("", seg) or "." for seg in form.split("/")]
+    return normalise("/".join(names), home="/")
+
+
 def _aliases(form: str) -> list[str]:
-    """Other normal forms that name what normal-form ``form`` names: its NFC form, what a magic link is."""
+    """Other normal forms that name what normal-form ``form`` names: its NFC form, what a magic link is, what
+    Windows opens."""
     out = []
     if not form.isascii() and (nfc := unicodedata.normalize("NFC", form)) != form:
         out.append(nfc)
+    for f in (form, *out):
+        if (win := _windows(f)) != f:
+            out.append(win)
     for f in (form, *out):
         if m := _PROC_ROOT.match(f):
             out.append(f[m.end() :] or "/")

@@ -51,7 +51,7 @@ def test_normalise(raw: str, normal: str) -> None:
         ("file://evil.host/w/a", ("file:/evil.host/w/a", "/evil.host/w/a")),
         ("C:\\Users\\me\\..\\x", ("C:\\Users\\me\\..\\x", "C:/Users/x")),
         ("/w/src\\..\\..\\etc", ("/w/src\\..\\..\\etc", "/etc")),
-        (' "/w/.env" ', (' "/w/.env" ', "/w/.env")),  # server-filesystem trims spaces and quotes
+        (' "/w/.env" ', (' "/w/.env" ', "/w/.env", ' "/w/.env"')),  # server-filesystem trims spaces and quotes
         ("/w/Donne\u0301es/a", ("/w/Donne\u0301es/a", "/w/Donn\u00e9es/a")),  # NFD also names the NFC file
         ("/w/Donn\u00e9es/a", ("/w/Donn\u00e9es/a",)),
         ("/proc/self/root/w/x/../a", ("/proc/self/root/w/a", "/w/a")),
@@ -59,6 +59,10 @@ def test_normalise(raw: str, normal: str) -> None:
         ("/proc/thread-self/cwd/.local/a", ("/proc/thread-self/cwd/.local/a", ".local/a")),
         ("/dev/fd/3/a/./b", ("/dev/fd/3/a/b", "a/b")),
         ("/proc/self/rootless/a", ("/proc/self/rootless/a",)),
+        ("/w/.aws./credentials", ("/w/.aws./credentials", "/w/.aws/credentials")),  # what Windows opens
+        ("C:/w/a.pem::$DATA", ("C:/w/a.pem::$DATA", "C:/w/a.pem")),
+        ("/w/src/..../x", ("/w/src/..../x", "/w/src/x")),
+        ("/w/a b/c", ("/w/a b/c",)),
         (
             "/proc/self/root/w/Donne\u0301es",
             (

@@ -921,3 +921,17 @@ def test_own_files_inside_a_string_holding_json_are_found() -> None:
     for request in (json.dumps(inner), json.dumps(inner, indent=2), json.dumps([json.dumps(inner, indent=1)])):
         assert policy.evaluate("up", "read_request", {"request": request}).rule == "protect-own-files", request
     assert policy.evaluate("up", "read_request", {"request": "{not json\n/x"}).rule is None
+
+
+def test_the_shipped_secrets_rule_sees_what_windows_opens() -> None:
+    policy = Policy(parse_config((Path(__file__).parent.parent / "config" / "filesystem.toml").read_text()))
+    for path in (
+        "/home/me/work/.aws./credentials",
+        "/home/me/work/.ssh. /config",
+        "/home/me/work/deploy/server.pem.",
+        "/home/me/work/deploy/server.pem::$DATA",
+        "/home/me/work/.env . ",
+        "C:\\Users\\me\\.aws.\\credentials",
+    ):
+        verdict = policy.evaluate("filesystem", "read_text_file", {"path": path})
+        assert verdict.action == "deny", path
