@@ -78,7 +78,12 @@ def _windows(form: str) -> str:
     """What Windows opens for normal-form ``form``: each name without its trailing dots and spaces, and
     without a ``::$DATA`` stream suffix (``.aws./credentials`` is ``.aws/credentials``, ``a.pem::$DATA`` is
     ``a.pem``)."""
-    names = [seg if seg in ("", ".", "..") else _WINDOWS_TAIL.sub("", seg) or "." for seg in form.split("/")]
+    names = []
+    for seg in form.split("/"):
+        if seg in ("", ".", ".."):
+            names.append(seg)
+        else:  # a name of dots and spaces only (".. ", "..."): read as the climb it may be, never as a name
+            names.append(_WINDOWS_TAIL.sub("", seg) or (".." if seg.count(".") >= 2 else "."))
     return normalise("/".join(names), home="/")
 
 

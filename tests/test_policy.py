@@ -935,3 +935,11 @@ def test_the_shipped_secrets_rule_sees_what_windows_opens() -> None:
     ):
         verdict = policy.evaluate("filesystem", "read_text_file", {"path": path})
         assert verdict.action == "deny", path
+
+
+def test_a_lease_under_src_does_not_cover_names_windows_may_read_as_a_climb() -> None:
+    policy = Policy(parse_config(""))
+    envelope = {"path": {"under": "/w/src"}}
+    assert policy.envelope_holds(envelope, {"path": "/w/src/a. "})
+    for path in ("/w/src/.. /x", "/w/src/.../x", "/w/src/..\\x", "C:\\w\\src\\..\\x"):
+        assert not policy.envelope_holds(envelope, {"path": path}), path
