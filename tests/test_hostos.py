@@ -101,9 +101,14 @@ async def test_posix_termination_ends_the_whole_process_group() -> None:
     with anyio.fail_after(10):
         grandchild = int((await process.stdout.receive()).decode().strip())  # the shell says it once started
     assert hostos.pid_alive(grandchild)
-    with anyio.fail_after(20):
-        await hostos.terminate_tree(process, 0.5, platform="linux")
-        await process.wait()
+    exited = os.pidfd_open(grandchild)  # readable once the grandchild has exited (a signal is delivered async)
+    try:
+        with anyio.fail_after(20):
+            await hostos.terminate_tree(process, 0.5, platform="linux")
+            await process.wait()
+            await anyio.wait_readable(exited)
+    finally:
+        os.close(exited)
     assert process.returncode is not None
     assert not hostos.pid_alive(grandchild) or _is_zombie(grandchild)  # killed (a zombie until init reaps it)
     await process.aclose()
