@@ -10,11 +10,14 @@ Annotations only ever tighten.
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import os
 import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from mcp_gatekeeper import paths
@@ -355,10 +358,60 @@ class _SafeFormatter(string.Formatter):
         return value, field_name
 
     def format_field(self, value: Any, format_spec: str) -> str:
+        if not format_spec and not isinstance(value, str):
+            return json_text(value)  # as the page's JSON view shows it: 310, not 310.0; true, not True
         try:
             return str(super().format_field(value, format_spec))
         except (ValueError, TypeError):
             return str(value)
+
+
+def json_number(value: float) -> str:
+    """A number as JavaScript (and so the approval page's JSON view) writes it: ``310.0`` is ``310``,
+    ``1e-05`` is ``0.00001``, ``1e16`` is ``10000000000000000``; shortest round-trip digits either way."""
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    # the shortest digits that round-trip (Python's repr finds the same ones JavaScript does)
+    sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
+    assert isinstance(exponent, int)  # finite
+    raw = "".join(map(str, digit_tuple))
+    k = len(raw)
+    n = k + exponent  # value = 0.RAW x 10^n
+    if k <= n <= 21:
+        out = raw + "0" * (n - k)
+    elif 0 < n <= 21:
+        out = f"{raw[:n]}.{raw[n:]}"
+    elif -6 < n <= 0:
+        out = "0." + "0" * -n + raw
+    else:
+        e10 = n - 1
+        out = f"{raw[0]}{'.' + raw[1:] if k > 1 else ''}e{'+' if e10 >= 0 else '-'}{abs(e10)}"
+    return ("-" if sign else "") + out
+
+
+def json_text(value: Any) -> str:
+    """A non-string value in a summary, written as JSON is (numbers as :func:`json_number`)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return json_number(value)
+    if isinstance(value, list):
+        return (
+            "["
+            + ", ".join(json.dumps(v, ensure_ascii=False) if isinstance(v, str) else json_text(v) for v in value)
+            + "]"
+        )
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(str(k), ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False) if isinstance(v, str) else json_text(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    return str(value)
 
 
 _FORMATTER = _SafeFormatter()

@@ -80,6 +80,7 @@ from mcp_gatekeeper.webhttp import (
     json_body,
     principal,
     reason_of,
+    row_headline,
     summary_secrets,
     web_state,
 )
@@ -166,7 +167,7 @@ async def _list_calls(request: Request) -> Response:
     calls = calls[:limit]
     return JSONResponse(
         {
-            "calls": [call_json(c, detail=False) for c in calls],
+            "calls": [call_json(c, detail=False, policy=st.policy) for c in calls],
             "next_cursor": _cursor(calls[-1]) if more else None,
             "counts": await st.store.counts(),
             "now": st.clock.now(),
@@ -230,11 +231,17 @@ async def live_snapshot(st: WebState) -> dict[str, Any]:
     )  # fmt: skip
     rows = await st.store.query(
         "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation, principal,"
-        " reasons LIKE '[\"QUARANTINED:%' FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
+        " reasons LIKE '[\"QUARANTINED:%', arguments, input_schema"
+        " FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
     )
     return {
         "pending": [
-            {**dict(zip(keys, r, strict=True)), "quarantined": bool(r[-1]), "summary_secrets": summary_secrets(r[6])}
+            {
+                **dict(zip(keys, r[:10], strict=True)),
+                "quarantined": bool(r[9]),
+                "summary_secrets": summary_secrets(r[6]),
+                **row_headline(r[5], r[4], r[6], r[10], r[11]),
+            }
             for r in rows
         ],
         **await gates_snapshot(st),

@@ -271,9 +271,32 @@ def _review_json(st: WebState, rec: CallRecord, attempts: int) -> dict[str, Any]
     }
 
 
+async def tool_definition(st: WebState, rec: CallRecord) -> dict[str, Any] | None:
+    """The tool's definition as the upstream gave it when the call was made (its pin, or the changed
+    definition a quarantined call was held under): title, description, input schema, annotations.
+    ``as_called`` is false when only another version is known (the call predates pinning, or it was re-pinned)."""
+    pins = [p for p in await st.store.pins(upstream=rec.upstream) if p.tool == rec.tool]
+    if not pins:
+        return None
+    pin = pins[0]
+    if rec.tooldef_hash is not None and rec.tooldef_hash == pin.pending_hash and pin.pending_definition is not None:
+        definition, as_called = pin.pending_definition, True
+    else:
+        definition, as_called = pin.definition, rec.tooldef_hash in (None, pin.hash)
+    return {
+        "title": definition.get("title"),
+        "description": definition.get("description"),
+        "input_schema": definition.get("inputSchema"),
+        "annotations": definition.get("annotations"),
+        "hash": pin.pending_hash if definition is pin.pending_definition else pin.hash,
+        "as_called": as_called,
+    }
+
+
 async def call_detail(st: WebState, rec: CallRecord) -> dict[str, Any]:
     """A call for its card: the record, secrets, and what the page offers or warns about."""
-    out = call_json(rec, detail=True)
+    out = call_json(rec, detail=True, policy=st.policy)
+    out["tool_definition"] = await tool_definition(st, rec)
     rows = await st.store.query("SELECT escalation, attempts FROM calls WHERE id = ?", (rec.id,))
     escalation, attempts = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
     out["escalation"] = escalation

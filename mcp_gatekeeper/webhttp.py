@@ -16,7 +16,7 @@ from starlette.requests import Request
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, canonical_json
-from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.policy import Policy, json_number, render_summary
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import LoginCodes, Principal, allowed_hosts, keyed_hash
 from mcp_gatekeeper.webredact import find_secrets
@@ -95,11 +95,86 @@ def summary_secrets(summary: str | None) -> list[dict[str, Any]]:
     return [h.to_json() for h in find_secrets(summary)] if summary else []
 
 
-def call_json(rec: CallRecord, *, detail: bool) -> dict[str, Any]:
+_SALIENT = 3
+_SALIENT_CHARS = 48
+
+
+def _short(value: Any) -> str | None:
+    """One argument as the plain-words headline shows it, or ``None`` if it is not a short scalar."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return json_number(value)
+    if isinstance(value, str):
+        flat = " ".join(value.split())
+        return json.dumps(flat if len(flat) <= _SALIENT_CHARS else flat[: _SALIENT_CHARS - 1] + "…", ensure_ascii=False)
+    return None
+
+
+def plain_headline(tool: str, upstream: str, arguments: dict[str, Any], schema: dict[str, Any] | None) -> str:
+    """Plain words for a call whose rule has no ``summary``: the tool, its upstream and its salient
+    arguments (the schema's required ones first), never a secret-looking one: ``post_message on ops:
+    channel "#deploys", text "Deploy finished"``."""
+    required = (schema or {}).get("required")
+    order = [k for k in required if isinstance(k, str) and k in arguments] if isinstance(required, list) else []
+    order += [k for k in arguments if k not in order]
+    shown: list[str] = []
+    for key in order:
+        value = arguments[key]
+        text = _short(value)
+        if text is None or find_secrets(value, (key,), key):
+            continue
+        shown.append(f"{key} {text}")
+        if len(shown) == _SALIENT:
+            break
+    rest = len(arguments) - len(shown)
+    head = f"{tool} on {upstream}"
+    if not arguments:
+        return f"{head} (no arguments)"
+    more = f" (+{rest} more)" if rest and shown else f" ({rest} argument{'s' if rest > 1 else ''})" if rest else ""
+    return f"{head}: {', '.join(shown)}{more}" if shown else f"{head}{more}"
+
+
+def headline(policy: Policy, rec: CallRecord) -> dict[str, Any]:
+    """What a call's title says, from the arguments that run: a modified call's rule summary is rendered
+    again from the reviewer's arguments (``held_summary`` keeps the one it was held with); without a rule
+    summary, :func:`plain_headline`. If the rule is gone, a modified call loses its old summary rather than
+    keep words that describe arguments that did not run."""
+    summary = rec.summary
+    held = None
+    if rec.modified_arguments is not None and rec.summary is not None:
+        rule = policy.rule_named(rec.rule)
+        summary = render_summary(rule.summary, rec.modified_arguments) if rule and rule.summary else None
+        held = rec.summary if summary != rec.summary else None
+    words = summary or plain_headline(rec.tool, rec.upstream, rec.forward_arguments, rec.input_schema)
+    return {
+        "summary": summary,
+        "held_summary": held,
+        "headline": words,
+        "summary_secrets": summary_secrets(summary),
+        "headline_secrets": summary_secrets(words),
+    }
+
+
+def row_headline(tool: str, upstream: str, summary: str | None, arguments: str, schema: str | None) -> dict[str, Any]:
+    """:func:`headline` for a list row read straight from the store (a pending or audited call, never modified)."""
+    if summary:
+        return {"headline": summary, "headline_secrets": summary_secrets(summary)}
+    try:
+        args, sch = json.loads(arguments), json.loads(schema) if schema else None
+    except ValueError:
+        args, sch = {}, None
+    words = plain_headline(
+        tool, upstream, args if isinstance(args, dict) else {}, sch if isinstance(sch, dict) else None
+    )
+    return {"headline": words, "headline_secrets": summary_secrets(words)}
+
+
+def call_json(rec: CallRecord, *, detail: bool, policy: Policy) -> dict[str, Any]:
     """A call as the API returns it; ``detail`` adds where secret-looking values are, for the page to mask."""
     out = rec.to_json()
     out["args_bytes"] = len(canonical_json(rec.arguments).encode())
-    out["summary_secrets"] = summary_secrets(rec.summary)
+    out.update(headline(policy, rec))
     if detail:
         out["secrets"] = {
             key: [h.to_json() for h in find_secrets(value)]
@@ -107,7 +182,8 @@ def call_json(rec: CallRecord, *, detail: bool) -> dict[str, Any]:
                 ("arguments", rec.arguments),
                 ("modified_arguments", rec.modified_arguments),
                 ("result", rec.result),
-                ("summary", rec.summary),
+                ("summary", out["summary"]),
+                ("held_summary", out["held_summary"]),
                 ("error", rec.error),
                 ("reason", rec.reason),
                 ("agent_reason", rec.agent_reason),

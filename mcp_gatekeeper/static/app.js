@@ -116,10 +116,12 @@
     return frag;
   }
 
-  // A string with masked secret spans ([start, end) in UTF-16 units) and head/tail truncation.
+  // A string with masked secret spans ([start, end) in UTF-16 units). Past `truncAt` characters the
+  // middle is folded behind a button that shows it in place: every character stays readable.
   const TRUNC_AT = 4000;
   const KEEP = 1200;
-  function richString(str, hits, jsonEscapes, ctx) {
+  function richString(str, hits, jsonEscapes, ctx, truncAt) {
+    const limit = truncAt || TRUNC_AT;
     const frag = document.createDocumentFragment();
     const pieces = [];
     let pos = 0;
@@ -143,7 +145,7 @@
         frag.appendChild(btn);
         continue;
       }
-      if (total > TRUNC_AT) {
+      if (total > limit) {
         // keep the head and the tail of the whole string, hide the middle
         const headEnd = KEEP;
         const tailStart = total - KEEP;
@@ -151,8 +153,11 @@
         const keepTail = p.text.slice(Math.max(0, tailStart - start));
         if (keepHead.length + keepTail.length < p.text.length) {
           frag.appendChild(safeText(keepHead, jsonEscapes));
-          const hidden = p.text.length - keepHead.length - keepTail.length;
-          frag.appendChild(h("span", { class: "trunc", text: `⟨ truncated: ${hidden.toLocaleString()} characters hidden of ${total.toLocaleString()}; head and tail shown ⟩` }));
+          const middle = p.text.slice(keepHead.length, p.text.length - keepTail.length);
+          const fold = h("button", { type: "button", class: "trunc", title: "Show the folded middle of this text" },
+            `⟨ ${middle.length.toLocaleString()} more characters of ${total.toLocaleString()}: show them ⟩`);
+          fold.addEventListener("click", () => fold.replaceWith(safeText(middle, jsonEscapes)), { once: true });
+          frag.appendChild(fold);
           if (ctx) ctx.truncated = true;
           frag.appendChild(safeText(keepTail, jsonEscapes));
           continue;
@@ -164,7 +169,9 @@
   }
 
   // A call's summary in a list: its secret-looking spans masked (exactly those), the rest as text.
+  // `headline` (the server's): the rule's summary, or the tool and its salient arguments in plain words.
   function summaryView(c, fallback) {
+    if (c.headline) return richString(c.headline, c.headline_secrets || [], false, null);
     return c.summary ? richString(c.summary, c.summary_secrets || [], false, null) : safeText(fallback);
   }
 
@@ -192,6 +199,14 @@
       const pad = "  ".repeat(indent);
       if (v === null || typeof v === "boolean") return h("span", { class: "j-lit", text: String(v) });
       if (typeof v === "number") return h("span", { class: "j-num", text: String(v) });
+      if (typeof v === "string" && v.includes("\n")) {
+        // multi-line text reads as text: its real line breaks, wrapped, scrollable, every character there
+        const lines = v.split("\n").length;
+        return h("span", { class: "j-str j-text" },
+          h("span", { class: "j-note", text: `text · ${lines} lines · ${v.length.toLocaleString()} characters` }),
+          h("span", { class: "j-block", tabindex: "0", role: "region", "aria-label": `Text of ${path.join(".") || "the value"}` },
+            richString(v, hitsAt(path), false, ctx, 200000)));
+      }
       if (typeof v === "string") {
         return h("span", { class: "j-str" }, '"', richString(v, hitsAt(path), true, ctx), '"');
       }
@@ -453,7 +468,7 @@
     if (!("Notification" in window) || Notification.permission !== "granted") return;
     for (const c of calls.slice(0, 3)) {
       try {
-        const n = new Notification(`Held (${c.risk}): ${c.upstream} · ${c.tool}`, { body: c.summary ? maskedText(c.summary, c.summary_secrets) : "A tool call is waiting for your decision", tag: c.id });
+        const n = new Notification(`Held (${c.risk}): ${c.upstream} · ${c.tool}`, { body: c.headline ? maskedText(c.headline, c.headline_secrets) : c.summary ? maskedText(c.summary, c.summary_secrets) : "A tool call is waiting for your decision", tag: c.id });
         n.onclick = () => { window.focus(); location.hash = `#/queue/${c.id}`; };
       } catch (_) { /* notifications unavailable */ }
     }
@@ -472,9 +487,12 @@
   // ------------------------------------------------------------------ queue view
 
   let queueRoot = null;
+  // The URL names the call the card shows: `#/queue/<id>` opens that call (even before the live list has
+  // arrived, and even if it is no longer waiting); choosing another call rewrites the URL in place.
   function renderQueue(selectedId) {
     state.view = "queue";
     if (selectedId) state.selected = selectedId;
+    else if (!state.pending.some((c) => c.id === state.selected)) state.selected = null;
     queueRoot = {
       banners: h("div", { class: "banners" }),
       list: h("ul", { class: "qlist", role: "listbox", "aria-label": "Held calls, oldest first" }),
@@ -517,9 +535,8 @@
         return li;
       }));
     }
-    if (!state.selected || (!list.some((c) => c.id === state.selected) && !(state.card && state.card.id === state.selected))) {
-      state.selected = list.length ? list[0].id : null;
-    }
+    if (!state.selected && list.length) state.selected = list[0].id;
+    if (state.selected) queueHash(state.selected);
     markSelected();
     tick();
     if (state.selected && (!state.card || state.card.id !== state.selected)) openCard(state.selected, queueRoot.cardSlot);
@@ -531,8 +548,14 @@
     for (const li of queueRoot.list.querySelectorAll(".qitem")) li.classList.toggle("sel", li.dataset.id === state.selected);
   }
 
+  function queueHash(id) {
+    const want = `#/queue/${encodeURIComponent(id)}`;
+    if (state.view === "queue" && location.hash !== want) history.replaceState(null, "", want);
+  }
+
   function select(id) {
     state.selected = id;
+    queueHash(id);
     markSelected();
     if (queueRoot) openCard(id, queueRoot.cardSlot);
     if (window.innerWidth <= 900 && queueRoot) queueRoot.cardSlot.scrollIntoView({ behavior: "smooth", block: "start" });
@@ -579,69 +602,124 @@
 
   // ------------------------------------------------------------------ decision card
 
-  function simpleSchema(schema, args) {
-    if (!schema || schema.type !== "object" || !schema.properties) return false;
-    const simple = (p) => p && (["string", "number", "integer", "boolean"].includes(p.type) || Array.isArray(p.enum));
-    if (!Object.values(schema.properties).every(simple)) return false;
-    return Object.entries(args).every(([k, v]) => schema.properties[k] && (v === null || typeof v !== "object"));
+  // The editor has a field per top-level argument when every value is a string, number or boolean (and
+  // the schema's properties are such too); anything nested is edited as JSON. Returns [key, schema] pairs.
+  function formFields(schema, args) {
+    const props = schema && schema.properties && typeof schema.properties === "object" ? schema.properties : {};
+    const simple = (p) => p && typeof p === "object" && (["string", "number", "integer", "boolean"].includes(p.type) || Array.isArray(p.enum));
+    for (const [k, v] of Object.entries(args)) {
+      if (v === null || typeof v === "object") return null;
+      if (Object.prototype.hasOwnProperty.call(props, k) && !simple(props[k])) return null;
+    }
+    const out = Object.entries(props).filter(([, p]) => simple(p));
+    for (const [k, v] of Object.entries(args)) {
+      if (!Object.prototype.hasOwnProperty.call(props, k)) out.push([k, { type: typeof v === "number" ? "number" : typeof v }]);
+    }
+    return out;
   }
+
+  // JSON text with every invisible, bidi or control character written as a \uXXXX escape: the text
+  // parses back to exactly the same value, and nothing in it hides.
+  function escapeSuspicious(text) {
+    let out = "";
+    for (const ch of text) {
+      const cp = ch.codePointAt(0);
+      if (!isSuspicious(cp)) { out += ch; continue; }
+      for (let i = 0; i < ch.length; i++) out += `\\u${ch.charCodeAt(i).toString(16).toUpperCase().padStart(4, "0")}`;
+    }
+    return out;
+  }
+
+  // How a field's text reads with its hidden characters shown (under the field, whenever it has any).
+  function showsAs(value) {
+    const n = typeof value === "string" ? countSuspicious(value) : 0;
+    return n ? h("div", { class: "shows-as", role: "note" }, icon("!"), h("span", null, `${n} hidden character${n > 1 ? "s" : ""}; it reads: `), h("code", null, safeText(value))) : "";
+  }
+
+  function finiteNumbers(v) {
+    if (typeof v === "number") return Number.isFinite(v);
+    if (v && typeof v === "object") return Object.values(v).every(finiteNumbers);
+    return true;
+  }
+
+  const isMultiline = (v) => typeof v === "string" && (v.includes("\n") || v.includes("\r") || v.length > 100);
 
   function buildEditor(call, onChange) {
     const original = call.arguments;
     const schema = call.input_schema || { type: "object" };
-    const formMode = simpleSchema(schema, original);
+    let fieldList = formFields(schema, original);
+    let formMode = fieldList !== null;
     const errorsBox = h("ul", { class: "errors", hidden: true });
+    const warnBox = h("div");
     const diffBox = h("div");
+    const bodySlot = h("div");
     let current = JSON.parse(JSON.stringify(original));
     let parseError = null;
-    const fields = {};
-    let body;
+    let first = null;
 
     const update = () => {
       const errs = parseError ? [parseError] : validate(schema, current, [], []);
+      if (!parseError && !finiteNumbers(current)) errs.unshift("A number is too large for JSON (it would be sent as null).");
       errorsBox.replaceChildren(...errs.slice(0, 8).map((e) => h("li", null, safeText(e))));
       errorsBox.hidden = !errs.length;
+      const n = countSuspicious(current);
+      warnBox.replaceChildren(n ? h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null,
+        `These arguments hold ${n} invisible, bidirectional or control character${n > 1 ? "s" : ""}. `,
+        formMode ? "Each field that has one shows below it how it really reads." : "They are written as \\uXXXX escapes.")) : "");
       const d = parseError ? [] : diffList(original, current);
       diffBox.replaceChildren(d.length ? diffView(d) : h("p", { class: "muted", text: "No changes yet." }));
-      onChange({ valid: !errs.length, changed: d.length > 0, value: current });
+      onChange({ valid: !errs.length, changed: d.length > 0, value: current, diff: d });
     };
 
-    if (formMode) {
-      body = h("div", { class: "form-grid" });
+    function formBody() {
+      const body = h("div", { class: "form-grid" });
       const req = new Set(schema.required || []);
-      for (const [key, prop] of Object.entries(schema.properties)) {
+      for (const [key, prop] of fieldList) {
         const id = `f-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
         const val = current[key];
+        const note = h("div", { class: "shows-slot" }, showsAs(val));
         let input;
         const set = (v) => {
           if (v === undefined) delete current[key];
           else current[key] = v;
+          note.replaceChildren(showsAs(v));
           update();
         };
         if (Array.isArray(prop.enum)) {
           input = h("select", { id },
             h("option", { value: "", text: "(not set)" }),
-            prop.enum.map((e, i) => h("option", { value: String(i), text: String(e) })));
+            prop.enum.map((e, i) => h("option", { value: String(i) }, safeText(typeof e === "string" ? e : JSON.stringify(e)))));
           const idx = prop.enum.findIndex((e) => JSON.stringify(e) === JSON.stringify(val));
           input.value = idx >= 0 ? String(idx) : "";
           input.addEventListener("change", () => set(input.value === "" ? undefined : prop.enum[Number(input.value)]));
         } else if (prop.type === "boolean") {
           input = h("input", { id, type: "checkbox", checked: val === true });
           input.addEventListener("change", () => set(input.checked));
-        } else if (prop.type === "number" || prop.type === "integer") {
+        } else if ((prop.type === "number" || prop.type === "integer") && (val === undefined || typeof val === "number")) {
           input = h("input", { id, type: "number", step: prop.type === "integer" ? "1" : "any", value: val === undefined ? "" : String(val) });
           input.addEventListener("input", () => set(input.value === "" ? undefined : Number(input.value)));
+        } else if (isMultiline(val)) {
+          // long or multi-line text: a text area showing all of it (an <input> would drop its line breaks)
+          const lines = String(val).split("\n").length;
+          input = h("textarea", { id, class: "long", rows: String(Math.min(24, Math.max(4, lines + 1))), spellcheck: "false" });
+          input.value = val;
+          input.addEventListener("input", () => set(input.value));
         } else {
-          input = h("input", { id, type: "text", value: val === undefined ? "" : String(val), spellcheck: "false", autocomplete: "off" });
+          const str = val === undefined ? "" : String(val);
+          input = h("input", { id, type: "text", value: str, spellcheck: "false", autocomplete: "off" });
           input.addEventListener("input", () => set(input.value === "" && val === undefined ? undefined : input.value));
         }
-        fields[key] = input;
-        body.append(h("label", { for: id, class: req.has(key) ? "req mono" : "mono" }, safeText(key)), input);
+        if (countSuspicious(val)) input.classList.add("suspicious");
+        first = first || input;
+        body.append(h("label", { for: id, class: req.has(key) ? "req mono" : "mono" }, safeText(key)), h("div", { class: "field" }, input, note));
         if (prop.description) body.append(h("div", { class: "desc" }, safeText(prop.description)));
       }
-    } else {
-      body = h("textarea", { rows: "12", spellcheck: "false", "aria-label": "Arguments as JSON" });
-      body.value = JSON.stringify(original, null, 2);
+      return body;
+    }
+
+    function jsonBody() {
+      const body = h("textarea", { rows: "14", spellcheck: "false", class: "json-edit", "aria-label": "Arguments as JSON" });
+      body.value = escapeSuspicious(JSON.stringify(current, null, 2));
       body.addEventListener("input", () => {
         try {
           const v = JSON.parse(body.value);
@@ -653,12 +731,52 @@
         }
         update();
       });
+      first = body;
+      return body;
     }
+
+    const modeBtn = h("button", { type: "button", class: "btn small ghost mode" });
+    const draw = () => {
+      first = null;
+      bodySlot.replaceChildren(formMode ? formBody() : jsonBody());
+      modeBtn.textContent = formMode ? "Edit as JSON" : "Edit as fields";
+      modeBtn.hidden = fieldList === null || (!formMode && parseError !== null);
+      update();
+    };
+    modeBtn.addEventListener("click", () => {
+      if (!formMode && (parseError || formFields(schema, current) === null)) { toast("These arguments cannot be shown as fields; keep editing them as JSON.", true); return; }
+      if (!formMode) fieldList = formFields(schema, current);
+      formMode = !formMode;
+      draw();
+    });
     const el = h("div", { class: "editor" },
-      h("div", { class: "section-head" }, h("h3", { text: formMode ? "Edit arguments (from the tool's input schema)" : "Edit arguments (JSON)" })),
-      body, errorsBox, h("h3", { text: "What changed" }), diffBox);
-    setTimeout(update, 0);
-    return { el, focus: () => (formMode ? Object.values(fields)[0] : body)?.focus() };
+      h("div", { class: "section-head" }, h("h3", { text: "Edit arguments" }), h("span", { class: "tools" }, modeBtn)),
+      warnBox, bodySlot, errorsBox, h("h3", { text: "What changed" }), diffBox);
+    draw();
+    return { el, focus: () => first && first.focus() };
+  }
+
+  // The first sentence of a tool's description (up to 200 characters), for the card's plain words.
+  function firstSentence(text) {
+    const flat = String(text).split(/\s+/).join(" ").trim();
+    const m = /^(.{8,200}?[.!?])(\s|$)/.exec(flat);
+    const out = m ? m[1] : flat;
+    return out.length > 200 ? `${out.slice(0, 199)}…` : out;
+  }
+
+  // The tool's definition as its upstream gave it: in the upstream's own words (they can be wrong, or
+  // written to steer the agent), with hidden characters as badges.
+  function toolDefinition(call, ctx) {
+    const t = call.tool_definition;
+    if (!t) return h("details", { class: "tooldef" }, h("summary", { text: "The tool's definition" }), h("p", { class: "muted", text: "Not known: the gatekeeper has not seen this tool listed by its upstream." }));
+    const ann = t.annotations && typeof t.annotations === "object" ? Object.entries(t.annotations) : [];
+    return h("details", { class: "tooldef", open: !call.summary ? true : undefined },
+      h("summary", null, "The tool's definition, from upstream ", h("code", null, safeText(call.upstream)),
+        t.as_called ? null : h("span", { class: "chip neutral", title: "The call was made under another (or an unknown) version of the definition", text: "current version" })),
+      t.title ? h("p", null, h("b", null, safeText(t.title))) : null,
+      h("div", { class: "desc-text" }, t.description ? richString(String(t.description), [], false, ctx, 20000) : h("span", { class: "muted", text: "The tool has no description." })),
+      ann.length ? h("div", { class: "ann" }, ann.map(([k, v]) => h("span", { class: "chip neutral" }, safeText(`${k}: ${JSON.stringify(v)}`)))) : null,
+      t.input_schema ? [h("h3", { text: "Input schema" }), jsonView(t.input_schema, [], ctx)] : null);
   }
 
   function fact(title, ...content) {
@@ -666,6 +784,14 @@
   }
 
   const REVIEWABLE = ["under_review", "unreviewed"];
+
+  // How deliberate an approval must be, in proportion to what it risks: 0 one action; 1 a second,
+  // separate confirmation (high risk, or not reversible); 2 typing the tool's name (critical risk).
+  function confirmLevel(call) {
+    if (call.risk === "critical") return 2;
+    if (call.risk === "high" || (call.effects && call.effects.reversible === false)) return 1;
+    return 0;
+  }
 
   // What a failed review does, in words (the rule's compensation, or nothing).
   function undoWords(call) {
@@ -685,7 +811,8 @@
     const sec = call.secrets || {};
     const strHits = (field) => (sec[field] || []).filter((x) => x.path.length === 0);
     const argsView = jsonView(call.arguments, sec.arguments, ctx);
-    const susp = countSuspicious([call.arguments, call.summary, call.tool, call.upstream, call.agent_reason, call.modified_arguments]);
+    const tdef = call.tool_definition || null;
+    const susp = countSuspicious([call.arguments, call.headline, call.tool, call.upstream, call.agent_reason, call.modified_arguments, tdef && tdef.description, tdef && tdef.title]);
     const code = (v) => h("code", null, safeText(v));
 
     const warnings = [];
@@ -712,7 +839,7 @@
     const escSlot = h("div", { class: "esc-slot" });
     if (susp) warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null, `Contains ${susp} invisible, bidirectional or control character${susp > 1 ? "s" : ""}, shown as ⟨U+…⟩ badges. What you see may not be what runs.`)));
     if (ctx.secrets.length) warnings.push(h("div", { class: "warning" }, icon("*"), h("span", null, `Masked ${ctx.secrets.length} secret-looking value${ctx.secrets.length > 1 ? "s" : ""} (${[...new Set(ctx.secrets)].join(", ")}) going to upstream `, h("code", null, safeText(call.upstream)), ". Click to reveal.")));
-    if (ctx.truncated || call.args_bytes > 200000) warnings.push(h("div", { class: "warning" }, icon("…"), h("span", null, `Large arguments (${fmtBytes(call.args_bytes)}): long values show their head and tail; the middle is hidden.`)));
+    if (ctx.truncated || call.args_bytes > 200000) warnings.push(h("div", { class: "warning" }, icon("…"), h("span", null, `Large arguments (${fmtBytes(call.args_bytes)}): very long values are folded in the middle; click ⟨ … show them ⟩ to read the rest.`)));
     if (pending && call.effects && call.effects.reversible === false) warnings.push(h("div", { class: "warning bad" }, icon("!"), h("span", { text: "Not reversible: once approved, this cannot be undone." })));
 
     const effects = call.effects || {};
@@ -738,7 +865,9 @@
         h("span", { class: "mono" }, safeText(call.upstream)), "·", h("span", { class: "mono" }, safeText(call.tool)),
         call.rule ? ["·", h("span", null, "rule ", h("span", { class: "mono" }, safeText(call.rule)))] : ["·", h("span", { text: "no rule (defaults)" })],
         h("span", { class: "muted mono", title: call.id, text: `#${shortId(call.id)}` })),
-      h("div", { class: "card-title" }, call.summary ? richString(call.summary, strHits("summary"), false, ctx) : safeText(`${call.tool} on ${call.upstream}`)),
+      h("div", { class: "card-title" }, call.headline ? richString(call.headline, call.headline_secrets || [], false, ctx) : safeText(`${call.tool} on ${call.upstream}`)),
+      call.held_summary ? h("div", { class: "held-as" }, "Held as “", richString(call.held_summary, strHits("held_summary"), false, ctx), "”; the title above is what ran, with the reviewer's changes.") : null,
+      !call.summary && tdef && tdef.description ? h("div", { class: "tool-says" }, h("span", { class: "lbl", text: "The tool says it does: " }), safeText(firstSentence(tdef.description))) : null,
       clock,
       h("div", { class: "warnings" }, warnings, escSlot));
 
@@ -769,7 +898,7 @@
 
     const body = h("div", { class: "card-body" }, whatHappens, facts,
       q ? h("div", { class: "quarantine-diff" }, h("div", { class: "section-head" }, h("h3", { text: "What changed in the tool's definition" })), GK.unifiedDiff(q.diff)) : null,
-      h("div", null, argsHead, argsView), editorSlot, leaseSlot);
+      h("div", null, argsHead, argsView), editorSlot, leaseSlot, toolDefinition(call, ctx));
     if (call.modified_arguments) {
       body.append(h("div", null, h("div", { class: "section-head" }, h("h3", { text: "Modified arguments (what ran)" })),
         jsonView(call.modified_arguments, sec.modified_arguments, ctx), h("div", { class: "stack-v" }, diffView(diffList(call.arguments, call.modified_arguments)))));
@@ -784,8 +913,10 @@
     if (pending) {
       let editor = null;
       let leaseEd = null;
-      let editState = { valid: true, changed: false, value: null };
-      const approveBtn = h("button", { type: "button", class: "btn approve", title: "Approve as shown (a)" }, "Approve ", h("kbd", { text: "a" }));
+      let editState = { valid: true, changed: false, value: null, diff: [] };
+      let armed = null; // the open confirmation: what it approves
+      const level = confirmLevel(call);
+      const approveBtn = h("button", { type: "button", class: "btn approve", title: level ? "Approve: asks you to confirm (a)" : "Approve as shown (a)" }, level ? "Approve… " : "Approve ", h("kbd", { text: "a" }));
       const modifyBtn = h("button", { type: "button", class: "btn modify", title: "Edit the arguments, then approve (e)" }, "Edit ", h("kbd", { text: "e" }));
       const offer = call.lease_offer || {};
       const leaseBtn = offer.offered
@@ -793,20 +924,21 @@
         : null;
       const reason = h("input", { type: "text", class: "reason", placeholder: "Reason (optional; the agent reads it)", maxlength: "2000", "aria-label": "Reason" });
       const rejectBtn = h("button", { type: "button", class: "btn reject", title: "Reject (r)" }, "Reject ", h("kbd", { text: "r" }));
-      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn, leaseBtn]) if (x) x.disabled = b; };
+      const confirmSlot = h("div", { class: "confirm-slot" });
+      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn, leaseBtn]) if (x) x.disabled = b; if (!b) modifyBtn.disabled = !!editor && !(editState.valid && editState.changed); };
 
-      const decide = async (kind, lease) => {
+      const send = async (kind, args, lease) => {
         const payload = { args_digest: call.args_digest };
         if (reason.value.trim()) payload.reason = reason.value.trim();
-        if (kind === "modify" || (kind === "lease" && editState.valid && editState.changed)) payload.arguments = editState.value;
-        if (kind === "lease") payload.lease = lease;
+        if (args) payload.arguments = args;
+        if (lease) payload.lease = lease;
         busy(true);
         try {
           await api(`/api/calls/${encodeURIComponent(call.id)}/${kind === "reject" ? "reject" : "approve"}`, { json: payload });
-          if (kind === "lease") {
+          if (lease) {
             const ends = [lease.seconds ? `for ${dur(lease.seconds)}` : null, lease.calls ? `for ${lease.calls} call${lease.calls > 1 ? "s" : ""}` : null].filter(Boolean).join(" or ");
-            toast(`Approved; similar calls are allowed ${ends}`);
-          } else toast(kind === "reject" ? "Rejected" : kind === "modify" ? "Approved with your changes" : "Approved");
+            toast(`Approved${args ? " with your changes" : ""}; similar calls are allowed ${ends}`);
+          } else toast(kind === "reject" ? "Rejected" : args ? "Approved with your changes" : "Approved");
           state.known && state.known.add(call.id);
           openCard(call.id, slot, opts);
         } catch (e) {
@@ -819,22 +951,73 @@
           } else toast(e.message, true);
         }
       };
-      approveBtn.addEventListener("click", () => decide("approve"));
-      rejectBtn.addEventListener("click", () => decide("reject"));
-      reason.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); decide("reject"); } });
+
+      const disarm = () => { armed = null; confirmSlot.replaceChildren(); };
+
+      // Every approval sends what is on screen: the edited arguments if the editor holds a change (after
+      // you confirm the diff), never silently the original; an edit that does not check out refuses.
+      const requestApprove = (lease) => {
+        const edited = !!editor && editState.changed;
+        if (editor && !editState.valid) {
+          toast("Your edit has errors: fix it, or discard it, before approving.", true);
+          return;
+        }
+        if (!edited && !level) { send("approve", null, lease || null); return; }
+        if (armed) { (armed.focus || (() => {}))(); return; } // a second `a` never confirms
+        const args = edited ? JSON.parse(JSON.stringify(editState.value)) : null;
+        const diff = edited ? editState.diff : [];
+        const typed = level >= 2 ? h("input", { type: "text", class: "type-confirm mono", spellcheck: "false", autocomplete: "off", "aria-label": `Type ${call.tool} to confirm` }) : null;
+        const yes = h("button", { type: "button", class: "btn approve confirm-yes", disabled: !!typed },
+          args ? "Approve with these changes" : "Yes, approve", lease ? " & allow similar" : "");
+        const no = h("button", { type: "button", class: "btn ghost", text: "Cancel" });
+        const ok = () => !typed || typed.value === call.tool;
+        if (typed) {
+          typed.addEventListener("input", () => { yes.disabled = !ok(); });
+          typed.addEventListener("keydown", (e) => { if (e.key === "Enter" && ok()) { e.preventDefault(); yes.click(); } });
+        }
+        yes.addEventListener("click", () => { if (!ok()) return; disarm(); send("approve", args, lease || null); });
+        no.addEventListener("click", disarm);
+        const irreversible = call.effects && call.effects.reversible === false;
+        confirmSlot.replaceChildren(h("div", { class: `confirm-approve level-${level}`, role: "alertdialog", "aria-label": "Confirm the approval" },
+          h("h3", null, args ? "Approve with your changes?" : "Approve this call?"),
+          args ? [h("p", null, "The upstream receives the edited arguments:"), diffView(diff)] : h("p", null, "The upstream receives the arguments exactly as shown above."),
+          level ? h("p", { class: "why-confirm" }, `Risk ${call.risk}${irreversible ? ", not reversible" : ""}: `,
+            safeText(call.effects && call.effects.approve ? call.effects.approve : `${call.tool} runs on ${call.upstream}.`)) : null,
+          lease ? h("p", null, "Later calls that fit the lease below run without asking until it ends.") : null,
+          typed ? h("label", { class: "typed" }, "Type ", h("code", null, safeText(call.tool)), " to confirm ", typed) : null,
+          h("div", { class: "confirm-buttons" }, yes, no)));
+        armed = { focus: () => (typed || yes).focus() };
+        armed.focus();
+      };
+
+      approveBtn.addEventListener("click", () => requestApprove(null));
+      rejectBtn.addEventListener("click", () => send("reject", null, null));
+      reason.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send("reject", null, null); } });
+      const discardBtn = h("button", { type: "button", class: "btn small ghost discard", text: "Discard edit" });
+      discardBtn.addEventListener("click", () => {
+        editor = null;
+        editState = { valid: true, changed: false, value: null, diff: [] };
+        editorSlot.replaceChildren();
+        modifyBtn.replaceChildren("Edit ", h("kbd", { text: "e" }));
+        modifyBtn.disabled = false;
+        approveBtn.replaceChildren(level ? "Approve… " : "Approve ", h("kbd", { text: "a" }));
+        disarm();
+      });
       modifyBtn.addEventListener("click", () => {
         if (!editor) {
           editor = buildEditor(call, (st) => {
             editState = st;
             modifyBtn.disabled = !(st.valid && st.changed);
+            approveBtn.replaceChildren(st.changed ? "Approve with changes… " : level ? "Approve… " : "Approve ", h("kbd", { text: "a" }));
+            if (armed) { disarm(); if (st.changed) toast("You changed the edit: approve again to confirm the new diff.", true); }
           });
-          editorSlot.replaceChildren(editor.el);
-          modifyBtn.replaceChildren("Approve with changes");
+          editorSlot.replaceChildren(h("div", null, editor.el, h("div", { class: "editor-foot" }, discardBtn)));
+          modifyBtn.replaceChildren("Approve with changes…");
           modifyBtn.disabled = true;
           editor.focus();
           return;
         }
-        if (editState.valid && editState.changed) decide("modify");
+        if (editState.valid && editState.changed) requestApprove(null);
       });
       if (leaseBtn) {
         leaseBtn.addEventListener("click", () => {
@@ -848,23 +1031,27 @@
           }
           const v = leaseEd.value();
           if (v.error) { toast(v.error, true); return; }
-          decide("lease", v.lease);
+          requestApprove(v.lease);
         });
       }
+      const whyNot = !offer.offered && offer.why_not
+        ? h("p", { class: "why-not muted small" }, "“Allow similar…” is not offered: ", safeText(offer.why_not))
+        : null;
       const actions = h("div", { class: "actions" }, approveBtn, modifyBtn, leaseBtn, reason, rejectBtn);
-      card.append(actions);
-      let level = call.escalation || 0;
+      card.append(confirmSlot, actions, whyNot);
+      let escLevel = call.escalation || 0;
       let deadline = call.deadline_at;
       const showEscalation = () => {
-        escSlot.replaceChildren(level
-          ? h("div", { class: "warning" }, icon("↑"), h("span", null, h("b", { text: `Escalated (step ${level}). ` }), "Nobody decided in time, so more people were alerted; the time left may have been shortened."))
+        escSlot.replaceChildren(escLevel
+          ? h("div", { class: "warning" }, icon("↑"), h("span", null, h("b", { text: `Escalated (step ${escLevel}). ` }), "Nobody decided in time, so more people were alerted; the time left may have been shortened."))
           : "");
       };
       showEscalation();
       ctrl = {
-        ...ctrl, approve: () => decide("approve"), reject: () => reason.focus(), edit: () => modifyBtn.click(),
+        ...ctrl, approve: () => { if (!approveBtn.disabled) requestApprove(null); }, reject: () => reason.focus(),
+        edit: () => { if (!editor) modifyBtn.click(); else editor.focus(); },
         escalated: (lv, dl) => {
-          if (lv !== level) { level = lv; showEscalation(); }
+          if (lv !== escLevel) { escLevel = lv; showEscalation(); }
           if (dl && dl !== deadline) {
             deadline = dl;
             for (const el of card.querySelectorAll("[data-left-of]")) el.dataset.leftOf = String(dl);
@@ -938,12 +1125,20 @@
     return h("div", { class: "card-body" }, h("div", { class: "facts" }, fact("Timings", timings), fact("Outcome", outcome)), auditSlot);
   }
 
+  // Only the latest call asked of a slot is drawn there: a slow answer for a call chosen earlier never
+  // replaces the card of the one chosen since (and never becomes the card that `a` approves).
   async function openCard(id, slot, opts) {
+    const ticket = (openCard.seq = (openCard.seq || 0) + 1);
+    slot.dataset.ticket = String(ticket);
+    if (state.card && state.card.id !== id) state.card = null; // keys act on nothing until it is drawn
+    const current = () => slot.dataset.ticket === String(ticket);
     try {
       const call = await api(`/api/calls/${encodeURIComponent(id)}`);
+      if (!current()) return null;
       state.offset = call.now - Date.now() / 1000;
       return renderCard(call, slot, opts);
     } catch (e) {
+      if (!current()) return null;
       if (e.status !== 401) slot.replaceChildren(h("div", { class: "panel empty" }, safeText(e.status === 404 ? "No such call." : e.message)));
       state.card = null;
       return null;
@@ -1244,14 +1439,14 @@
     if (state.view === "review") {
       if (e.key === "j") GK.reviewMove(1);
       else if (e.key === "k") GK.reviewMove(-1);
-      else if (e.key === "c" && state.card && state.card.confirm) state.card.confirm();
+      else if (e.key === "c" && state.card && state.card.confirm && state.card.id === state.reviewSelected) state.card.confirm();
       else if (e.key === "?") showHelp();
       return;
     }
     if (state.view !== "queue") return;
     if (e.key === "j") move(1);
     else if (e.key === "k") move(-1);
-    else if (e.key === "a" && state.card && state.card.approve) state.card.approve();
+    else if (e.key === "a" && state.card && state.card.approve && state.card.id === state.selected) { e.preventDefault(); state.card.approve(); }
     else if (e.key === "r" && state.card && state.card.reject) { e.preventDefault(); state.card.reject(); }
     else if (e.key === "e" && state.card && state.card.edit) { e.preventDefault(); state.card.edit(); }
     else if (e.key === "?") showHelp();

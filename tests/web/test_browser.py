@@ -199,6 +199,10 @@ async def test_live_queue_modify_approve_and_reject(live: Live) -> None:
     await page.wait_for_selector(".diff .now")
     assert "500" in await page.text_content(".diff")
     await page.click(".actions .btn.modify")
+    # the approval confirms the diff first (and a refund is high risk and not reversible anyway)
+    await page.wait_for_selector(".confirm-approve .diff .now")
+    assert not holder.done.is_set()
+    await page.click(".confirm-approve .confirm-yes")
     with anyio.fail_after(5):
         outcome = await holder.outcome()
     assert isinstance(outcome, Approved)
@@ -235,13 +239,26 @@ async def test_the_reviewer_sees_whose_call_it_is(live: Live) -> None:
 
 
 async def test_keyboard_shortcuts_approve(live: Live) -> None:
+    """`a` approves a medium-risk call at once; a critical one only after its name is typed."""
     h = live.h
     page = await live.logged_in_page()
     await page.wait_for_selector(".qlist .empty")
-    rec, holder = await h.hold(new_call(h.policy, "delete_record", {"id": "r-9"}))
+    rec, holder = await h.hold(call_for(h.policy, "files", "edit_file", {"path": "/w/README.md", "dryRun": True}))
     await _wait_for_row(page, rec.id)
     await page.wait_for_selector(f'.card [title="{rec.id}"]')
     await page.keyboard.press("a")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == {"path": "/w/README.md", "dryRun": True}
+    rec, holder = await h.hold(new_call(h.policy, "delete_record", {"id": "r-9"}))
+    await page.click(f'.qitem[data-id="{rec.id}"]')
+    await page.wait_for_selector(f'.card [title="{rec.id}"]')
+    await page.keyboard.press("a")
+    await page.wait_for_selector(".confirm-approve input.type-confirm:focus")
+    await page.keyboard.press("a")  # a second `a` types into the box; it never approves
+    await page.keyboard.press("Enter")
+    assert (await h.store.get(rec.id)).state == State.PENDING
+    await page.fill(".confirm-approve input.type-confirm", "delete_record")
+    await page.keyboard.press("Enter")
     outcome = await holder.outcome()
     assert isinstance(outcome, Approved) and outcome.arguments == {"id": "r-9"}
 
@@ -443,6 +460,7 @@ async def test_lease_from_the_card_review_confirm_and_fail_then_revoke(live: Liv
     await page.select_option(".lease-editor select[aria-label='For how long']", "900")
     await page.fill(".lease-editor input.calls", "3")
     await page.click(".actions .btn.similar")
+    await page.click(".confirm-approve .confirm-yes")  # a refund is high risk: one more deliberate click
     outcome = await holder.outcome()
     assert isinstance(outcome, Approved) and outcome.arguments == refund_args()
     [lease] = await h.store.leases(active_at=h.clock.now())
@@ -649,10 +667,10 @@ async def test_a_private_key_masks_only_itself(live: Live) -> None:
     assert masked == ["•••••• private key (PEM)", "•••••• private key (PEM)"]
     for _ in masked:  # revealed on request: exactly the blocks
         await page.click(".card .masked >> nth=0")
-    revealed = await page.text_content(".card pre.json")
-    assert "new key:\\n-----BEGIN PRIVATE KEY-----\\nMIIEvQ" in revealed
-    assert "-----END PRIVATE KEY-----\\nPlease install" in revealed
-    assert "cut off:\\n-----BEGIN RSA PRIVATE KEY-----\\nMIIEvQ" in revealed
+    revealed = await page.text_content(".card pre.json")  # multi-line text shows its real line breaks
+    assert "new key:\n-----BEGIN PRIVATE KEY-----\nMIIEvQ" in revealed
+    assert "-----END PRIVATE KEY-----\nPlease install" in revealed
+    assert "cut off:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEvQ" in revealed
 
 
 async def test_a_running_gatekeeper_whose_rules_miss_its_upstream_gets_a_red_banner(live: Live) -> None:
