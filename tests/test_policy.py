@@ -943,3 +943,30 @@ def test_a_lease_under_src_does_not_cover_names_windows_may_read_as_a_climb() ->
     assert policy.envelope_holds(envelope, {"path": "/w/src/a. "})
     for path in ("/w/src/.. /x", "/w/src/.../x", "/w/src/..\\x", "C:\\w\\src\\..\\x"):
         assert not policy.envelope_holds(envelope, {"path": path}), path
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (310.0, "310"),
+        (119.99, "119.99"),
+        (-2.5, "-2.5"),
+        (-0.0, "0"),
+        (1e-05, "0.00001"),
+        (1e-07, "1e-7"),
+        (1.5e-07, "1.5e-7"),
+        (1e16, "10000000000000000"),
+        (1e21, "1e+21"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (7, "7"),
+    ],
+)
+def test_summary_numbers_read_as_the_json_view_shows_them(value: float, shown: str) -> None:
+    """The page's JSON view writes numbers as JavaScript does; a summary must not say 310.0 beside 310."""
+    assert render_summary("Refund {amount}", {"amount": value}) == f"Refund {shown}"
+    assert render_summary("{amount:.2f}", {"amount": value}) == f"{value:.2f}"  # an explicit format still rules
+
+
+def test_summary_writes_other_values_as_json() -> None:
+    args = {"notify": True, "cc": None, "tags": ["a", 2.0], "opts": {"retry": 1.0}}
+    assert render_summary("{notify} {cc} {tags} {opts}", args) == 'true null ["a", 2] {"retry": 1}'
