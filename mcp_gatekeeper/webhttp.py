@@ -170,12 +170,32 @@ def row_headline(tool: str, upstream: str, summary: str | None, arguments: str, 
     return {"headline": words, "headline_secrets": summary_secrets(words)}
 
 
+JS_SAFE_INTEGER = 2**53 - 1
+
+
+def inexact_numbers(value: Any) -> list[dict[str, Any]]:
+    """Whole numbers a browser cannot hold exactly (beyond 2^53 - 1): JSON.parse rounds them, so the page
+    shows (and an edit would send) another number. Each with its path and exact digits, to warn instead."""
+    out: list[dict[str, Any]] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > JS_SAFE_INTEGER:
+            out.append({"path": list(path), "exact": str(v)})
+        elif isinstance(v, dict):
+            stack.extend((child, (*path, str(k))) for k, child in reversed(list(v.items())))
+        elif isinstance(v, list):
+            stack.extend((child, (*path, i)) for i, child in reversed(list(enumerate(v))))
+    return out
+
+
 def call_json(rec: CallRecord, *, detail: bool, policy: Policy) -> dict[str, Any]:
     """A call as the API returns it; ``detail`` adds where secret-looking values are, for the page to mask."""
     out = rec.to_json()
     out["args_bytes"] = len(canonical_json(rec.arguments).encode())
     out.update(headline(policy, rec))
     if detail:
+        out["inexact_numbers"] = inexact_numbers(rec.arguments)
         out["secrets"] = {
             key: [h.to_json() for h in find_secrets(value)]
             for key, value in (

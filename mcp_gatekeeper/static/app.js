@@ -608,7 +608,7 @@
     const props = schema && schema.properties && typeof schema.properties === "object" ? schema.properties : {};
     const simple = (p) => p && typeof p === "object" && (["string", "number", "integer", "boolean"].includes(p.type) || Array.isArray(p.enum));
     for (const [k, v] of Object.entries(args)) {
-      if (v === null || typeof v === "object") return null;
+      if (v === null || typeof v === "object" || k === "__proto__") return null;
       if (Object.prototype.hasOwnProperty.call(props, k) && !simple(props[k])) return null;
     }
     const out = Object.entries(props).filter(([, p]) => simple(p));
@@ -840,6 +840,11 @@
     if (susp) warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null, `Contains ${susp} invisible, bidirectional or control character${susp > 1 ? "s" : ""}, shown as ⟨U+…⟩ badges. What you see may not be what runs.`)));
     if (ctx.secrets.length) warnings.push(h("div", { class: "warning" }, icon("*"), h("span", null, `Masked ${ctx.secrets.length} secret-looking value${ctx.secrets.length > 1 ? "s" : ""} (${[...new Set(ctx.secrets)].join(", ")}) going to upstream `, h("code", null, safeText(call.upstream)), ". Click to reveal.")));
     if (ctx.truncated || call.args_bytes > 200000) warnings.push(h("div", { class: "warning" }, icon("…"), h("span", null, `Large arguments (${fmtBytes(call.args_bytes)}): very long values are folded in the middle; click ⟨ … show them ⟩ to read the rest.`)));
+    const inexact = call.inexact_numbers || [];
+    if (inexact.length) warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null,
+      `${inexact.length > 1 ? `${inexact.length} numbers` : "A number"} too large for this page to show exactly: `,
+      inexact.slice(0, 5).map((x, i) => [i ? ", " : "", h("code", null, safeText(x.path.join(".") || "(arguments)")), " is ", h("b", null, safeText(x.exact))]),
+      ". The JSON below rounds it; what runs is the exact value. Editing is off for this call.")));
     if (pending && call.effects && call.effects.reversible === false) warnings.push(h("div", { class: "warning bad" }, icon("!"), h("span", { text: "Not reversible: once approved, this cannot be undone." })));
 
     const effects = call.effects || {};
@@ -963,7 +968,7 @@
           return;
         }
         if (!edited && !level) { send("approve", null, lease || null); return; }
-        if (armed) { (armed.focus || (() => {}))(); return; } // a second `a` never confirms
+        if (armed && armed.lease === lease) { armed.focus(); return; } // a second `a` never confirms
         const args = edited ? JSON.parse(JSON.stringify(editState.value)) : null;
         const diff = edited ? editState.diff : [];
         const typed = level >= 2 ? h("input", { type: "text", class: "type-confirm mono", spellcheck: "false", autocomplete: "off", "aria-label": `Type ${call.tool} to confirm` }) : null;
@@ -986,7 +991,7 @@
           lease ? h("p", null, "Later calls that fit the lease below run without asking until it ends.") : null,
           typed ? h("label", { class: "typed" }, "Type ", h("code", null, safeText(call.tool)), " to confirm ", typed) : null,
           h("div", { class: "confirm-buttons" }, yes, no)));
-        armed = { focus: () => (typed || yes).focus() };
+        armed = { lease, focus: () => (typed || yes).focus() };
         armed.focus();
       };
 
@@ -1004,6 +1009,7 @@
         disarm();
       });
       modifyBtn.addEventListener("click", () => {
+        if (!editor && inexact.length) { toast("This call has numbers the page cannot show exactly: approve or reject it as held.", true); return; }
         if (!editor) {
           editor = buildEditor(call, (st) => {
             editState = st;
@@ -1019,6 +1025,8 @@
         }
         if (editState.valid && editState.changed) requestApprove(null);
       });
+      // the lease confirmed is the lease sent: changing it closes an open confirmation
+      for (const ev of ["input", "change"]) leaseSlot.addEventListener(ev, () => { if (armed && armed.lease) disarm(); });
       if (leaseBtn) {
         leaseBtn.addEventListener("click", () => {
           if (!leaseEd) {

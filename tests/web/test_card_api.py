@@ -122,10 +122,8 @@ async def test_the_live_snapshot_carries_the_headline(harness: Harness) -> None:
 async def test_the_card_has_the_tool_definition_it_was_called_under(harness: Harness) -> None:
     h = harness
     await h.store.check_pins("slack", {"post_message": (tooldef_hash(POST_TOOL), POST_TOOL)})
-    rec, _ = await h.hold(
-        call_for(h.policy, "slack", "post_message", {"channel": "#ops", "text": "hi"},
-                 tooldef_hash=tooldef_hash(POST_TOOL))  # fmt: skip
-    )
+    args = {"channel": "#ops", "text": "hi"}
+    rec, _ = await h.hold(call_for(h.policy, "slack", "post_message", args, tooldef_hash=tooldef_hash(POST_TOOL)))
     t = (await _get(h, rec.id))["tool_definition"]
     assert t["description"] == POST_TOOL["description"]
     assert t["input_schema"] == POST_SCHEMA
@@ -149,3 +147,15 @@ async def test_a_quarantined_call_shows_the_changed_definition_it_was_held_under
     t = (await _get(h, older.id))["tool_definition"]
     assert t["description"] == TOOL_V1["description"] and t["as_called"] is False
     assert (await h.store.get(rec.id)).state == State.PENDING
+
+
+async def test_numbers_a_browser_would_round_are_named_with_their_exact_digits(harness: Harness) -> None:
+    h = harness
+    big = 2**53 + 1
+    args = {"account": big, "ids": [1, -(2**60)], "ok": 2**53 - 1, "flag": True, "f": 1e300}
+    rec, _ = await h.hold(call_for(h.policy, "bank", "move_funds", args))
+    body = await _get(h, rec.id)
+    assert body["inexact_numbers"] == [
+        {"path": ["account"], "exact": str(big)},
+        {"path": ["ids", 1], "exact": str(-(2**60))},
+    ]

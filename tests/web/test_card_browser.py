@@ -135,7 +135,9 @@ async def test_a_link_to_a_call_opens_that_call_and_a_approves_that_call(web: Pa
 
     # a link to a call decided since: its card (decided), not the oldest waiting call; `a` does nothing
     page2 = await web.open(f"#/queue/{third.id}")
-    await page2.wait_for_selector(f'.card [title="{third.id}"] >> xpath=ancestor::article//*[contains(@class, "decided-banner")]')
+    await page2.wait_for_selector(
+        f'.card [title="{third.id}"] >> xpath=ancestor::article//*[contains(@class, "decided-banner")]'
+    )
     await page2.keyboard.press("a")
     await page2.click(f'.qitem[data-id="{first.id}"]')
     await _card_of(page2, first.id)
@@ -402,3 +404,22 @@ async def test_confirmation_grows_with_risk_and_says_why_no_lease(web: Page) -> 
     await page.click(".confirm-approve .confirm-yes")
     outcome = await drop_holder.outcome()
     assert isinstance(outcome, Approved) and outcome.arguments == {"id": "r-1"}
+
+
+async def test_a_number_the_page_would_round_is_shown_exactly_and_cannot_be_edited(web: Page) -> None:
+    """JSON.parse rounds 2^53 + 1; an edit of another field would send the rounded number. The card names the
+    exact value, the editor stays closed, and approving sends the call exactly as held."""
+    h = web.h
+    big = 2**53 + 1
+    args = {"account": big, "memo": "rent"}
+    rec, holder = await web.hold(call_for(h.policy, "files", "edit_file", args))
+    page = await web.open()
+    await _card_of(page, rec.id)
+    warning = await page.text_content(".card .warnings")
+    assert f"account is {big}" in warning
+    await page.keyboard.press("e")
+    await page.wait_for_selector(".toast.bad:has-text('cannot show exactly')")
+    assert await page.locator(".editor").count() == 0
+    await page.keyboard.press("a")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == args and not outcome.modified
