@@ -930,7 +930,7 @@
       const reason = h("input", { type: "text", class: "reason", placeholder: "Reason (optional; the agent reads it)", maxlength: "2000", "aria-label": "Reason" });
       const rejectBtn = h("button", { type: "button", class: "btn reject", title: "Reject (r)" }, "Reject ", h("kbd", { text: "r" }));
       const confirmSlot = h("div", { class: "confirm-slot" });
-      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn, leaseBtn]) if (x) x.disabled = b; if (!b) modifyBtn.disabled = !!editor && !(editState.valid && editState.changed); };
+      const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn, leaseBtn]) if (x) x.disabled = b; };
 
       const send = async (kind, args, lease) => {
         const payload = { args_digest: call.args_digest };
@@ -998,32 +998,29 @@
       approveBtn.addEventListener("click", () => requestApprove(null));
       rejectBtn.addEventListener("click", () => send("reject", null, null));
       reason.addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send("reject", null, null); } });
-      const discardBtn = h("button", { type: "button", class: "btn small ghost discard", text: "Discard edit" });
-      discardBtn.addEventListener("click", () => {
+      const discard = () => {
         editor = null;
         editState = { valid: true, changed: false, value: null, diff: [] };
         editorSlot.replaceChildren();
         modifyBtn.replaceChildren("Edit ", h("kbd", { text: "e" }));
-        modifyBtn.disabled = false;
+        modifyBtn.title = "Edit the arguments, then approve (e)";
         approveBtn.replaceChildren(level ? "Approve… " : "Approve ", h("kbd", { text: "a" }));
         disarm();
-      });
+      };
+      // Edit opens the editor; with it open, the same button discards the edit (back to the call as held)
+      // and the green button approves what the editor shows.
       modifyBtn.addEventListener("click", () => {
-        if (!editor && inexact.length) { toast("This call has numbers the page cannot show exactly: approve or reject it as held.", true); return; }
-        if (!editor) {
-          editor = buildEditor(call, (st) => {
-            editState = st;
-            modifyBtn.disabled = !(st.valid && st.changed);
-            approveBtn.replaceChildren(st.changed ? "Approve with changes… " : level ? "Approve… " : "Approve ", h("kbd", { text: "a" }));
-            if (armed) { disarm(); if (st.changed) toast("You changed the edit: approve again to confirm the new diff.", true); }
-          });
-          editorSlot.replaceChildren(h("div", null, editor.el, h("div", { class: "editor-foot" }, discardBtn)));
-          modifyBtn.replaceChildren("Approve with changes…");
-          modifyBtn.disabled = true;
-          editor.focus();
-          return;
-        }
-        if (editState.valid && editState.changed) requestApprove(null);
+        if (editor) { discard(); return; }
+        if (inexact.length) { toast("This call has numbers the page cannot show exactly: approve or reject it as held.", true); return; }
+        editor = buildEditor(call, (st) => {
+          editState = st;
+          approveBtn.replaceChildren(st.changed ? "Approve with changes… " : level ? "Approve… " : "Approve ", h("kbd", { text: "a" }));
+          if (armed) { disarm(); if (st.changed) toast("You changed the edit: approve again to confirm the new diff.", true); }
+        });
+        editorSlot.replaceChildren(editor.el);
+        modifyBtn.replaceChildren("Discard edit");
+        modifyBtn.title = "Close the editor: approving then sends the call as held";
+        editor.focus();
       });
       // the lease confirmed is the lease sent: changing it closes an open confirmation
       for (const ev of ["input", "change"]) leaseSlot.addEventListener(ev, () => { if (armed && armed.lease) disarm(); });
@@ -1046,7 +1043,8 @@
         ? h("p", { class: "why-not muted small" }, "“Allow similar…” is not offered: ", safeText(offer.why_not))
         : null;
       const actions = h("div", { class: "actions" }, approveBtn, modifyBtn, leaseBtn, reason, rejectBtn);
-      card.append(confirmSlot, actions, whyNot);
+      card.append(confirmSlot, actions);
+      if (whyNot) card.append(whyNot);
       let escLevel = call.escalation || 0;
       let deadline = call.deadline_at;
       const showEscalation = () => {

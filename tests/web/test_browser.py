@@ -198,7 +198,7 @@ async def test_live_queue_modify_approve_and_reject(live: Live) -> None:
     await page.fill("#f-amount", "500")
     await page.wait_for_selector(".diff .now")
     assert "500" in await page.text_content(".diff")
-    await page.click(".actions .btn.modify")
+    await page.click(".actions .btn.approve")
     # the approval confirms the diff first (and a refund is high risk and not reversible anyway)
     await page.wait_for_selector(".confirm-approve .diff .now")
     assert not holder.done.is_set()

@@ -227,7 +227,7 @@ async def test_an_edit_that_does_not_check_out_refuses_and_discarding_it_approve
     await page.wait_for_selector(".confirm-approve:has-text('50 → 40')")
     await page.fill("#f-amount", "30")
     assert await page.locator(".confirm-approve").count() == 0
-    await page.click(".editor-foot .discard")
+    await page.click(".actions .btn.modify")  # "Discard edit"
     assert await page.locator(".editor").count() == 0
     await page.click(".actions .btn.approve")
     await page.wait_for_selector(".confirm-approve:has-text('exactly as shown')")
