@@ -91,6 +91,9 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 SSE_POLL = 0.075
+HEADLINE_ARGS_CAP = 64 * 1024
+"""A pending call without a rule summary is named by its arguments in the live list only up to this size
+(the card always is): the list is rebuilt on every change, for up to 500 calls."""
 SSE_KEEPALIVE = 15.0
 
 
@@ -231,8 +234,11 @@ async def live_snapshot(st: WebState) -> dict[str, Any]:
     )  # fmt: skip
     rows = await st.store.query(
         "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation, principal,"
-        " reasons LIKE '[\"QUARANTINED:%', arguments, input_schema"
-        " FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500"
+        " reasons LIKE '[\"QUARANTINED:%',"
+        " CASE WHEN summary IS NULL AND length(arguments) <= ? THEN arguments END,"
+        " CASE WHEN summary IS NULL THEN input_schema END"
+        " FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500",
+        (HEADLINE_ARGS_CAP,),
     )
     return {
         "pending": [

@@ -156,10 +156,16 @@ def headline(policy: Policy, rec: CallRecord) -> dict[str, Any]:
     }
 
 
-def row_headline(tool: str, upstream: str, summary: str | None, arguments: str, schema: str | None) -> dict[str, Any]:
-    """:func:`headline` for a list row read straight from the store (a pending or audited call, never modified)."""
+def row_headline(
+    tool: str, upstream: str, summary: str | None, arguments: str | None, schema: str | None
+) -> dict[str, Any]:
+    """:func:`headline` for a list row read straight from the store (a pending call, never modified);
+    ``arguments`` ``None``: too large to read for a list, so the tool and upstream alone."""
     if summary:
         return {"headline": summary, "headline_secrets": summary_secrets(summary)}
+    if arguments is None:
+        words = f"{tool} on {upstream} (large arguments)"
+        return {"headline": words, "headline_secrets": summary_secrets(words)}
     try:
         args, sch = json.loads(arguments), json.loads(schema) if schema else None
     except ValueError:

@@ -548,9 +548,12 @@
     for (const li of queueRoot.list.querySelectorAll(".qitem")) li.classList.toggle("sel", li.dataset.id === state.selected);
   }
 
+  // Only ever rewrites a queue URL: a hash naming another view (just typed, its hashchange not yet
+  // handled) is left alone.
   function queueHash(id) {
     const want = `#/queue/${encodeURIComponent(id)}`;
-    if (state.view === "queue" && location.hash !== want) history.replaceState(null, "", want);
+    const onQueue = /^(#\/?)?(queue(\/.*)?)?$/.test(location.hash);
+    if (state.view === "queue" && onQueue && location.hash !== want) history.replaceState(null, "", want);
   }
 
   function select(id) {

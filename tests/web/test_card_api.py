@@ -113,10 +113,21 @@ async def test_the_live_snapshot_carries_the_headline(harness: Harness) -> None:
     await h.hold(call_for(h.policy, "slack", "post_message", {"channel": "#ops", "text": "hi"}))
     await h.hold(new_call(h.policy))
     snap = await live_snapshot(h.app.state.gk)
-    assert [c["headline"] for c in snap["pending"]] == [
-        'post_message on slack: channel "#ops", text "hi"',
+    assert sorted(c["headline"] for c in snap["pending"]) == [
         "Issue $750 refund to john@example.com for order #8821",
+        'post_message on slack: channel "#ops", text "hi"',
     ]
+
+
+async def test_the_live_list_does_not_read_huge_arguments_for_a_headline(harness: Harness) -> None:
+    from mcp_gatekeeper.web import HEADLINE_ARGS_CAP, live_snapshot
+
+    h = harness
+    big = {"channel": "#ops", "text": "x" * HEADLINE_ARGS_CAP}
+    rec, _ = await h.hold(call_for(h.policy, "slack", "post_message", big))
+    snap = await live_snapshot(h.app.state.gk)
+    assert [c["headline"] for c in snap["pending"]] == ["post_message on slack (large arguments)"]
+    assert (await _get(h, rec.id))["headline"].startswith('post_message on slack: channel "#ops", text "xxx')
 
 
 async def test_the_card_has_the_tool_definition_it_was_called_under(harness: Harness) -> None:
