@@ -73,6 +73,7 @@ from mcp_gatekeeper.webgates import (
 )
 from mcp_gatekeeper.webguard import CSP, Guard
 from mcp_gatekeeper.webhttp import (
+    HEADLINE_ARGS_CAP,
     Problem,
     WebState,
     call_json,
@@ -91,9 +92,6 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 SSE_POLL = 0.075
-HEADLINE_ARGS_CAP = 64 * 1024
-"""A pending call without a rule summary is named by its arguments in the live list only up to this size
-(the card always is): the list is rebuilt on every change, for up to 500 calls."""
 SSE_KEEPALIVE = 15.0
 
 

@@ -32,6 +32,7 @@ from mcp_gatekeeper.models import (
     is_quarantine_hold,
 )
 from mcp_gatekeeper.webhttp import (
+    HEADLINE_ARGS_CAP,
     Problem,
     WebState,
     bounded_number,
@@ -40,6 +41,7 @@ from mcp_gatekeeper.webhttp import (
     json_body,
     principal,
     reason_of,
+    row_headline,
     summary_secrets,
     web_state,
 )
@@ -313,21 +315,31 @@ async def call_detail(st: WebState, rec: CallRecord) -> dict[str, Any]:
 async def gates_snapshot(st: WebState) -> dict[str, Any]:
     """For the live view: calls to review, rollbacks that failed, quarantined tools."""
     keys = ("id", "state", "created_at", "deadline_at", "risk", "upstream", "tool", "summary")
+    columns = (
+        "SELECT id, state, created_at, deadline_at, risk, upstream, tool, summary,"
+        " CASE WHEN summary IS NULL AND length(arguments) <= ? THEN arguments END,"
+        " CASE WHEN summary IS NULL THEN input_schema END FROM calls"
+    )
     reviews = await st.store.query(
-        "SELECT id, state, created_at, deadline_at, risk, upstream, tool, summary FROM calls"
-        " WHERE state IN ('under_review', 'unreviewed') ORDER BY state = 'unreviewed', deadline_at, created_at, id"
-        " LIMIT 500"
+        columns + " WHERE state IN ('under_review', 'unreviewed')"
+        " ORDER BY state = 'unreviewed', deadline_at, created_at, id LIMIT 500",
+        (HEADLINE_ARGS_CAP,),
     )
     failed = await st.store.query(
-        "SELECT id, state, created_at, deadline_at, risk, upstream, tool, summary FROM calls"
-        " WHERE state = 'rollback_failed' ORDER BY created_at DESC, id LIMIT 100"
+        columns + " WHERE state = 'rollback_failed' ORDER BY created_at DESC, id LIMIT 100", (HEADLINE_ARGS_CAP,)
     )
     quarantined = await st.store.pins(quarantined_only=True)
+
+    def row(r: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            **dict(zip(keys, r[:8], strict=True)),
+            "summary_secrets": summary_secrets(r[7]),
+            **row_headline(r[6], r[5], r[7], r[8], r[9]),
+        }
+
     return {
-        "reviews": [{**dict(zip(keys, r, strict=True)), "summary_secrets": summary_secrets(r[7])} for r in reviews],
-        "rollback_failed": [
-            {**dict(zip(keys, r, strict=True)), "summary_secrets": summary_secrets(r[7])} for r in failed
-        ],
+        "reviews": [row(r) for r in reviews],
+        "rollback_failed": [row(r) for r in failed],
         "quarantined": [
             {"upstream": p.upstream, "tool": p.tool, "changed_at": p.changed_at} for p in quarantined if p.quarantined
         ],

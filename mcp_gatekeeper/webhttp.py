@@ -24,6 +24,9 @@ from mcp_gatekeeper.webredact import find_secrets
 MAX_DEPTH = 64
 """JSON bodies nested deeper than this are refused (422) before any parser recursion can fail."""
 MAX_REASON = 2000
+HEADLINE_ARGS_CAP = 64 * 1024
+"""A call without a rule summary is named by its arguments in the live lists only up to this size (the
+card always is): the lists are rebuilt on every change, for up to 500 calls."""
 
 
 class Problem(Exception):

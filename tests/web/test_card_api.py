@@ -10,7 +10,7 @@ import pytest
 from mcp_gatekeeper.models import Approved, Decision, State
 from mcp_gatekeeper.proxy import tooldef_hash
 
-from .conftest import TOOL_V1, TOOL_V2, Harness, call_for, new_call, quarantine_refunds, refund_args
+from .conftest import TOOL_V1, TOOL_V2, Harness, call_for, new_call, quarantine_refunds, ran_for_review, refund_args
 
 pytestmark = pytest.mark.anyio
 
@@ -120,7 +120,8 @@ async def test_the_live_snapshot_carries_the_headline(harness: Harness) -> None:
 
 
 async def test_the_live_list_does_not_read_huge_arguments_for_a_headline(harness: Harness) -> None:
-    from mcp_gatekeeper.web import HEADLINE_ARGS_CAP, live_snapshot
+    from mcp_gatekeeper.web import live_snapshot
+    from mcp_gatekeeper.webhttp import HEADLINE_ARGS_CAP
 
     h = harness
     big = {"channel": "#ops", "text": "x" * HEADLINE_ARGS_CAP}
@@ -169,4 +170,16 @@ async def test_numbers_a_browser_would_round_are_named_with_their_exact_digits(h
     assert body["inexact_numbers"] == [
         {"path": ["account"], "exact": str(big)},
         {"path": ["ids", 1], "exact": str(-(2**60))},
+    ]
+
+
+async def test_calls_to_review_carry_plain_words_too(harness: Harness) -> None:
+    from mcp_gatekeeper.webgates import gates_snapshot
+
+    h = harness
+    new = call_for(h.policy, "slack", "post_message", {"channel": "#ops", "text": "done"}, gate="audit")
+    rec = await ran_for_review(h.store, h.clock, new)
+    snap = await gates_snapshot(h.app.state.gk)
+    assert [(c["id"], c["headline"]) for c in snap["reviews"]] == [
+        (rec.id, 'post_message on slack: channel "#ops", text "done"')
     ]
