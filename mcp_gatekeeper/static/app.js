@@ -974,11 +974,13 @@
         if (armed && armed.lease === lease) { armed.focus(); return; } // a second `a` never confirms
         const args = edited ? JSON.parse(JSON.stringify(editState.value)) : null;
         const diff = edited ? editState.diff : [];
-        const typed = level >= 2 ? h("input", { type: "text", class: "type-confirm mono", spellcheck: "false", autocomplete: "off", "aria-label": `Type ${call.tool} to confirm` }) : null;
+        // the word to type: the tool's name without characters nobody can type (or "approve" if that leaves nothing)
+        const word = [...call.tool].filter((ch) => !isSuspicious(ch.codePointAt(0))).join("") || "approve";
+        const typed = level >= 2 ? h("input", { type: "text", class: "type-confirm mono", spellcheck: "false", autocomplete: "off", "aria-label": `Type ${word} to confirm` }) : null;
         const yes = h("button", { type: "button", class: "btn approve confirm-yes", disabled: !!typed },
           args ? "Approve with these changes" : "Yes, approve", lease ? " & allow similar" : "");
         const no = h("button", { type: "button", class: "btn ghost", text: "Cancel" });
-        const ok = () => !typed || typed.value === call.tool;
+        const ok = () => !typed || typed.value === word;
         if (typed) {
           typed.addEventListener("input", () => { yes.disabled = !ok(); });
           typed.addEventListener("keydown", (e) => { if (e.key === "Enter" && ok()) { e.preventDefault(); yes.click(); } });
@@ -992,7 +994,7 @@
           level ? h("p", { class: "why-confirm" }, `Risk ${call.risk}${irreversible ? ", not reversible" : ""}: `,
             safeText(call.effects && call.effects.approve ? call.effects.approve : `${call.tool} runs on ${call.upstream}.`)) : null,
           lease ? h("p", null, "Later calls that fit the lease below run without asking until it ends.") : null,
-          typed ? h("label", { class: "typed" }, "Type ", h("code", null, safeText(call.tool)), " to confirm ", typed) : null,
+          typed ? h("label", { class: "typed" }, "Type ", h("code", null, safeText(word)), " to confirm ", typed) : null,
           h("div", { class: "confirm-buttons" }, yes, no)));
         armed = { lease, focus: () => (typed || yes).focus() };
         armed.focus();

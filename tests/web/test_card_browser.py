@@ -423,3 +423,20 @@ async def test_a_number_the_page_would_round_is_shown_exactly_and_cannot_be_edit
     await page.keyboard.press("a")
     outcome = await holder.outcome()
     assert isinstance(outcome, Approved) and outcome.arguments == args and not outcome.modified
+
+
+async def test_a_critical_tool_named_with_a_hidden_character_can_still_be_confirmed(web: Page) -> None:
+    """The word to type leaves out what nobody can type (a zero-width space), and the card badges it."""
+    h = web.h
+    rec, holder = await web.hold(
+        call_for(h.policy, "disk", "wipe\u200b_disk", {"disk": "/dev/sdb"}, gate="hard", risk="critical")
+    )
+    page = await web.open(f"#/queue/{rec.id}")
+    await _card_of(page, rec.id)
+    assert "⟨U+200B⟩" in await page.text_content(".card .card-meta")
+    await page.keyboard.press("a")
+    assert await page.text_content(".confirm-approve .typed code") == "wipe_disk"
+    await page.keyboard.type("wipe_disk")
+    await page.keyboard.press("Enter")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == {"disk": "/dev/sdb"}
