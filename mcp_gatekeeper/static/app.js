@@ -192,13 +192,18 @@
     return a.length === b.length && a.every((x, i) => String(x) === String(b[i]));
   }
 
-  function jsonView(value, secretHits, ctx) {
+  // `exact`: whole numbers a browser rounds ([{path, exact}] from the server), shown with their real digits.
+  function jsonView(value, secretHits, ctx, exact) {
     const pre = h("pre", { class: "json" });
     const hitsAt = (path) => (secretHits || []).filter((x) => samePath(x.path, path));
+    const exactAt = (path) => (exact || []).find((x) => samePath(x.path, path));
     const walk = (v, path, indent) => {
       const pad = "  ".repeat(indent);
       if (v === null || typeof v === "boolean") return h("span", { class: "j-lit", text: String(v) });
-      if (typeof v === "number") return h("span", { class: "j-num", text: String(v) });
+      if (typeof v === "number") {
+        const x = exactAt(path);
+        return x ? h("span", { class: "j-num exact", title: "Exact value (too large for the browser's numbers)" }, safeText(x.exact)) : h("span", { class: "j-num", text: String(v) });
+      }
       if (typeof v === "string" && v.includes("\n")) {
         // multi-line text reads as text: its real line breaks, wrapped, scrollable, every character there
         const lines = v.split("\n").length;
@@ -813,7 +818,7 @@
     const ctx = { secrets: [], truncated: false };
     const sec = call.secrets || {};
     const strHits = (field) => (sec[field] || []).filter((x) => x.path.length === 0);
-    const argsView = jsonView(call.arguments, sec.arguments, ctx);
+    const argsView = jsonView(call.arguments, sec.arguments, ctx, call.inexact_numbers);
     const tdef = call.tool_definition || null;
     const susp = countSuspicious([call.arguments, call.headline, call.tool, call.upstream, call.agent_reason, call.modified_arguments, tdef && tdef.description, tdef && tdef.title]);
     const code = (v) => h("code", null, safeText(v));
@@ -847,7 +852,7 @@
     if (inexact.length) warnings.push(h("div", { class: "warning bad", role: "alert" }, icon("!"), h("span", null,
       `${inexact.length > 1 ? `${inexact.length} numbers` : "A number"} too large for this page to show exactly: `,
       inexact.slice(0, 5).map((x, i) => [i ? ", " : "", h("code", null, safeText(x.path.join(".") || "(arguments)")), " is ", h("b", null, safeText(x.exact))]),
-      ". The JSON below rounds it; what runs is the exact value. Editing is off for this call.")));
+      ". The arguments below show the exact digits; editing is off for this call.")));
     if (pending && call.effects && call.effects.reversible === false) warnings.push(h("div", { class: "warning bad" }, icon("!"), h("span", { text: "Not reversible: once approved, this cannot be undone." })));
 
     const effects = call.effects || {};

@@ -417,6 +417,7 @@ async def test_a_number_the_page_would_round_is_shown_exactly_and_cannot_be_edit
     await _card_of(page, rec.id)
     warning = await page.text_content(".card .warnings")
     assert f"account is {big}" in warning
+    assert await page.text_content(".card pre.json .j-num.exact") == str(big)  # not 9007199254740992
     await page.keyboard.press("e")
     await page.wait_for_selector(".toast.bad:has-text('cannot show exactly')")
     assert await page.locator(".editor").count() == 0
