@@ -1152,6 +1152,11 @@
       const call = await api(`/api/calls/${encodeURIComponent(id)}`);
       if (!current()) return null;
       state.offset = call.now - Date.now() / 1000;
+      if (call.id !== id) {
+        // a link by id prefix (`#/queue/7f3a`): from now on the selection and the URL name the whole id
+        if (state.view === "queue" && state.selected === id) { state.selected = call.id; queueHash(call.id); markSelected(); }
+        if (state.view === "review" && state.reviewSelected === id) state.reviewSelected = call.id;
+      }
       return renderCard(call, slot, opts);
     } catch (e) {
       if (!current()) return null;

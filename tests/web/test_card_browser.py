@@ -441,3 +441,16 @@ async def test_a_critical_tool_named_with_a_hidden_character_can_still_be_confir
     await page.keyboard.press("Enter")
     outcome = await holder.outcome()
     assert isinstance(outcome, Approved) and outcome.arguments == {"disk": "/dev/sdb"}
+
+
+async def test_a_link_by_id_prefix_names_the_whole_call_and_a_approves_it(web: Page) -> None:
+    h = web.h
+    (first, _) = await web.hold(call_for(h.policy, "files", "edit_file", edit_file("/w/one.txt")))
+    (second, second_holder) = await web.hold(call_for(h.policy, "files", "edit_file", edit_file("/w/two.txt")))
+    page = await web.open(f"#/queue/{second.id[:8]}")  # as `mcp-gatekeeper pending` prints ids
+    await _card_of(page, second.id)
+    await page.wait_for_selector(f'.qitem.sel[data-id="{second.id}"]')
+    assert page.url.endswith(f"#/queue/{second.id}")
+    await page.keyboard.press("a")
+    assert isinstance(await second_holder.outcome(), Approved)
+    assert (await h.store.get(first.id)).state == State.PENDING
