@@ -774,7 +774,7 @@
 
   // The tool's definition as its upstream gave it: in the upstream's own words (they can be wrong, or
   // written to steer the agent), with hidden characters as badges.
-  function toolDefinition(call, ctx) {
+  function toolDefinition(call) {
     const t = call.tool_definition;
     if (!t) return h("details", { class: "tooldef" }, h("summary", { text: "The tool's definition" }), h("p", { class: "muted", text: "Not known: the gatekeeper has not seen this tool listed by its upstream." }));
     const ann = t.annotations && typeof t.annotations === "object" ? Object.entries(t.annotations) : [];
@@ -782,9 +782,9 @@
       h("summary", null, "The tool's definition, from upstream ", h("code", null, safeText(call.upstream)),
         t.as_called ? null : h("span", { class: "chip neutral", title: "The call was made under another (or an unknown) version of the definition", text: "current version" })),
       t.title ? h("p", null, h("b", null, safeText(t.title))) : null,
-      h("div", { class: "desc-text" }, t.description ? richString(String(t.description), [], false, ctx, 20000) : h("span", { class: "muted", text: "The tool has no description." })),
+      h("div", { class: "desc-text" }, t.description ? richString(String(t.description), [], false, null, 20000) : h("span", { class: "muted", text: "The tool has no description." })),
       ann.length ? h("div", { class: "ann" }, ann.map(([k, v]) => h("span", { class: "chip neutral" }, safeText(`${k}: ${JSON.stringify(v)}`)))) : null,
-      t.input_schema ? [h("h3", { text: "Input schema" }), jsonView(t.input_schema, [], ctx)] : null);
+      t.input_schema ? [h("h3", { text: "Input schema" }), jsonView(t.input_schema, [], null)] : null);
   }
 
   function fact(title, ...content) {
@@ -911,7 +911,7 @@
 
     const body = h("div", { class: "card-body" }, whatHappens, facts,
       q ? h("div", { class: "quarantine-diff" }, h("div", { class: "section-head" }, h("h3", { text: "What changed in the tool's definition" })), GK.unifiedDiff(q.diff)) : null,
-      h("div", null, argsHead, argsView), editorSlot, leaseSlot, toolDefinition(call, ctx));
+      h("div", null, argsHead, argsView), editorSlot, leaseSlot, toolDefinition(call));
     if (call.modified_arguments) {
       body.append(h("div", null, h("div", { class: "section-head" }, h("h3", { text: "Modified arguments (what ran)" })),
         jsonView(call.modified_arguments, sec.modified_arguments, ctx), h("div", { class: "stack-v" }, diffView(diffList(call.arguments, call.modified_arguments)))));
@@ -1443,7 +1443,7 @@
       h("div", { class: "panel" }, h("h2", { text: "Keyboard shortcuts" }),
         h("dl", null,
           h("dt", null, h("kbd", { text: "j" }), " ", h("kbd", { text: "k" })), h("dd", { text: "next / previous held call" }),
-          h("dt", null, h("kbd", { text: "a" })), h("dd", { text: "approve as shown" }),
+          h("dt", null, h("kbd", { text: "a" })), h("dd", { text: "approve what is shown (edited, high-risk, irreversible or critical calls: opens a confirmation, which a key never answers)" }),
           h("dt", null, h("kbd", { text: "e" })), h("dd", { text: "edit the arguments" }),
           h("dt", null, h("kbd", { text: "r" })), h("dd", { text: "reject: type a reason, Enter" }),
           h("dt", null, h("kbd", { text: "c" })), h("dd", { text: "confirm the call under review (Review)" }),
