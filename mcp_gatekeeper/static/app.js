@@ -296,16 +296,19 @@
 
   // ------------------------------------------------------------------ diff
 
+  // Each leaf under a path that names it unambiguously: `a.b` is key b inside a, `["a.b"]` the key "a.b",
+  // `a[0]` an array item (so {"a.b": 1} and {"a": {"b": 1}}, or [1] and {"0": 1}, never compare equal).
   function flatten(v, path, out) {
-    if (v && typeof v === "object" && Object.keys(v).length) {
-      for (const [k, x] of Object.entries(v)) flatten(x, path.concat([k]), out);
-    } else out.set(path.join("."), JSON.stringify(v));
+    if (Array.isArray(v) && v.length) v.forEach((x, i) => flatten(x, `${path}[${i}]`, out));
+    else if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length) {
+      for (const [k, x] of Object.entries(v)) flatten(x, /^[A-Za-z_$][A-Za-z0-9_$-]*$/.test(k) ? (path ? `${path}.${k}` : k) : `${path}[${JSON.stringify(k)}]`, out);
+    } else out.set(path, JSON.stringify(v));
     return out;
   }
 
   function diffList(before, after) {
-    const a = flatten(before, [], new Map());
-    const b = flatten(after, [], new Map());
+    const a = flatten(before, "", new Map());
+    const b = flatten(after, "", new Map());
     const items = [];
     for (const [k, v] of a) {
       if (!b.has(k)) items.push({ path: k, was: v, now: null });
@@ -682,8 +685,12 @@
     function formBody() {
       const body = h("div", { class: "form-grid" });
       const req = new Set(schema.required || []);
+      const ids = new Set();
       for (const [key, prop] of fieldList) {
-        const id = `f-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+        // one id per field even for names that differ only in characters an id cannot hold ("a.b", "a_b")
+        let id = `f-${key.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+        for (let n = 2; ids.has(id); n++) id = `f-${key.replace(/[^A-Za-z0-9_-]/g, "_")}-${n}`;
+        ids.add(id);
         const val = current[key];
         const note = h("div", { class: "shows-slot" }, showsAs(val));
         let input;

@@ -454,3 +454,38 @@ async def test_a_link_by_id_prefix_names_the_whole_call_and_a_approves_it(web: P
     await page.keyboard.press("a")
     assert isinstance(await second_holder.outcome(), Approved)
     assert (await h.store.get(first.id)).state == State.PENDING
+
+
+async def test_fields_whose_names_look_alike_edit_their_own_argument(web: Page) -> None:
+    """`a.b` and `a_b` would both be the field `f-a_b`: each label must still lead to its own argument."""
+    h = web.h
+    rec, holder = await web.hold(call_for(h.policy, "files", "edit_file", {"a.b": "one", "a_b": "two"}))
+    page = await web.open()
+    await _card_of(page, rec.id)
+    await page.keyboard.press("e")
+    await page.get_by_label("a_b", exact=True).fill("three")
+    assert " ".join((await page.text_content(".editor .diff")).split()) == 'a_b "two" → "three"'
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("a")
+    await page.click(".confirm-approve .confirm-yes")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == {"a.b": "one", "a_b": "three"}
+
+
+async def test_an_edit_under_a_look_alike_path_is_still_a_change(web: Page) -> None:
+    """{"a": {"b": 1}} and {"a.b": 1} side by side: changing one must show in the diff and be what is sent
+    (the diff once keyed both as "a.b", so the change vanished and the original was approved)."""
+    h = web.h
+    args = {"a": {"b": 1}, "a.b": 1}
+    rec, holder = await web.hold(call_for(h.policy, "files", "edit_file", args))
+    page = await web.open()
+    await _card_of(page, rec.id)
+    await page.keyboard.press("e")
+    text = await page.input_value(".editor textarea.json-edit")
+    await page.fill(".editor textarea.json-edit", text.replace('"b": 1', '"b": 2'))
+    assert " ".join((await page.text_content(".editor .diff")).split()) == "a.b 1 → 2"
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("a")
+    await page.click(".confirm-approve .confirm-yes")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == {"a": {"b": 2}, "a.b": 1}
