@@ -318,14 +318,35 @@
     return items;
   }
 
+  // Two long values that differ in a small part: that part with some context, the unchanged rest elided
+  // ("…"), never cutting a character in half. Short values are shown whole.
+  const DIFF_WHOLE = 160;
+  const DIFF_CONTEXT = 40;
+  function clipPair(was, now) {
+    if (was === null || now === null || (was.length <= DIFF_WHOLE && now.length <= DIFF_WHOLE)) return [was, now];
+    let p = 0;
+    while (p < was.length && p < now.length && was[p] === now[p]) p++;
+    let q = 0;
+    while (q < was.length - p && q < now.length - p && was[was.length - 1 - q] === now[now.length - 1 - q]) q++;
+    let start = Math.max(0, p - DIFF_CONTEXT);
+    let tail = Math.max(0, q - DIFF_CONTEXT);
+    const low = (x, i) => i > 0 && i < x.length && x.charCodeAt(i) >= 0xdc00 && x.charCodeAt(i) <= 0xdfff;
+    while (low(was, start) || low(now, start)) start--;
+    while (low(was, was.length - tail) || low(now, now.length - tail)) tail--;
+    const cut = (x) => `${start ? "…" : ""}${x.slice(start, x.length - tail)}${tail ? "…" : ""}`;
+    return [cut(was), cut(now)];
+  }
+
   function diffView(items) {
     return h("ul", { class: "diff", "aria-label": "What changed" },
-      items.map((d) => h("li", null,
-        h("span", { class: "path" }, safeText(d.path || "(arguments)")), "  ",
-        d.was !== null ? h("span", { class: "was" }, safeText(d.was)) : h("span", { class: "muted", text: "(added)" }),
-        "  →  ",
-        d.now !== null ? h("span", { class: "now" }, safeText(d.now)) : h("span", { class: "muted", text: "(removed)" }),
-      )));
+      items.map((d) => {
+        const [was, now] = clipPair(d.was, d.now);
+        return h("li", null,
+          h("span", { class: "path" }, safeText(d.path || "(arguments)")), "  ",
+          was !== null ? h("span", { class: "was" }, safeText(was)) : h("span", { class: "muted", text: "(added)" }),
+          "  →  ",
+          now !== null ? h("span", { class: "now" }, safeText(now)) : h("span", { class: "muted", text: "(removed)" }));
+      }));
   }
 
   // ------------------------------------------------------------------ formatting

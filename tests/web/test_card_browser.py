@@ -306,6 +306,10 @@ async def test_long_multiline_text_is_readable_and_editable_in_full(web: Page) -
     assert await page.input_value("#f-body") == body
     await page.fill("#f-body", body.replace("account 99-1234 today", "account 99-1234 next week"))
     await page.click(".actions .btn.approve")
+    # the confirmation shows the change in the long text with some context, not the whole 5 KB twice
+    change = await page.text_content(".confirm-approve .diff")
+    assert "account 99-1234 today" in change and "account 99-1234 next week" in change
+    assert change.count("…") == 4 and len(change) < 400
     await page.click(".confirm-approve .confirm-yes")
     outcome = await holder.outcome()
     assert isinstance(outcome, Approved)
