@@ -688,6 +688,10 @@
     let current = JSON.parse(JSON.stringify(original));
     let parseError = null;
     let first = null;
+    // secret-looking values stay masked in the editor too, until the reviewer asks to see them
+    const secretHits = ((call.secrets || {}).arguments || []);
+    const secretOf = (key) => secretHits.find((x) => x.path.length === 1 && String(x.path[0]) === key);
+    let jsonRevealed = !secretHits.length;
 
     const update = () => {
       const errs = parseError ? [parseError] : validate(schema, current, [], []);
@@ -746,6 +750,18 @@
           input.addEventListener("input", () => set(input.value === "" && val === undefined ? undefined : input.value));
         }
         if (countSuspicious(val)) input.classList.add("suspicious");
+        const hit = typeof val === "string" ? secretOf(key) : null;
+        if (hit) {
+          // masked until revealed: nothing of the value is on the page, and an untouched field keeps it as held
+          const reveal = h("button", { type: "button", class: "masked reveal", id, title: "Secret-looking value: click to reveal and edit" }, "•••••• ", hit.kind, " — reveal to edit");
+          input.removeAttribute("id");
+          const holder = h("div", { class: "field" }, reveal, note);
+          reveal.addEventListener("click", () => { input.id = id; holder.replaceChildren(input, note); input.focus(); }, { once: true });
+          first = first || reveal;
+          body.append(h("label", { for: id, class: req.has(key) ? "req mono" : "mono" }, safeText(key)), holder);
+          if (prop.description) body.append(h("div", { class: "desc" }, safeText(prop.description)));
+          continue;
+        }
         first = first || input;
         body.append(h("label", { for: id, class: req.has(key) ? "req mono" : "mono" }, safeText(key)), h("div", { class: "field" }, input, note));
         if (prop.description) body.append(h("div", { class: "desc" }, safeText(prop.description)));
@@ -754,6 +770,14 @@
     }
 
     function jsonBody() {
+      if (!jsonRevealed) {
+        const n = secretHits.length;
+        const reveal = h("button", { type: "button", class: "masked reveal", title: "Show the arguments as JSON, secrets included" },
+          `•••••• The arguments hold ${n} secret-looking value${n > 1 ? "s" : ""}: reveal them to edit as JSON`);
+        reveal.addEventListener("click", () => { jsonRevealed = true; draw(); first && first.focus(); }, { once: true });
+        first = reveal;
+        return reveal;
+      }
       const body = h("textarea", { rows: "14", spellcheck: "false", class: "json-edit", "aria-label": "Arguments as JSON" });
       body.value = escapeSuspicious(JSON.stringify(current, null, 2));
       body.addEventListener("input", () => {

@@ -493,3 +493,41 @@ async def test_an_edit_under_a_look_alike_path_is_still_a_change(web: Page) -> N
     await page.click(".confirm-approve .confirm-yes")
     outcome = await holder.outcome()
     assert isinstance(outcome, Approved) and outcome.arguments == {"a": {"b": 2}, "a.b": 1}
+
+
+async def test_the_editor_keeps_secrets_masked_until_revealed(web: Page) -> None:
+    """The card masks a password; the editor must not print it in clear either. Untouched, it is sent as held."""
+    h = web.h
+    secret = "hunter2-Correct-Horse"
+    args = {"user": "ann", "password": secret}
+    rec, holder = await web.hold(call_for(h.policy, "files", "edit_file", args))
+    page = await web.open()
+    await _card_of(page, rec.id)
+    await page.keyboard.press("e")
+    await page.wait_for_selector(".editor .reveal")
+    values = await page.eval_on_selector_all(".editor input, .editor textarea", "els => els.map(e => e.value)")
+    assert secret not in " ".join(values) and secret not in await page.text_content(".card")
+    await page.click(".editor .btn.mode")  # as JSON: behind the same question
+    assert await page.locator(".editor textarea.json-edit").count() == 0
+    await page.click(".editor .reveal")
+    assert secret in await page.input_value(".editor textarea.json-edit")
+    await page.click(".editor .btn.mode")  # back to fields: still masked there until asked
+    await page.fill("#f-user", "bob")
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("a")
+    await page.click(".confirm-approve .confirm-yes")
+    outcome = await holder.outcome()
+    assert isinstance(outcome, Approved) and outcome.arguments == {"user": "bob", "password": secret}
+    # revealed on request, it can be edited
+    rec2, holder2 = await web.hold(call_for(h.policy, "files", "edit_file", args))
+    await page.click(f'.qitem[data-id="{rec2.id}"]')
+    await _card_of(page, rec2.id)
+    await page.keyboard.press("e")
+    await page.get_by_label("password", exact=True).click()
+    assert await page.input_value("#f-password") == secret
+    await page.fill("#f-password", "rotated-Secret-Value-9")
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("a")
+    await page.click(".confirm-approve .confirm-yes")
+    outcome2 = await holder2.outcome()
+    assert isinstance(outcome2, Approved) and outcome2.arguments["password"] == "rotated-Secret-Value-9"
