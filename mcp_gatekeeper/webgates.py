@@ -276,7 +276,8 @@ def _review_json(st: WebState, rec: CallRecord, attempts: int) -> dict[str, Any]
 async def tool_definition(st: WebState, rec: CallRecord) -> dict[str, Any] | None:
     """The tool's definition as the upstream gave it when the call was made (its pin, or the changed
     definition a quarantined call was held under): title, description, input schema, annotations.
-    ``as_called`` is false when only another version is known (the call predates pinning, or it was re-pinned)."""
+    ``as_called`` is false unless this is known to be that version (the call recorded no definition hash, or
+    the tool was re-pinned since)."""
     pins = [p for p in await st.store.pins(upstream=rec.upstream) if p.tool == rec.tool]
     if not pins:
         return None
@@ -284,7 +285,7 @@ async def tool_definition(st: WebState, rec: CallRecord) -> dict[str, Any] | Non
     if rec.tooldef_hash is not None and rec.tooldef_hash == pin.pending_hash and pin.pending_definition is not None:
         definition, as_called = pin.pending_definition, True
     else:
-        definition, as_called = pin.definition, rec.tooldef_hash in (None, pin.hash)
+        definition, as_called = pin.definition, rec.tooldef_hash is not None and rec.tooldef_hash == pin.hash
     return {
         "title": definition.get("title"),
         "description": definition.get("description"),

@@ -100,6 +100,7 @@ def summary_secrets(summary: str | None) -> list[dict[str, Any]]:
 
 _SALIENT = 3
 _SALIENT_CHARS = 48
+_SALIENT_KEY = 32
 
 
 def _short(value: Any) -> str | None:
@@ -127,7 +128,8 @@ def plain_headline(tool: str, upstream: str, arguments: dict[str, Any], schema: 
         text = _short(value)
         if text is None or find_secrets(value, (key,), key):
             continue
-        shown.append(f"{key} {text}")
+        name = " ".join(key.split())
+        shown.append(f"{name if len(name) <= _SALIENT_KEY else name[: _SALIENT_KEY - 1] + '…'} {text}")
         if len(shown) == _SALIENT:
             break
     rest = len(arguments) - len(shown)

@@ -102,6 +102,8 @@ async def test_plain_words_leave_out_secrets_and_shorten_long_text(harness: Harn
     assert head.startswith('send_email on mail: body "word word')
     assert head.endswith('…", n 2 (+3 more)')
     assert len(head) < 120
+    long_key, _ = await h.hold(call_for(h.policy, "mail", "send_email", {"k" * 5000 + "\n": "v"}))
+    assert (await _get(h, long_key.id))["headline"] == "send_email on mail: " + "k" * 31 + '… "v"'
     empty, _ = await h.hold(call_for(h.policy, "git", "git_status", {}, gate="hard"))
     assert (await _get(h, empty.id))["headline"] == "git_status on git (no arguments)"
 
@@ -141,6 +143,9 @@ async def test_the_card_has_the_tool_definition_it_was_called_under(harness: Har
     assert t["input_schema"] == POST_SCHEMA
     assert t["annotations"] == POST_TOOL["annotations"]
     assert t["as_called"] is True and t["hash"] == tooldef_hash(POST_TOOL)
+    # a call that recorded no definition hash gets the pinned one, not claimed to be the one it ran under
+    unknown, _ = await h.hold(call_for(h.policy, "slack", "post_message", args))
+    assert (await _get(h, unknown.id))["tool_definition"]["as_called"] is False
     # a tool never listed: nothing to show, and nothing invented
     other, _ = await h.hold(call_for(h.policy, "slack", "delete_channel", {"channel": "#ops"}))
     assert (await _get(h, other.id))["tool_definition"] is None
