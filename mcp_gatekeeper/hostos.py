@@ -113,7 +113,7 @@ def os_user() -> str:
     """
     try:
         name = psutil.Process().username()
-    except (psutil.Error, KeyError, OSError):  # a uid with no passwd entry (containers) has no name
+    except (psutil.Error, KeyError, OSError, ImportError):  # a uid with no passwd entry (containers), or no pwd module
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
     return str(name)
 
