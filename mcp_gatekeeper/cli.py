@@ -36,7 +36,8 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, definition_diff
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.serve import build_policy, open_runtime, run_proxy
-from mcp_gatekeeper.store import default_home
+from mcp_gatekeeper.store import Store, default_home
+from mcp_gatekeeper.webauth import LOGIN_TTL, mint_login_url
 from mcp_gatekeeper.webredact import redact
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -509,8 +510,86 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_runtime(config, label="ui") as rt, anyio.create_task_group() as tg:
-            await start_ui_if_possible(rt, tg, force=True)
+            try:
+                await start_ui_if_possible(rt, tg, force=True)
+            except OSError as e:
+                return await _page_not_served(rt.store, config.ui.port, e)
         return EXIT_OK
+
+    return anyio.run(go)
+
+
+async def _page_not_served(store: Store, port: int, error: OSError) -> int:
+    """``ui`` found its port taken: say by whom, and how to get in, instead of a traceback."""
+    served = await store.page_urls()
+    if served:
+        print(
+            f"mcp-gatekeeper: the approval page is already served at {served[0]} by another gatekeeper process;"
+            " for a login link run: mcp-gatekeeper login",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"mcp-gatekeeper: cannot serve the approval page on port {port} ({error.strerror or error});"
+            " another program uses it: pick a free one with --port or [ui] port",
+            file=sys.stderr,
+        )
+    return EXIT_UNAVAILABLE
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    config = _load(args)
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            served = await rt.store.page_urls()
+            if not served:
+                print(
+                    "mcp-gatekeeper: no gatekeeper process serves the approval page right now;"
+                    " start one with: mcp-gatekeeper ui",
+                    file=sys.stderr,
+                )
+                return EXIT_UNAVAILABLE
+            print(await mint_login_url(rt.store, served[0]))
+            minutes = int(LOGIN_TTL // 60)
+            print(f"(open it within {minutes} minutes; it works once)", file=sys.stderr)
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    config = _load(args)
+    who, _evidence = _decider()
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            store = rt.store
+            if args.revoke or args.all:
+                # no terminal needed: ending a session only ever takes access away
+                if args.revoke and await store.web_session(args.revoke) is None:
+                    raise CallNotFoundError(f"no session {args.revoke!r} (see: mcp-gatekeeper sessions)")
+                ended = await store.end_sessions(
+                    [args.revoke] if args.revoke else None, by=who, channel="cli", why="revoked from the CLI"
+                )
+                if args.revoke and not ended:
+                    raise AlreadyDecidedError(f"session {args.revoke} has already ended", why="decided")
+                print(f"ended {len(ended)} session(s)" + (f": {', '.join(ended)}" if ended else ""))
+                return EXIT_OK
+            now = rt.clock.now()
+            sessions = await store.web_sessions(alive_only=True)
+            if args.json:
+                _json_out([x.to_json(now) for x in sessions])
+                return EXIT_OK
+            if not sessions:
+                print("no live sessions on the approval page")
+            for x in sessions:
+                print(
+                    f"{x.id}  {escape(x.reviewer)}  on {escape(x.host)}  signed in {_ago(x.created_at, now)}"
+                    f"  last seen {_ago(x.last_seen_at, now)}  ends {_ago(min(x.expires_at, x.ends_at), now)}"
+                    f"  {escape(x.user_agent or '-')}"
+                )
+            return EXIT_OK
 
     return anyio.run(go)
 
@@ -669,6 +748,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui = with_config(sub.add_parser("ui", help="serve the approval page"))
     ui.add_argument("--port", type=int)
     ui.set_defaults(func=cmd_ui)
+
+    lg = with_config(sub.add_parser("login", help="print a fresh one-time login link for the approval page"))
+    lg.set_defaults(func=cmd_login)
+
+    ss = with_config(sub.add_parser("sessions", help="signed-in sessions of the approval page; end them"))
+    ends = ss.add_mutually_exclusive_group()
+    ends.add_argument("--revoke", metavar="ID", help="end this session (it must log in again)")
+    ends.add_argument("--all", action="store_true", help="end every session")
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(func=cmd_sessions)
 
     de = sub.add_parser("demo", help="run the demo: an agent, the gatekeeper and a sample order desk")
     de.add_argument("--no-ui", action="store_true", help="do not serve the approval page")

@@ -98,10 +98,24 @@ def unrecorded(e: StoreError) -> dict[str, Any]:
     )
 
 
+_VIA = {"web": "on the approval page", "api": "through the page's API", "cli": "from the command line",
+        "in-client": "in the client"}  # fmt: skip
+
+
+def rejected_by(rec: CallRecord) -> str:
+    """``rejected by alice (a human reviewer, on the approval page)``: the reviewer named once, readably."""
+    via = _VIA.get(rec.channel or "")
+    # in the client the reviewer is recorded by the client's name, which must not read as if the agent decided
+    who = None if rec.channel == "in-client" else (rec.decided_by or "").partition(":")[2] or rec.decided_by
+    if who:
+        return f"rejected by {who} (a human reviewer{', ' + via if via else ''})"
+    return f"rejected by a human reviewer{' (' + via + ')' if via else ''}"
+
+
 def refused_result(rec: CallRecord, reason: str, *, verb: str | None = None) -> dict[str, Any]:
     verb = verb or {
         State.DENIED: "denied by policy",
-        State.REJECTED: "rejected by a human reviewer",
+        State.REJECTED: rejected_by(rec),
         State.EXPIRED: "not approved in time",
         State.CANCELLED: "cancelled",
         State.ORPHANED: "abandoned",

@@ -443,9 +443,8 @@ def outcome_of(rec: CallRecord) -> Outcome:
     if rec.state in (State.APPROVED, State.FORWARDING, State.FORWARDED, State.FAILED, State.OUTCOME_UNKNOWN):
         return Approved(call=rec, arguments=rec.forward_arguments, modified=rec.modified_arguments is not None)
     if rec.state == State.REJECTED:
-        who = f" by {rec.decided_by}" if rec.decided_by else ""
-        because = f": {rec.reason}" if rec.reason else " (no reason given)"
-        return Refused(call=rec, state=rec.state, reason=f"a human reviewer rejected this call{who}{because}")
+        # only the reviewer's words: who rejected it is said once, by the text the agent reads (execute.py)
+        return Refused(call=rec, state=rec.state, reason=rec.reason or "none given")
     if rec.state == State.EXPIRED:
         return Refused(call=rec, state=rec.state, reason=rec.reason or "no decision in time; rejected by default")
     if rec.state == State.CANCELLED:

@@ -364,3 +364,48 @@ def definition_diff(old: Any, new: Any, *, context: int = 3) -> list[str]:
     a = json.dumps(old, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
     b = json.dumps(new, indent=1, sort_keys=True, ensure_ascii=False).splitlines()
     return list(difflib.unified_diff(a, b, "pinned definition", "definition now", lineterm="", n=context))
+
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    """A signed-in browser on the approval page: a server-side row, so any serving process agrees on it.
+
+    ``host`` is the ``Host`` (name and port) of the page it was opened on; it is honoured nowhere else.
+    ``expires_at`` slides forward while the page is used; ``ends_at`` never moves.
+    """
+
+    id: str
+    label: str
+    host: str
+    user_agent: str | None
+    created_at: float
+    last_seen_at: float
+    expires_at: float
+    ends_at: float
+    ended_at: float | None
+    ended_by: str | None
+    ended_why: str | None
+
+    def alive(self, now: float) -> bool:
+        return self.ended_at is None and now < self.expires_at and now < self.ends_at
+
+    @property
+    def reviewer(self) -> str:
+        """The reviewer its decisions are recorded under: ``web:<label>`` (the OS user who made the link)."""
+        return f"web:{self.label}"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "reviewer": self.reviewer,
+            "host": self.host,
+            "user_agent": self.user_agent,
+            "created_at": self.created_at,
+            "last_seen_at": self.last_seen_at,
+            "expires_at": min(self.expires_at, self.ends_at),
+            "ended_at": self.ended_at,
+            "ended_by": self.ended_by,
+            "ended_why": self.ended_why,
+            "alive": self.alive(now),
+        }

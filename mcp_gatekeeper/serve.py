@@ -175,7 +175,11 @@ async def connected_upstreams(
 
 
 async def start_ui_if_possible(runtime: Runtime, tg: anyio.abc.TaskGroup, *, force: bool = False) -> int | None:
-    """Serve the approval page if ``[ui] autostart`` (or ``force``) and the port is free; the bound port."""
+    """Serve the approval page if ``[ui] autostart`` (or ``force``) and the port is free; the bound port.
+
+    The process that serves it says so in the store (``mcp-gatekeeper login`` finds it there) and prints a
+    one-time login link; one that finds the port taken prints a link for the page served there.
+    """
     ui = runtime.config.ui
     if not (ui.autostart or force):
         return None
@@ -195,12 +199,25 @@ async def start_ui_if_possible(runtime: Runtime, tg: anyio.abc.TaskGroup, *, for
         if force:
             raise
         log.info("approval page not started here (%s); another gatekeeper process probably serves it", e)
-        print(
-            f"mcp-gatekeeper: approval page: {web.login_url(ui.host, ui.port, token)} (served by another process)",
-            file=sys.stderr,
-        )
+        base = web.page_url(ui.host, ui.port)
+        if base in await runtime.store.page_urls():
+            link = await web.mint_login_url(runtime.store, base)
+            print(f"mcp-gatekeeper: approval page: {link} (served by another process)", file=sys.stderr)
+        else:
+            print(
+                f"mcp-gatekeeper: approval page: port {ui.port} is taken (by a gatekeeper that is starting, or by"
+                " another program); run 'mcp-gatekeeper login' for a link to the page wherever it is served",
+                file=sys.stderr,
+            )
         return None
-    print(f"mcp-gatekeeper: approval page: {web.login_url(ui.host, port, token)}", file=sys.stderr, flush=True)
+    base = web.page_url(ui.host, port)
+    await runtime.store.serving_page(base)
+    link = await web.mint_login_url(runtime.store, base)
+    print(
+        f"mcp-gatekeeper: approval page: {link} (works once; for a new one run: mcp-gatekeeper login)",
+        file=sys.stderr,
+        flush=True,
+    )
     return port
 
 

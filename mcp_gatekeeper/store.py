@@ -40,6 +40,7 @@ from mcp_gatekeeper.models import (
     NewCall,
     Pin,
     State,
+    WebSession,
     audit_body,
     audit_hash,
     canonical_json,
@@ -179,6 +180,36 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE calls ADD COLUMN released_from TEXT;
         DROP INDEX calls_retry;
         CREATE INDEX calls_retry ON calls (principal, upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        """,
+    ),
+    (
+        "0007_web_sessions",
+        # sessions of the approval page live here (not in a signed cookie) so that every process serving the
+        # page agrees on them and a logout or a revocation ends them everywhere; login codes are single use
+        # across processes; an instance that serves the page says where, so `mcp-gatekeeper login` can find it
+        """
+        CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            label TEXT NOT NULL,
+            host TEXT NOT NULL,
+            user_agent TEXT,
+            created_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            ends_at REAL NOT NULL,
+            ended_at REAL,
+            ended_by TEXT,
+            ended_why TEXT
+        );
+        CREATE TABLE login_codes (
+            code_hash TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL
+        );
+        ALTER TABLE instances ADD COLUMN ui_url TEXT;
         """,
     ),
 )
@@ -1456,6 +1487,131 @@ class Store:
         done: bool = await self._tx(_body)
         return done
 
+    # ------------------------------------------------------------------ the approval page: where, who, login codes
+
+    async def serving_page(self, url: str | None) -> None:
+        """Record that this process serves the approval page at ``url`` (``None``: no longer)."""
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute("UPDATE instances SET ui_url = ? WHERE id = ?", (url, self.instance_id))
+
+        if self.instance_id is not None:
+            await self._tx(_body)
+
+    async def page_urls(self) -> list[str]:
+        """Where the running gatekeeper processes serve the approval page (``http://HOST:PORT``), newest first.
+
+        A process of this host whose pid is gone is left out even before anyone has marked it stopped.
+        """
+        rows = await self._read(
+            "SELECT ui_url, pid, host FROM instances WHERE stopped_at IS NULL AND ui_url IS NOT NULL"
+            " ORDER BY started_at DESC"
+        )
+        here = socket.gethostname()
+        return list(dict.fromkeys(url for url, pid, host in rows if host != here or _pid_alive(int(pid))))
+
+    async def add_login_code(self, code_hash: str, *, label: str, expires_at: float) -> None:
+        """Store a one-time login code (only its hash); codes past their expiry are dropped on the way."""
+        now = self.clock.now()
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute("DELETE FROM login_codes WHERE expires_at < ?", (now - 86400,))
+            c.execute(
+                "INSERT INTO login_codes (code_hash, label, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (code_hash, label, now, expires_at),
+            )
+
+        await self._tx(_body)
+
+    async def redeem_login_code(self, code_hash: str, session: WebSession, secret_hash: str) -> WebSession | None:
+        """Spend a login code (compare-and-set: once, before it expires) and open ``session`` for it.
+
+        The session takes the code's label. ``None`` if the code is unknown, used or expired.
+        """
+        now = self.clock.now()
+
+        def _body(c: sqlite3.Connection) -> Any:
+            rows = c.execute(
+                "UPDATE login_codes SET used_at = ? WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?"
+                " RETURNING label",
+                (now, code_hash, now),
+            ).fetchall()  # all: a RETURNING statement left unfinished would block the COMMIT
+            if not rows:
+                return None
+            row = rows[0]
+            s = session
+            c.execute(
+                "INSERT INTO web_sessions (id, secret_hash, label, host, user_agent, created_at, last_seen_at,"
+                " expires_at, ends_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (s.id, secret_hash, row[0], s.host, s.user_agent, now, now, s.expires_at, s.ends_at),
+            )
+            self._audit(
+                c, event="session_started", call_id=None, actor=f"web:{row[0]}", channel="web",
+                detail={"session": s.id, "host": s.host, "user_agent": s.user_agent},
+            )  # fmt: skip
+            return True
+
+        if not await self._tx(_body):
+            return None
+        return await self.web_session(session.id)
+
+    async def web_session(self, session_id: str) -> WebSession | None:
+        rows = await self._read(f"SELECT {_SESSION_COLUMNS} FROM web_sessions WHERE id = ?", (session_id,))
+        return _web_session(rows[0]) if rows else None
+
+    async def session_secret_hash(self, session_id: str) -> tuple[WebSession, str] | None:
+        rows = await self._read(f"SELECT {_SESSION_COLUMNS}, secret_hash FROM web_sessions WHERE id = ?", (session_id,))
+        return (_web_session(rows[0]), rows[0][-1]) if rows else None
+
+    async def touch_session(self, session_id: str, *, expires_at: float) -> None:
+        """Slide a live session's idle expiry forward (never past its end, never revives an ended one)."""
+        now = self.clock.now()
+
+        def _body(c: sqlite3.Connection) -> Any:
+            c.execute(
+                "UPDATE web_sessions SET last_seen_at = ?, expires_at = MIN(?, ends_at)"
+                " WHERE id = ? AND ended_at IS NULL AND expires_at > ?",
+                (now, expires_at, session_id, now),
+            )
+
+        await self._tx(_body, fsync=False)
+
+    async def web_sessions(self, *, alive_only: bool = True) -> list[WebSession]:
+        now = self.clock.now()
+        sql = f"SELECT {_SESSION_COLUMNS} FROM web_sessions"
+        params: tuple[Any, ...] = ()
+        if alive_only:
+            sql += " WHERE ended_at IS NULL AND expires_at > ? AND ends_at > ?"
+            params = (now, now)
+        return [_web_session(r) for r in await self._read(sql + " ORDER BY created_at DESC LIMIT 500", params)]
+
+    async def end_sessions(self, session_ids: Sequence[str] | None, *, by: str, channel: str, why: str) -> list[str]:
+        """End live sessions (``None``: every live one): logout or revocation. The ids actually ended."""
+        now = self.clock.now()
+
+        def _body(c: sqlite3.Connection) -> Any:
+            if session_ids is None:
+                rows = c.execute("SELECT id FROM web_sessions WHERE ended_at IS NULL").fetchall()
+                ids = [r[0] for r in rows]
+            else:
+                ids = list(session_ids)
+            ended = []
+            for sid in ids:
+                cur = c.execute(
+                    "UPDATE web_sessions SET ended_at = ?, ended_by = ?, ended_why = ? WHERE id = ? AND ended_at IS NULL",
+                    (now, by, why, sid),
+                )
+                if cur.rowcount == 1:
+                    ended.append(sid)
+                    self._audit(
+                        c, event="session_ended", call_id=None, actor=by, channel=channel,
+                        detail={"session": sid, "why": why},
+                    )  # fmt: skip
+            return ended
+
+        ended: list[str] = await self._tx(_body)
+        return ended
+
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query for reports (stats pages). Writes are refused."""
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
@@ -1482,6 +1638,15 @@ _LEASE_COLUMNS = (
     "id, upstream, tool, tooldef_hash, envelope, created_at, created_by, source_call, expires_at, calls_left,"
     " revoked_at, revoked_by, used"
 )
+
+
+_SESSION_COLUMNS = (
+    "id, label, host, user_agent, created_at, last_seen_at, expires_at, ends_at, ended_at, ended_by, ended_why"
+)
+
+
+def _web_session(r: tuple[Any, ...]) -> WebSession:
+    return WebSession(*r[:11])
 
 
 def _audit_event(r: tuple[Any, ...]) -> AuditEvent:

@@ -56,9 +56,11 @@ from mcp_gatekeeper.webauth import (
     clear_cookie_header,
     is_loopback,
     load_or_create_token,
-    login_url,
-    mint_session,
+    mint_login_url,
+    open_session,
+    page_url,
     session_cookie_header,
+    still_signed_in,
 )
 from mcp_gatekeeper.webgates import (
     call_detail,
@@ -86,13 +88,15 @@ from mcp_gatekeeper.webhttp import (
     web_state,
 )
 
-__all__ = ["CSP", "build_app", "load_or_create_token", "login_url", "serve"]
+__all__ = ["CSP", "build_app", "load_or_create_token", "mint_login_url", "page_url", "serve"]
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 SSE_POLL = 0.075
 SSE_KEEPALIVE = 15.0
+SESSION_RECHECK = 5.0
+"""Seconds between checks that the live stream's session is still alive (and renewals of it)."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -123,23 +127,56 @@ async def _index(request: Request) -> Response:
 
 async def _login(request: Request) -> Response:
     st = web_state(request)
-    code = request.query_params.get("token", "")
-    if not st.codes.redeem(code, st.clock.now()):
+    opened = await open_session(
+        st.store,
+        request.query_params.get("token", ""),
+        host=request.headers["host"],  # the guard let only an allowed Host through
+        user_agent=request.headers.get("user-agent"),
+    )
+    if opened is None:
         return FileResponse(STATIC_DIR / "login-failed.html", status_code=401, media_type="text/html; charset=utf-8")
     resp = RedirectResponse("/", status_code=303)
-    resp.headers.append("set-cookie", session_cookie_header(st.port, mint_session(st.token, st.clock.now())))
+    resp.headers.append("set-cookie", session_cookie_header(st.port, opened[1]))
     return resp
 
 
 async def _logout(request: Request) -> Response:
+    st, p = web_state(request), principal(request)
+    if p.session is not None:
+        await st.store.end_sessions([p.session], by=p.reviewer, channel=p.channel, why="logged out")
+        st.changes.notify()
     resp = JSONResponse({"ok": True})
-    resp.headers.append("set-cookie", clear_cookie_header(web_state(request).port))
+    resp.headers.append("set-cookie", clear_cookie_header(st.port))
     return resp
 
 
 async def _session(request: Request) -> Response:
     st, p = web_state(request), principal(request)
-    return JSONResponse({"reviewer": p.reviewer, "kind": p.kind, "now": st.clock.now()})
+    return JSONResponse(
+        {"reviewer": p.reviewer, "kind": p.kind, "channel": p.channel, "session": p.session, "now": st.clock.now()}
+    )
+
+
+async def _list_sessions(request: Request) -> Response:
+    st, p = web_state(request), principal(request)
+    now = st.clock.now()
+    sessions = await st.store.web_sessions(alive_only=True)
+    return JSONResponse({"sessions": [{**x.to_json(now), "current": x.id == p.session} for x in sessions], "now": now})
+
+
+async def _revoke_session(request: Request) -> Response:
+    st, p = web_state(request), principal(request)
+    sid = request.path_params["session_id"]
+    if await st.store.web_session(sid) is None:
+        raise CallNotFoundError(f"no session {sid!r}")
+    ended = await st.store.end_sessions([sid], by=p.reviewer, channel=p.channel, why="revoked on the page")
+    if not ended:
+        raise AlreadyDecidedError(f"session {sid} has already ended", why="decided")
+    st.changes.notify()
+    resp = JSONResponse({"ended": ended})
+    if sid == p.session:
+        resp.headers.append("set-cookie", clear_cookie_header(st.port))
+    return resp
 
 
 async def _list_calls(request: Request) -> Response:
@@ -199,14 +236,16 @@ async def _decide(request: Request, *, approve: bool) -> Response:
         raise InvalidModificationError("arguments can only be given with an approval")
     elif "lease" in body:
         raise Problem(422, "bad_lease", "a lease can only be given with an approval")
+    who = principal(request)
     decision = Decision(
         approve=approve,
-        decided_by=principal(request).reviewer,
-        channel="web",
+        decided_by=who.reviewer,
+        channel=who.channel,
         reason=reason,
         arguments=arguments if approve and "arguments" in body else None,
         args_digest=digest_seen or None,
         lease=lease_request(body) if approve else None,
+        evidence={"session": who.session} if who.session else None,
     )
     call_id = request.path_params["call_id"]
     if decision.lease is not None:
@@ -265,15 +304,22 @@ async def _problems(request: Request) -> Response:
 
 
 async def _events(request: Request) -> Response:
-    st = web_state(request)
+    st, who, host = web_state(request), principal(request), request.headers["host"]
 
     async def stream() -> AsyncIterator[str]:
         last: Any = None
         idle = 0.0
+        since_check = 0.0
         yield "retry: 2000\n\n"
         while not st.closing:
             try:
                 marker = (await st.store.query("SELECT COALESCE(MAX(seq), 0) FROM audit"))[0][0]
+                # a logout or revocation (any process) is an audit event: the stream of that session ends at once
+                if marker != last or since_check >= SESSION_RECHECK:
+                    since_check = 0.0
+                    if not await still_signed_in(st.store, who, host=host):
+                        yield f"event: signed_out\ndata: {json.dumps({'message': 'this session has ended'})}\n\n"
+                        return
                 if marker != last:
                     snapshot = await live_snapshot(st)
                     last = marker
@@ -286,6 +332,7 @@ async def _events(request: Request) -> Response:
                 idle = 0.0
             await st.changes.wait(SSE_POLL)
             idle += SSE_POLL
+            since_check += SSE_POLL
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"cache-control": "no-store", "x-accel-buffering": "no"}
@@ -390,6 +437,8 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         Route("/login", _login, methods=["GET"]),
         Route("/api/session", _session, methods=["GET"]),
         Route("/api/logout", _logout, methods=["POST"]),
+        Route("/api/sessions", _list_sessions, methods=["GET"]),
+        Route("/api/sessions/{session_id}/revoke", _revoke_session, methods=["POST"]),
         Route("/api/calls", _list_calls, methods=["GET"]),
         Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
         Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),

@@ -1,12 +1,14 @@
-"""Who may use the approval page, and from where: the ui-token, login codes, session cookies, Host/Origin.
+"""Who may use the approval page, and from where: the ui-token, login codes, sessions, Host/Origin.
 
-Everything here is stateless except the single-use record of login codes, so any gatekeeper process that
-shares the data home can mint a login URL, and a session survives a restart of the page's process:
-
-* the **ui-token** (``$home/ui-token``, mode 0600) is the one secret; scripts send it as a bearer token;
-* a **login code** is ``expiry.nonce.HMAC(token, "login|expiry|nonce")``: short-lived, and the serving
-  process refuses a nonce it has already seen;
-* a **session cookie** is ``sid.issued.HMAC(token, "session|sid|issued")``; the reviewer is ``web:<sid>``.
+* the **ui-token** (``$home/ui-token``, mode 0600) is the one secret for scripts: they send it as a bearer
+  token (their decisions are recorded with channel ``api``);
+* a **login code** is a random one-time code kept (hashed) in the store, so any process serving the page
+  accepts a code any other process printed (``mcp-gatekeeper login``), and only once;
+* a **session** is a row in the store, so a logout or a revocation (page or CLI) ends it in every process.
+  The cookie holds ``<id>.<secret>``; the store keeps only a hash of the secret. A session is honoured only
+  under the ``Host`` (name and port) it was opened on: browsers send a cookie to every port of a host, and
+  another gatekeeper page on another port refuses it. It expires after :data:`SESSION_IDLE` seconds without
+  use (each use slides that forward) and after :data:`SESSION_MAX` seconds in any case.
 
 Nothing in this module logs a token, a code or a cookie.
 """
@@ -20,16 +22,22 @@ import hmac
 import ipaddress
 import os
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcp_gatekeeper.models import WebSession
+from mcp_gatekeeper.store import Store
+
 TOKEN_FILE = "ui-token"  # noqa: S105 - a file name, not a secret
 LOGIN_TTL = 600.0
 """Seconds a login URL stays valid (and single use)."""
-SESSION_TTL = 30 * 86400.0
-"""Seconds a session cookie is honoured after login."""
+SESSION_IDLE = 3600.0
+"""Seconds a session lives without being used; every use slides this forward."""
+SESSION_MAX = 12 * 3600.0
+"""Seconds a session lives at most, however much it is used: then the reviewer logs in again."""
+RENEW_EVERY = 60.0
+"""A session's last use is written at most this often (a page polls; the store is not written per request)."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -67,11 +75,6 @@ def load_or_create_token(home: Path) -> str:
     raise OSError(f"cannot read or create {path}")
 
 
-def _mac(token: str, *parts: str) -> str:
-    msg = "|".join(parts).encode("utf-8")
-    return hmac.new(token.encode("utf-8"), msg, hashlib.sha256).hexdigest()[:40]
-
-
 def keyed_hash(token: str, value: str) -> str:
     """``hmac-sha256:<hex>`` of ``value`` keyed with the ui-token (secrets in the audit export)."""
     mac = hmac.new(token.encode("utf-8"), b"secret|" + value.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -81,11 +84,16 @@ def keyed_hash(token: str, value: str) -> str:
 # ---------------------------------------------------------------------------------------------- login codes
 
 
-def mint_login_code(token: str, *, now: float | None = None, ttl: float = LOGIN_TTL) -> str:
-    """A fresh one-time login code, valid for ``ttl`` seconds."""
-    expiry = str(int((time.time() if now is None else now) + ttl))
-    nonce = secrets.token_hex(12)
-    return f"{expiry}.{nonce}.{_mac(token, 'login', expiry, nonce)}"
+def reviewer_label() -> str:
+    """Who this process runs as (the OS user): the label of the sessions its login links open."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError, ImportError):  # ImportError: Windows without %USERNAME% (getpass falls back to pwd)
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def _url_host(host: str) -> str:
@@ -94,34 +102,39 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def login_url(host: str, port: int, token: str, *, now: float | None = None) -> str:
-    """``http://127.0.0.1:PORT/login?token=<one-time login code>`` (the ui-token itself never appears)."""
-    return f"http://{_url_host(host)}:{port}/login?token={mint_login_code(token, now=now)}"
+def page_url(host: str, port: int) -> str:
+    """``http://127.0.0.1:PORT`` for a page bound to ``host``: what a serving process records in the store."""
+    return f"http://{_url_host(host)}:{port}"
 
 
-class LoginCodes:
-    """Checks login codes and remembers used nonces (until they expire) so each code works once."""
+async def mint_login_url(store: Store, base_url: str, *, label: str | None = None, ttl: float = LOGIN_TTL) -> str:
+    """``<base_url>/login?token=<code>``: a fresh one-time login code, kept (hashed) in the store.
 
-    def __init__(self, token: str) -> None:
-        self._token = token
-        self._used: dict[str, float] = {}
+    The ui-token itself never appears in a URL. ``label`` names the reviewer the session will stand for
+    (default: the OS user of this process).
+    """
+    code = secrets.token_urlsafe(24)
+    await store.add_login_code(_hash(code), label=label or reviewer_label(), expires_at=store.clock.now() + ttl)
+    return f"{base_url}/login?token={code}"
 
-    def redeem(self, code: str, now: float) -> bool:
-        parts = code.split(".")
-        if len(parts) != 3 or len(code) > 200:
-            return False
-        expiry, nonce, mac = parts
-        if not expiry.isdigit() or not hmac.compare_digest(mac, _mac(self._token, "login", expiry, nonce)):
-            return False
-        exp = float(expiry)
-        if now >= exp or exp - now > LOGIN_TTL + 60:
-            return False
-        for old in [n for n, e in self._used.items() if e <= now]:
-            del self._used[old]
-        if nonce in self._used:
-            return False
-        self._used[nonce] = exp
-        return True
+
+def _well_formed(value: str, most: int) -> bool:
+    return 0 < len(value) <= most and all(c.isalnum() or c in "-_" for c in value)
+
+
+async def open_session(store: Store, code: str, *, host: str, user_agent: str | None) -> tuple[WebSession, str] | None:
+    """Spend a login code for a new session bound to ``host``; ``(session, cookie value)`` or ``None``."""
+    if not _well_formed(code, 100):
+        return None
+    now = store.clock.now()
+    sid, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    template = WebSession(
+        id=sid, label="", host=host, user_agent=(user_agent or "")[:300] or None, created_at=now,
+        last_seen_at=now, expires_at=now + SESSION_IDLE, ends_at=now + SESSION_MAX, ended_at=None,
+        ended_by=None, ended_why=None,
+    )  # fmt: skip
+    session = await store.redeem_login_code(_hash(code), template, _hash(secret))
+    return (session, f"{sid}.{secret}") if session is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -129,28 +142,44 @@ class LoginCodes:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a browser session (``web:<sid>``) or a script holding the token."""
+    """Who is calling: a browser session (``web:<label>``, its id in ``session``) or a script with the token."""
 
     kind: str  # "session" | "bearer"
     reviewer: str
+    session: str | None = None
+
+    @property
+    def channel(self) -> str:
+        """The channel its decisions are recorded under: ``web`` for the page, ``api`` for the bearer token."""
+        return "web" if self.kind == "session" else "api"
 
 
-def mint_session(token: str, now: float) -> str:
-    sid = secrets.token_hex(4)
-    issued = str(int(now))
-    return f"{sid}.{issued}.{_mac(token, 'session', sid, issued)}"
-
-
-def check_session(token: str, value: str, now: float) -> Principal | None:
-    parts = value.split(".")
-    if len(parts) != 3:
+async def check_session(store: Store, value: str, *, host: str) -> Principal | None:
+    """The session a cookie value names, if it is alive and was opened under this ``host``; slides its expiry."""
+    sid, _, secret = value.partition(".")
+    if not _well_formed(sid, 32) or not _well_formed(secret, 100):
         return None
-    sid, issued, mac = parts
-    if not issued.isdigit() or not hmac.compare_digest(mac, _mac(token, "session", sid, issued)):
+    found = await store.session_secret_hash(sid)
+    if found is None or not hmac.compare_digest(found[1], _hash(secret)):
         return None
-    if not 0 <= now - float(issued) <= SESSION_TTL:
+    return await _honoured(store, found[0], host)
+
+
+async def still_signed_in(store: Store, who: Principal, *, host: str) -> bool:
+    """For a long request (the live stream): is its session still alive? (A bearer token always is.)"""
+    if who.session is None:
+        return True
+    session = await store.web_session(who.session)
+    return session is not None and await _honoured(store, session, host) is not None
+
+
+async def _honoured(store: Store, session: WebSession, host: str) -> Principal | None:
+    now = store.clock.now()
+    if not session.alive(now) or session.host != host:
         return None
-    return Principal("session", f"web:{sid}")
+    if now - session.last_seen_at >= RENEW_EVERY:
+        await store.touch_session(session.id, expires_at=now + SESSION_IDLE)
+    return Principal("session", session.reviewer, session.id)
 
 
 def check_bearer(token: str, header: str | None) -> Principal | None:
@@ -159,11 +188,7 @@ def check_bearer(token: str, header: str | None) -> Principal | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
         return None
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "token"
-    return Principal("bearer", f"api:{user}")
+    return Principal("bearer", f"api:{reviewer_label()}")
 
 
 def cookie_name(port: int) -> str:
@@ -172,8 +197,11 @@ def cookie_name(port: int) -> str:
 
 
 def session_cookie_header(port: int, value: str) -> str:
-    """The ``Set-Cookie`` value, every attribute explicit (``SameSite=Strict`` is not a browser default)."""
-    return f"{cookie_name(port)}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(SESSION_TTL)}"
+    """The ``Set-Cookie`` value, every attribute explicit (``SameSite=Strict`` is not a browser default).
+
+    The browser may keep it for :data:`SESSION_MAX`; whether it still opens anything is the store's say.
+    """
+    return f"{cookie_name(port)}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(SESSION_MAX)}"
 
 
 def clear_cookie_header(port: int) -> str:

@@ -170,7 +170,7 @@ async def revoke_lease(request: Request) -> Response:
     await json_body(request, _SMALL_BODY)
     try:
         lease = await st.store.revoke_lease(
-            request.path_params["lease_id"], by=principal(request).reviewer, channel="web"
+            request.path_params["lease_id"], by=principal(request).reviewer, channel=principal(request).channel
         )
     except AlreadyDecidedError as e:
         raise Problem(409, "already_revoked", str(e)) from None
@@ -219,7 +219,7 @@ async def repin(request: Request) -> Response:
     await json_body(request, _SMALL_BODY)
     upstream, tool = request.path_params["upstream"], request.path_params["tool"]
     try:
-        pin = await st.store.repin(upstream, tool, by=principal(request).reviewer, channel="web")
+        pin = await st.store.repin(upstream, tool, by=principal(request).reviewer, channel=principal(request).channel)
     except AlreadyDecidedError as e:
         raise Problem(409, "not_quarantined", str(e)) from None
     st.changes.notify()
@@ -241,7 +241,7 @@ async def review(request: Request) -> Response:
             request.path_params["call_id"],
             ok=outcome == "confirm",
             by=principal(request).reviewer,
-            channel="web",
+            channel=principal(request).channel,
             reason=reason,
         )
     except AlreadyDecidedError as e:

@@ -1,7 +1,8 @@
 """The security middleware in front of every request to the approval page (threat model §1.4 #1, #2, #12, #13).
 
-In order: the Host allowlist (421, DNS rebinding); for ``/api/*`` the session cookie or bearer token
-(401); for every state change the same-origin rule (403, CSRF). Every response, refusals included, gets
+In order: the Host allowlist (421, DNS rebinding); for ``/api/*`` the session cookie (a live session of
+the store, opened under this very Host) or the bearer token (401); for every state change the same-origin
+rule (403, CSRF). Every response, refusals included, gets
 the CSP and the other hardening headers; API and login responses are never cached.
 """
 
@@ -14,6 +15,8 @@ from typing import Any, Protocol
 from starlette.requests import cookie_parser
 
 from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.errors import StoreError
+from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
     UNSAFE_METHODS,
     Principal,
@@ -50,6 +53,7 @@ class GuardState(Protocol):
     port: int
     hosts: frozenset[str]
     clock: Clock
+    store: Store
 
 
 def _json_bytes(status: int, code: str, message: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -90,7 +94,11 @@ class Guard:
             await self._refuse(send_hardened, 421, "misdirected", f"this page answers only on {sorted(self.st.hosts)}")
             return
         method: str = scope["method"]
-        principal = self._authenticate(headers) if api else None
+        try:
+            principal = await self._authenticate(headers, host) if api else None
+        except StoreError:
+            await self._refuse(send_hardened, 503, "store_unavailable", "the gatekeeper's store is unavailable")
+            return
         if method in UNSAFE_METHODS and not same_origin_ok(
             headers, host, bearer=principal is not None and principal.kind == "bearer"
         ):
@@ -107,12 +115,12 @@ class Guard:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send_hardened)
 
-    def _authenticate(self, headers: dict[str, str]) -> Principal | None:
+    async def _authenticate(self, headers: dict[str, str], host: str) -> Principal | None:
         bearer = check_bearer(self.st.token, headers.get("authorization"))
         if bearer is not None:
             return bearer
         value = cookie_parser(headers.get("cookie", "")).get(cookie_name(self.st.port))
-        return check_session(self.st.token, value, self.st.clock.now()) if value else None
+        return await check_session(self.st.store, value, host=host) if value else None
 
     @staticmethod
     async def _refuse(send: Send, status: int, code: str, message: str) -> None:

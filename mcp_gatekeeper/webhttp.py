@@ -18,7 +18,7 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, canonical_json
 from mcp_gatekeeper.policy import Policy, json_number, render_summary
 from mcp_gatekeeper.store import Store
-from mcp_gatekeeper.webauth import LoginCodes, Principal, allowed_hosts, keyed_hash
+from mcp_gatekeeper.webauth import Principal, allowed_hosts, keyed_hash
 from mcp_gatekeeper.webredact import find_secrets
 
 MAX_DEPTH = 64
@@ -61,7 +61,6 @@ class WebState:
 
     def __init__(self, *, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> None:
         self.store, self.gate, self.policy, self.token, self.clock = store, gate, policy, token, clock
-        self.codes = LoginCodes(token)
         self.changes = Changes()
         self.closing = False
         self.port = 0

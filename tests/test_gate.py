@@ -209,10 +209,12 @@ async def test_an_in_process_rejection_wakes_the_waiter(tmp_path: Path) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(holder)
                 rec = await notifier.first()
-                await gate.decide(rec.id, Decision(approve=False, decided_by="bob", channel="cli", reason="no"))
+                await gate.decide(rec.id, Decision(approve=False, decided_by="cli:bob", channel="cli", reason="no"))
         assert isinstance(holder.outcome, Refused)
         assert holder.outcome.state == State.REJECTED
-        assert "bob" in holder.outcome.reason
+        # the outcome carries the reviewer's words only; who rejected it is said by the agent's text (test_execute)
+        assert holder.outcome.reason == "no"
+        assert holder.outcome.call.decided_by == "cli:bob"
 
 
 async def test_a_decision_from_another_process_wakes_the_waiter(tmp_path: Path) -> None:

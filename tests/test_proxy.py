@@ -185,6 +185,36 @@ async def test_rejected_call_never_runs_and_agent_reads_reason(stack: Stack) -> 
     assert (await stack.store.get(rec.id)).state == State.REJECTED
 
 
+@pytest.mark.parametrize(
+    ("decided_by", "channel", "reason", "expected"),
+    [
+        ("cli:root", "cli", "wrong file", "rejected by root (a human reviewer, from the command line)"),
+        ("web:alice", "web", "wrong file", "rejected by alice (a human reviewer, on the approval page)"),
+        ("api:bob", "api", None, "rejected by bob (a human reviewer, through the page's API)"),
+        # the client's name is not a person: it must not read as if the agent's own client decided
+        ("client:claude-code", "in-client", "no", "rejected by a human reviewer (in the client)"),
+    ],
+)
+async def test_the_reject_text_names_the_reviewer_once(
+    stack: Stack, decided_by: str, channel: str, reason: str | None, expected: str
+) -> None:
+    with anyio.fail_after(10):
+        async with stack.client() as c, anyio.create_task_group() as tg:
+            results: list[types.CallToolResult] = []
+            tg.start_soon(lambda: _collect(c, results, "write_note", {"path": "/tmp/b", "content": "y"}))
+            rec = await stack.held.next()
+            await stack.gate.decide(
+                rec.id, Decision(approve=False, decided_by=decided_by, channel=channel, reason=reason)
+            )
+    said = text(results[0])
+    assert results[0].is_error
+    assert said == (
+        f"mcp-gatekeeper: this call to write_note was {expected} and did not run."
+        f" Reason: {reason or 'none given'} (call {rec.id[:12]})"
+    )
+    assert said.count("reject") == 1 and said.count("human reviewer") == 1 and "cli:" not in said
+
+
 async def test_modified_call_runs_with_reviewer_arguments(stack: Stack) -> None:
     with anyio.fail_after(10):
         async with stack.client() as c, anyio.create_task_group() as tg:

@@ -23,7 +23,7 @@ from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import tooldef_hash
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.web import build_app
-from mcp_gatekeeper.webauth import load_or_create_token, mint_login_code
+from mcp_gatekeeper.webauth import load_or_create_token, mint_login_url
 
 PORT = 8765
 BASE = f"http://127.0.0.1:{PORT}"
@@ -260,10 +260,13 @@ class Harness:
             await event.wait()
         return self.notifier.calls[seen], holder
 
-    async def login(self) -> str:
+    async def login_code(self) -> str:
+        """A fresh one-time login code, as `mcp-gatekeeper login` would print in its link."""
+        return (await mint_login_url(self.store, BASE)).partition("?token=")[2]
+
+    async def login(self, **headers: str) -> str:
         """Log in like a browser; returns the Cookie header value for the session."""
-        code = mint_login_code(self.token, now=self.clock.now())
-        r = await self.client.get(f"/login?token={code}")
+        r = await self.client.get(f"/login?token={await self.login_code()}", headers=headers)
         assert r.status_code == 303
         return r.headers["set-cookie"].split(";")[0]
 

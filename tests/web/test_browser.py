@@ -28,7 +28,7 @@ from mcp_gatekeeper.models import Approved, NewCall, Refused, State
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import tooldef_hash
 from mcp_gatekeeper.store import Store
-from mcp_gatekeeper.web import build_app, login_url, serve
+from mcp_gatekeeper.web import build_app, mint_login_url, serve
 from mcp_gatekeeper.webauth import load_or_create_token
 
 from .conftest import (
@@ -95,7 +95,7 @@ class Live:
 
     async def logged_in_page(self, **context: Any) -> Any:
         page = await self.page(**context)
-        await page.goto(login_url("127.0.0.1", self.port, self.h.token))
+        await page.goto(await mint_login_url(self.h.store, self.base))
         await page.wait_for_selector("#whoami:has-text('web:')", state="attached")
         assert self.h.token not in page.url
         assert "token=" not in page.url

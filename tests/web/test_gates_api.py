@@ -67,7 +67,7 @@ async def test_confirm_then_second_review_is_409(harness: Harness) -> None:
     assert body["state"] == "confirmed" and body["reason"] == "looks right"
     assert body["decided_by"].startswith("api:")
     last = (await harness.store.audit_events(call_id=rec.id))[-1]
-    assert (last.event, last.actor, last.channel) == ("confirmed", body["decided_by"], "web")
+    assert (last.event, last.actor, last.channel) == ("confirmed", body["decided_by"], "api")
     again = await harness.client.post(f"/api/calls/{rec.id}/review", headers=harness.bearer, json={"outcome": "fail"})
     assert again.status_code == 409
     assert again.json()["error"] == "not_under_review" and again.json()["state"] == "confirmed"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mcp_gatekeeper.models import State
-from mcp_gatekeeper.web import CSP, login_url
-from mcp_gatekeeper.webauth import load_or_create_token, mint_login_code
+from mcp_gatekeeper.web import CSP, mint_login_url
+from mcp_gatekeeper.webauth import load_or_create_token
 
 from .conftest import BASE, PORT, Harness
 
@@ -41,7 +41,7 @@ async def test_host_allowlist(harness: Harness, host: str, status: int) -> None:
 async def test_rebound_host_cannot_login_or_decide(harness: Harness) -> None:
     rec, _ = await harness.hold()
     evil = {"Host": f"evil.test:{PORT}", "Origin": f"http://evil.test:{PORT}"}
-    code = mint_login_code(harness.token, now=harness.clock.now())
+    code = await harness.login_code()
     r = await harness.client.get(f"/login?token={code}", headers=evil)
     assert r.status_code == 421
     assert "set-cookie" not in r.headers
@@ -87,7 +87,7 @@ async def test_state_change_origin_matrix(
     elif cred == "bearer":
         headers.update(harness.bearer)
     elif cred == "forged-cookie":
-        headers["Cookie"] = f"gk_session_{PORT}=abcd1234.1800000000.{'0' * 40}"
+        headers["Cookie"] = f"gk_session_{PORT}=abcd1234ef56.{'A' * 43}"
     elif cred == "wrong-bearer":
         headers["Authorization"] = "Bearer not-the-token"
     if site is not None:
@@ -116,7 +116,7 @@ async def test_form_post_is_refused(harness: Harness) -> None:
 
 
 async def test_login_sets_strict_httponly_cookie_and_clean_redirect(harness: Harness) -> None:
-    code = mint_login_code(harness.token, now=harness.clock.now())
+    code = await harness.login_code()
     r = await harness.client.get(f"/login?token={code}")
     assert r.status_code == 303
     assert r.headers["location"] == "/"
@@ -136,7 +136,7 @@ async def test_login_sets_strict_httponly_cookie_and_clean_redirect(harness: Har
 
 
 async def test_login_code_is_single_use(harness: Harness) -> None:
-    code = mint_login_code(harness.token, now=harness.clock.now())
+    code = await harness.login_code()
     first = await harness.client.get(f"/login?token={code}")
     assert first.status_code == 303
     second = await harness.client.get(f"/login?token={code}")
@@ -145,17 +145,17 @@ async def test_login_code_is_single_use(harness: Harness) -> None:
 
 
 async def test_login_code_expires_and_cannot_be_forged(harness: Harness) -> None:
-    code = mint_login_code(harness.token, now=harness.clock.now())
+    code = await harness.login_code()
     harness.clock.advance(601)  # type: ignore[attr-defined]
     assert (await harness.client.get(f"/login?token={code}")).status_code == 401
-    forged = mint_login_code("another-token", now=harness.clock.now())
+    forged = code[:-4] + ("AAAA" if not code.endswith("AAAA") else "BBBB")
     assert (await harness.client.get(f"/login?token={forged}")).status_code == 401
     # the ui-token itself is not a login code (it must never travel in a URL)
     assert (await harness.client.get(f"/login?token={harness.token}")).status_code == 401
 
 
 async def test_session_survives_a_new_app_process(harness: Harness) -> None:
-    """Cookies are stateless: a page restarted on the same home accepts them."""
+    """Sessions live in the store: a page restarted on the same home (or another process) accepts them."""
     from mcp_gatekeeper.web import build_app
 
     cookie = await harness.login()
@@ -217,7 +217,7 @@ async def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
 
 
 async def test_login_url_carries_a_code_not_the_token(harness: Harness) -> None:
-    url = login_url("127.0.0.1", PORT, harness.token, now=harness.clock.now())
+    url = await mint_login_url(harness.store, f"http://127.0.0.1:{PORT}")
     assert url.startswith(f"http://127.0.0.1:{PORT}/login?token=")
     assert harness.token not in url
     r = await harness.client.get(url.removeprefix(f"http://127.0.0.1:{PORT}"))
@@ -227,7 +227,7 @@ async def test_login_url_carries_a_code_not_the_token(harness: Harness) -> None:
 async def test_token_never_logged(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     rec, _ = await harness.hold()
-    code = mint_login_code(harness.token, now=harness.clock.now())
+    code = await harness.login_code()
     await harness.client.get(f"/login?token={code}")
     await harness.client.post(f"/api/calls/{rec.id}/approve", headers=harness.bearer, json={"args_digest": "bad"})
     await harness.client.get("/api/calls", headers={"Authorization": "Bearer wrong"})
