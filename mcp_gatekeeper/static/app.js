@@ -447,11 +447,14 @@
     $("#nav-review").classList.toggle("alarm", state.rollbackFailed.length > 0);
   }
 
-  function showLogin() {
+  function showLogin(why) {
+    if (source) { source.close(); source = null; }
     const app = $("#app");
+    $("#whoami").textContent = "";
     app.replaceChildren(h("div", { class: "login-box" },
       h("h1", { text: "Log in to review held calls" }),
-      h("p", null, "Run ", h("code", { text: "mcp-gatekeeper ui" }), " in a terminal and open the one-time login link it prints."),
+      why ? h("p", { class: "signed-out-why", text: why }) : null,
+      h("p", null, "Run ", h("code", { text: "mcp-gatekeeper login" }), " in a terminal and open the one-time link it prints. It works whichever gatekeeper process serves this page."),
       h("p", { text: "Scripts can use the API with Authorization: Bearer and the token in the gatekeeper's data directory (ui-token)." })));
     $("#live").className = "live off";
     $("#live").textContent = "signed out";
@@ -467,6 +470,7 @@
     source.addEventListener("open", () => { live.className = "live on"; live.textContent = "live"; });
     source.addEventListener("error", () => { live.className = "live off"; live.textContent = "reconnecting"; });
     source.addEventListener("store_error", () => { live.className = "live off"; live.textContent = "store unavailable"; });
+    source.addEventListener("signed_out", () => showLogin("This session has ended (logged out, revoked, or expired)."));
     source.addEventListener("change", (ev) => {
       let data;
       try { data = JSON.parse(ev.data); } catch (_) { return; }
@@ -1485,6 +1489,7 @@
     else if (view === "tools") GK.renderTools();
     else if (view === "stats") renderStats();
     else if (view === "rules") renderRules();
+    else if (view === "sessions") GK.renderSessions();
     else if (view === "call" && parts[1]) renderCallPage(parts[1]);
     else renderQueue(parts[1]);
   }
@@ -1533,7 +1538,7 @@
       return;
     }
     state.offset = state.me.now - Date.now() / 1000;
-    $("#whoami").textContent = state.me.reviewer;
+    $("#whoami").replaceChildren(h("a", { href: "#/sessions", title: "Sessions: who is signed in; log out" }, safeText(state.me.reviewer)));
     setupNotifyButton();
     window.addEventListener("hashchange", route);
     route();
@@ -1541,7 +1546,7 @@
     setInterval(tick, 1000);
   }
 
-  Object.assign(GK, { h, s, $, safeText, richString, summaryView, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
+  Object.assign(GK, { showLogin, h, s, $, safeText, richString, summaryView, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
   // gates.js (loaded after this file) adds its views before the page starts
   document.addEventListener("DOMContentLoaded", start);
 })();
