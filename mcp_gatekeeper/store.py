@@ -1540,6 +1540,11 @@ class Store:
                 return None
             row = rows[0]
             s = session
+            # sessions over for 30 days are forgotten (their start and end stay in the audit log)
+            c.execute(
+                "DELETE FROM web_sessions WHERE MIN(COALESCE(ended_at, ends_at), expires_at, ends_at) < ?",
+                (now - 30 * 86400,),
+            )
             c.execute(
                 "INSERT INTO web_sessions (id, secret_hash, label, host, user_agent, created_at, last_seen_at,"
                 " expires_at, ends_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -210,3 +210,13 @@ async def test_who_decided_is_readable_and_the_channel_true(harness: Harness) ->
     assert (started.actor, started.detail["session"], started.detail["host"]) == (ME, sid, f"127.0.0.1:{PORT}")
     ok, _, _ = await harness.store.verify_audit()
     assert ok
+
+
+async def test_sessions_long_over_are_forgotten_but_stay_in_the_audit_log(harness: Harness) -> None:
+    clock = _fake(harness)
+    old = await harness.login()
+    clock.advance(31 * 86400)
+    await harness.login()
+    ids = [s.id for s in await harness.store.web_sessions(alive_only=False)]
+    assert len(ids) == 1 and old.partition("=")[2].partition(".")[0] not in ids
+    assert [e.event for e in await harness.store.audit_events()].count("session_started") == 2
