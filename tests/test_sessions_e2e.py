@@ -130,3 +130,38 @@ async def test_revoking_from_the_cli_ends_a_live_browser_session(home: Path, tmp
             finally:
                 ui.terminate()
                 watcher.close()
+
+
+async def test_a_cookie_from_one_page_is_refused_by_another_ports_page(home: Path, tmp_path: Path) -> None:
+    """Two gatekeeper pages on one machine share the database; a cookie (sent by the browser to every port,
+    or replayed from a script with forged headers) opens only the page it was issued by."""
+    cfg = _config(tmp_path)
+    argv = [sys.executable, "-m", "mcp_gatekeeper", "ui", "--port", "0", "--config", str(cfg)]
+    watchers = [StderrWatcher(), StderrWatcher()]
+    with anyio.fail_after(60):
+        async with (
+            await anyio.open_process(argv, env=gk_env(home), cwd=str(ROOT), stderr=watchers[0].file) as first,
+            await anyio.open_process(argv, env=gk_env(home), cwd=str(ROOT), stderr=watchers[1].file) as second,
+        ):
+            try:
+                links = [(await w.wait_for(LINK)) for w in watchers]
+                (a, a_port), (b, b_port) = [(m.group(1), m.group(2)) for m in links]
+                assert a_port != b_port
+                async with httpx2.AsyncClient(base_url=a) as at_a, httpx2.AsyncClient(base_url=b) as at_b:
+                    cookie = await _log_in(at_a, links[0].group(0))
+                    value = cookie.partition("=")[2]
+                    assert (await at_a.get("/api/session", headers={"Cookie": cookie})).status_code == 200
+                    for name in (f"gk_session_{a_port}", f"gk_session_{b_port}"):
+                        forged = {"Cookie": f"{name}={value}", "Origin": b, "Sec-Fetch-Site": "same-origin"}
+                        assert (await at_b.get("/api/session", headers=forged)).status_code == 401, name
+                        r = await at_b.post("/api/logout", headers=forged, json={})
+                        assert r.status_code == 401, name
+                    # and the page on the other port still has its own one-time link
+                    assert (
+                        await at_b.get("/api/session", headers={"Cookie": await _log_in(at_b, links[1].group(0))})
+                    ).status_code == 200
+            finally:
+                for proc in (first, second):
+                    proc.terminate()
+                for w in watchers:
+                    w.close()

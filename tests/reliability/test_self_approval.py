@@ -152,7 +152,7 @@ async def test_f7a_a_config_that_still_sets_cli_requires_tty_refuses_to_start(ho
 
 async def test_f7b_bearer_api_with_the_token_file_decides_and_is_attributed(home: Path, tmp_path: Path) -> None:
     """An agent that reads ``ui-token`` can approve through the API: the product promises attribution, not
-    prevention. The decision is recorded as ``api:<user>`` (a browser session is ``web:<sid>``), so it is visible
+    prevention. The decision is recorded as ``api:<user>`` (a browser session is ``web:<user>``, channel ``web``; the token's channel is ``api``), so it is visible
     in the record and the audit."""
     cfg = write_config(tmp_path / "gk.toml", NOTES_HELD)
     db, log = db_of(home), tmp_path / "calls.jsonl"
@@ -184,7 +184,7 @@ async def test_f7b_bearer_api_with_the_token_file_decides_and_is_attributed(home
                 )
                 assert r.status_code == 200, r.text
     row = call_row(db, cid)
-    assert (row["state"], row["decided_by"], row["channel"]) == ("forwarded", f"api:{user()}", "web")
+    assert (row["state"], row["decided_by"], row["channel"]) == ("forwarded", f"api:{user()}", "api")
     (approval,) = [e for e in audit_of(db, row["id"]) if e["event"] == "approved"]
     assert approval["actor"] == f"api:{user()}"
     assert not results[0].is_error and received(log, "write_note") == [NOTE]
