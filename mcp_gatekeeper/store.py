@@ -191,6 +191,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE web_sessions (
             id TEXT PRIMARY KEY,
             secret_hash TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
             label TEXT NOT NULL,
             host TEXT NOT NULL,
             user_agent TEXT,
@@ -1523,7 +1524,9 @@ class Store:
 
         await self._tx(_body)
 
-    async def redeem_login_code(self, code_hash: str, session: WebSession, secret_hash: str) -> WebSession | None:
+    async def redeem_login_code(
+        self, code_hash: str, session: WebSession, *, secret_hash: str, key_hash: str
+    ) -> WebSession | None:
         """Spend a login code (compare-and-set: once, before it expires) and open ``session`` for it.
 
         The session takes the code's label. ``None`` if the code is unknown, used or expired.
@@ -1546,9 +1549,9 @@ class Store:
                 (now - 30 * 86400,),
             )
             c.execute(
-                "INSERT INTO web_sessions (id, secret_hash, label, host, user_agent, created_at, last_seen_at,"
-                " expires_at, ends_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (s.id, secret_hash, row[0], s.host, s.user_agent, now, now, s.expires_at, s.ends_at),
+                "INSERT INTO web_sessions (id, secret_hash, key_hash, label, host, user_agent, created_at,"
+                " last_seen_at, expires_at, ends_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (s.id, secret_hash, key_hash, row[0], s.host, s.user_agent, now, now, s.expires_at, s.ends_at),
             )
             self._audit(
                 c, event="session_started", call_id=None, actor=f"web:{row[0]}", channel="web",
@@ -1564,9 +1567,12 @@ class Store:
         rows = await self._read(f"SELECT {_SESSION_COLUMNS} FROM web_sessions WHERE id = ?", (session_id,))
         return _web_session(rows[0]) if rows else None
 
-    async def session_secret_hash(self, session_id: str) -> tuple[WebSession, str] | None:
-        rows = await self._read(f"SELECT {_SESSION_COLUMNS}, secret_hash FROM web_sessions WHERE id = ?", (session_id,))
-        return (_web_session(rows[0]), rows[0][-1]) if rows else None
+    async def session_hashes(self, session_id: str) -> tuple[WebSession, str, str] | None:
+        """A session with the hashes of its cookie secret and its page key (for the page's guard only)."""
+        rows = await self._read(
+            f"SELECT {_SESSION_COLUMNS}, secret_hash, key_hash FROM web_sessions WHERE id = ?", (session_id,)
+        )
+        return (_web_session(rows[0]), rows[0][-2], rows[0][-1]) if rows else None
 
     async def touch_session(self, session_id: str, *, expires_at: float) -> None:
         """Slide a live session's idle expiry forward (never past its end, never revives an ended one)."""

@@ -135,7 +135,8 @@ async def _login(request: Request) -> Response:
     )
     if opened is None:
         return FileResponse(STATIC_DIR / "login-failed.html", status_code=401, media_type="text/html; charset=utf-8")
-    resp = RedirectResponse("/", status_code=303)
+    # the page key travels in the fragment: the page's script keeps it (localStorage, this origin only)
+    resp = RedirectResponse(f"/#key={opened[2]}", status_code=303)
     resp.headers.append("set-cookie", session_cookie_header(st.port, opened[1]))
     return resp
 

@@ -5,10 +5,15 @@
 * a **login code** is a random one-time code kept (hashed) in the store, so any process serving the page
   accepts a code any other process printed (``mcp-gatekeeper login``), and only once;
 * a **session** is a row in the store, so a logout or a revocation (page or CLI) ends it in every process.
-  The cookie holds ``<id>.<secret>``; the store keeps only a hash of the secret. A session is honoured only
-  under the ``Host`` (name and port) it was opened on: browsers send a cookie to every port of a host, and
-  another gatekeeper page on another port refuses it. It expires after :data:`SESSION_IDLE` seconds without
-  use (each use slides that forward) and after :data:`SESSION_MAX` seconds in any case.
+  It takes two secrets, and the store keeps only their hashes: the cookie (``<id>.<secret>``, HttpOnly)
+  and a **page key** the page's script keeps in ``localStorage`` and sends as ``X-Gatekeeper-Key``.
+  Browsers send a cookie to every port of a host, so a page on another local port receives the cookie;
+  ``localStorage`` belongs to one origin (scheme, host and port), so that page never sees the key, and the
+  cookie replayed alone (from a script, with any header forged) opens nothing. The key reaches the script
+  in the fragment of the login redirect (``/#key=…``: never sent to a server, never in a Referer).
+  A session is honoured only under the ``Host`` (name and port) it was opened on, so another gatekeeper
+  page on another port refuses it too. It expires after :data:`SESSION_IDLE` seconds without use (each
+  use slides that forward) and after :data:`SESSION_MAX` seconds in any case.
 
 Nothing in this module logs a token, a code or a cookie.
 """
@@ -38,6 +43,8 @@ SESSION_MAX = 12 * 3600.0
 """Seconds a session lives at most, however much it is used: then the reviewer logs in again."""
 RENEW_EVERY = 60.0
 """A session's last use is written at most this often (a page polls; the store is not written per request)."""
+KEY_HEADER = "x-gatekeeper-key"
+"""The request header that carries a session's page key (the live stream, an EventSource, sends ``?key=``)."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -122,19 +129,21 @@ def _well_formed(value: str, most: int) -> bool:
     return 0 < len(value) <= most and all(c.isalnum() or c in "-_" for c in value)
 
 
-async def open_session(store: Store, code: str, *, host: str, user_agent: str | None) -> tuple[WebSession, str] | None:
-    """Spend a login code for a new session bound to ``host``; ``(session, cookie value)`` or ``None``."""
+async def open_session(
+    store: Store, code: str, *, host: str, user_agent: str | None
+) -> tuple[WebSession, str, str] | None:
+    """Spend a login code for a new session bound to ``host``: ``(session, cookie value, page key)`` or ``None``."""
     if not _well_formed(code, 100):
         return None
     now = store.clock.now()
-    sid, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    sid, secret, key = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     template = WebSession(
         id=sid, label="", host=host, user_agent=(user_agent or "")[:300] or None, created_at=now,
         last_seen_at=now, expires_at=now + SESSION_IDLE, ends_at=now + SESSION_MAX, ended_at=None,
         ended_by=None, ended_why=None,
     )  # fmt: skip
-    session = await store.redeem_login_code(_hash(code), template, _hash(secret))
-    return (session, f"{sid}.{secret}") if session is not None else None
+    session = await store.redeem_login_code(_hash(code), template, secret_hash=_hash(secret), key_hash=_hash(key))
+    return (session, f"{sid}.{secret}", key) if session is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -154,15 +163,19 @@ class Principal:
         return "web" if self.kind == "session" else "api"
 
 
-async def check_session(store: Store, value: str, *, host: str) -> Principal | None:
-    """The session a cookie value names, if it is alive and was opened under this ``host``; slides its expiry."""
+async def check_session(store: Store, value: str, key: str | None, *, host: str) -> Principal | None:
+    """The session a cookie value names, if its page key matches, it is alive, and it was opened under this
+    ``host``; slides its expiry. The cookie without its key is refused: see the module's docstring."""
     sid, _, secret = value.partition(".")
-    if not _well_formed(sid, 32) or not _well_formed(secret, 100):
+    if not key or not _well_formed(sid, 32) or not _well_formed(secret, 100) or not _well_formed(key, 100):
         return None
-    found = await store.session_secret_hash(sid)
-    if found is None or not hmac.compare_digest(found[1], _hash(secret)):
+    found = await store.session_hashes(sid)
+    if found is None:
         return None
-    return await _honoured(store, found[0], host)
+    session, secret_hash, key_hash = found
+    if not (hmac.compare_digest(secret_hash, _hash(secret)) & hmac.compare_digest(key_hash, _hash(key))):
+        return None
+    return await _honoured(store, session, host)
 
 
 async def still_signed_in(store: Store, who: Principal, *, host: str) -> bool:

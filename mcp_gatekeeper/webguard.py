@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from starlette.requests import cookie_parser
 
@@ -18,6 +19,7 @@ from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
+    KEY_HEADER,
     UNSAFE_METHODS,
     Principal,
     check_bearer,
@@ -61,6 +63,17 @@ def _json_bytes(status: int, code: str, message: str) -> tuple[bytes, list[tuple
     return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
+_KEY_IN_QUERY = ("/api/events", "/api/audit")
+"""Reads a browser makes without a script's headers (an EventSource, a download link): the key may be ``?key=``."""
+
+
+def _query_key(scope: Scope, path: str) -> str | None:
+    if scope["method"] != "GET" or path not in _KEY_IN_QUERY:
+        return None
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
+    return values[0] if values else None
+
+
 class Guard:
     """Host allowlist, authentication, same-origin rule for state changes, and the hardening headers."""
 
@@ -95,7 +108,7 @@ class Guard:
             return
         method: str = scope["method"]
         try:
-            principal = await self._authenticate(headers, host) if api else None
+            principal = await self._authenticate(headers, host, _query_key(scope, path)) if api else None
         except StoreError:
             await self._refuse(send_hardened, 503, "store_unavailable", "the gatekeeper's store is unavailable")
             return
@@ -115,12 +128,13 @@ class Guard:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send_hardened)
 
-    async def _authenticate(self, headers: dict[str, str], host: str) -> Principal | None:
+    async def _authenticate(self, headers: dict[str, str], host: str, query_key: str | None) -> Principal | None:
         bearer = check_bearer(self.st.token, headers.get("authorization"))
         if bearer is not None:
             return bearer
         value = cookie_parser(headers.get("cookie", "")).get(cookie_name(self.st.port))
-        return await check_session(self.st.store, value, host=host) if value else None
+        key = headers.get(KEY_HEADER) or query_key
+        return await check_session(self.st.store, value, key, host=host) if value else None
 
     @staticmethod
     async def _refuse(send: Send, status: int, code: str, message: str) -> None:

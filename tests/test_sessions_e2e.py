@@ -34,11 +34,12 @@ def _config(tmp_path: Path, port: int = 0) -> Path:
     return cfg
 
 
-async def _log_in(client: httpx2.AsyncClient, link: str) -> str:
-    """Open a login link as a browser would; the Cookie header of the session it opens."""
+async def _log_in(client: httpx2.AsyncClient, link: str) -> dict[str, str]:
+    """Open a login link as a browser would; what its page then sends: the cookie and the page key."""
     r = await client.get(link)
     assert r.status_code == 303, r.text
-    return r.headers["set-cookie"].split(";")[0]
+    key = r.headers["location"].partition("#key=")[2]
+    return {"Cookie": r.headers["set-cookie"].split(";")[0], "X-Gatekeeper-Key": key}
 
 
 async def test_login_prints_a_link_for_the_page_a_wrap_process_serves(home: Path, tmp_path: Path) -> None:
@@ -56,8 +57,8 @@ async def test_login_prints_a_link_for_the_page_a_wrap_process_serves(home: Path
             assert fresh is not None and fresh.group(1) == base, out
             assert "works once" in err
             async with httpx2.AsyncClient(base_url=base) as client:
-                cookie = await _log_in(client, out.strip())
-                me = await client.get("/api/session", headers={"Cookie": cookie})
+                session = await _log_in(client, out.strip())
+                me = await client.get("/api/session", headers=session)
                 assert me.status_code == 200 and me.json()["reviewer"] == f"web:{reviewer_label()}"
                 again = await client.get(out.strip().removeprefix(base))  # a link works once
                 assert again.status_code == 401 and "mcp-gatekeeper login" in again.text
@@ -71,7 +72,7 @@ async def test_login_prints_a_link_for_the_page_a_wrap_process_serves(home: Path
                 _, listing, _ = await cli(home, "sessions")
                 (sid,) = re.findall(r"^([0-9a-f]{12})  ", listing, re.M)
                 await cli(home, "sessions", "--revoke", sid)
-                assert (await client.get("/api/session", headers={"Cookie": cookie})).status_code == 401
+                assert (await client.get("/api/session", headers=session)).status_code == 401
 
                 # the link printed at start-up still opens the page once
                 await _log_in(client, started.group(0))
@@ -114,17 +115,24 @@ async def test_revoking_from_the_cli_ends_a_live_browser_session(home: Path, tmp
                         row = await page.wait_for_selector("tr.session-row.current")
                         assert row is not None and "this browser" in (await row.inner_text()).lower()
                         (cookie,) = [c for c in await page.context.cookies() if c["name"].startswith("gk_session_")]
+                        stolen = {"Cookie": f"{cookie['name']}={cookie['value']}"}
+                        key = await page.evaluate("localStorage.getItem('gk-page-key')")
+                        assert key and key not in page.url  # the page took its key out of the URL
+                        base = LINK.search(link)
+                        assert base is not None
+                        async with httpx2.AsyncClient(base_url=base.group(1)) as c:
+                            # what a page on another port gets from this browser: the cookie, not the key
+                            assert (await c.get("/api/calls", headers=stolen)).status_code == 401
+                            both = {**stolen, "X-Gatekeeper-Key": key}
+                            assert (await c.get("/api/calls", headers=both)).status_code == 200
 
                         await cli(home, "sessions", "--all")
                         # the page learns it at once over its live stream, and asks for a new login
                         await page.wait_for_selector(".login-box >> text=This session has ended")
                         assert "mcp-gatekeeper login" in await page.inner_text(".login-box")
-                        # and the cookie the browser still holds opens nothing, replayed from a script
-                        base = LINK.search(link)
-                        assert base is not None
+                        # and what the browser still holds opens nothing, replayed from a script
                         async with httpx2.AsyncClient(base_url=base.group(1)) as c:
-                            r = await c.get("/api/calls", headers={"Cookie": f"{cookie['name']}={cookie['value']}"})
-                            assert r.status_code == 401
+                            assert (await c.get("/api/calls", headers=both)).status_code == 401
                     finally:
                         await browser.close()
             finally:
@@ -148,18 +156,17 @@ async def test_a_cookie_from_one_page_is_refused_by_another_ports_page(home: Pat
                 (a, a_port), (b, b_port) = [(m.group(1), m.group(2)) for m in links]
                 assert a_port != b_port
                 async with httpx2.AsyncClient(base_url=a) as at_a, httpx2.AsyncClient(base_url=b) as at_b:
-                    cookie = await _log_in(at_a, links[0].group(0))
-                    value = cookie.partition("=")[2]
-                    assert (await at_a.get("/api/session", headers={"Cookie": cookie})).status_code == 200
-                    for name in (f"gk_session_{a_port}", f"gk_session_{b_port}"):
-                        forged = {"Cookie": f"{name}={value}", "Origin": b, "Sec-Fetch-Site": "same-origin"}
+                    session = await _log_in(at_a, links[0].group(0))
+                    value = session["Cookie"].partition("=")[2]
+                    assert (await at_a.get("/api/session", headers=session)).status_code == 200
+                    for name in (f"gk_session_{a_port}", f"gk_session_{b_port}"):  # even with the page key
+                        forged = {**session, "Cookie": f"{name}={value}", "Origin": b, "Sec-Fetch-Site": "same-origin"}
                         assert (await at_b.get("/api/session", headers=forged)).status_code == 401, name
                         r = await at_b.post("/api/logout", headers=forged, json={})
                         assert r.status_code == 401, name
                     # and the page on the other port still has its own one-time link
-                    assert (
-                        await at_b.get("/api/session", headers={"Cookie": await _log_in(at_b, links[1].group(0))})
-                    ).status_code == 200
+                    own = await _log_in(at_b, links[1].group(0))
+                    assert (await at_b.get("/api/session", headers=own)).status_code == 200
             finally:
                 for proc in (first, second):
                     proc.terminate()

@@ -392,8 +392,20 @@
     }
   }
 
+  // The session's page key: the cookie alone opens nothing (a page on another port of this host receives the
+  // cookie too, never this origin's localStorage). It arrives once, in the login redirect's fragment.
+  const KEY_ITEM = "gk-page-key";
+  function takePageKey() {
+    const m = /^#key=([A-Za-z0-9_-]{20,100})$/.exec(location.hash);
+    if (!m) return;
+    localStorage.setItem(KEY_ITEM, m[1]);
+    history.replaceState(null, "", location.pathname + "#/queue");
+  }
+  function pageKey() { return localStorage.getItem(KEY_ITEM) || ""; }
+  function keyed(path) { return `${path}${path.includes("?") ? "&" : "?"}key=${encodeURIComponent(pageKey())}`; }
+
   async function api(path, opts) {
-    const init = { credentials: "same-origin", headers: { Accept: "application/json" }, ...(opts || {}) };
+    const init = { credentials: "same-origin", headers: { Accept: "application/json", "X-Gatekeeper-Key": pageKey() }, ...(opts || {}) };
     if (init.json !== undefined) {
       init.method = init.method || "POST";
       init.headers["Content-Type"] = "application/json";
@@ -465,7 +477,7 @@
   let source = null;
   function connect() {
     if (source) source.close();
-    source = new EventSource("/api/events");
+    source = new EventSource(keyed("/api/events"));
     const live = $("#live");
     source.addEventListener("open", () => { live.className = "live on"; live.textContent = "live"; });
     source.addEventListener("error", () => { live.className = "live off"; live.textContent = "reconnecting"; });
@@ -1235,7 +1247,7 @@
       decided_by: h("input", { type: "text", placeholder: "Reviewer", "aria-label": "Reviewer" }),
       q: h("input", { type: "search", class: "q", placeholder: "Search summary, arguments, reason…", "aria-label": "Search" }),
     };
-    const exportLink = h("a", { class: "btn small ghost", href: "/api/audit?export=1", download: "mcp-gatekeeper-audit.json", text: "Export audit" });
+    const exportLink = h("a", { class: "btn small ghost", href: keyed("/api/audit?export=1"), download: "mcp-gatekeeper-audit.json", text: "Export audit" });
     const tbody = h("tbody");
     const more = h("div", { class: "more" });
     let cursor = null;
@@ -1531,6 +1543,7 @@
   });
 
   async function start() {
+    takePageKey();
     try {
       state.me = await api("/api/session");
     } catch (e) {
@@ -1546,7 +1559,7 @@
     setInterval(tick, 1000);
   }
 
-  Object.assign(GK, { showLogin, h, s, $, safeText, richString, summaryView, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
+  Object.assign(GK, { showLogin, KEY_ITEM, h, s, $, safeText, richString, summaryView, jsonView, api, toast, dur, fmtTime, pct, shortId, icon, riskChip, stateChip, state, serverNow, openCard, tick, fact });
   // gates.js (loaded after this file) adds its views before the page starts
   document.addEventListener("DOMContentLoaded", start);
 })();

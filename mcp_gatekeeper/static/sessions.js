@@ -15,6 +15,7 @@
 
   async function logout() {
     try { await api("/api/logout", { json: {} }); } catch (_) { /* signed out either way */ }
+    localStorage.removeItem(GK.KEY_ITEM);
     GK.showLogin("You are signed out. This session has ended on every gatekeeper process.");
   }
 

@@ -227,8 +227,10 @@ async def serve_pages(listener: anyio.abc.SocketListener, pages: dict[str, bytes
     await listener.serve(handle)
 
 
+# as the page's own script sends it: the cookie, and the page key this origin keeps in localStorage
 FETCH_APPROVE = """async ([url, digest]) => (await fetch(url, {method: "POST", credentials: "include",
-    headers: {"Content-Type": "application/json"}, body: JSON.stringify({args_digest: digest})})).status"""
+    headers: {"Content-Type": "application/json", "X-Gatekeeper-Key": localStorage.getItem("gk-page-key") || ""},
+    body: JSON.stringify({args_digest: digest})})).status"""
 
 
 @pytest.mark.browser
@@ -248,10 +250,10 @@ async def test_f2_f3_csrf_same_site_and_dns_rebinding_in_chromium(home: Path, tm
 
                 # the human logs in: a session cookie, SameSite=Strict, HttpOnly, host-only
                 await page.goto(s.login)
-                await page.wait_for_url(f"{s.base}/")
+                await page.wait_for_url(f"{s.base}/#/queue")  # the page took its key out of the URL
                 (cookie,) = [c for c in await ctx.cookies() if c["name"].startswith("gk_session_")]
                 assert (cookie["sameSite"], cookie["httpOnly"], cookie["domain"]) == ("Strict", True, "127.0.0.1")
-                assert "token=" not in page.url
+                assert "token=" not in page.url and "key=" not in page.url
 
                 listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
                 other = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio's typed attribute

@@ -264,14 +264,17 @@ class Harness:
         """A fresh one-time login code, as `mcp-gatekeeper login` would print in its link."""
         return (await mint_login_url(self.store, BASE)).partition("?token=")[2]
 
-    async def login(self, **headers: str) -> str:
-        """Log in like a browser; returns the Cookie header value for the session."""
+    async def login(self, **headers: str) -> dict[str, str]:
+        """Log in like a browser; the headers its page then sends: the session cookie and the page key
+        (which the page's script takes from the login redirect's fragment)."""
         r = await self.client.get(f"/login?token={await self.login_code()}", headers=headers)
         assert r.status_code == 303
-        return r.headers["set-cookie"].split(";")[0]
+        key = r.headers["location"].partition("#key=")[2]
+        assert key
+        return {"Cookie": r.headers["set-cookie"].split(";")[0], "X-Gatekeeper-Key": key}
 
     async def browser_headers(self) -> dict[str, str]:
-        return {"Cookie": await self.login(), "Sec-Fetch-Site": "same-origin", "Origin": BASE}
+        return {**await self.login(), "Sec-Fetch-Site": "same-origin", "Origin": BASE}
 
 
 @pytest.fixture

@@ -409,7 +409,7 @@ async def test_new_state_changes_need_host_auth_and_origin(
     await quarantine_refunds(harness.store)
     sent = {k: v for k, v in headers.items() if k not in ("cookie", "bearer")}
     if headers.get("cookie"):
-        sent["Cookie"] = await harness.login()
+        sent.update(await harness.login())
     if headers.get("bearer"):
         sent.update(harness.bearer)
     for url, body in _targets(rec.id, lease.id):

@@ -72,6 +72,9 @@ MATRIX = [
     (None, None, "none", 401),
     ("same-origin", BASE, "none", 401),
     ("same-origin", BASE, "forged-cookie", 401),
+    # the cookie reaches pages on other ports; the page key (this origin's localStorage) does not
+    ("same-origin", BASE, "cookie-without-key", 401),
+    ("same-origin", BASE, "cookie-with-another-sessions-key", 401),
     ("same-origin", BASE, "wrong-bearer", 401),
 ]
 
@@ -83,9 +86,18 @@ async def test_state_change_origin_matrix(
     rec, holder = await harness.hold()
     headers: dict[str, str] = {}
     if cred == "cookie":
-        headers["Cookie"] = await harness.login()
+        headers.update(await harness.login())
     elif cred == "bearer":
         headers.update(harness.bearer)
+    elif cred == "cookie-without-key":
+        headers["Cookie"] = (await harness.login())["Cookie"]
+    elif cred == "cookie-with-another-sessions-key":
+        headers.update(
+            {
+                "Cookie": (await harness.login())["Cookie"],
+                "X-Gatekeeper-Key": (await harness.login())["X-Gatekeeper-Key"],
+            }
+        )
     elif cred == "forged-cookie":
         headers["Cookie"] = f"gk_session_{PORT}=abcd1234ef56.{'A' * 43}"
     elif cred == "wrong-bearer":
@@ -104,11 +116,11 @@ async def test_state_change_origin_matrix(
 async def test_form_post_is_refused(harness: Harness) -> None:
     """A classic CSRF form (urlencoded, cross-site) never decides, even with the cookie attached."""
     rec, _ = await harness.hold()
-    cookie = await harness.login()
+    session = await harness.login()
     for site in ("cross-site", "same-site"):
         r = await harness.client.post(
             f"/api/calls/{rec.id}/approve",
-            headers={"Cookie": cookie, "Sec-Fetch-Site": site, "content-type": "application/x-www-form-urlencoded"},
+            headers={**session, "Sec-Fetch-Site": site, "content-type": "application/x-www-form-urlencoded"},
             content=f"args_digest={rec.args_digest}",
         )
         assert r.status_code == 403
@@ -119,7 +131,9 @@ async def test_login_sets_strict_httponly_cookie_and_clean_redirect(harness: Har
     code = await harness.login_code()
     r = await harness.client.get(f"/login?token={code}")
     assert r.status_code == 303
-    assert r.headers["location"] == "/"
+    # a clean URL: the page key rides in the fragment (never sent to a server), the code is gone
+    location, _, key = r.headers["location"].partition("#key=")
+    assert location == "/" and len(key) >= 40 and code not in key and harness.token not in key
     cookie = r.headers["set-cookie"]
     attrs = [a.strip() for a in cookie.split(";")]
     assert attrs[0].startswith(f"gk_session_{PORT}=")
@@ -130,7 +144,7 @@ async def test_login_sets_strict_httponly_cookie_and_clean_redirect(harness: Har
     assert code not in cookie
     assert r.headers["cache-control"] == "no-store"
     assert r.headers["referrer-policy"] == "no-referrer"
-    me = await harness.client.get("/api/session", headers={"Cookie": attrs[0]})
+    me = await harness.client.get("/api/session", headers={"Cookie": attrs[0], "X-Gatekeeper-Key": key})
     assert me.status_code == 200
     assert me.json()["reviewer"].startswith("web:")
 
@@ -158,7 +172,7 @@ async def test_session_survives_a_new_app_process(harness: Harness) -> None:
     """Sessions live in the store: a page restarted on the same home (or another process) accepts them."""
     from mcp_gatekeeper.web import build_app
 
-    cookie = await harness.login()
+    session = await harness.login()
     import httpx2
 
     app2 = build_app(
@@ -170,7 +184,7 @@ async def test_session_survives_a_new_app_process(harness: Harness) -> None:
         clock=harness.clock,
     )
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app2), base_url=BASE) as c:
-        assert (await c.get("/api/session", headers={"Cookie": cookie})).status_code == 200
+        assert (await c.get("/api/session", headers=session)).status_code == 200
 
 
 async def test_get_never_changes_state(harness: Harness) -> None:

@@ -29,30 +29,63 @@ def _fake(harness: Harness) -> FakeClock:
     return harness.clock
 
 
-async def _me(harness: Harness, cookie: str, **headers: str) -> int:
-    return (await harness.client.get("/api/session", headers={"Cookie": cookie, **headers})).status_code
+Session = dict[str, str]
 
 
-def _browser(cookie: str) -> dict[str, str]:
-    return {"Cookie": cookie, "Sec-Fetch-Site": "same-origin", "Origin": BASE}
+async def _me(harness: Harness, session: Session, **headers: str) -> int:
+    return (await harness.client.get("/api/session", headers={**session, **headers})).status_code
 
 
-def _curl(cookie: str) -> dict[str, str]:
-    """What a replay from a script looks like: the stolen cookie plus forged browser headers."""
-    return {"Cookie": cookie, "Origin": BASE, "Sec-Fetch-Site": "same-origin", "User-Agent": "curl/8.5.0"}
+def _browser(session: Session) -> dict[str, str]:
+    return {**session, "Sec-Fetch-Site": "same-origin", "Origin": BASE}
 
 
-async def test_a_cookie_replayed_after_logout_is_refused(harness: Harness) -> None:
+def _replayed(session: Session, *, with_key: bool = False) -> dict[str, str]:
+    """A replay from a script: a copied cookie (and, when the attacker has it, the key) plus forged headers."""
+    stolen = session if with_key else {"Cookie": session["Cookie"]}
+    return {**stolen, "Origin": BASE, "Sec-Fetch-Site": "same-origin", "User-Agent": "curl/8.5.0"}
+
+
+def _sid(session: Session) -> str:
+    return session["Cookie"].partition("=")[2].partition(".")[0]
+
+
+async def test_the_cookie_alone_opens_nothing(harness: Harness) -> None:
+    """What a page on another local port receives (browsers send cookies to every port), replayed with curl."""
     rec, _ = await harness.hold()
-    cookie = await harness.login()
-    assert await _me(harness, cookie) == 200
-    r = await harness.client.post("/api/logout", headers=_browser(cookie), json={})
-    assert r.status_code == 200 and "Max-Age=0" in r.headers["set-cookie"]
-    # the browser forgets the cookie; an attacker who copied it replays it, with every header a browser sends
-    for path in ("/api/session", "/api/calls", "/api/events"):
-        assert (await harness.client.get(path, headers=_curl(cookie))).status_code == 401, path
+    session = await harness.login()
+    assert await _me(harness, session) == 200
+    for path in ("/api/session", "/api/calls", "/api/events", "/api/audit?export=1", "/api/sessions"):
+        assert (await harness.client.get(path, headers=_replayed(session))).status_code == 401, path
+    for key in ("", "x", session["X-Gatekeeper-Key"][:-1], session["X-Gatekeeper-Key"] + "A"):
+        r = await harness.client.get("/api/session", headers={**_replayed(session), "X-Gatekeeper-Key": key})
+        assert r.status_code == 401, key
     r = await harness.client.post(
-        f"/api/calls/{rec.id}/approve", headers=_curl(cookie), json={"args_digest": rec.args_digest}
+        f"/api/calls/{rec.id}/approve", headers=_replayed(session), json={"args_digest": rec.args_digest}
+    )
+    assert r.status_code == 401
+    # the key in the query is for reads a browser makes without script headers (the live stream, the export)
+    key = session["X-Gatekeeper-Key"]
+    query = {"Cookie": session["Cookie"]}
+    assert (await harness.client.get(f"/api/audit?export=1&key={key}", headers=query)).status_code == 200
+    assert (await harness.client.get(f"/api/calls?key={key}", headers=query)).status_code == 401
+    r = await harness.client.post(
+        f"/api/calls/{rec.id}/approve?key={key}", headers=_browser(query), json={"args_digest": rec.args_digest}
+    )
+    assert r.status_code == 401
+    assert (await harness.store.get(rec.id)).state == State.PENDING
+
+
+async def test_a_session_replayed_after_logout_is_refused(harness: Harness) -> None:
+    rec, _ = await harness.hold()
+    session = await harness.login()
+    r = await harness.client.post("/api/logout", headers=_browser(session), json={})
+    assert r.status_code == 200 and "Max-Age=0" in r.headers["set-cookie"]
+    # the browser forgets the cookie; an attacker who copied cookie and key replays both
+    for path in ("/api/session", "/api/calls", "/api/events"):
+        assert (await harness.client.get(path, headers=_replayed(session, with_key=True))).status_code == 401, path
+    r = await harness.client.post(
+        f"/api/calls/{rec.id}/approve", headers=_replayed(session, with_key=True), json={"args_digest": rec.args_digest}
     )
     assert r.status_code == 401
     assert (await harness.store.get(rec.id)).state == State.PENDING
@@ -62,8 +95,8 @@ async def test_a_cookie_replayed_after_logout_is_refused(harness: Harness) -> No
 
 async def test_a_cookie_sent_to_another_ports_page_is_refused(harness: Harness) -> None:
     """Browsers send a cookie to every port of a host; another gatekeeper page (same store) refuses it."""
-    cookie = await harness.login()
-    value = cookie.partition("=")[2]
+    session = await harness.login()
+    value = session["Cookie"].partition("=")[2]
     other_port = PORT + 1
     other = build_app(
         store=harness.store, gate=harness.gate, policy=harness.policy, token=harness.token, port=other_port,
@@ -72,11 +105,12 @@ async def test_a_cookie_sent_to_another_ports_page_is_refused(harness: Harness) 
     other_base = f"http://127.0.0.1:{other_port}"
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=other), base_url=other_base) as c:
         for name in (f"gk_session_{PORT}", f"gk_session_{other_port}"):  # as sent, and renamed for that page
-            r = await c.get("/api/session", headers={"Cookie": f"{name}={value}", "Origin": other_base})
+            sent = {**session, "Cookie": f"{name}={value}", "Origin": other_base}
+            r = await c.get("/api/session", headers=sent)
             assert r.status_code == 401, name
     # the same page under another of its own names is another cookie jar too: localhost is not 127.0.0.1
-    assert await _me(harness, cookie, Host=f"localhost:{PORT}") == 401
-    assert await _me(harness, cookie) == 200  # and where it was opened it still works
+    assert await _me(harness, session, Host=f"localhost:{PORT}") == 401
+    assert await _me(harness, session) == 200  # and where it was opened it still works
 
 
 async def test_a_session_expires_when_unused_slides_while_used_and_ends_in_any_case(harness: Harness) -> None:
@@ -96,14 +130,14 @@ async def test_a_session_expires_when_unused_slides_while_used_and_ends_in_any_c
 
 async def test_uses_within_a_minute_do_not_write_the_store(harness: Harness) -> None:
     clock = _fake(harness)
-    cookie = await harness.login()
-    (session,) = await harness.store.web_sessions()
+    session = await harness.login()
+    (row,) = await harness.store.web_sessions()
     clock.advance(RENEW_EVERY / 2)
-    assert await _me(harness, cookie) == 200
+    assert await _me(harness, session) == 200
     (again,) = await harness.store.web_sessions()
-    assert again.last_seen_at == session.last_seen_at
+    assert again.last_seen_at == row.last_seen_at
     clock.advance(RENEW_EVERY)
-    assert await _me(harness, cookie) == 200
+    assert await _me(harness, session) == 200
     (later,) = await harness.store.web_sessions()
     assert later.last_seen_at == clock.now() and later.expires_at == clock.now() + SESSION_IDLE
 
@@ -120,10 +154,11 @@ async def test_uses_within_a_minute_do_not_write_the_store(harness: Harness) -> 
     ],
 )
 async def test_a_forged_cookie_opens_nothing(harness: Harness, forged: str) -> None:
-    cookie = await harness.login()
-    name, _, value = cookie.partition("=")
+    session = await harness.login()
+    name, _, value = session["Cookie"].partition("=")
     sid, _, secret = value.partition(".")
-    assert await _me(harness, f"{name}={forged.format(sid=sid, secret=secret, other='0' * len(sid))}") == 401
+    cookie = f"{name}={forged.format(sid=sid, secret=secret, other='0' * len(sid))}"
+    assert await _me(harness, {**session, "Cookie": cookie}) == 401
 
 
 async def test_login_codes_work_once_in_whichever_process_serves_the_page(harness: Harness) -> None:
@@ -142,7 +177,7 @@ async def test_login_codes_work_once_in_whichever_process_serves_the_page(harnes
 async def test_sessions_are_listed_and_one_ends_another(harness: Harness) -> None:
     mine = await harness.login(**{"User-Agent": "Mozilla/5.0 Chrome/130.0"})
     theirs = await harness.login(**{"User-Agent": "curl/8.5.0"})
-    listed = (await harness.client.get("/api/sessions", headers={"Cookie": mine})).json()["sessions"]
+    listed = (await harness.client.get("/api/sessions", headers=mine)).json()["sessions"]
     assert {(s["user_agent"], s["current"], s["reviewer"], s["host"]) for s in listed} == {
         ("Mozilla/5.0 Chrome/130.0", True, ME, f"127.0.0.1:{PORT}"),
         ("curl/8.5.0", False, ME, f"127.0.0.1:{PORT}"),
@@ -151,7 +186,7 @@ async def test_sessions_are_listed_and_one_ends_another(harness: Harness) -> Non
     # a page on another port (same-site) cannot end a session: state changes only from this page
     r = await harness.client.post(
         f"/api/sessions/{other}/revoke",
-        headers={"Cookie": mine, "Sec-Fetch-Site": "same-site", "Origin": f"http://127.0.0.1:{PORT + 1}"},
+        headers={**mine, "Sec-Fetch-Site": "same-site", "Origin": f"http://127.0.0.1:{PORT + 1}"},
         json={},
     )
     assert r.status_code == 403 and await _me(harness, theirs) == 200
@@ -175,7 +210,7 @@ async def test_the_cli_ends_sessions(
     monkeypatch.setenv("MCP_GATEKEEPER_HOME", str(harness.home))
     monkeypatch.delenv("MCP_GATEKEEPER_CONFIG", raising=False)
     first, second, third = await harness.login(), await harness.login(), await harness.login()
-    sid = first.partition("=")[2].partition(".")[0]
+    sid = _sid(first)
     assert await _cli("sessions") == 0
     listing = capsys.readouterr().out
     assert sid in listing and ME in listing
@@ -193,9 +228,9 @@ async def test_the_cli_ends_sessions(
 async def test_who_decided_is_readable_and_the_channel_true(harness: Harness) -> None:
     by_page, _ = await harness.hold()
     by_script, _ = await harness.hold()
-    cookie = await harness.login()
-    sid = cookie.partition("=")[2].partition(".")[0]
-    r = await harness.client.post(f"/api/calls/{by_page.id}/reject", headers=_browser(cookie), json={"reason": "no"})
+    session = await harness.login()
+    sid = _sid(session)
+    r = await harness.client.post(f"/api/calls/{by_page.id}/reject", headers=_browser(session), json={"reason": "no"})
     assert r.status_code == 200
     r = await harness.client.post(f"/api/calls/{by_script.id}/reject", headers=harness.bearer, json={"reason": "no"})
     assert r.status_code == 200
@@ -218,5 +253,5 @@ async def test_sessions_long_over_are_forgotten_but_stay_in_the_audit_log(harnes
     clock.advance(31 * 86400)
     await harness.login()
     ids = [s.id for s in await harness.store.web_sessions(alive_only=False)]
-    assert len(ids) == 1 and old.partition("=")[2].partition(".")[0] not in ids
+    assert len(ids) == 1 and _sid(old) not in ids
     assert [e.event for e in await harness.store.audit_events()].count("session_started") == 2
