@@ -126,7 +126,7 @@ async def mint_login_url(store: Store, base_url: str, *, label: str | None = Non
 
 
 def _well_formed(value: str, most: int) -> bool:
-    return 0 < len(value) <= most and all(c.isalnum() or c in "-_" for c in value)
+    return 0 < len(value) <= most and value.isascii() and all(c.isalnum() or c in "-_" for c in value)
 
 
 async def open_session(
