@@ -21,7 +21,6 @@ Nothing in this module logs a token, a code or a cookie.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import hmac
 import ipaddress
@@ -31,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.models import WebSession
 from mcp_gatekeeper.store import Store
 
@@ -92,11 +92,9 @@ def keyed_hash(token: str, value: str) -> str:
 
 
 def reviewer_label() -> str:
-    """Who this process runs as (the OS user): the label of the sessions its login links open."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError, ImportError):  # ImportError: Windows without %USERNAME% (getpass falls back to pwd)
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    """Who this process runs as (the real OS account, not ``$USER``): the label of the sessions its login
+    links open, and the name under which its bearer-token decisions are recorded."""
+    return hostos.os_user()
 
 
 def _hash(secret: str) -> str:
