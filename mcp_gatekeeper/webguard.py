@@ -1,9 +1,9 @@
 """The security middleware in front of every request to the approval page (threat model §1.4 #1, #2, #12, #13).
 
-In order: the Host allowlist (421, DNS rebinding); for ``/api/*`` the session cookie (a live session of
-the store, opened under this very Host) or the bearer token (401); for every state change the same-origin
-rule (403, CSRF). Every response, refusals included, gets
-the CSP and the other hardening headers; API and login responses are never cached.
+In order: the Host allowlist (421, DNS rebinding); for ``/api/*`` the bearer token, or the session cookie
+with its page key (a live session of the store, opened under this very Host; see ``webauth``) (401); for
+every state change the same-origin rule (403, CSRF). Every response, refusals included, gets the CSP and
+the other hardening headers; API and login responses are never cached.
 """
 
 from __future__ import annotations
