@@ -23,7 +23,7 @@ from mcp_gatekeeper.models import Approved, Refused, State
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.proxy import tooldef_hash
 from mcp_gatekeeper.store import Store
-from mcp_gatekeeper.web import build_app, login_url, serve
+from mcp_gatekeeper.web import build_app, mint_login_url, serve
 from mcp_gatekeeper.webauth import load_or_create_token
 
 from .conftest import CONFIG, Harness, Holder, RecordingNotifier, call_for, new_call, refund_args
@@ -60,7 +60,7 @@ class Page:
         """A fresh tab of a logged-in browser, loading ``/`` + ``fragment`` from scratch."""
         ctx = await self.browser.new_context(viewport={"width": 1280, "height": 900})
         login = await ctx.new_page()
-        await login.goto(login_url("127.0.0.1", self.h.app.state.gk.port, self.h.token))
+        await login.goto(await mint_login_url(self.h.store, self.base))
         await login.wait_for_selector("#whoami:has-text('web:')", state="attached")
         page = await ctx.new_page()
         await login.close()
