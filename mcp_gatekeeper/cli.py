@@ -1,7 +1,8 @@
 """The command line: ``main(argv) -> exit code``.
 
 Exit codes: 0 done; 1 refused or not found (already decided, expired, unknown id, invalid edit);
-2 bad config or usage; 3 the store or an upstream is unusable.
+2 bad config or usage; 3 the store or an upstream is unusable; 141 the reader of stdout went away
+(``audit | head -1``: quietly, as other Unix tools).
 Everything printed from a tool, an argument or an upstream is escaped: no control character reaches
 the terminal.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -41,6 +43,9 @@ from mcp_gatekeeper.webauth import LOGIN_TTL, mint_login_url
 from mcp_gatekeeper.webredact import redact
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EXIT_READER_GONE = 141
+"""What a shell reports for a Unix tool whose reader went away (128 + SIGPIPE): ``audit | head -1``."""
 
 
 def escape(text: str) -> str:
@@ -114,6 +119,11 @@ def cmd_wrap(args: argparse.Namespace) -> int:
             if not sep:
                 raise ConfigError([f"--header {h!r}: expected 'Name: value'"])
             headers[key.strip()] = value.strip()
+        for h in args.header_env or []:
+            key, sep, var = h.partition("=")
+            if not sep or not _ENV_NAME.fullmatch(var.strip()) or not key.strip():
+                raise ConfigError([f"--header-env {h!r}: expected 'Header-Name=ENV_VARIABLE'"])
+            headers[key.strip()] = "${" + var.strip() + "}"  # read from the environment when connecting
         up = UpstreamConfig(url=args.url, headers=headers, transport=args.transport, **extra)
     else:
         env = dict(base.env) if base is not None else {}
@@ -146,50 +156,55 @@ def _masked(value: Any, reveal: bool) -> Any:
     return redact(value, lambda secret: f"masked, {len(secret)} characters; show --reveal")
 
 
+LABEL_WIDTH = 13
+"""The label column of ``show``: the longest label ("if approved") and two spaces, so no value touches it."""
+
+
+def _field(label: str, value: str) -> str:
+    """One ``show`` line: the label padded to its column, a multi-line value indented under the first line."""
+    return f"{label:<{LABEL_WIDTH}}" + value.replace("\n", "\n" + " " * LABEL_WIDTH)
+
+
+def _json_field(label: str, value: Any, reveal: bool) -> str:
+    return _field(label, escape(json.dumps(_masked(value, reveal), indent=2, ensure_ascii=False)))
+
+
 def _render_call(rec: CallRecord, now: float, *, full: bool, reveal: bool = False) -> str:
     lines = [
-        f"call      {rec.id}",
-        f"state     {rec.state.value}",
-        f"tool      {escape(rec.upstream)} / {escape(rec.tool)}",
-        f"gate      {rec.gate} (risk {rec.risk}){'  rule ' + escape(rec.rule) if rec.rule else ''}",
+        _field("call", rec.id),
+        _field("state", rec.state.value),
+        _field("tool", f"{escape(rec.upstream)} / {escape(rec.tool)}"),
+        _field("gate", f"{rec.gate} (risk {rec.risk}){'  rule ' + escape(rec.rule) if rec.rule else ''}"),
     ]
     if rec.summary:
-        lines.append(f"summary   {escape(_masked(rec.summary, reveal))}")
+        lines.append(_field("summary", escape(_masked(rec.summary, reveal))))
     if rec.client.get("name"):
-        lines.append(f"client    {escape(str(rec.client.get('name')))} {escape(str(rec.client.get('version') or ''))}")
-    lines.append(f"principal {escape(str(rec.client.get('principal') or '(none recorded)'))}")
-    lines.append(
-        f"created   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.created_at))} ({_ago(rec.created_at, now)})"
-    )
-    if rec.state == State.PENDING and rec.deadline_at:
-        lines.append(f"deadline  {_ago(rec.deadline_at, now)} (then rejected by default)")
-    if rec.effects:
-        for k in ("approve", "reject"):
-            if rec.effects.get(k):
-                lines.append(f"if {k:<7}{escape(str(rec.effects[k]))}")
-    lines.append(
-        "arguments "
-        + escape(json.dumps(_masked(rec.arguments, reveal), indent=2, ensure_ascii=False)).replace("\n", "\n          ")
-    )
-    lines.append(f"digest    {rec.args_digest}")
-    if rec.modified_arguments is not None:
         lines.append(
-            "modified  "
-            + escape(json.dumps(_masked(rec.modified_arguments, reveal), indent=2, ensure_ascii=False)).replace(
-                "\n", "\n          "
-            )
+            _field("client", f"{escape(str(rec.client.get('name')))} {escape(str(rec.client.get('version') or ''))}")
         )
+    lines.append(_field("principal", escape(str(rec.client.get("principal") or "(none recorded)"))))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.created_at))
+    lines.append(_field("created", f"{when} ({_ago(rec.created_at, now)})"))
+    if rec.state == State.PENDING and rec.deadline_at:
+        lines.append(_field("deadline", f"{_ago(rec.deadline_at, now)} (then rejected by default)"))
+    if rec.effects:
+        for key, label in (("approve", "if approved"), ("reject", "if rejected")):
+            if rec.effects.get(key):
+                lines.append(_field(label, escape(_masked(str(rec.effects[key]), reveal))))
+    lines.append(_json_field("arguments", rec.arguments, reveal))
+    lines.append(_field("digest", rec.args_digest))
+    if rec.modified_arguments is not None:
+        lines.append(_json_field("modified", rec.modified_arguments, reveal))
     if rec.decided_by:
-        lines.append(f"decided   by {escape(rec.decided_by)} via {rec.channel}")
+        lines.append(_field("decided", f"by {escape(rec.decided_by)} via {rec.channel}"))
     if rec.reason:
-        lines.append(f"reason    {escape(_masked(rec.reason, reveal))}")
+        lines.append(_field("reason", escape(_masked(rec.reason, reveal))))
     if full:
-        for r in rec.reasons:
-            lines.append(f"why       {escape(r)}")
+        lines.extend(_field("why", escape(r)) for r in rec.reasons)
         if rec.result is not None:
-            lines.append("result    " + escape(json.dumps(_masked(rec.result, reveal), ensure_ascii=False))[:2000])
+            lines.append(_field("result", escape(json.dumps(_masked(rec.result, reveal), ensure_ascii=False))[:2000]))
         if rec.error:
-            lines.append(f"error     {escape(_masked(rec.error, reveal))}")
+            lines.append(_field("error", escape(_masked(rec.error, reveal))))
     return "\n".join(lines)
 
 
@@ -216,7 +231,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
                 print(
                     f"{c.id[:10]}  {c.risk:<8} {escape(c.upstream)}/{escape(c.tool)}  {escape(what)}  [{who}]  (waiting {_dur(now - c.created_at)}, expires {left})"
                 )
-            print(f"\n{len(calls)} pending. Decide: mcp-gatekeeper approve ID | reject ID --reason TEXT")
+            me = hostos.self_command()
+            print(f"\n{len(calls)} pending. Decide: {me} approve ID  or  {me} reject ID --reason 'why'")
             return EXIT_OK
 
     return anyio.run(go)
@@ -656,6 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--url", help="a Streamable HTTP (or SSE) upstream instead of a command")
     w.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="HTTP header for --url (repeatable)")
+    w.add_argument(
+        "--header-env",
+        action="append",
+        metavar="NAME=VARIABLE",
+        help="HTTP header for --url whose value is the environment variable VARIABLE (a secret stays out of `ps`)",
+    )
     w.add_argument("--transport", choices=["http", "sse"], help="for --url: force the transport")
     w.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     w.set_defaults(func=cmd_wrap)
@@ -789,9 +811,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             rc: int = args.func(args)
+            sys.stdout.flush()  # a reader that went away is found here, not at interpreter exit
             return rc
         except BaseExceptionGroup as group:
             raise _single_gatekeeper_error(group) from group
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as e:
         print(f"mcp-gatekeeper: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -810,8 +835,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _single_gatekeeper_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """Task groups wrap errors; show the user the one that matters (a GatekeeperError) if there is one."""
-    found = [e for e in _leaves(group) if isinstance(e, GatekeeperError | KeyboardInterrupt)]
+    found = [e for e in _leaves(group) if isinstance(e, GatekeeperError | KeyboardInterrupt | BrokenPipeError)]
     return found[0] if found else group
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``show ID | head``): stop quietly, as other Unix tools do. What is
+    still buffered goes to the null device, so the interpreter's last flush cannot fail with a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # ValueError: stdout is not a real file (an embedding replaced it)
+        pass
+    return EXIT_READER_GONE
 
 
 def _leaves(e: BaseException) -> list[BaseException]:

@@ -9,9 +9,11 @@ the user's ``config.toml`` (``~/.config/mcp-gatekeeper/`` on Linux, the platform
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -558,7 +560,7 @@ def validate_config(data: Mapping[str, Any], *, text: str = "", source: str = "<
         return GatekeeperConfig.model_validate(data)
     except ValidationError as e:
         lines = _KeyLines(text)
-        problems = []
+        found: list[tuple[int, str]] = []
         for err in e.errors(include_url=False):
             path = _format_loc(err["loc"])
             line = lines.find(err["loc"])
@@ -567,11 +569,71 @@ def validate_config(data: Mapping[str, Any], *, text: str = "", source: str = "<
             if err["type"] == "extra_forbidden" and tuple(err["loc"]) in REMOVED_KEYS:
                 msg = REMOVED_KEYS[tuple(err["loc"])]
             elif err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see the config reference in the README)"
+                msg = "unknown key" + _did_you_mean(err["loc"]) + " (see the config reference in the README)"
             elif msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            problems.append(f"{where}{path or '(top level)'}: {msg}")
-        raise ConfigError(problems, source=source) from None
+            found.append((line or 0, f"{where}{path or '(top level)'}: {msg}"))
+        found.sort(key=lambda item: item[0])  # in the order of the file; stable for problems on one line
+        raise ConfigError([problem for _line, problem in found], source=source) from None
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """``; did you mean 'port'?`` for an unknown key close to one its table accepts, else ``""``."""
+    *parents, key = loc
+    if not isinstance(key, str):
+        return ""
+    known = _keys_at(tuple(parents))
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or [k for k in known if k.lower() == key.lower()]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the table at ``loc`` accepts (its model's fields and their aliases), walking the config models."""
+    kind: Any = GatekeeperConfig
+    for part in loc:
+        if isinstance(part, str) and (part.startswith("function-") or part in ("str", "list[str]", "[key]")):
+            continue  # pydantic's union-branch labels
+        kind = _step(kind, part)
+        if kind is None:
+            return []
+    model = _model_in(kind)
+    if model is None:
+        return []
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(name)
+        if isinstance(info.alias, str):
+            keys.append(info.alias)
+    return keys
+
+
+def _model_in(kind: Any) -> type[BaseModel] | None:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return kind
+    for arg in typing.get_args(kind):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _step(kind: Any, part: int | str) -> Any:
+    """The type one location step below ``kind``: a model's field, a list's item, a table's value."""
+    model = isinstance(kind, type) and issubclass(kind, BaseModel)
+    if model and isinstance(part, str):
+        for name, info in kind.model_fields.items():
+            if part in (name, info.alias):
+                return info.annotation
+        return None
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (list, tuple) and isinstance(part, int) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    for arg in args:  # a union or Annotated: the first branch that has the step
+        if arg is not type(None) and (found := _step(arg, part)) is not None:
+            return found
+    return None
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -16,7 +16,7 @@ import anyio
 from mcp import Client
 
 from mcp_gatekeeper import install, names
-from mcp_gatekeeper.config import load_config
+from mcp_gatekeeper.config import GatekeeperConfig, load_config, resolve_config_path
 from mcp_gatekeeper.serve import db_path, open_runtime
 from mcp_gatekeeper.store import default_home
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
@@ -71,7 +71,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         rows.append(("config", FAIL, str(e)))
         _print(rows)
         return 2
-    rows.append(("config", OK, f"{len(config.upstreams)} upstream(s), {len(config.rules)} rule(s)"))
+    rows.append(("config", OK, _config_line(config, resolve_config_path(getattr(args, "config", None)))))
     home = default_home()
     rows.append(("ui port", "-", f"{config.ui.host}:{config.ui.port} {_port_state(config.ui.host, config.ui.port)}"))
 
@@ -86,7 +86,9 @@ def run_doctor(args: argparse.Namespace) -> int:
                     ok, _n, msg = await rt.store.verify_audit()
                     counts = await rt.store.counts()
                     running = await rt.store.live_problems()
-                rows.append(("database", OK if integrity == "ok" else FAIL, f"{db}: integrity {integrity}; {counts}"))
+                rows.append(
+                    ("database", OK if integrity == "ok" else FAIL, f"{db}: integrity {integrity}; {_counts(counts)}")
+                )
                 rows.append(("audit chain", OK if ok else FAIL, msg))
                 for event in running:
                     rows.append(("running gatekeeper", FAIL, str(event.detail.get("message", event.detail))))
@@ -119,6 +121,26 @@ def run_doctor(args: argparse.Namespace) -> int:
     anyio.run(checks)
     _print(rows)
     return 1 if any(r[1] == FAIL for r in rows) else 0
+
+
+def _config_line(config: GatekeeperConfig, path: Path | None) -> str:
+    """Which file, what it holds, and whether the built-in default decides (no rules, or none for a call)."""
+    where = str(path) if path is not None else "no config file (built-in defaults)"
+    line = f"{where}: {len(config.upstreams)} upstream(s), "
+    if not config.rules:
+        return (
+            line + "no rules, so the built-in default decides every call (reads pass, the rest is held; see `explain`)"
+        )
+    return line + f"{len(config.rules)} rule(s); a call no rule matches gets the built-in default"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """``{'allowed': 3, 'pending': 1}`` as words: ``4 calls: 3 allowed, 1 pending``."""
+    if not counts:
+        return "no calls yet"
+    total = sum(counts.values())
+    each = ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{total} call{'' if total == 1 else 's'}: {each}"
 
 
 def _name_rows(what: str, server: install.ServerStatus, fallback: str | None) -> list[tuple[str, str, str]]:

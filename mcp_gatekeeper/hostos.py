@@ -26,6 +26,7 @@ import logging
 import ntpath
 import os
 import posixpath
+import shlex
 import shutil
 import sys
 from collections.abc import Mapping
@@ -234,6 +235,11 @@ def locate_home(platform: str = HOST) -> Located:
     explicit = os.environ.get(HOME_ENV)
     if explicit:
         return Located(Path(explicit).expanduser())
+    return _usual_home(platform)
+
+
+def _usual_home(platform: str) -> Located:
+    """The data home when ``$MCP_GATEKEEPER_HOME`` is not set."""
     current = Path(_dirs(platform).user_state_dir)
     legacy = _legacy_home()
     if legacy == current:
@@ -290,6 +296,56 @@ def client_log_hint(platform: str = HOST, env: Mapping[str, str] | None = None, 
     if is_windows(platform):
         return str(app_settings_dir(platform, env, home) / "Claude" / "logs" / "mcp-server-NAME.log")
     return "the client's own log (Claude Desktop does not run on Linux)"
+
+
+def self_command(
+    *,
+    argv0: str | None = None,
+    executable: str | None = None,
+    env: Mapping[str, str] | None = None,
+    platform: str = HOST,
+    path: str | None = None,
+) -> str:
+    """How a person at another terminal types this running gatekeeper, so a printed hint works as printed.
+
+    ``mcp-gatekeeper`` when that name on ``PATH`` is this very script; else the script's absolute path (a
+    venv's ``bin`` that is not on ``PATH``, as after ``.ci/demo``); else, when started as ``python -m
+    mcp_gatekeeper``, that interpreter and ``-m``. When ``$MCP_GATEKEEPER_HOME`` points somewhere other than
+    the usual data home, a POSIX shell is given the same setting in front (a plain terminal would otherwise
+    open a different queue); Windows shells have no such prefix, so there the hint is the command alone.
+    Defaults: ``sys.argv[0]``, ``sys.executable``, ``os.environ``.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    env = os.environ if env is None else env
+    windows = is_windows(platform)
+    flavour = ntpath if windows else posixpath
+
+    def quote(word: str) -> str:
+        if windows:
+            return f'"{word}"' if any(c in word for c in ' \t&()^;,=%!"') else word
+        return shlex.quote(word)
+
+    base = flavour.basename(argv0).lower()
+    for suffix in (".exe", "-script.py", ".py"):
+        base = base.removesuffix(suffix)
+    if base == APP and argv0:
+        script = os.path.abspath(argv0) if platform == HOST else argv0
+        on_path = resolve_command(APP, platform=platform, path=env.get("PATH", "") if path is None else path)
+        command = APP if on_path is not None and _same_file(on_path, script, platform) else quote(script)
+    else:
+        command = f"{quote(executable)} -m mcp_gatekeeper"
+    home = env.get(HOME_ENV)
+    if home and not windows and Path(home).expanduser() != _usual_home(platform).path:
+        command = f"{HOME_ENV}={shlex.quote(home)} {command}"
+    return command
+
+
+def _same_file(a: str, b: str, platform: str) -> bool:
+    flavour = ntpath if is_windows(platform) else posixpath
+    if flavour.normcase(flavour.normpath(a)) == flavour.normcase(flavour.normpath(b)):
+        return True
+    return platform == HOST and os.path.realpath(a) == os.path.realpath(b)  # pipx links the script into ~/.local/bin
 
 
 # ----------------------------------------------------------------------------------------------- notifications

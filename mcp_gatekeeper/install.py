@@ -659,8 +659,12 @@ def _wrap_remote(name: str, entry: dict[str, object], exe: str) -> _Wrapped | st
     args = ["wrap", "--name", name, "--url", url]
     if transport == "sse":
         args += ["--transport", "sse"]
+    existing_env = entry.get("env")
+    env: dict[str, object] = dict(existing_env) if isinstance(existing_env, dict) else {}
     for key, value in headers.items():
-        args += ["--header", f"{key}: {value}"]
+        var = _header_variable(key, env)
+        env[var] = value
+        args += ["--header-env", f"{key}={var}"]
     wrapped: dict[str, object] = {}
     for key, value in entry.items():
         if key in ("type", "transport"):
@@ -668,16 +672,30 @@ def _wrap_remote(name: str, entry: dict[str, object], exe: str) -> _Wrapped | st
         elif key == "url":
             wrapped["command"] = exe
             wrapped["args"] = args
-        elif key != "headers":
+        elif key == "headers" or (key == "env" and headers):
+            if headers:
+                wrapped["env"] = env  # a secret in the environment, never on the command line `ps` shows
+        else:
             wrapped[key] = value
     notes = []
     if transport == "sse" and entry.get("type", entry.get("transport")) is None:
         notes.append(f"note: '{name}': the URL ends in /sse, so the SSE transport is assumed")
     if headers:
-        notes.append(f"note: '{name}': its headers are now command-line arguments of the gatekeeper process")
+        notes.append(
+            f"note: '{name}': its headers reach the gatekeeper in its environment (the entry's env), not its command line"
+        )
     else:
         notes.append(f"note: '{name}': a sign-in (OAuth) the client did for this server is not carried over")
     return _Wrapped(wrapped, f"{transport}: {url}", tuple(notes))
+
+
+def _header_variable(header: str, taken: Mapping[str, object]) -> str:
+    """The environment variable that carries ``header``'s value: ``MCP_GATEKEEPER_HEADER_AUTHORIZATION``."""
+    base = "MCP_GATEKEEPER_HEADER_" + (re.sub(r"[^A-Z0-9]+", "_", header.upper()).strip("_") or "X")
+    var, n = base, 2
+    while var in taken:
+        var, n = f"{base}_{n}", n + 1
+    return var
 
 
 _MISSING = object()

@@ -56,8 +56,10 @@ class StderrChannel:
 
     name = "stderr"
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, command: str | None = None) -> None:
         self._stream = stream or sys.stderr
+        self._command = command or hostos.self_command()
+        """How this gatekeeper is typed at another terminal, so each hint runs as printed."""
 
     async def send(self, event: str, call: CallRecord, text: str, url: str | None) -> None:
         bell = "\a" if self._stream.isatty() else ""
@@ -66,12 +68,13 @@ class StderrChannel:
             "review_due": "REVIEW",
         }.get(event, event.upper())  # fmt: skip
         what = printable(call.summary or f"{call.upstream}/{call.tool}")
+        me, short = self._command, call.id[:8]
         if event in ("held", "escalated"):
-            hint = f"decide: mcp-gatekeeper approve|reject {call.id[:8]}"
+            hint = f"approve: {me} approve {short}  reject: {me} reject {short} --reason 'why'"
         elif event == "review_due":
-            hint = f"review: mcp-gatekeeper review {call.id[:8]} --confirm|--fail"
+            hint = f"confirm: {me} review {short} --confirm  undo: {me} review {short} --fail"
         else:
-            hint = f"see: mcp-gatekeeper show {call.id[:8]}"
+            hint = f"see: {me} show {short}"
         self._stream.write(
             f"{bell}mcp-gatekeeper: {tag} {call.id[:8]} [{call.risk}] {what} — {hint}{'  ' + url if url else ''}\n"
         )

@@ -190,6 +190,11 @@ WRITE_WORDS = frozenset(
 )
 """Tool-name words that mark a side effect: such a tool is held unless a rule says otherwise."""
 
+NOUN_WORDS = frozenset(["branch", "tag", "message", "order", "link", "archive"])
+"""Write words that are as often the name of a thing: ``git_branch`` lists branches, ``get_message`` reads one.
+Such a word counts as a write unless the name also has a read word or the upstream annotates the tool
+``readOnlyHint`` (and nothing else in the name is a write, and ``defaults.write_like`` does not list it)."""
+
 HIGH_RISK_WORDS = frozenset(
     [
         "delete",
@@ -491,6 +496,7 @@ class Policy:
         d = config.defaults
         self._read_words = READ_WORDS | {w.lower() for w in d.read_like if not (_GLOB_CHARS & set(w))}
         self._write_words = WRITE_WORDS | {w.lower() for w in d.write_like if not (_GLOB_CHARS & set(w))}
+        self._nouns = NOUN_WORDS - {w.lower() for w in d.write_like}
         read_globs = [w for w in d.read_like if _GLOB_CHARS & set(w)]
         write_globs = [w for w in d.write_like if _GLOB_CHARS & set(w)]
         self._read_globs = _glob_regex(read_globs) if read_globs else None
@@ -618,15 +624,26 @@ class Policy:
 
     def _default_gate(self, tool: str, annotations: Mapping[str, Any] | None) -> tuple[bool, str]:
         words = set(name_words(tool))
-        if hits := words & self._write_words:
-            return True, f"no rule matched; the tool name says {', '.join(sorted(hits))}, a write: held"
+        reads = words & self._read_words
+        writes = words & self._write_words
+        read_only = (annotations or {}).get("readOnlyHint") is True
+        nouns = writes & self._nouns
+        as_things = ""
+        if nouns and writes == nouns and (reads or read_only):
+            why = "a read word" if reads else "the upstream annotates the tool readOnlyHint"
+            as_things = f"; {', '.join(sorted(nouns))} names a thing here, not an action ({why})"
+            writes = set()
+        if writes:
+            return True, f"no rule matched; the tool name says {', '.join(sorted(writes))}, a write: held"
         if self._write_globs is not None and self._write_globs.match(tool):
             return True, "no rule matched; the tool matches defaults.write_like: held"
         destructive = (annotations or {}).get("destructiveHint") is True
         if destructive:
             return True, "no rule matched; the upstream annotates the tool destructiveHint: held"
-        if hits := words & self._read_words:
-            return False, f"no rule matched; the tool name says {', '.join(sorted(hits))}, a read: passes"
+        if reads:
+            return False, f"no rule matched; the tool name says {', '.join(sorted(reads))}, a read{as_things}: passes"
+        if as_things:
+            return False, f"no rule matched{as_things}; nothing in the name says write: passes"
         if self._read_globs is not None and self._read_globs.match(tool):
             return False, "no rule matched; the tool matches defaults.read_like: passes"
         if self.config.defaults.unknown == "allow":

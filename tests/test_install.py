@@ -162,8 +162,10 @@ def test_golden_entries_run_the_gatekeeper_with_the_original_command(home: Path,
         "command": exe,
         "args": [
             "wrap", "--name", "linear", "--url", "https://mcp.linear.app/mcp",
-            "--header", "Authorization: Bearer ${LINEAR_TOKEN}", "--header", "X-Team: core",
+            "--header-env", "Authorization=MCP_GATEKEEPER_HEADER_AUTHORIZATION",
+            "--header-env", "X-Team=MCP_GATEKEEPER_HEADER_X_TEAM",
         ],
+        "env": {"MCP_GATEKEEPER_HEADER_AUTHORIZATION": "Bearer ${LINEAR_TOKEN}", "MCP_GATEKEEPER_HEADER_X_TEAM": "core"},
     }  # fmt: skip
     assert servers["events"]["args"] == [
         "wrap", "--name", "events", "--url", "https://example.com/events/sse", "--transport", "sse",
@@ -189,7 +191,7 @@ def test_vscode_comments_inputs_and_input_variables_survive(home: Path, exe: str
     ):
         assert after.count(comment) == 1
     assert '"env": {"API_KEY": "${input:api_key}"}' in after
-    assert '"Authorization: Bearer ${input:api_key}"' in after
+    assert '"MCP_GATEKEEPER_HEADER_AUTHORIZATION": "Bearer ${input:api_key}"' in after
     assert '"cwd": "${workspaceFolder}"' in after
 
 
@@ -276,7 +278,8 @@ def test_remote_entry_with_headers(home: Path, exe: str) -> None:
     assert _run(install, "cursor", executable=exe)[0] == 0
     assert path.read_text() == (
         f'{{"mcpServers": {{"r": {{"command": "{exe}", "args": ["wrap", "--name", "r", "--url", '
-        '"https://h.example/mcp", "--header", "X-Key: k"], "timeout": 5}}}\n'
+        '"https://h.example/mcp", "--header-env", "X-Key=MCP_GATEKEEPER_HEADER_X_KEY"], '
+        '"env": {"MCP_GATEKEEPER_HEADER_X_KEY": "k"}, "timeout": 5}}}\n'
     )
     [status] = inspect_servers(path)
     assert status == ServerStatus(
@@ -530,9 +533,12 @@ def test_remote_entry_whose_removed_keys_come_first(home: Path, exe: str) -> Non
         '        "r",\n'
         '        "--url",\n'
         '        "https://r.example/mcp",\n'
-        '        "--header",\n'
-        '        "A: 1"\n'
+        '        "--header-env",\n'
+        '        "A=MCP_GATEKEEPER_HEADER_A"\n'
         "      ],\n"
+        '      "env": {\n'
+        '        "MCP_GATEKEEPER_HEADER_A": "1"\n'
+        "      },\n"
         '      "type": "stdio",\n'
         '      "timeout": 30\n'
         "    }\n"
