@@ -3,8 +3,9 @@
 No I/O, no clocks, no async. The built-in ``protect-own-files`` rule comes first (``ownfiles.py``); then
 rules are tried in order and the first match decides (a rule that cannot read its value denies: see
 ``predicates.py``). A call no rule matches gets the documented default: read-like tool names pass,
-everything else is held, and a tool the upstream annotates ``destructiveHint: true`` is always held.
-Annotations only ever tighten.
+everything else is held, and a tool the upstream annotates ``destructiveHint: true`` (or, with a read-like
+name, ``readOnlyHint: false``) is always held. Annotations tighten; the one thing ``readOnlyHint: true``
+decides is whether a word like ``branch`` names a thing or an action (``NOUN_WORDS``).
 """
 
 from __future__ import annotations
@@ -640,6 +641,11 @@ class Policy:
         destructive = (annotations or {}).get("destructiveHint") is True
         if destructive:
             return True, "no rule matched; the upstream annotates the tool destructiveHint: held"
+        if reads and (annotations or {}).get("readOnlyHint") is False:
+            return True, (
+                f"no rule matched; the tool name says {', '.join(sorted(reads))}, a read, but the upstream annotates"
+                " it readOnlyHint false (it changes something): held"
+            )
         if reads:
             return False, f"no rule matched; the tool name says {', '.join(sorted(reads))}, a read{as_things}: passes"
         if as_things:

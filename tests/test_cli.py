@@ -144,6 +144,6 @@ async def test_show_masks_exactly_the_secret_and_reveals_it_on_request(home: Pat
     assert KEY not in shown and "BEGIN PRIVATE KEY" not in shown
     masked = f"⟦private key (PEM): masked, {len(pem)} characters; show --reveal⟧"
     assert f'"content": "Hi ops,\\n{masked}\\nInstall it today."' in shown  # before and after stay readable
-    assert "summary   Write /tmp/keys" in shown
+    assert "summary      Write /tmp/keys" in shown
     assert KEY in revealed and json.loads(raw)["arguments"] == note
     assert "Write /tmp/keys" in pending and KEY not in pending
