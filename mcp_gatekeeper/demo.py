@@ -9,18 +9,25 @@ Reads pass; the refund, the email and the deletion wait until you decide them fr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import mcp.types as types
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.store import default_home
 
 STEPS: list[tuple[str, str, dict[str, Any]]] = [
@@ -112,18 +119,110 @@ async def run_agent(
     return results
 
 
+LOGIN_LINE = re.compile(r"approval page: (https?://[^\s/]+)/login\?token=\S+")
+WAITING_LINE = re.compile(r"\b(?:HELD|ESCALATED) ([0-9a-f]{8})\b")
+
+
+class PageLink:
+    """A fresh one-time login link for the approval page, whenever one is wanted: each link works once and
+    for a few minutes, so the demo mints a new one (with the home's ui-token) rather than repeating the first."""
+
+    def __init__(self, home: Path, origin: str) -> None:
+        self._home = home
+        self.origin = origin
+        """``http://127.0.0.1:PORT``: where the page is served (as the gatekeeper announced it)."""
+
+    def fresh(self) -> str:
+        from mcp_gatekeeper import webauth
+
+        return f"{self.origin}/login?token={webauth.mint_login_code(webauth.load_or_create_token(self._home))}"
+
+
+async def demo_session(
+    config: Path,
+    home: Path,
+    *,
+    command: str,
+    out: TextIO,
+    keys: TextIO | None,
+    steps: list[tuple[str, str, dict[str, Any]]] = STEPS,
+) -> list[Any]:
+    """The agent's run with the gatekeeper's stderr relayed through this process: the page's login link is
+    put beside each call that waits for a decision (where it stays on screen), and printed again, fresh,
+    whenever a line arrives on ``keys`` (Enter, when stdin is a terminal)."""
+    link: list[PageLink] = []
+    relay_in, relay_out = os.pipe()
+    errlog = os.fdopen(relay_out, "w", buffering=1, encoding="utf-8", errors="replace")
+    lines_in, lines = anyio.create_memory_object_stream[str](10_000)
+    enters_in, enters = anyio.create_memory_object_stream[str](100)
+    token = anyio.lowlevel.current_token()
+
+    def pump(source: TextIO, sink: MemoryObjectSendStream[str]) -> None:
+        with contextlib.suppress(anyio.RunFinishedError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            for line in source:
+                anyio.from_thread.run_sync(sink.send_nowait, line, token=token)
+            anyio.from_thread.run_sync(sink.close, token=token)
+
+    def tell(text: str) -> None:
+        out.write(text + "\n")
+        out.flush()
+
+    def reminder(prefix: str) -> None:
+        if link:
+            tell(f"{prefix}approval page (one-time login link): {link[0].fresh()}   [Enter prints a new one]")
+        tell(f"{prefix}or from another terminal: {command} pending")
+
+    drained = anyio.Event()
+
+    async def relay() -> None:
+        async with lines:
+            async for line in lines:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                if not link and (m := LOGIN_LINE.search(line)):
+                    link.append(PageLink(home, m.group(1)))
+                if m := WAITING_LINE.search(line):
+                    tell(f"      … call {m.group(1)} waits for your decision")
+                    reminder("        ")
+        drained.set()
+
+    async def on_enter() -> None:
+        async with enters:
+            async for _ in enters:
+                reminder("")
+
+    source = os.fdopen(relay_in, "r", encoding="utf-8", errors="replace")
+    threading.Thread(target=pump, args=(source, lines_in), daemon=True).start()
+    if keys is not None:  # a daemon thread: a read that never returns must not keep the demo from exiting
+        threading.Thread(target=pump, args=(keys, enters_in), daemon=True).start()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(relay)
+        tg.start_soon(on_enter)
+        try:
+            results = await run_agent(config, home, steps=steps, errlog=errlog)
+        finally:
+            errlog.close()  # the gatekeeper has exited: the relay reads to the end, then stops
+        with anyio.move_on_after(5):  # bounded: a grandchild that kept the pipe open must not hang the demo
+            await drained.wait()
+        tg.cancel_scope.cancel()
+    return results
+
+
 def run_demo(args: argparse.Namespace) -> int:
     home = default_home()
     config = demo_config(home, port=args.port, ui=not args.no_ui)
+    me = hostos.self_command()
     _say("mcp-gatekeeper demo: an agent works an order desk through the gatekeeper.")
     _say(f"  data home: {home}   policy: {config}")
     _say("  Reads pass. Refunds over 25, customer emails and deletions wait for you. Decide from another terminal:")
-    _say("    mcp-gatekeeper pending")
-    _say("    mcp-gatekeeper approve ID            (or: approve ID --args '{...}' to change the arguments)")
-    _say("    mcp-gatekeeper reject ID --reason 'why'")
+    _say(f"    {me} pending")
+    _say(f"    {me} approve ID            (or: approve ID --args '{{...}}' to change the arguments)")
+    _say(f"    {me} reject ID --reason 'why'")
     if not args.no_ui:
-        _say("  or on the approval page (its login link is printed below on stderr).")
+        _say("  or on the approval page: a fresh login link is printed beside each call that waits for you,")
+        _say("  and again whenever you press Enter here.")
     _say("")
-    anyio.run(run_agent, config, home)
-    _say("demo finished. The decision log: mcp-gatekeeper audit   (verify it: mcp-gatekeeper audit --verify)")
+    keys = sys.stdin if sys.stdin is not None and sys.stdin.isatty() else None
+    anyio.run(lambda: demo_session(config, home, command=me, out=sys.stdout, keys=keys))
+    _say(f"demo finished. The decision log: {me} audit   (verify it: {me} audit --verify)")
     return 0
