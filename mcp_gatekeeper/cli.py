@@ -443,6 +443,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"{'ok' if not problems else 'PROBLEM'}: {where}: {len(config.upstreams)} upstream(s), {len(config.rules)} rule(s)"
     )
+    if not config.rules:
+        print("  no rules: the built-in default decides every call (reads pass, the rest is held; see `explain`)")
     for name, up in config.upstreams.items():
         target = up.url if up.url else " ".join([up.command or "", *up.args])
         print(f"  upstream {name}: {up.kind} {escape(target)}")

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+import psutil
 import pytest
 from harness import FEATURE_SERVER, ROOT, call_log, gatekeeper, gk_env, npm_bin, peer_bin, wrap_params
 from mcp import Client, StdioServerParameters
@@ -292,3 +294,65 @@ async def test_the_held_line_approves_as_printed(home: Path, tmp_path: Path, no_
             assert done.returncode == 0, (approve, done.stderr.decode())
     assert not results[0].is_error
     assert [c["arguments"] for c in call_log(log) if c["tool"] == "write_note"] == [{"path": "/tmp/n", "content": "hi"}]
+
+
+# --------------------------------------------------------------------------- header secrets stay out of `ps`
+
+
+@pytest.mark.anyio
+async def test_header_env_sends_the_secret_without_putting_it_on_the_command_line(home: Path) -> None:
+    """What `install` writes for a remote server: the real wrap sends the bearer token it read from its
+    environment, and no process's command line (what `ps` shows every local user) contains it."""
+    secret = "Bearer sk-live-0123456789abcdef"
+    got: list[bytes] = []
+    arrived = anyio.Event()
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            data = b""
+            with anyio.move_on_after(10):
+                while b"\r\n\r\n" not in data:
+                    data += await stream.receive()
+            got.append(data)
+            arrived.set()
+            await stream.send(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio's typed attribute, not Django's QuerySet.extra
+    argv = [*GK, "wrap", "--name", "remote", "--url", f"http://127.0.0.1:{port}/mcp"]
+    argv += ["--header-env", "Authorization=MCP_GATEKEEPER_HEADER_AUTHORIZATION"]
+    env = gk_env(home, MCP_GATEKEEPER_HEADER_AUTHORIZATION=secret)
+    config = home / "no-ui.toml"
+    config.write_text("[ui]\nautostart = false\n")
+    env["MCP_GATEKEEPER_CONFIG"] = str(config)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        async with await anyio.open_process(argv, env=env, cwd=ROOT) as proc:
+            try:
+                with anyio.fail_after(30):
+                    await arrived.wait()
+                cmdlines = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+                assert any("--header-env" in c for c in cmdlines)  # the wrap is there to be looked at
+                assert not any("sk-live-0123456789abcdef" in c for c in cmdlines)
+            finally:
+                proc.kill()
+        tg.cancel_scope.cancel()
+    assert b"authorization: " + secret.lower().encode() in got[0].lower()
+
+
+@pytest.mark.parametrize("bad", ["Authorization", "Authorization=", "=VAR", "Authorization=1BAD", "A=B C"])
+def test_header_env_refuses_what_is_not_name_equals_variable(home: Path, bad: str) -> None:
+    argv = [*GK, "wrap", "--url", "http://127.0.0.1:9/mcp", "--header-env", bad]
+    done = subprocess.run(argv, env=gk_env(home), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--header-env" in done.stderr
+
+
+def test_header_env_with_an_unset_variable_is_an_error_not_an_empty_secret(home: Path) -> None:
+    config = home / "no-ui.toml"
+    config.write_text("[ui]\nautostart = false\n")
+    argv = [*GK, "wrap", "--config", str(config), "--url", "http://127.0.0.1:9/mcp"]
+    argv += ["--header-env", "Authorization=GK_TEST_SURELY_UNSET"]
+    env = gk_env(home)
+    env.pop("GK_TEST_SURELY_UNSET", None)
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.PIPE)
+    assert done.returncode != 0 and "GK_TEST_SURELY_UNSET" in done.stderr

@@ -749,3 +749,20 @@ async def test_end_to_end_a_client_runs_the_installed_entry(home: Path) -> None:
     assert not result.is_error
     assert result.structured_content is not None
     assert result.structured_content["timezone"] == "UTC"
+
+
+def test_remote_headers_go_to_env_never_to_args_even_when_names_collide(home: Path, exe: str) -> None:
+    headers = {"X-Key": "secret-one", "X_Key": "secret-two", "Authorization": "Bearer secret-three"}
+    path = _write(
+        home / ".cursor" / "mcp.json",
+        json.dumps({"mcpServers": {"r": {"url": "https://h.example/mcp", "headers": headers, "env": {"KEEP": "1"}}}}),
+    )
+    assert _run(install, "cursor", executable=exe)[0] == 0
+    entry = json.loads(path.read_text())["mcpServers"]["r"]
+    assert not any("secret" in a for a in entry["args"])  # nothing a `ps` listing would show
+    pairs = [entry["args"][i + 1] for i, a in enumerate(entry["args"]) if a == "--header-env"]
+    named = dict(p.split("=", 1) for p in pairs)
+    assert {k: entry["env"][v] for k, v in named.items()} == headers
+    assert entry["env"]["KEEP"] == "1" and len(set(named.values())) == 3
+    assert _run(uninstall, "cursor")[0] == 0
+    assert json.loads(path.read_text())["mcpServers"]["r"]["headers"] == headers
