@@ -8,9 +8,12 @@ by how it ended: ``approved``, ``modified`` (approved with edited arguments), ``
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webredact import redact
@@ -62,21 +65,62 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, Any]:
-    """Everything the Stats page draws, for calls created in the last ``days`` days."""
-    since = now - days * 86400.0
-    bucket = 3600.0 if days <= 2 else 86400.0
-    nb = int((now - since) // bucket) + 1
+SLICE_S = 900.0
+"""The store groups calls in quarter hours: every time zone's offset is a whole number of them, so each slice
+falls inside one of the viewer's calendar days or clock hours."""
+
+
+def calendar_buckets(now: float, days: int, zone: tzinfo) -> tuple[list[float], float]:
+    """Bucket starts (epoch seconds) and their nominal length: for one day, the last 24 clock hours (the first
+    one starting on the hour before ``now - 24 h``); for more, ``days`` calendar days in ``zone`` ending with
+    today, each starting at its local midnight (a day with a DST change is 23 or 25 hours long)."""
+    local_now = datetime.fromtimestamp(now, zone)
+    if days <= 1:
+        first = (local_now - timedelta(hours=24)).replace(minute=0, second=0, microsecond=0)
+        hour = first.astimezone(UTC)
+        starts = []
+        while hour.timestamp() <= now:
+            starts.append(hour.timestamp())
+            hour += timedelta(hours=1)
+        return starts, 3600.0
+    today = local_now.date()
+    starts = []
+    for back in range(days - 1, -1, -1):
+        day = today - timedelta(days=back)
+        starts.append(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
+    return starts, 86400.0
+
+
+def resolve_zone(name: str | None, offset_minutes: int | None) -> tzinfo:
+    """The viewer's time zone: an IANA name when this machine knows it (Windows needs the tzdata package),
+    else the browser's current UTC offset, else UTC."""
+    if name and len(name) <= 64:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # unknown, a path (refused by zoneinfo), unreadable
+            pass
+    if offset_minutes is not None:
+        return timezone(timedelta(minutes=offset_minutes))
+    return UTC
+
+
+async def stats(store: Store, *, now: float, days: float = 14.0, zone: tzinfo = UTC) -> dict[str, Any]:
+    """Everything the Stats page draws, for calls created in the period: the last 24 hours for ``days`` 1,
+    else the last ``days`` calendar days of ``zone`` (today included), so a bar is one of the viewer's days."""
+    starts, bucket = calendar_buckets(now, max(1, round(days)), zone)
+    since = starts[0] if days > 1 else now - 86400.0
 
     rows = await store.query(
-        f"SELECT CAST((created_at - ?) / ? AS INTEGER) AS b, {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
-        " WHERE deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY b, o",
-        (since, bucket, since),
+        f"SELECT CAST((created_at - ?) / ? AS INTEGER) AS q, {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
+        " WHERE deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY q, o",
+        (since, SLICE_S, since),
     )
-    series = [{"start": since + i * bucket, **dict.fromkeys(OUTCOMES, 0)} for i in range(nb)]
+    series = [{"start": start, **dict.fromkeys(OUTCOMES, 0)} for start in starts]
     totals = dict.fromkeys(OUTCOMES, 0)
-    for b, outcome, n in rows:
-        if 0 <= b < nb:
+    for q, outcome, n in rows:
+        at = since + q * SLICE_S
+        b = bisect.bisect_right(starts, at) - 1
+        if 0 <= b < len(series):
             series[b][outcome] += n
         totals[outcome] += n
 
@@ -119,6 +163,7 @@ async def stats(store: Store, *, now: float, days: float = 14.0) -> dict[str, An
         "since": since,
         "until": now,
         "bucket_seconds": bucket,
+        "time_zone": str(zone),
         "totals": totals,
         "series": series,
         "per_rule": sorted(per_rule.values(), key=lambda r: (-sum(r[o] for o in OUTCOMES), r["rule"])),

@@ -50,7 +50,7 @@ from mcp_gatekeeper.errors import (
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, State
 from mcp_gatekeeper.policy import Policy
-from mcp_gatekeeper.reports import audit_export, stats
+from mcp_gatekeeper.reports import audit_export, resolve_zone, stats
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
     clear_cookie_header,
@@ -343,7 +343,9 @@ async def _events(request: Request) -> Response:
 async def _stats(request: Request) -> Response:
     st = web_state(request)
     days = int_param(request, "days", 14, 1, 365)
-    return JSONResponse(await stats(st.store, now=st.clock.now(), days=float(days)))
+    offset = int_param(request, "utc_offset", 0, -1080, 1080) if request.query_params.get("utc_offset") else None
+    zone = resolve_zone(request.query_params.get("tz"), offset)
+    return JSONResponse(await stats(st.store, now=st.clock.now(), days=float(days), zone=zone))
 
 
 async def _audit(request: Request) -> Response:

@@ -1310,8 +1310,14 @@
     return h("div", { class: "legend" }, keys.map((k) => h("span", null, h("i", { class: `fill-${k}` }), k)));
   }
 
+  // a chart's width in its own units ≈ the CSS pixels it is drawn in, so 12-unit axis text is 12 px on a phone too
+  function chartWidth(widest) {
+    const room = ($("#app") && $("#app").clientWidth) || widest;
+    return Math.max(280, Math.min(widest, room - 48));
+  }
+
   function stackedBars(series, bucketSeconds) {
-    const W = 1000, H = 240, pad = { l: 34, r: 8, t: 10, b: 24 };
+    const W = chartWidth(1000), H = 240, pad = { l: 34, r: 8, t: 10, b: 24 };
     const max = Math.max(1, ...series.map((b) => OUT.reduce((a, k) => a + b[k], 0)));
     const bw = (W - pad.l - pad.r) / series.length;
     const y = (v) => ((H - pad.t - pad.b) * v) / max;
@@ -1321,27 +1327,33 @@
       svg.append(s("line", { x1: pad.l, x2: W - pad.r, y1: yy, y2: yy, class: "grid-line" }),
         s("text", { x: pad.l - 6, y: yy + 3, "text-anchor": "end", class: "axis" }, String(Math.round(max * frac))));
     }
+    const every = Math.ceil(series.length / Math.max(2, Math.min(8, Math.floor((W - pad.l - pad.r) / 56))));
     series.forEach((b, i) => {
+      // each bar is one of the viewer's calendar days (or clock hours): the server cut them in this time zone
+      const d = new Date(b.start * 1000);
+      const label = bucketSeconds < 86400 ? `${d.getHours()}:00` : `${d.getMonth() + 1}/${d.getDate()}`;
+      const day = bucketSeconds < 86400 ? `${d.getMonth() + 1}/${d.getDate()} ${label}` : label;
       let acc = 0;
       for (const k of OUT) {
         if (!b[k]) continue;
         const hgt = y(b[k]);
-        svg.append(s("rect", { x: pad.l + i * bw + bw * 0.15, width: Math.max(1, bw * 0.7), y: H - pad.b - y(acc) - hgt, height: hgt, rx: 1.5, class: `fill-${k}` },
-          s("title", null, `${k}: ${b[k]}`)));
+        svg.append(s("rect", { x: pad.l + i * bw + bw * 0.15, width: Math.max(1, bw * 0.7), y: H - pad.b - y(acc) - hgt, height: hgt, rx: 1.5, class: `fill-${k}`, "data-bucket": String(i) },
+          s("title", null, `${day} · ${k}: ${b[k]}`)));
         acc += b[k];
       }
-      const every = Math.ceil(series.length / 8);
-      if (i % every === 0) {
-        const d = new Date(b.start * 1000);
-        const label = bucketSeconds < 86400 ? `${d.getHours()}:00` : `${d.getMonth() + 1}/${d.getDate()}`;
-        svg.append(s("text", { x: pad.l + i * bw + bw / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, label));
+      if (i % every === 0 || i === series.length - 1) {
+        const last = i === series.length - 1;
+        if (!last && series.length - 1 - i < every / 2) return;  // leave room for the last bar's label
+        svg.append(s("text", { x: pad.l + i * bw + bw / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, last && bucketSeconds >= 86400 ? "today" : label));
       }
     });
     return svg;
   }
 
   function columnChart(items, cls) {
-    const W = 640, H = 200, pad = { l: 10, r: 10, t: 22, b: 26 };
+    const W = chartWidth(640);
+    const narrow = (W - 20) / items.length < 72;  // labels like "30 s–1 min" need ~70 px: stagger them in two rows
+    const H = narrow ? 214 : 200, pad = { l: 10, r: 10, t: 22, b: narrow ? 40 : 26 };
     const max = Math.max(1, ...items.map((x) => x.count));
     const bw = (W - pad.l - pad.r) / items.length;
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Time to decision" });
@@ -1349,7 +1361,7 @@
     items.forEach((x, i) => {
       const hgt = ((H - pad.t - pad.b) * x.count) / max;
       svg.append(s("rect", { x: pad.l + i * bw + bw * 0.12, width: bw * 0.76, y: H - pad.b - hgt, height: Math.max(0, hgt), rx: 3, class: cls }, s("title", null, `${x.label}: ${x.count}`)),
-        s("text", { x: pad.l + i * bw + bw / 2, y: H - 8, "text-anchor": "middle", class: "axis" }, x.label),
+        s("text", { x: pad.l + i * bw + bw / 2, y: H - 8 - (narrow && i % 2 === 0 ? 14 : 0), "text-anchor": "middle", class: "axis" }, x.label),
         x.count ? s("text", { x: pad.l + i * bw + bw / 2, y: H - pad.b - hgt - 4, "text-anchor": "middle", class: "axis" }, String(x.count)) : null);
     });
     return svg;
@@ -1369,7 +1381,9 @@
     $("#app").replaceChildren(h("div", { class: "page-head" }, h("div", null, h("h1", { text: "Stats" }), h("div", { class: "sub", text: "How held calls are decided, and whether reviewers are still reading." })), days), body);
     days.addEventListener("change", () => { renderStats.days = Number(days.value); renderStats(); });
     let st;
-    try { st = await api(`/api/stats?days=${days.value}`); } catch (e) { body.replaceChildren(h("p", { class: "muted" }, safeText(e.message))); return; }
+    // calendar days in the viewer's time zone: its IANA name, and today's offset for a server without tz data
+    const zone = encodeURIComponent(Intl.DateTimeFormat().resolvedOptions().timeZone || "");
+    try { st = await api(`/api/stats?days=${days.value}&tz=${zone}&utc_offset=${-new Date().getTimezoneOffset()}`); } catch (e) { body.replaceChildren(h("p", { class: "muted" }, safeText(e.message))); return; }
     const t = st.totals;
     const held = OUT.reduce((a, k) => a + t[k], 0);
     const decided = held - t.pending;
@@ -1428,7 +1442,7 @@
         h("section", { class: "panel chart wide" }, h("h2", { text: "Outcomes over time" }), legend(OUT), stackedBars(st.series, st.bucket_seconds)),
         h("section", { class: "panel chart" }, h("h2", { text: "Time to decision" }), h("div", { class: "muted", text: `${ttd.count} decisions · median ${dur(ttd.median)} · p90 ${dur(ttd.p90)}` }), columnChart(ttd.histogram, "fill-accent")),
         h("section", { class: "panel chart" }, h("h2", { text: "Reviewer fatigue" }), signals),
-        h("section", { class: "panel chart" }, h("h2", { text: "Outcomes per rule" }), legend(OUT.slice(0, 5)),
+        h("section", { class: "panel chart" }, h("h2", { text: "Outcomes per rule" }), legend(OUT),
           st.per_rule.length ? st.per_rule.map((r) => stackRow(r.rule, r, OUT)) : h("p", { class: "muted", text: "No held calls yet." })),
         h("section", { class: "panel chart" }, h("h2", { text: "Calls per upstream and tool" }),
           st.usage.length ? st.usage.map((u) => h("div", { class: "hbar-row" }, h("span", { class: "name", title: `${u.upstream} · ${u.tool}` }, safeText(`${u.upstream} · ${u.tool}`)),
