@@ -532,6 +532,119 @@
   // ------------------------------------------------------------------ queue view
 
   let queueRoot = null;
+  // ------------------------------------------------------------------ queue: search, filters, bulk, next
+
+  // what the reviewer narrowed the queue to, the calls picked for a bulk decision, and "open the next call"
+  const queueUi = { text: "", risk: "", picked: new Set(), next: false, decidedHere: null, order: [] };
+  try { queueUi.next = localStorage.getItem("gk-open-next") === "1"; } catch (_) { /* storage off: default */ }
+
+  function visiblePending() {
+    const t = queueUi.text.trim().toLowerCase();
+    return state.pending.filter((c) => (!queueUi.risk || c.risk === queueUi.risk)
+      && (!t || `${c.upstream} ${c.tool} ${c.summary || ""} ${c.risk} ${c.id}`.toLowerCase().includes(t)));
+  }
+
+  // the card tells the queue it decided a call here: with "open the next" on, the queue moves on
+  GK.decidedHere = (id) => {
+    queueUi.decidedHere = id;
+    queueUi.picked.delete(id);
+    if (!state.pending.some((c) => c.id === id)) renderQueueList();
+  };
+
+  function queueTools() {
+    const search = h("input", { type: "search", class: "qsearch", placeholder: "Search: tool, upstream, summary…", "aria-label": "Search held calls", value: queueUi.text });
+    search.addEventListener("input", () => { queueUi.text = search.value; renderQueueList(); });
+    const risk = h("select", { class: "qrisk", "aria-label": "Risk" }, h("option", { value: "", text: "any risk" }),
+      ["critical", "high", "medium", "low"].map((r) => h("option", { value: r, text: r })));
+    risk.value = queueUi.risk;
+    risk.addEventListener("change", () => { queueUi.risk = risk.value; renderQueueList(); });
+    const next = h("input", { type: "checkbox", class: "qnext", checked: queueUi.next });
+    next.addEventListener("change", () => {
+      queueUi.next = next.checked;
+      try { localStorage.setItem("gk-open-next", next.checked ? "1" : "0"); } catch (_) { /* not remembered */ }
+    });
+    const like = h("button", { type: "button", class: "btn small ghost qlike", title: "Pick every listed call to the same tool as the open one", text: "Pick similar" });
+    like.addEventListener("click", () => {
+      const open = state.pending.find((c) => c.id === state.selected);
+      if (!open) return;
+      for (const c of visiblePending()) if (c.upstream === open.upstream && c.tool === open.tool) queueUi.picked.add(c.id);
+      renderQueueList();
+    });
+    return h("div", { class: "qtools" }, h("div", { class: "qfilter" }, search, risk),
+      h("div", { class: "qopts" }, h("label", { class: "check" }, next, " open the next call after a decision"), like));
+  }
+
+  function renderBulk() {
+    if (!queueRoot) return;
+    const picked = state.pending.filter((c) => queueUi.picked.has(c.id));
+    queueRoot.bulk.hidden = !picked.length;
+    if (!picked.length) { queueRoot.bulk.replaceChildren(); return; }
+    const reason = h("input", { type: "text", class: "reason", placeholder: "Reason for a rejection (the agent reads it)", maxlength: "2000", "aria-label": "Reason for the bulk rejection" });
+    const approve = h("button", { type: "button", class: "btn approve small bulk-approve", text: `Review ${picked.length} to approve…` });
+    const reject = h("button", { type: "button", class: "btn reject small bulk-reject", text: `Reject ${picked.length}` });
+    const clear = h("button", { type: "button", class: "btn ghost small", text: "Clear" });
+    clear.addEventListener("click", () => { queueUi.picked.clear(); renderQueueList(); });
+    approve.addEventListener("click", () => reviewBulk(picked).catch((e) => toast(e.message, true)));
+    reject.addEventListener("click", () => bulkDecide(picked.map((c) => c.id), "reject", reason.value.trim()).catch((e) => toast(e.message, true)));
+    queueRoot.bulk.replaceChildren(h("div", { class: "bulk-head" }, h("b", { text: `${picked.length} picked` }), approve, reject, clear), reason);
+  }
+
+  // Bulk approval shows every picked call's full arguments first (identical ones grouped); each call is then
+  // approved on its own, checked against the digest of the arguments shown here, and audited as usual.
+  async function reviewBulk(picked) {
+    const records = await Promise.all(picked.map((c) => api(`/api/calls/${encodeURIComponent(c.id)}`)));
+    const open = records.filter((r) => r.state === "pending");
+    const critical = open.filter((r) => r.risk === "critical");
+    const ok = open.filter((r) => r.risk !== "critical");
+    const groups = new Map();
+    for (const r of ok) {
+      const key = `${r.upstream}\u0000${r.tool}\u0000${r.args_digest}`;
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(r);
+    }
+    const confirm = h("button", { type: "button", class: "btn approve bulk-confirm", text: `Approve these ${ok.length} call${ok.length === 1 ? "" : "s"}`, disabled: !ok.length });
+    const cancel = h("button", { type: "button", class: "btn ghost", text: "Cancel" });
+    const sheet = h("section", { class: "panel card bulk-review", "aria-label": "Bulk approval" },
+      h("div", { class: "card-head" }, h("h2", { class: "card-title", text: `Approve ${ok.length} call${ok.length === 1 ? "" : "s"}, each on its own` }),
+        h("p", { class: "muted", text: "Each is approved exactly as shown here (checked against its digest), and recorded as its own decision." })),
+      h("div", { class: "card-body" },
+        critical.length ? h("div", { class: "warning bad" }, icon("!"), h("span", { text: `${critical.length} critical call${critical.length > 1 ? "s are" : " is"} left out: decide those one by one.` })) : null,
+        [...groups.values()].map((rs) => h("div", { class: "bulk-group" },
+          h("div", { class: "qtop" }, riskChip(rs[0].risk), h("span", { class: "where" }, safeText(`${rs[0].upstream} · ${rs[0].tool}`)),
+            rs.length > 1 ? h("span", { class: "chip", text: `${rs.length} identical` }) : null),
+          h("div", { class: "qsummary" }, summaryView(rs[0], rs[0].tool)),
+          jsonView(rs[0].arguments, (rs[0].secrets || {}).arguments, { secrets: [], truncated: false })))),
+      h("div", { class: "actions" }, confirm, cancel));
+    cancel.addEventListener("click", () => { state.card = null; openCard(state.selected, queueRoot.cardSlot); });
+    confirm.addEventListener("click", () => {
+      confirm.disabled = true;
+      bulkDecide(ok.map((r) => r.id), "approve", "", Object.fromEntries(ok.map((r) => [r.id, r.args_digest]))).catch((e) => toast(e.message, true));
+    });
+    state.card = { id: state.selected };  // live updates leave the sheet in place (no shortcut acts on it)
+    queueRoot.cardSlot.replaceChildren(sheet);
+  }
+
+  async function bulkDecide(ids, verb, reason, digests) {
+    let done = 0;
+    const refused = [];
+    for (const id of ids) {
+      let digest = digests && digests[id];
+      if (!digest) digest = (await api(`/api/calls/${encodeURIComponent(id)}`)).args_digest;
+      const payload = { args_digest: digest };
+      if (reason) payload.reason = reason;
+      try {
+        await api(`/api/calls/${encodeURIComponent(id)}/${verb}`, { json: payload });
+        done += 1;
+        queueUi.picked.delete(id);
+      } catch (e) {
+        refused.push(`${id.slice(0, 8)}: ${e.message}`);
+      }
+    }
+    toast(`${verb === "approve" ? "Approved" : "Rejected"} ${done}${refused.length ? `; refused ${refused.length} (${refused.join("; ")})` : ""}`, refused.length > 0);
+    state.card = null;
+    renderQueueList();
+  }
+
   // The URL names the call the card shows: `#/queue/<id>` opens that call (even before the live list has
   // arrived, and even if it is no longer waiting); choosing another call rewrites the URL in place.
   function renderQueue(selectedId) {
@@ -543,10 +656,12 @@
       list: h("ul", { class: "qlist", role: "listbox", "aria-label": "Held calls, oldest first" }),
       cardSlot: h("div", { class: "card-slot" }),
       count: h("span", { class: "hint" }),
+      bulk: h("div", { class: "bulk", hidden: true }),
     };
     $("#app").replaceChildren(queueRoot.banners, h("div", { class: "queue-layout" },
       h("section", { class: "panel" },
         h("div", { class: "panel-head" }, h("h2", { text: "Waiting" }), queueRoot.count),
+        queueTools(), queueRoot.bulk,
         queueRoot.list),
       queueRoot.cardSlot));
     renderBanners();
@@ -559,14 +674,22 @@
 
   function renderQueueList() {
     if (!queueRoot) return;
-    const list = state.pending;
-    queueRoot.count.replaceChildren(list.length ? `${list.length} held · oldest first · ` : "", h("kbd", { text: "?" }), " keys");
+    const list = visiblePending();
+    const all = state.pending.length;
+    for (const id of [...queueUi.picked]) if (!state.pending.some((c) => c.id === id)) queueUi.picked.delete(id);
+    const shown = list.length === all ? `${all} held` : `${list.length} of ${all} held`;
+    queueRoot.count.replaceChildren(all ? `${shown} · oldest first · ` : "", h("kbd", { text: "?" }), " keys");
     if (!list.length) {
-      queueRoot.list.replaceChildren(h("li", { class: "empty" }, h("div", { class: "big", text: "✓" }), h("div", { text: "Nothing is waiting. New held calls appear here live." })));
+      queueRoot.list.replaceChildren(all
+        ? h("li", { class: "empty" }, h("div", { text: "No held call matches the search." }))
+        : h("li", { class: "empty" }, h("div", { class: "big", text: "✓" }), h("div", { text: "Nothing is waiting. New held calls appear here live." })));
     } else {
       queueRoot.list.replaceChildren(...list.map((c) => {
+        const pick = h("input", { type: "checkbox", class: "qpick", checked: queueUi.picked.has(c.id), "aria-label": "Pick for a bulk decision" });
+        pick.addEventListener("click", (e) => e.stopPropagation());
+        pick.addEventListener("change", () => { if (pick.checked) queueUi.picked.add(c.id); else queueUi.picked.delete(c.id); renderBulk(); });
         const li = h("li", { class: `qitem risk-${c.risk}`, role: "option", tabindex: "0", "data-id": c.id },
-          h("div", { class: "qtop" }, riskChip(c.risk), c.escalation ? h("span", { class: "chip escalated", title: `Escalated (step ${c.escalation})`, text: "escalated" }) : null,
+          h("div", { class: "qtop" }, pick, riskChip(c.risk), c.escalation ? h("span", { class: "chip escalated", title: `Escalated (step ${c.escalation})`, text: "escalated" }) : null,
             c.quarantined ? h("span", { class: "chip risk-critical", title: "Held because the tool's definition changed since it was pinned", text: "quarantined" }) : null,
             h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
           h("div", { class: "qsummary" }, summaryView(c, `${c.tool} on ${c.upstream}`)),
@@ -580,8 +703,16 @@
         return li;
       }));
     }
+    if (queueUi.next && queueUi.decidedHere && queueUi.decidedHere === state.selected && !list.some((c) => c.id === state.selected)) {
+      // decided here with "open the next call" on: the call that followed it, else the oldest
+      const after = queueUi.order.slice(queueUi.order.indexOf(state.selected) + 1).find((id) => list.some((c) => c.id === id));
+      state.selected = after || (list.length ? list[0].id : null);
+      queueUi.decidedHere = null;
+    }
+    queueUi.order = list.map((c) => c.id);
     if (!state.selected && list.length) state.selected = list[0].id;
     if (state.selected) queueHash(state.selected);
+    renderBulk();
     markSelected();
     tick();
     if (state.selected && (!state.card || state.card.id !== state.selected)) openCard(state.selected, queueRoot.cardSlot);
@@ -610,7 +741,7 @@
   }
 
   function move(delta) {
-    const ids = state.pending.map((c) => c.id);
+    const ids = visiblePending().map((c) => c.id);
     if (!ids.length) return;
     let i = ids.indexOf(state.selected);
     i = i < 0 ? 0 : Math.min(ids.length - 1, Math.max(0, i + delta));
@@ -1022,6 +1153,7 @@
           } else toast(kind === "reject" ? "Rejected" : args ? "Approved with your changes" : "Approved");
           state.known && state.known.add(call.id);
           openCard(call.id, slot, opts);
+          if (GK.decidedHere) GK.decidedHere(call.id);
         } catch (e) {
           busy(false);
           if (e.status === 409) {
