@@ -19,6 +19,7 @@ from mcp import MCPError
 from mcp.server import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_gatekeeper import hostos
 from mcp_gatekeeper.config import GatekeeperConfig
 from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError, StoreError
 from mcp_gatekeeper.gate import Gate, Tick, outcome_of
@@ -215,7 +216,8 @@ class Holding:
                 if url is None:
                     return
                 await ctx.session.elicit_url(
-                    _headline(rec) + f" Decide on the approval page (or: mcp-gatekeeper approve/reject {rec.id[:8]}).",
+                    _headline(rec)
+                    + f" Decide on the approval page (or run: {hostos.self_command()} approve {rec.id[:8]}).",
                     url,
                     f"gatekeeper-{rec.id}",
                     related_request_id=ctx.request_id,
