@@ -128,7 +128,7 @@ async def test_a_pending_call_outlives_its_wrap_process_and_a_retry_from_a_new_o
         assert shown["state"] == "pending"
         assert shown["client"]["principal"] == f"stdio:{getpass.getuser()}/py-agent"
         _, out, _ = await cli(home, "show", held)
-        assert f"principal stdio:{getpass.getuser()}/py-agent" in out
+        assert f"principal    stdio:{getpass.getuser()}/py-agent" in out
         _, out, _ = await cli(home, "pending")
         assert held in out and "py-agent" in out
         assert writes(log) == []
@@ -359,7 +359,7 @@ async def test_http_an_identical_call_from_another_agent_never_attaches_holder_a
     assert (shown_alice["state"], shown_alice["client"]["principal"]) == ("forwarded", "agent:alice")
     assert (shown_mallory["state"], shown_mallory["client"]["principal"]) == ("pending", "agent:mallory")
     _, out, _ = await cli(home, "show", held_alice)
-    assert "principal agent:alice" in out
+    assert "principal    agent:alice" in out
 
 
 def test_a_token_file_readable_by_others_is_refused(home: Path, tmp_path: Path) -> None:
