@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 from mcp import Client
 
-from mcp_gatekeeper import install, names
+from mcp_gatekeeper import hostos, install, names
 from mcp_gatekeeper.config import GatekeeperConfig, load_config, resolve_config_path
 from mcp_gatekeeper.serve import db_path, open_runtime
 from mcp_gatekeeper.store import default_home
@@ -40,7 +40,12 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     exe = shutil.which("mcp-gatekeeper")
     rows.append(
-        ("executable", OK if exe else WARN, exe or "mcp-gatekeeper is not on PATH (clients need its absolute path)")
+        (
+            "executable",
+            OK if exe else WARN,
+            exe
+            or f"mcp-gatekeeper is not on PATH; clients need its absolute path, and this one is: {hostos.self_command(with_home=False)}",
+        )
     )
 
     for client in install.CLIENTS:

@@ -305,6 +305,7 @@ def self_command(
     env: Mapping[str, str] | None = None,
     platform: str = HOST,
     path: str | None = None,
+    with_home: bool = True,
 ) -> str:
     """How a person at another terminal types this running gatekeeper, so a printed hint works as printed.
 
@@ -313,7 +314,8 @@ def self_command(
     mcp_gatekeeper``, that interpreter and ``-m``. When ``$MCP_GATEKEEPER_HOME`` points somewhere other than
     the usual data home, a POSIX shell is given the same setting in front (a plain terminal would otherwise
     open a different queue); Windows shells have no such prefix, so there the hint is the command alone.
-    Defaults: ``sys.argv[0]``, ``sys.executable``, ``os.environ``.
+    Defaults: ``sys.argv[0]``, ``sys.executable``, ``os.environ``. ``with_home=False``: the command alone (for a
+    client config's ``command``, where the home belongs in its ``env``).
     """
     argv0 = sys.argv[0] if argv0 is None else argv0
     executable = sys.executable if executable is None else executable
@@ -336,7 +338,7 @@ def self_command(
     else:
         command = f"{quote(executable)} -m mcp_gatekeeper"
     home = env.get(HOME_ENV)
-    if home and not windows and Path(home).expanduser() != _usual_home(platform).path:
+    if with_home and home and not windows and Path(home).expanduser() != _usual_home(platform).path:
         command = f"{HOME_ENV}={shlex.quote(home)} {command}"
     return command
 

@@ -107,6 +107,10 @@ def test_self_command_forms(tmp_path: Path) -> None:
         argv0=script, env={"PATH": venv_bin, "MCP_GATEKEEPER_HOME": "/srv/gk home"}, platform="linux"
     )
     assert got == "MCP_GATEKEEPER_HOME='/srv/gk home' mcp-gatekeeper"
+    alone = hostos.self_command(
+        argv0=script, env={"PATH": venv_bin, "MCP_GATEKEEPER_HOME": "/srv/gk home"}, platform="linux", with_home=False
+    )
+    assert alone == "mcp-gatekeeper"  # for a client config's command: the home goes in its env block
     # Windows: quoted when the path has a space; no POSIX-only prefix
     win = r"C:\Program Files\gk\Scripts\mcp-gatekeeper.exe"
     got = hostos.self_command(argv0=win, env={"PATH": "", "MCP_GATEKEEPER_HOME": r"D:\gk"}, platform="win32")
