@@ -169,7 +169,8 @@ async def demo_session(
 
     def reminder(prefix: str) -> None:
         if link:
-            tell(f"{prefix}approval page (one-time login link): {link[0].fresh()}   [Enter prints a new one]")
+            again = "   [Enter prints a new one]" if keys is not None else ""
+            tell(f"{prefix}approval page (one-time login link): {link[0].fresh()}{again}")
         tell(f"{prefix}or from another terminal: {command} pending")
 
     drained = anyio.Event()
@@ -218,11 +219,13 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(f"    {me} pending")
     _say(f"    {me} approve ID            (or: approve ID --args '{{...}}' to change the arguments)")
     _say(f"    {me} reject ID --reason 'why'")
-    if not args.no_ui:
-        _say("  or on the approval page: a fresh login link is printed beside each call that waits for you,")
-        _say("  and again whenever you press Enter here.")
-    _say("")
     keys = sys.stdin if sys.stdin is not None and sys.stdin.isatty() else None
+    if not args.no_ui:
+        _say(
+            "  or on the approval page: a fresh login link is printed beside each call that waits for you"
+            + (",\n  and again whenever you press Enter here." if keys is not None else ".")
+        )
+    _say("")
     anyio.run(lambda: demo_session(config, home, command=me, out=sys.stdout, keys=keys))
     _say(f"demo finished. The decision log: {me} audit   (verify it: {me} audit --verify)")
     return 0
