@@ -97,6 +97,7 @@ async def test_approve_and_next_opens_the_following_call(site: Live) -> None:
     await page.click(f'.qitem[data-id="{first}"]')
     await page.wait_for_selector(f'.card [title="{first}"]')
     await page.keyboard.press("a")
+    await page.click(".confirm-yes")  # a high-risk refund asks for a deliberate confirmation
     await page.wait_for_selector(f'.card [title="{second}"]')  # moved on by itself
     assert isinstance(await refunds[0][1].outcome(), Approved)
     assert (await site.h.store.get(second)).state == State.PENDING  # moving on decides nothing
@@ -109,5 +110,6 @@ async def test_approve_and_next_opens_the_following_call(site: Live) -> None:
     await page2.click(f'.qitem[data-id="{second}"]')
     await page2.wait_for_selector(f'.card [title="{second}"]')
     await page2.keyboard.press("a")
+    await page2.click(".confirm-yes")
     await page2.wait_for_selector(".decided-banner, .card .chip.st-approved, .card:has-text('approved')")
     assert await page2.locator(f'.card [title="{delete[0].id}"]').count() == 0
