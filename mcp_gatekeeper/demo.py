@@ -125,17 +125,21 @@ WAITING_LINE = re.compile(r"\b(?:HELD|ESCALATED) ([0-9a-f]{8})\b")
 
 class PageLink:
     """A fresh one-time login link for the approval page, whenever one is wanted: each link works once and
-    for a few minutes, so the demo mints a new one (with the home's ui-token) rather than repeating the first."""
+    for a few minutes, so the demo mints a new one in the shared store (as ``mcp-gatekeeper login`` does)
+    rather than repeating the first."""
 
     def __init__(self, home: Path, origin: str) -> None:
         self._home = home
         self.origin = origin
         """``http://127.0.0.1:PORT``: where the page is served (as the gatekeeper announced it)."""
 
-    def fresh(self) -> str:
+    async def fresh(self) -> str:
         from mcp_gatekeeper import webauth
+        from mcp_gatekeeper.clock import SystemClock
+        from mcp_gatekeeper.store import Store
 
-        return f"{self.origin}/login?token={webauth.mint_login_code(webauth.load_or_create_token(self._home))}"
+        async with Store.open(self._home / hostos.DB_FILE, SystemClock()) as store:
+            return await webauth.mint_login_url(store, self.origin)
 
 
 async def demo_session(
@@ -167,10 +171,10 @@ async def demo_session(
         out.write(text + "\n")
         out.flush()
 
-    def reminder(prefix: str) -> None:
+    async def reminder(prefix: str) -> None:
         if link:
             again = "   [Enter prints a new one]" if keys is not None else ""
-            tell(f"{prefix}approval page (one-time login link): {link[0].fresh()}{again}")
+            tell(f"{prefix}approval page (one-time login link): {await link[0].fresh()}{again}")
         tell(f"{prefix}or from another terminal: {command} pending")
 
     drained = anyio.Event()
@@ -184,13 +188,13 @@ async def demo_session(
                     link.append(PageLink(home, m.group(1)))
                 if m := WAITING_LINE.search(line):
                     tell(f"      … call {m.group(1)} waits for your decision")
-                    reminder("        ")
+                    await reminder("        ")
         drained.set()
 
     async def on_enter() -> None:
         async with enters:
             async for _ in enters:
-                reminder("")
+                await reminder("")
 
     source = os.fdopen(relay_in, "r", encoding="utf-8", errors="replace")
     threading.Thread(target=pump, args=(source, lines_in), daemon=True).start()
