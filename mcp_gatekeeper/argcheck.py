@@ -9,19 +9,26 @@ parses to infinity, ``NaN``) are refused whatever the schema says.
 
 Validators are compiled once per tool definition (keyed by its definition hash). A schema that is not a valid
 JSON Schema, or names a ``$schema`` draft we do not know, never lets a call through: it is a problem too.
+
+The schema is the upstream's, so its regular expressions are too: ``pattern``, ``patternProperties`` (and the
+``additionalProperties`` that depends on them) are matched with the ``regex`` module under a time limit
+(:data:`PATTERN_TIMEOUT`) instead of ``re``, which holds the GIL for as long as a catastrophic pattern
+backtracks and would stall every call of the process. A pattern that runs out of time is a ``bad_schema``
+problem: the call is refused (or held), never let through.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Literal
 
 import jsonschema
 import jsonschema.validators
+import regex
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 
@@ -31,6 +38,9 @@ MAX_MESSAGE = 300
 """Characters of one error message kept (jsonschema's messages quote the offending value)."""
 MAX_CACHED = 4096
 """Compiled validators kept; the cache starts over beyond this (a server with more tools is unusual)."""
+
+PATTERN_TIMEOUT = 0.05
+"""Seconds one regular expression of the upstream's schema may take on one value before the call is refused."""
 
 ProblemKind = Literal["invalid", "non_finite", "bad_schema"]
 
@@ -106,6 +116,62 @@ def non_finite(arguments: Mapping[str, Any]) -> ArgumentProblem:
     return ArgumentProblem("non_finite", shown)
 
 
+def _search(pattern: str, text: str) -> bool:
+    """``re.search`` semantics, with a time limit (``TimeoutError`` past it; the caller refuses the call)."""
+    return regex.search(pattern, text, timeout=PATTERN_TIMEOUT) is not None
+
+
+def _extra_properties(instance: Mapping[str, Any], schema: Mapping[str, Any]) -> Iterable[str]:
+    properties = schema.get("properties", {})
+    patterns = "|".join(schema.get("patternProperties", {}))
+    return [name for name in instance if name not in properties and not (patterns and _search(patterns, name))]
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for name, value in instance.items():
+            if _search(pattern, name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, allowed: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    extras = sorted(_extra_properties(instance, schema))
+    if validator.is_type(allowed, "object"):
+        for name in extras:
+            yield from validator.descend(instance[name], allowed, path=name)
+    elif not allowed and extras:
+        yield ValidationError(f"additional properties are not allowed ({', '.join(map(repr, extras))} unexpected)")
+
+
+_GUARDED_KEYWORDS = {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+}
+
+
+def _guarded(cls: type[Validator]) -> type[Validator]:
+    """``cls`` with the upstream's regular expressions matched under a time limit (see the module's docstring)."""
+    if not all(k in cls.VALIDATORS for k in _GUARDED_KEYWORDS):
+        return cls  # drafts before patternProperties: none are in use by MCP servers; jsonschema's own then
+    # keyword functions receive the validator instance (typed Any: the Validator protocol omits ``descend``)
+    extended: type[Validator] = jsonschema.validators.extend(cls, _GUARDED_KEYWORDS)  # type: ignore[no-untyped-call]  # jsonschema's extend() is unannotated
+    return extended
+
+
 def compile_schema(schema: Any) -> Validator | ArgumentProblem:
     """A validator for ``schema`` (draft from ``$schema``, 2020-12 when absent), or why there can be none."""
     if not isinstance(schema, Mapping):
@@ -123,7 +189,7 @@ def compile_schema(schema: Any) -> Validator | ArgumentProblem:
     except SchemaError as e:
         where = e.json_path if e.json_path != "$" else "inputSchema"
         return ArgumentProblem("bad_schema", (f"{where}: {_clip(e.message)}",))
-    validator: Validator = cls(schema)
+    validator: Validator = _guarded(cls)(schema)
     return validator
 
 

@@ -133,3 +133,47 @@ def test_the_fast_check_declines_what_it_does_not_know() -> None:
         {"type": "object", "unevaluatedProperties": False},
     ):
         assert fast_check(schema) is None, schema
+
+
+def test_a_catastrophic_pattern_in_the_upstreams_schema_is_refused_not_waited_out() -> None:
+    """The schema is the upstream's: a pattern that backtracks exponentially must not stall the process
+    (``re`` holds the GIL for as long as it runs). It is matched under a time limit and the call is refused."""
+    evil = "^(a|a)+$"  # 2^n ways to match n a's: re takes ~10 s on 26 a's and a b (each extra a doubles it)
+    value = "a" * 26 + "b"
+    for schema in (
+        {"type": "object", "properties": {"s": {"type": "string", "pattern": evil}}},
+        {"type": "object", "patternProperties": {evil: {"type": "string"}}},
+        {"type": "object", "patternProperties": {evil: {}}, "additionalProperties": False},
+    ):
+        args = {"s": value} if "properties" in schema else {value: "x"}
+        problem = SchemaChecks().check("h", schema, args)
+        assert problem is not None and problem.kind == "bad_schema", (schema, problem)
+
+
+def test_the_guarded_regex_keywords_judge_as_jsonschema_does() -> None:
+    """pattern, patternProperties and additionalProperties keep their meaning under the time limit."""
+    rng = random.Random(7)
+    patterns = ["^a", "b$", "^[0-9]+$", "x|y", "^$", "\\d{2}", "^(ab)+$", "[A-Z]"]
+    words = ["", "a", "ab", "abab", "12", "x", "Yb", "b", "a1", "Z9", "yy"]
+    for _ in range(400):
+        pattern = rng.choice(patterns)
+        schema: dict[str, Any] = rng.choice(
+            [
+                {"type": "object", "properties": {"s": {"type": "string", "pattern": pattern}}},
+                {"type": "object", "patternProperties": {pattern: {"type": "string"}}},
+                {
+                    "type": "object",
+                    "properties": {"k": {}},
+                    "patternProperties": {pattern: {}},
+                    "additionalProperties": False,
+                },
+                {"type": "object", "patternProperties": {pattern: {}}, "additionalProperties": {"type": "integer"}},
+            ]
+        )
+        args: dict[str, Any] = (
+            {"s": rng.choice(words)}
+            if "properties" in schema and "k" not in schema["properties"]
+            else {rng.choice(words): rng.choice(["v", 1]) for _ in range(rng.randint(0, 3))}
+        )
+        expected = jsonschema.Draft202012Validator(schema).is_valid(args)
+        assert (SchemaChecks().check("h", schema, args) is None) == expected, (schema, args)
