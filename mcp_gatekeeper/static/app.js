@@ -733,10 +733,13 @@
   }
 
   function select(id) {
+    // choosing the call already drawn keeps its card: drawing it again would throw away an open confirmation
+    // or an edit in progress (and a confirmation opened by `a` in between would vanish under the reviewer)
+    const drawn = state.selected === id && state.card && state.card.id === id && state.card.approve;
     state.selected = id;
     queueHash(id);
     markSelected();
-    if (queueRoot) openCard(id, queueRoot.cardSlot);
+    if (queueRoot && !drawn) openCard(id, queueRoot.cardSlot);
     if (window.innerWidth <= 900 && queueRoot) queueRoot.cardSlot.scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
