@@ -28,11 +28,11 @@ _LAUNCHER = re.compile(
     r"^(npx|npm|pnpm|pnpx|yarn|bunx|bun|deno|node|nodejs|uvx|uv|pipx|pip|poetry|hatch|env|sh|bash|zsh|cmd|"
     r"exec|docker|podman|python|pythonw|py|python\d+(\.\d+)?)$"
 )
-_SUBCOMMAND = {"run", "exec", "dlx", "x", "tool", "-m", "-c", "/c"}
+_SUBCOMMAND = frozenset({"run", "exec", "dlx", "x", "tool", "-m", "-c", "/c"})
 _EXTENSION = re.compile(r"\.(js|mjs|cjs|ts|py|exe|cmd|bat|sh)$", re.I)
 _PREFIXES = ("mcp-server-", "server-mcp-", "server-", "mcp-")
 _SUFFIXES = ("-mcp-server", "-server-mcp", "-mcp", "-server")
-_GENERIC_HOST = {"mcp", "api", "www", "sse", "app", "server"}
+_GENERIC_HOST = frozenset({"mcp", "api", "www", "sse", "app", "server"})
 
 
 def clean_name(raw: str) -> str:
