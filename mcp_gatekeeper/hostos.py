@@ -22,10 +22,12 @@ reads ``sys.platform`` anywhere else. What differs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ntpath
 import os
 import posixpath
+import secrets
 import shlex
 import shutil
 import sys
@@ -408,3 +410,22 @@ def secret_protection(platform: str = HOST) -> SecretProtection:
     SYSTEM and administrators. A ``$MCP_GATEKEEPER_HOME`` outside the profile gets no such protection.
     """
     return "user profile ACL" if is_windows(platform) else "mode 0600"
+
+
+def publish_new_token(path: Path) -> None:
+    """Put a fresh random token at ``path`` unless one is already there (mode 0600).
+
+    Written to a private temp file, fsynced, then hard-linked into place: two processes starting together
+    agree on one token (the one that lost the link uses the winner's), and nobody reads a half-written file.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won the race: its token stands
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -18,12 +18,9 @@ Tokens are compared as SHA-256 digests in constant time, against every configure
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
-import os
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Any
 
 from mcp_gatekeeper.config import AgentConfig
 from mcp_gatekeeper.errors import ConfigError
-from mcp_gatekeeper.hostos import secret_protection
+from mcp_gatekeeper.hostos import publish_new_token, secret_protection
 
 AGENT_SCOPE_KEY = "mcp_gatekeeper.agent"
 """The ASGI scope key the bearer check sets to the authenticated agent's name."""
@@ -116,22 +113,11 @@ def _read_private(path: Path) -> str:
 
 
 def _read_or_create(path: Path) -> str:
-    """Read the generated token, or create it: written to a private temp file, then hard-linked into place, so
-    two processes starting together agree on one token and neither reads a half-written file."""
+    """Read the generated token, or create it (atomically: see :func:`hostos.publish_new_token`)."""
     if path.exists():
         return _read_private(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):  # another process won the race: use its token
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    publish_new_token(path)
     return _read_private(path)
 
 

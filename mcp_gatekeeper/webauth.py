@@ -20,7 +20,6 @@ Nothing in this module logs a token, a code or a cookie.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -68,17 +67,7 @@ def load_or_create_token(home: Path) -> str:
             if path.stat().st_mode & 0o077:
                 os.chmod(path, 0o600)
             return text
-        tmp = home / f".{TOKEN_FILE}.{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_urlsafe(32) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):  # another process won the race: use its token
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        hostos.publish_new_token(path)
     raise OSError(f"cannot read or create {path}")
 
 
