@@ -24,8 +24,7 @@ import anyio
 import anyio.lowlevel
 import mcp.types as types
 import pytest
-from anyio.abc import Process
-from harness import FEATURE_SERVER, StderrWatcher, call_log, wrap_params
+from harness import FEATURE_SERVER, RawWrap, StderrWatcher, call_log, wrap_params
 from mcp import Client, MCPError
 from test_proxy import CONFIG, Stack, make_stack
 
@@ -289,31 +288,6 @@ async def test_a_store_failure_fails_closed_in_the_lane(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- the real `wrap`, byte by byte
 
 
-class RawClient:
-    """A client that speaks JSON-RPC lines to ``wrap``'s stdin/stdout itself, as any MCP client does."""
-
-    def __init__(self, proc: Process) -> None:
-        self.proc = proc
-        self.buffer = b""
-
-    async def send(self, msg: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send((json.dumps(msg) + "\n").encode())
-
-    async def receive(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        with anyio.fail_after(30):
-            while b"\n" not in self.buffer:
-                self.buffer += await self.proc.stdout.receive()
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    async def request(self, rid: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        await self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
-        return await self.receive()
-
-
 async def test_wrap_serves_allowed_calls_cancellations_and_progress_on_the_wire(home: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "gk.toml"
     cfg.write_text('[ui]\nautostart = false\n[[rules]]\ntool = ["echo", "slow"]\ngate = "allow"\n')
@@ -324,7 +298,7 @@ async def test_wrap_serves_allowed_calls_cancellations_and_progress_on_the_wire(
         async with await anyio.open_process(
             [params.command, *params.args], env=params.env, cwd=params.cwd, stderr=watcher.file
         ) as proc:
-            c = RawClient(proc)
+            c = RawWrap(proc, watcher)
             init = await c.request(
                 0, "initialize",
                 {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
