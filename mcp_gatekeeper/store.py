@@ -486,7 +486,12 @@ class Store:
                             raise
 
                 try:
-                    return await self._in_thread(fn)
+                    # shielded: the worker thread finishes what it was handed whatever happens to the caller,
+                    # so the lock is held until it has; released early, the next holder would run statements
+                    # on the same connection in the middle of this transaction (a cancelled write whose thread
+                    # then committed, or a COMMIT with no transaction active)
+                    with anyio.CancelScope(shield=True):
+                        return await self._in_thread(fn)
                 except sqlite3.OperationalError as e:
                     if "locked" in str(e) or "busy" in str(e):
                         self._busy_at = time.monotonic()
