@@ -33,7 +33,7 @@ async def main() -> None:
     clock = SystemClock()
     async with Store.open(db_path(default_home()), clock) as store:
         gate = Gate(store, Policy(config), clock)
-        commits = await instrument_commits(store._conn)
+        commits = await instrument_commits(store.engine.connection)
         print(json.dumps({"ready": True}), flush=True)
         while True:
             line = await anyio.to_thread.run_sync(sys.stdin.readline)

@@ -127,7 +127,7 @@ async def in_process(iters: int) -> dict[str, Any]:
             proxy = Proxy(config=config, policy=gate.policy, gate=gate, clock=clock)
             up = Upstream("feat", None, proxy.hooks(), target=upstream)
             proxy.upstreams = {"feat": up}
-            commits = await C.instrument_commits(store._conn)
+            commits = await C.instrument_commits(store.engine.connection)
             async with gate.running(), up.running():
                 await up.connect()
                 async with Client(proxy.build_server(), mode="legacy") as c:

@@ -411,7 +411,7 @@ async def components(n: int) -> dict[str, Any]:
             if sync is not None:
                 if hasattr(store, "fsync_every_call"):
                     store.fsync_every_call = sync == "FULL"
-                await store._conn.execute(f"PRAGMA synchronous = {sync}")
+                await store.engine.connection.execute(f"PRAGMA synchronous = {sync}")
             return store
 
         def store_variant(store: Store) -> Any:
@@ -425,7 +425,7 @@ async def components(n: int) -> dict[str, Any]:
 
         # how many hand-offs to the aiosqlite thread one allowed call makes
         counted = await open_store(None)
-        original = counted._conn._execute
+        original = counted.engine.connection._execute
         handoffs = 0
 
         async def counting(fn: Any, *a: Any, **kw: Any) -> Any:
@@ -433,7 +433,7 @@ async def components(n: int) -> dict[str, Any]:
             handoffs += 1
             return await original(fn, *a, **kw)
 
-        counted._conn._execute = counting  # type: ignore[method-assign]
+        counted.engine.connection._execute = counting  # type: ignore[method-assign]
         await store_variant(counted)()
         out[K_HANDOFFS] = float(handoffs)
         out[K_FSYNC_DEFAULT] = 0.0 if getattr(counted, "fsync_every_call", True) is False else 1.0
@@ -499,7 +499,7 @@ async def components(n: int) -> dict[str, Any]:
         rt_store = await open_store(None)
 
         async def roundtrip() -> None:
-            await (await rt_store._conn.execute("SELECT 1")).fetchall()
+            await (await rt_store.engine.connection.execute("SELECT 1")).fetchall()
 
         out.update(
             await _interleaved(

@@ -1,4 +1,4 @@
-"""Reports over the store for the Stats page and the audit export (read-only SQL via ``Store.query``).
+"""Reports over the store for the Stats page and the audit export (named reads: ``mcp_gatekeeper.store.queries``).
 
 Held calls are the rows with a deadline that are not audit-gated (a hold sets the deadline for the
 decision; an audit gate sets one for its review window, after the call ran). Each held call is classed
@@ -16,21 +16,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.store.queries import HumanDecision
 from mcp_gatekeeper.webredact import redact
 
 OUTCOMES = ("approved", "modified", "rejected", "expired", "cancelled", "pending")
-_OUTCOME_SQL = """
-    CASE
-      WHEN state = 'pending' THEN 'pending'
-      WHEN state = 'rejected' THEN 'rejected'
-      WHEN state = 'expired' THEN 'expired'
-      WHEN state IN ('cancelled', 'orphaned') AND decided_at IS NULL THEN 'cancelled'
-      WHEN modified_arguments IS NOT NULL THEN 'modified'
-      ELSE 'approved'
-    END"""
-_HUMAN_DECIDED = (
-    "decided_at IS NOT NULL AND decided_by IS NOT NULL AND state NOT IN ('expired', 'pending') AND gate != 'audit'"
-)
 REVIEW_STATES = (
     "under_review",
     "confirmed",
@@ -110,11 +99,7 @@ async def stats(store: Store, *, now: float, days: float = 14.0, zone: tzinfo = 
     starts, bucket = calendar_buckets(now, max(1, round(days)), zone)
     since = starts[0] if days > 1 else now - 86400.0
 
-    rows = await store.query(
-        f"SELECT CAST((created_at - ?) / ? AS INTEGER) AS q, {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
-        " WHERE deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY q, o",
-        (since, SLICE_S, since),
-    )
+    rows = await store.queries.held_outcomes(since=since, slice_seconds=SLICE_S)
     series = [{"start": start, **dict.fromkeys(OUTCOMES, 0)} for start in starts]
     totals = dict.fromkeys(OUTCOMES, 0)
     for q, outcome, n in rows:
@@ -125,39 +110,22 @@ async def stats(store: Store, *, now: float, days: float = 14.0, zone: tzinfo = 
         totals[outcome] += n
 
     per_rule: dict[str, dict[str, Any]] = {}
-    for rule, outcome, n, escalated in await store.query(
-        f"SELECT COALESCE(rule, '(no rule: defaults)'), {_OUTCOME_SQL} AS o, COUNT(*), SUM(escalation > 0) FROM calls"
-        " WHERE deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY 1, 2",
-        (since,),
-    ):
+    for rule, outcome, n, escalated in await store.queries.held_outcomes_per_rule(since=since):
         row = per_rule.setdefault(rule, {"rule": rule, **dict.fromkeys(OUTCOMES, 0), "escalated": 0})
         row[outcome] += n
-        row["escalated"] += int(escalated or 0)
+        row["escalated"] += escalated
     for row in per_rule.values():
         _timeout_calibration(row)
 
-    decided = await store.query(
-        f"SELECT decided_at - created_at, decided_by, state, modified_arguments IS NOT NULL FROM calls"
-        f" WHERE {_HUMAN_DECIDED} AND created_at >= ? ORDER BY decided_at, id",
-        (since,),
-    )
-    latencies = sorted(max(0.0, float(r[0])) for r in decided)
+    decided = await store.queries.human_decisions(since=since)
+    latencies = sorted(max(0.0, d.latency) for d in decided)
     histogram = []
     lo = 0.0
     for label, hi in LATENCY_BUCKETS:
         histogram.append({"label": label, "count": sum(1 for v in latencies if lo <= v < hi)})
         lo = hi
 
-    usage = [
-        {"upstream": u, "tool": t, "total": n, "held": h, "allowed": a, "denied": d}
-        for u, t, n, h, a, d in await store.query(
-            "SELECT upstream, tool, COUNT(*), SUM(deadline_at IS NOT NULL AND gate != 'audit'), SUM(gate != 'audit' AND"
-            " (state = 'allowed' OR (deadline_at IS NULL AND state IN ('forwarding','forwarded','failed','outcome_unknown')))),"
-            " SUM(state = 'denied') FROM calls WHERE created_at >= ? GROUP BY upstream, tool"
-            " ORDER BY COUNT(*) DESC, upstream, tool LIMIT 50",
-            (since,),
-        )
-    ]
+    usage = [u._asdict() for u in await store.queries.tool_usage(since=since)]
 
     return {
         "since": since,
@@ -202,20 +170,11 @@ def _timeout_calibration(row: dict[str, Any]) -> None:
 async def _escalations(store: Store, since: float) -> dict[str, Any]:
     """Escalation steps fired (from the audit log) and how the escalated calls ended."""
     by_level = [
-        {"level": int(level), "count": int(n), "shortened": int(short or 0)}
-        for level, n, short in await store.query(
-            "SELECT json_extract(detail, '$.level') AS lv, COUNT(*), SUM(json_extract(detail, '$.deadline_at') IS NOT NULL)"
-            " FROM audit WHERE event = 'escalated' AND at >= ? GROUP BY lv ORDER BY lv",
-            (since,),
-        )
-        if level is not None
+        {"level": s.level, "count": s.events, "shortened": s.shortened}
+        for s in await store.queries.escalation_steps(since=since)
     ]
     outcomes = dict.fromkeys(OUTCOMES, 0)
-    for outcome, n in await store.query(
-        f"SELECT {_OUTCOME_SQL} AS o, COUNT(*) FROM calls"
-        " WHERE escalation > 0 AND deadline_at IS NOT NULL AND gate != 'audit' AND created_at >= ? GROUP BY o",
-        (since,),
-    ):
+    for outcome, n in (await store.queries.escalated_outcomes(since=since)).items():
         outcomes[outcome] += n
     return {
         "events": sum(x["count"] for x in by_level),
@@ -229,15 +188,13 @@ async def _escalations(store: Store, since: float) -> dict[str, Any]:
 async def _reviews(store: Store, since: float) -> dict[str, int]:
     """Audit-gated calls by review state (calls that failed upstream were never reviewable)."""
     counts = dict.fromkeys(REVIEW_STATES, 0)
-    for state, n in await store.query(
-        "SELECT state, COUNT(*) FROM calls WHERE gate = 'audit' AND created_at >= ? GROUP BY state", (since,)
-    ):
+    for state, n in (await store.queries.audit_gated_states(since=since)).items():
         if state in counts:
-            counts[state] = int(n)
+            counts[state] = n
     return counts
 
 
-def _fatigue(decided: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+def _fatigue(decided: Sequence[HumanDecision]) -> dict[str, Any]:
     """Fast decisions and runs of approvals, per reviewer (in decision order)."""
     per: dict[str, dict[str, Any]] = {}
     for latency, who, state, _modified in decided:
@@ -245,7 +202,7 @@ def _fatigue(decided: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
             who, {"reviewer": who, "decisions": 0, "fast": 0, "longest_approval_run": 0, "current_approval_run": 0}
         )
         r["decisions"] += 1
-        if float(latency) < FAST_DECISION_S:
+        if latency < FAST_DECISION_S:
             r["fast"] += 1
         if state == "rejected":
             r["current_approval_run"] = 0

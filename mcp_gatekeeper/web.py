@@ -266,27 +266,24 @@ async def _reject(request: Request) -> Response:
 
 async def live_snapshot(st: WebState) -> dict[str, Any]:
     """What the live view shows: the pending queue (with escalation levels) and the other things to act on."""
-    keys = (
-        "id", "created_at", "deadline_at", "risk", "upstream", "tool", "summary", "escalation", "principal",
-        "quarantined",
-    )  # fmt: skip
-    rows = await st.store.query(
-        "SELECT id, created_at, deadline_at, risk, upstream, tool, summary, escalation, principal,"
-        " reasons LIKE '[\"QUARANTINED:%',"
-        " CASE WHEN summary IS NULL AND length(arguments) <= ? THEN arguments END,"
-        " CASE WHEN summary IS NULL THEN input_schema END"
-        " FROM calls WHERE state = 'pending' ORDER BY created_at, id LIMIT 500",
-        (HEADLINE_ARGS_CAP,),
-    )
+    pending = await st.store.queries.pending_queue(arguments_cap=HEADLINE_ARGS_CAP)
     return {
         "pending": [
             {
-                **dict(zip(keys, r[:10], strict=True)),
-                "quarantined": bool(r[9]),
-                "summary_secrets": summary_secrets(r[6]),
-                **row_headline(r[5], r[4], r[6], r[10], r[11]),
+                "id": r.id,
+                "created_at": r.created_at,
+                "deadline_at": r.deadline_at,
+                "risk": r.risk,
+                "upstream": r.upstream,
+                "tool": r.tool,
+                "summary": r.summary,
+                "escalation": r.escalation,
+                "principal": r.principal,
+                "quarantined": r.quarantined,
+                "summary_secrets": summary_secrets(r.summary),
+                **row_headline(r.tool, r.upstream, r.summary, r.short_arguments, r.input_schema),
             }
-            for r in rows
+            for r in pending
         ],
         **await gates_snapshot(st),
         "problems": await _problems_of(st),
@@ -314,7 +311,7 @@ async def _events(request: Request) -> Response:
         yield "retry: 2000\n\n"
         while not st.closing:
             try:
-                marker = (await st.store.query("SELECT COALESCE(MAX(seq), 0) FROM audit"))[0][0]
+                marker = await st.store.queries.last_audit_seq()
                 # a logout or revocation (any process) is an audit event: the stream of that session ends at once
                 if marker != last or since_check >= SESSION_RECHECK:
                     since_check = 0.0

@@ -13,7 +13,6 @@ needs beyond the pending queue (:func:`gates_snapshot`).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +20,6 @@ from starlette.responses import JSONResponse, Response
 
 from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError
 from mcp_gatekeeper.models import (
-    QUARANTINE_MARK,
     CallRecord,
     Decision,
     Lease,
@@ -31,6 +29,7 @@ from mcp_gatekeeper.models import (
     definition_diff,
     is_quarantine_hold,
 )
+from mcp_gatekeeper.store.queries import QueueRow
 from mcp_gatekeeper.webhttp import (
     HEADLINE_ARGS_CAP,
     Problem,
@@ -146,12 +145,7 @@ async def _leases_json(st: WebState, leases: list[Lease]) -> list[dict[str, Any]
     now = st.clock.now()
     pins = {(p.upstream, p.tool): p for p in await st.store.pins()}
     sources = sorted({x.source_call for x in leases if x.source_call})
-    summaries: dict[str, Any] = {}
-    if sources:
-        rows = await st.store.query(
-            "SELECT id, summary FROM calls WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(sources),)
-        )
-        summaries = dict(rows)
+    summaries: dict[str, Any] = dict(await st.store.queries.summaries(sources))
     return [_lease_json(x, now, pins, summaries) for x in leases]
 
 
@@ -191,11 +185,7 @@ def page_diff(old: Any, new: Any) -> list[str]:
 
 
 async def _held_for_quarantine(st: WebState) -> dict[tuple[str, str], int]:
-    rows = await st.store.query(
-        "SELECT upstream, tool, COUNT(*) FROM calls WHERE state = 'pending' AND reasons LIKE ? GROUP BY upstream, tool",
-        (f'["{QUARANTINE_MARK}%',),
-    )
-    return {(u, t): int(n) for u, t, n in rows}
+    return await st.store.queries.held_by_quarantine()
 
 
 def _pin_json(pin: Pin, held: dict[tuple[str, str], int]) -> dict[str, Any]:
@@ -300,8 +290,7 @@ async def call_detail(st: WebState, rec: CallRecord) -> dict[str, Any]:
     """A call for its card: the record, secrets, and what the page offers or warns about."""
     out = call_json(rec, detail=True, policy=st.policy)
     out["tool_definition"] = await tool_definition(st, rec)
-    rows = await st.store.query("SELECT escalation, attempts FROM calls WHERE id = ?", (rec.id,))
-    escalation, attempts = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+    escalation, attempts = await st.store.queries.escalation_and_attempts(rec.id)
     out["escalation"] = escalation
     out["lease_offer"] = _lease_offer(st, rec) if rec.state == State.PENDING else None
     out["review"] = _review_json(st, rec, attempts) if rec.gate == "audit" else None
@@ -315,27 +304,22 @@ async def call_detail(st: WebState, rec: CallRecord) -> dict[str, Any]:
 
 async def gates_snapshot(st: WebState) -> dict[str, Any]:
     """For the live view: calls to review, rollbacks that failed, quarantined tools."""
-    keys = ("id", "state", "created_at", "deadline_at", "risk", "upstream", "tool", "summary")
-    columns = (
-        "SELECT id, state, created_at, deadline_at, risk, upstream, tool, summary,"
-        " CASE WHEN summary IS NULL AND length(arguments) <= ? THEN arguments END,"
-        " CASE WHEN summary IS NULL THEN input_schema END FROM calls"
-    )
-    reviews = await st.store.query(
-        columns + " WHERE state IN ('under_review', 'unreviewed')"
-        " ORDER BY state = 'unreviewed', deadline_at, created_at, id LIMIT 500",
-        (HEADLINE_ARGS_CAP,),
-    )
-    failed = await st.store.query(
-        columns + " WHERE state = 'rollback_failed' ORDER BY created_at DESC, id LIMIT 100", (HEADLINE_ARGS_CAP,)
-    )
+    reviews = await st.store.queries.review_queue(arguments_cap=HEADLINE_ARGS_CAP)
+    failed = await st.store.queries.rollbacks_failed(arguments_cap=HEADLINE_ARGS_CAP)
     quarantined = await st.store.pins(quarantined_only=True)
 
-    def row(r: tuple[Any, ...]) -> dict[str, Any]:
+    def row(r: QueueRow) -> dict[str, Any]:
         return {
-            **dict(zip(keys, r[:8], strict=True)),
-            "summary_secrets": summary_secrets(r[7]),
-            **row_headline(r[6], r[5], r[7], r[8], r[9]),
+            "id": r.id,
+            "state": r.state,
+            "created_at": r.created_at,
+            "deadline_at": r.deadline_at,
+            "risk": r.risk,
+            "upstream": r.upstream,
+            "tool": r.tool,
+            "summary": r.summary,
+            "summary_secrets": summary_secrets(r.summary),
+            **row_headline(r.tool, r.upstream, r.summary, r.short_arguments, r.input_schema),
         }
 
     return {

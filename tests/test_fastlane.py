@@ -105,7 +105,7 @@ def call_line(rid: Any, name: str, arguments: dict[str, Any] | None = None, **pa
 
 
 async def rows(stack: Stack) -> list[tuple[Any, ...]]:
-    return await stack.store.query("SELECT tool, state, arguments, args_digest, gate, rule, client FROM calls")
+    return await stack.store.engine.read("SELECT tool, state, arguments, args_digest, gate, rule, client FROM calls")
 
 
 async def test_an_allowed_call_gets_what_the_full_path_gives(tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ async def test_agent_parameters_are_recorded_and_stripped_as_on_the_full_path(tm
         stack = rig.stack
         assert rig.lane.offer(call_line(1, "echo", args))
         await rig.wire.reply()
-        [(reason, confidence)] = await stack.store.query("SELECT agent_reason, agent_confidence FROM calls")
+        [(reason, confidence)] = await stack.store.engine.read("SELECT agent_reason, agent_confidence FROM calls")
     assert stack.received[0]["arguments"] == {"text": "x"}
     assert (reason, confidence) == ("the user asked", 0.4)
 
@@ -254,7 +254,7 @@ async def test_cancelling_a_call_in_the_lane(tmp_path: Path) -> None:
             after = await w.reply()
         # the lane has stopped: every call it started has ended and been recorded
         left = await w.rest()
-        [(state,)] = await stack.store.query("SELECT state FROM calls WHERE tool = 'slow'")
+        [(state,)] = await stack.store.engine.read("SELECT state FROM calls WHERE tool = 'slow'")
     assert after["id"] == 6 and left == []  # no reply at all for the cancelled request
     assert state == State.OUTCOME_UNKNOWN.value
     assert [c["tool"] for c in stack.received] == ["slow", "echo"]
@@ -277,7 +277,7 @@ async def test_the_upstream_can_ask_the_client_during_a_call_in_the_lane(tmp_pat
 async def test_a_store_failure_fails_closed_in_the_lane(tmp_path: Path) -> None:
     async with lane_for(tmp_path) as rig:
         stack = rig.stack
-        await stack.store._conn.close()  # the database goes away under the proxy
+        await stack.store.engine.connection.close()  # the database goes away under the proxy
         assert rig.lane.offer(call_line(4, "echo", {"text": "x"}))
         reply = await rig.wire.reply()
     assert reply["result"]["isError"] is True

@@ -59,14 +59,14 @@ def test_pid_alive_for_real_processes() -> None:
     child.wait()  # exited and reaped: the pid names nothing now
     assert not hostos.pid_alive(child.pid)
     assert not hostos.pid_alive(0) and not hostos.pid_alive(-1)  # kill(2) semantics never leak in
-    assert store._pid_alive is not None and store._pid_alive(os.getpid())
+    assert store.instances._pid_alive(os.getpid())  # the store asks hostos, never os.kill
 
 
 def test_nothing_in_the_package_signals_a_pid_to_probe_it() -> None:
     """On Windows os.kill(pid, 0) terminates the process: no module may call os.kill / killpg itself, under
     any spelling (attribute, from-import, alias); ending processes goes through hostos and the SDK."""
     offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module in ("os", "signal", "posix"):

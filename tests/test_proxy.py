@@ -400,7 +400,7 @@ async def test_status_tool_reports_pending_then_result(stack: Stack) -> None:
 
 async def test_store_failure_fails_closed(tmp_path: Path) -> None:
     async with make_stack(tmp_path) as stack, stack.client() as c:
-        await stack.store._conn.close()  # the database goes away under the proxy
+        await stack.store.engine.connection.close()  # the database goes away under the proxy
         with anyio.fail_after(10):
             allowed = await c.call_tool("echo", {"text": "x"})
             held = await c.call_tool("write_note", {"path": "/tmp/x", "content": "x"})

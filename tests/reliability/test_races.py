@@ -162,7 +162,7 @@ async def test_b1_double_decision_x500_exactly_one_wins_and_runs_once(tmp_path: 
                 await anyio.to_thread.run_sync(b.thread.join, 30)
                 await anyio.to_thread.run_sync(c.thread.join, 30)
             ran = [x for x in s.upstream.state.calls if x["tool"] == "write_note"]
-            twice = await s.store.query(
+            twice = await s.store.engine.read(
                 "SELECT call_id FROM audit WHERE event IN ('approved', 'rejected') GROUP BY call_id HAVING COUNT(*) > 1"
             )
             ok, _, msg = await s.store.verify_audit()

@@ -1,4 +1,4 @@
-"""store.py against real SQLite files: CAS decisions, races across connections, audit chain, schema, recovery."""
+"""The SQLite store against real SQLite files (what is particular to SQLite; the contract is test_contract.py): CAS decisions, races across connections, audit chain, schema, recovery."""
 
 from __future__ import annotations
 
@@ -409,18 +409,20 @@ async def test_wal_and_full_sync_for_what_must_survive_a_power_loss(tmp_path: Pa
 
             return body
 
-        await store._tx(probe("durable"))  # every step of a held call: fsynced (2 = FULL), off the loop (waits)
-        await store._tx(probe("lazy"), fsync=False)  # a call that passes through: 1 = NORMAL, on the loop
+        await store.engine.write(
+            probe("durable")
+        )  # every step of a held call: fsynced (2 = FULL), off the loop (waits)
+        await store.engine.write(probe("lazy"), fsync=False)  # a call that passes through: 1 = NORMAL, on the loop
         assert seen == {"durable": (2, 5000), "lazy": (1, 0)}
         # which records take which: a held call's are durable, the record of a call that passes through is not
         flags: list[bool] = []
-        original = store._tx
+        original = store.engine.write
 
         async def spy(fn: Any, *, fsync: bool = True) -> Any:
             flags.append(fsync)
             return await original(fn, fsync=fsync)
 
-        store._tx = spy  # type: ignore[method-assign]  # observe the store's own choice per transaction
+        store.engine.write = spy  # type: ignore[method-assign]  # observe the store's own choice per transaction
         new = NewCall(upstream="u", tool="t", arguments={}, gate="hard", risk="high")
         await store.insert_call(new, state=State.PENDING)
         allowed = await store.insert_call(replace(new, gate="allow", risk="low"), state=State.ALLOWED)
@@ -431,15 +433,14 @@ async def test_wal_and_full_sync_for_what_must_survive_a_power_loss(tmp_path: Pa
         store.fsync_every_call = True
         await store.insert_call(replace(new, gate="allow", risk="low"), state=State.ALLOWED)
         assert flags[-1] is True
-        [(inline_busy,)] = await store.query("SELECT timeout FROM pragma_busy_timeout")
+        [(inline_busy,)] = await store.engine.read("SELECT timeout FROM pragma_busy_timeout")
         assert inline_busy == 0  # inline work fails fast on a locked database and falls back to the thread
         assert await store.integrity_check() == "ok"
 
 
-async def test_query_refuses_writes(tmp_path: Path) -> None:
-    async with Store.open(tmp_path / "gk.db", FakeClock()) as store:
-        with pytest.raises(StoreError):
-            await store.query("DELETE FROM calls")
+def test_the_store_has_no_generic_query() -> None:
+    """Every read the page and reports make is a named method (store/queries.py); no SQL comes from outside."""
+    assert not hasattr(Store, "query")
 
 
 async def test_data_version_changes_when_another_connection_commits(tmp_path: Path) -> None:
@@ -531,7 +532,9 @@ async def test_checkpoints_run_off_the_commits_and_keep_the_wal_bounded(tmp_path
     async with Store.open(path, FakeClock()) as store:
 
         async def autocheckpoint() -> int:
-            pages: int = await store._run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0], inline=True)
+            pages: int = await store.engine.run(
+                lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0], inline=True
+            )
             return pages
 
         assert await autocheckpoint() == 1000  # without the task: SQLite's own, in the commits
@@ -544,8 +547,8 @@ async def test_checkpoints_run_off_the_commits_and_keep_the_wal_bounded(tmp_path
             tg.cancel_scope.cancel()
         assert await autocheckpoint() == 1000  # handed back when the task stops
         # without checkpoints, as a control: the same work grows the WAL by every commit
-        await store._run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"), inline=True)
-        await store._run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), inline=False)
+        await store.engine.run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"), inline=True)
+        await store.engine.run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), inline=False)
         await pass_through(store, 600)
         unbounded = wal.stat().st_size
         assert await store.integrity_check() == "ok"
@@ -571,12 +574,12 @@ async def test_concurrent_pass_through_records_share_commits_and_stay_chained(tm
                 args_digest=rec.args_digest,
             )
 
-        before = store._commits
+        before = store.engine.commits
         async with anyio.create_task_group() as tg:
             for i in range(200):
                 tg.start_soon(call, i)
-        commits = store._commits - before
-        rows = await store.query("SELECT state, arguments, result FROM calls")
+        commits = store.engine.commits - before
+        rows = await store.engine.read("SELECT state, arguments, result FROM calls")
         ok, events, _ = await store.verify_audit()
     assert len(set(ids)) == 200
     assert sorted(rows) == sorted(("forwarded", f'{{"text":"x{i}"}}', f'{{"i":{i}}}') for i in range(200))
@@ -603,17 +606,17 @@ async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
 
         async def run(i: int, fn: Any) -> None:
             try:
-                results[i] = await store._tx(fn, fsync=False)
+                results[i] = await store.engine.write(fn, fsync=False)
             except StoreError as e:
                 results[i] = e
 
-        before = store._commits
+        before = store.engine.commits
         async with anyio.create_task_group() as tg:
             for i in range(10):
                 tg.start_soon(run, i, good(i))
             tg.start_soon(run, 99, bad)
-        nonces = {r[0] for r in await store.query("SELECT nonce FROM used_states")}
-    assert store._commits - before < 11  # they were grouped
+        nonces = {r[0] for r in await store.engine.read("SELECT nonce FROM used_states")}
+    assert store.engine.commits - before < 11  # they were grouped
     assert {i: results[i] for i in range(10)} == {i: i for i in range(10)}
     assert isinstance(results[99], StoreError) and "UNIQUE" in str(results[99])
     assert nonces == {f"good{i}" for i in range(10)}  # the failing body left nothing behind, the others all landed

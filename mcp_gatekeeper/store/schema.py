@@ -1,0 +1,302 @@
+"""The schema (its migrations, in order) and the mapping between rows and values, written once.
+
+Every repository reads rows through these column lists and turns them into values with these functions;
+nothing else knows the order of a table's columns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, Pin, State, WebSession
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            label TEXT,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            stopped_at REAL
+        );
+        CREATE TABLE calls (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            args_digest TEXT NOT NULL,
+            gate TEXT NOT NULL,
+            risk TEXT NOT NULL,
+            rule TEXT,
+            tooldef_hash TEXT,
+            summary TEXT,
+            effects TEXT,
+            reasons TEXT,
+            agent_reason TEXT,
+            agent_confidence REAL,
+            client TEXT,
+            input_schema TEXT,
+            instance_id TEXT,
+            created_at REAL NOT NULL,
+            deadline_at REAL,
+            decided_at REAL,
+            decided_by TEXT,
+            channel TEXT,
+            reason TEXT,
+            modified_arguments TEXT,
+            result TEXT,
+            error TEXT,
+            finished_at REAL,
+            wait_strategy TEXT
+        );
+        CREATE INDEX calls_state_created ON calls (state, created_at);
+        CREATE INDEX calls_created ON calls (created_at);
+        CREATE INDEX calls_instance ON calls (instance_id, state);
+        CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at);
+        CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            call_id TEXT,
+            event TEXT NOT NULL,
+            actor TEXT,
+            channel TEXT,
+            args_digest TEXT,
+            detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_call ON audit (call_id, seq);
+        """,
+    ),
+    (
+        "0002_instance_config",
+        """
+        ALTER TABLE instances ADD COLUMN config_path TEXT;
+        """,
+    ),
+    (
+        "0003_waiting",
+        """
+        ALTER TABLE calls ADD COLUMN retry_offered INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN session TEXT;
+        CREATE TABLE used_states (nonce TEXT PRIMARY KEY, call_id TEXT NOT NULL, used_at REAL NOT NULL);
+        """,
+    ),
+    (
+        "0004_gates",
+        """
+        ALTER TABLE calls ADD COLUMN escalation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN capture TEXT;
+        ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE pins (
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            pinned_at REAL NOT NULL,
+            pinned_by TEXT NOT NULL,
+            pending_hash TEXT,
+            pending_definition TEXT,
+            changed_at REAL,
+            PRIMARY KEY (upstream, tool)
+        );
+        CREATE TABLE leases (
+            id TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            tooldef_hash TEXT,
+            envelope TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            source_call TEXT,
+            expires_at REAL,
+            calls_left INTEGER,
+            revoked_at REAL,
+            revoked_by TEXT,
+            used INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX leases_tool ON leases (upstream, tool);
+        """,
+    ),
+    (
+        "0005_lean_indexes",
+        # every commit writes each index page it touches: the retry lookup only ever concerns calls whose
+        # client was told to retry, and the live calls of an instance are found through calls_state_created
+        """
+        DROP INDEX calls_retry;
+        CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        DROP INDEX calls_instance;
+        """,
+    ),
+    (
+        "0006_principal",
+        # who made the call (see mcp_gatekeeper.principals): a retry attaches, and gatekeeper_status answers,
+        # only within one principal; calls recorded before this migration have none and belong to nobody
+        """
+        ALTER TABLE calls ADD COLUMN principal TEXT;
+        ALTER TABLE calls ADD COLUMN released_from TEXT;
+        DROP INDEX calls_retry;
+        CREATE INDEX calls_retry ON calls (principal, upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        """,
+    ),
+    (
+        "0007_web_sessions",
+        # sessions of the approval page live here (not in a signed cookie) so that every process serving the
+        # page agrees on them and a logout or a revocation ends them everywhere; login codes are single use
+        # across processes; an instance that serves the page says where, so `mcp-gatekeeper login` can find it
+        """
+        CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            label TEXT NOT NULL,
+            host TEXT NOT NULL,
+            user_agent TEXT,
+            created_at REAL NOT NULL,
+            last_seen_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            ends_at REAL NOT NULL,
+            ended_at REAL,
+            ended_by TEXT,
+            ended_why TEXT
+        );
+        CREATE TABLE login_codes (
+            code_hash TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL
+        );
+        ALTER TABLE instances ADD COLUMN ui_url TEXT;
+        """,
+    ),
+)
+
+CALL_COLUMNS = (
+    "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, "
+    "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
+    "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
+)
+AUDIT_COLUMNS = "seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash"
+PIN_COLUMNS = "upstream, tool, hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at"
+LEASE_COLUMNS = (
+    "id, upstream, tool, tooldef_hash, envelope, created_at, created_by, source_call, expires_at, calls_left,"
+    " revoked_at, revoked_by, used"
+)
+SESSION_COLUMNS = (
+    "id, label, host, user_agent, created_at, last_seen_at, expires_at, ends_at, ended_at, ended_by, ended_why"
+)
+
+LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING, State.ALLOWED)
+RELEASED_STATES = (State.PENDING, State.APPROVED)
+"""States in which a call whose client was told to retry outlives its process (released: no owner)."""
+
+
+def loads(text: str | None) -> Any:
+    """A JSON column's value (``NULL`` is ``None``)."""
+    return None if text is None else json.loads(text)
+
+
+def placeholders(items: Sequence[Any]) -> str:
+    """``?, ?, ?`` for an ``IN (...)`` over ``items``."""
+    return ", ".join("?" * len(items))
+
+
+def call_record(row: Sequence[Any]) -> CallRecord:
+    """A row of CALL_COLUMNS as a :class:`CallRecord`."""
+    (
+        cid,
+        state,
+        upstream,
+        tool,
+        arguments,
+        args_digest,
+        gate,
+        risk,
+        rule,
+        tooldef_hash,
+        summary,
+        effects,
+        reasons,
+        agent_reason,
+        agent_confidence,
+        client,
+        input_schema,
+        instance_id,
+        created_at,
+        deadline_at,
+        decided_at,
+        decided_by,
+        channel,
+        reason,
+        modified_arguments,
+        result,
+        error,
+        finished_at,
+        wait_strategy,
+    ) = tuple(row)
+    return CallRecord(
+        id=cid,
+        state=State(state),
+        upstream=upstream,
+        tool=tool,
+        arguments=json.loads(arguments),
+        args_digest=args_digest,
+        gate=gate,
+        risk=risk,
+        rule=rule,
+        tooldef_hash=tooldef_hash,
+        summary=summary,
+        effects=loads(effects) or {},
+        reasons=tuple(loads(reasons) or ()),
+        agent_reason=agent_reason,
+        agent_confidence=agent_confidence,
+        client=loads(client) or {},
+        input_schema=loads(input_schema),
+        instance_id=instance_id,
+        created_at=created_at,
+        deadline_at=deadline_at,
+        decided_at=decided_at,
+        decided_by=decided_by,
+        channel=channel,
+        reason=reason,
+        modified_arguments=loads(modified_arguments),
+        result=loads(result),
+        error=error,
+        finished_at=finished_at,
+        wait_strategy=wait_strategy,
+    )
+
+
+def web_session(r: Sequence[Any]) -> WebSession:
+    """A row of SESSION_COLUMNS (and anything after them) as a :class:`WebSession`."""
+    return WebSession(*r[:11])
+
+
+def audit_event(r: Sequence[Any]) -> AuditEvent:
+    """A row of AUDIT_COLUMNS as an :class:`AuditEvent`."""
+    return AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9])
+
+
+def pin(r: Sequence[Any]) -> Pin:
+    """A row of PIN_COLUMNS as a :class:`Pin`."""
+    return Pin(
+        upstream=r[0], tool=r[1], hash=r[2], definition=json.loads(r[3]), pinned_at=r[4], pinned_by=r[5],
+        pending_hash=r[6], pending_definition=loads(r[7]), changed_at=r[8],
+    )  # fmt: skip
+
+
+def lease(r: Sequence[Any]) -> Lease:
+    """A row of LEASE_COLUMNS as a :class:`Lease`."""
+    return Lease(
+        id=r[0], upstream=r[1], tool=r[2], tooldef_hash=r[3], envelope=json.loads(r[4]), created_at=r[5],
+        created_by=r[6], source_call=r[7], expires_at=r[8], calls_left=r[9], revoked_at=r[10], revoked_by=r[11],
+        used=r[12],
+    )  # fmt: skip
