@@ -8,6 +8,7 @@ from strictly lower layers, except the same-layer pairs listed in ``SAME_LAYER_O
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ LAYERS: dict[str, int] = {
     "waiting": 1,  # pure: which way a held call waits, from the client's facts and the config
     "names": 1,  # pure: wrap's default upstream name, and whether the config's rules reach an upstream
     # 2: the store and other services over values and config
-    "store": 2,
+    "store": 2,  # a package: engine (SQLite), schema, repositories per concept, named queries; all SQL is here
     "notify": 2,
     "principals": 2,  # who a client is (principals on stdio and HTTP) and the agents' bearer-token check
     "sealing": 2,  # HMAC-sealed requestState and its per-home key file
@@ -53,7 +54,7 @@ LAYERS: dict[str, int] = {
     "webauth": 4,
     "webredact": 4,
     "webguard": 4,  # the web app's request guard (imports clock and webauth)
-    "reports": 4,  # stats and audit export for the page (SQL through Store.query; masks secrets via webredact)
+    "reports": 4,  # stats and audit export for the page (named reads of store.queries; masks secrets via webredact)
     "webhttp": 4,  # what the page's handler modules share: WebState, request parsing, refusals
     "webgates": 4,  # the page's API for audit reviews, leases and tool-definition pins
     # 5: composition and whole-program features
@@ -104,6 +105,14 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
 KNOWN_VIOLATIONS: dict[str, str] = {}
 
 GRAB_BAG_NAMES = ("utils", "util", "helpers")
+
+SQL_OWNER = "store"
+"""The one concept that holds SQL and talks to the database driver; every other module asks it named questions."""
+SQL_WORDS = re.compile(
+    r"\b(SELECT|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX|VIEW)|ALTER\s+TABLE"
+    r"|DROP\s+(TABLE|INDEX)|PRAGMA|BEGIN\s+IMMEDIATE|COMMIT|json_extract|json_each)\b"
+)
+DB_DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg_pool", "asyncpg")
 
 
 def module_name(path: Path) -> str:
@@ -279,6 +288,36 @@ def test_httpx2_not_httpx(module: str) -> None:
     names = third_party_imports(MODULES[module].read_text(encoding="utf-8"))
     banned = sorted(n for n in names if n == "httpx" or n.startswith("httpx."))
     assert not banned, f"{module} imports {banned}: use httpx2"
+
+
+def sql_in(source: str) -> list[str]:
+    """The string literals (f-string parts included) of ``source`` that read as SQL, with their line numbers."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_WORDS.search(node.value):
+            found.append(f"line {node.lineno}: {node.value.strip()[:60]!r}")
+    return sorted(found, key=lambda x: int(x.split(":")[0].split()[1]))
+
+
+def test_the_sql_finder_sees_sql_in_every_spelling() -> None:
+    source = """
+a = "SELECT id FROM calls"
+b = f"SELECT {cols} FROM calls WHERE id = ?"
+c = ("UPDATE calls SET state = ?" " WHERE id = ?")
+d = "insert or ignore into x"  # lower case: not how this code base writes SQL, and prose is full of "select"
+e = "INSERT OR IGNORE INTO used_states (nonce) VALUES (?)"
+f = "PRAGMA data_version"
+"""
+    assert [x.split(":")[0] for x in sql_in(source)] == ["line 2", "line 3", "line 4", "line 6", "line 7"]
+    assert sql_in('x = "select the rule to apply; delete the lease from the page"') == []
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[0] != SQL_OWNER))
+def test_no_sql_outside_the_store(module: str) -> None:
+    source = MODULES[module].read_text(encoding="utf-8")
+    assert not sql_in(source), f"{module} contains SQL; add a named method to mcp_gatekeeper/store/ instead"
+    drivers = sorted(n for n in third_party_imports(source) if n.split(".")[0] in DB_DRIVERS)
+    assert not drivers, f"{module} imports the database driver {drivers}; only mcp_gatekeeper/store/ may"
 
 
 def test_no_grab_bag_modules() -> None:
