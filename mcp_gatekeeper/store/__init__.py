@@ -31,7 +31,7 @@ from mcp_gatekeeper.errors import StoreError
 from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, Pin, State, WebSession
 from mcp_gatekeeper.store.audit import AuditLog
 from mcp_gatekeeper.store.calls import Calls
-from mcp_gatekeeper.store.engine import CHECKPOINT_EVERY, SqliteEngine
+from mcp_gatekeeper.store.engine import CHECKPOINT_EVERY, Backend, SqliteEngine
 from mcp_gatekeeper.store.instances import Instances, _pid_alive
 from mcp_gatekeeper.store.leases import Leases
 from mcp_gatekeeper.store.pins import Pins
@@ -64,9 +64,9 @@ def default_home() -> Path:
 class Store:
     """The store of one process. Use :meth:`open` (an async context manager)."""
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: Backend) -> None:
         self.engine = engine
-        self.path = engine.path
+        """The backend (today :class:`SqliteEngine`, opened by :meth:`open`); repositories share it."""
         self.clock = engine.clock
         self.calls = Calls(engine)
         self.audit = AuditLog(engine)
@@ -99,7 +99,7 @@ class Store:
                             await store.instances.stop()
 
     async def run_checkpoints(self) -> None:
-        """:meth:`SqliteEngine.run_checkpoints`."""
+        """The backend's upkeep until cancelled (SQLite: :meth:`SqliteEngine.run_checkpoints`)."""
         await self.engine.run_checkpoints()
 
     async def data_version(self) -> int:

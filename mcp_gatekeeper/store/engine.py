@@ -69,7 +69,6 @@ class Tx(Protocol):
 class Engine(Protocol):
     """What the repositories need of a backend (see the module docstring)."""
 
-    path: Path
     clock: Clock
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -82,6 +81,22 @@ class Engine(Protocol):
 
     async def write(self, fn: Callable[[Tx], T], *, fsync: bool = True) -> T:
         """``fn`` in one write transaction, all or nothing; ``fsync=False`` may be grouped and not fsynced."""
+        ...
+
+
+class Backend(Engine, Protocol):
+    """An engine as the :class:`~mcp_gatekeeper.store.Store` facade holds it: the repositories' needs plus upkeep."""
+
+    async def run_checkpoints(self) -> None:
+        """Background upkeep of a long-running process, until cancelled (nothing to do is fine)."""
+        ...
+
+    async def data_version(self) -> int:
+        """A number that changes whenever another process commits."""
+        ...
+
+    async def integrity_check(self) -> str:
+        """``"ok"``, or what is wrong with the database."""
         ...
 
 

@@ -1,0 +1,657 @@
+"""The store's contract, whatever the backend (``backend`` fixture, tests/store/conftest.py).
+
+Everything here goes through :class:`Store` only, except where a test plays another process or an attacker
+writing the database directly (``backend.raw``). Each section is one repository of mcp_gatekeeper/store/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from mcp_gatekeeper.clock import FakeClock
+from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError
+from mcp_gatekeeper.models import QUARANTINE_MARK, CallRecord, NewCall, State, WebSession, digest
+from mcp_gatekeeper.store import Store
+
+if TYPE_CHECKING:
+    from store.conftest import BackendUnderTest  # the fixture's type only (pytest puts tests/ on the path)
+
+pytestmark = pytest.mark.anyio
+
+ANN = {"name": "py-agent", "principal": "stdio:ann/py-agent"}
+MALLORY = {"name": "py-agent", "principal": "agent:mallory"}
+
+
+def new_call(**overrides: Any) -> NewCall:
+    fields: dict[str, Any] = {
+        "upstream": "shop",
+        "tool": "issue_refund",
+        "arguments": {"order_id": "A-17", "amount": 40},
+        "gate": "hard",
+        "risk": "high",
+        "rule": "refunds",
+        "summary": "Refund 40 EUR on order A-17",
+    }
+    fields.update(overrides)
+    return NewCall(**fields)
+
+
+async def hold(store: Store, clock: FakeClock, timeout: float = 60.0, **overrides: Any) -> CallRecord:
+    return await store.insert_call(new_call(**overrides), state=State.PENDING, deadline_at=clock.now() + timeout)
+
+
+async def decide(store: Store, call_id: str, *, approve: bool = True, **kw: Any) -> CallRecord:
+    return await store.decide(
+        call_id, approve=approve, decided_by=kw.pop("decided_by", "ann"), channel=kw.pop("channel", "web"),
+        reason=kw.pop("reason", None), modified_arguments=kw.pop("modified_arguments", None),
+        expected_digest=kw.pop("expected_digest", None),
+    )  # fmt: skip
+
+
+async def events_of(store: Store, call_id: str) -> list[str]:
+    return [e.event for e in await store.audit_events(call_id=call_id)]
+
+
+# ---------------------------------------------------------------------------------------------- calls
+
+
+async def test_insert_get_find_and_list(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        held = await hold(
+            store, clock, client=ANN, effects={"money": "refund"}, reasons=("refunds rule",), summary="Refund for Ann"
+        )
+        allowed = await store.insert_call(new_call(gate="allow", risk="low", arguments={"x": 1}), state=State.ALLOWED)
+        clock.advance(1)
+        denied = await store.insert_call(new_call(gate="deny", arguments={"y": 2}), state=State.DENIED, reason="no")
+        got = await store.get(held.id)
+        assert got == held  # what insert returns is exactly what is stored
+        assert (got.state, got.arguments, got.client, got.effects, got.reasons) == (
+            State.PENDING, {"order_id": "A-17", "amount": 40}, ANN, {"money": "refund"}, ("refunds rule",),
+        )  # fmt: skip
+        assert got.args_digest == digest(got.arguments)
+        assert (await store.get(denied.id)).finished_at == clock.now()  # a denial is over at once
+        assert await store.find(held.id[:10].upper()) == held  # a prefix, any case
+        with pytest.raises(CallNotFoundError):
+            await store.get("0" * 32)
+        for bad in ("", "zz", "'; --", "0" * 40):
+            with pytest.raises(CallNotFoundError):
+                await store.find(bad)
+        assert await store.states_of([held.id, allowed.id, denied.id, "nope"]) == {
+            held.id: State.PENDING, allowed.id: State.ALLOWED, denied.id: State.DENIED,
+        }  # fmt: skip
+        assert await store.states_of([]) == {}
+        newest_first = [r.id for r in await store.list_calls()]
+        assert newest_first[0] == denied.id and set(newest_first) == {held.id, allowed.id, denied.id}
+        assert [r.id for r in await store.list_calls(states=["pending"])] == [held.id]
+        assert [r.id for r in await store.list_calls(text="100%_")] == []  # LIKE wildcards are literal
+        assert {r.id for r in await store.list_calls(text="for Ann")} == {held.id}
+        oldest = await store.list_calls(oldest_first=True, limit=1)
+        page2 = await store.list_calls(oldest_first=True, before=(oldest[0].created_at, oldest[0].id))
+        assert oldest[0].id not in {r.id for r in page2} and len(page2) == 2
+        assert await store.principal_of(held.id) == ANN["principal"]
+        assert await store.principal_of("nope") is None
+
+
+async def test_an_ambiguous_prefix_is_refused(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        ids = [(await hold(store, clock, arguments={"i": i})).id for i in range(40)]
+        first = {i[0] for i in ids}
+        shared = next(c for c in first if sum(i.startswith(c) for i in ids) > 1)
+        with pytest.raises(CallNotFoundError, match="ambiguous"):
+            await store.find(shared)
+
+
+async def test_two_concurrent_deciders_on_two_connections_exactly_one_wins(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        for n in range(30):
+            rec = await hold(one, clock, arguments={"round": n})
+            outcomes: dict[str, Any] = {}
+            go = anyio.Event()
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_decider, one, rec.id, "ann", True, go, outcomes)
+                    tg.start_soon(_decider, two, rec.id, "bob", False, go, outcomes)
+                    await anyio.lowlevel.checkpoint()
+                    go.set()
+            winners = [w for w, o in outcomes.items() if isinstance(o, CallRecord)]
+            losers = [o for o in outcomes.values() if isinstance(o, AlreadyDecidedError)]
+            assert len(winners) == 1 and len(losers) == 1, outcomes
+            assert losers[0].why == "decided"
+            stored = await two.get(rec.id)
+            assert stored.decided_by == winners[0]
+            assert stored.state == (State.APPROVED if winners[0] == "ann" else State.REJECTED)
+            assert [e for e in await events_of(one, rec.id) if e in ("approved", "rejected")] == [stored.state.value]
+        ok, _, message = await one.verify_audit()
+        assert ok, message
+
+
+async def _decider(
+    store: Store, call_id: str, who: str, approve: bool, go: anyio.Event, outcomes: dict[str, Any]
+) -> None:
+    await go.wait()
+    try:
+        outcomes[who] = await decide(store, call_id, approve=approve, decided_by=who)
+    except AlreadyDecidedError as e:
+        outcomes[who] = e
+
+
+async def test_a_decision_is_refused_when_late_stale_or_repeated(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        rec = await hold(store, clock)
+        with pytest.raises(AlreadyDecidedError) as stale:
+            await decide(store, rec.id, expected_digest=digest({"order_id": "A-17", "amount": 4000}))
+        assert stale.value.why == "stale_digest"
+        assert (await store.get(rec.id)).state == State.PENDING
+        modified = {"order_id": "A-17", "amount": 20}
+        done = await decide(store, rec.id, expected_digest=rec.args_digest, modified_arguments=modified, reason="ok")
+        assert (done.state, done.modified_arguments, done.reason, done.decided_by) == (
+            State.APPROVED, modified, "ok", "ann",
+        )  # fmt: skip
+        with pytest.raises(AlreadyDecidedError) as again:
+            await decide(store, rec.id, approve=False)
+        assert again.value.why == "decided"
+        late = await hold(store, clock, arguments={"late": True})
+        clock.advance(60)
+        with pytest.raises(AlreadyDecidedError) as expired:
+            await decide(store, late.id)
+        assert expired.value.why == "expired"
+        with pytest.raises(CallNotFoundError):
+            await decide(store, "f" * 32)
+        assert await store.verify_decision(rec.id) is None
+
+
+async def test_an_approval_written_behind_the_stores_back_is_not_verified(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        rec = await hold(store, clock)
+        backend.raw("UPDATE calls SET state = 'approved', decided_by = 'mallory' WHERE id = ?", (rec.id,))
+        assert "0 approval events" in (await store.verify_decision(rec.id) or "")
+        other = await hold(store, clock, arguments={"order_id": "B"})
+        await decide(store, other.id, modified_arguments={"order_id": "B", "amount": 1})
+        backend.raw(
+            "UPDATE calls SET modified_arguments = ? WHERE id = ?", ('{"order_id":"B","amount":9999}', other.id)
+        )
+        assert "modified arguments differ" in (await store.verify_decision(other.id) or "")
+
+
+async def test_transitions_are_compare_and_set(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        rec = await hold(store, clock)
+        await decide(store, rec.id)
+        assert await store.transition(rec.id, [State.PENDING], State.CANCELLED) is None  # not pending any more
+        moved = await store.transition(rec.id, [State.APPROVED], State.FORWARDING, detail={"n": 1})
+        assert moved is not None and moved.state == State.FORWARDING
+        assert await store.transition(rec.id, [State.APPROVED], State.FORWARDING) is None  # only once
+        with pytest.raises(ValueError, match="cannot set"):
+            await store.transition(rec.id, [State.FORWARDING], State.FORWARDED, state="approved")
+        assert await store.finish_call(
+            rec.id, State.FORWARDING, State.FORWARDED, result={"content": [{"type": "text", "text": "done"}]},
+            error=None, detail={"ms": 3}, args_digest=rec.args_digest,
+        )  # fmt: skip
+        assert not await store.finish_call(
+            rec.id, State.FORWARDING, State.FAILED, result=None, error="late", detail={}, args_digest=rec.args_digest
+        )
+        done = await store.get(rec.id)
+        assert (done.state, done.result, done.error) == (
+            State.FORWARDED,
+            {"content": [{"type": "text", "text": "done"}]},
+            None,
+        )
+        assert done.finished_at == clock.now()
+        assert await events_of(store, rec.id) == ["held", "approved", "forwarding", "forwarded"]
+        # a call that was never held: its record and outcome
+        allowed = await store.insert_call(new_call(gate="allow", arguments={"z": 1}), state=State.ALLOWED)
+        assert await store.finish_call(
+            allowed.id, State.ALLOWED, State.FAILED, result=None, error="upstream gone", detail={},
+            args_digest=allowed.args_digest,
+        )  # fmt: skip
+        assert (await store.get(allowed.id)).error == "upstream gone"
+
+
+async def test_retries_attach_only_within_their_principal(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        rec = await hold(store, clock, client=ANN)
+        args = (rec.upstream, rec.tool, rec.args_digest)
+        assert await store.find_retry(*args, now=clock.now(), grace=0, principal=ANN["principal"]) is None  # untold
+        await store.mark_retry_offered(rec.id, strategy="pending")
+        assert (await store.get(rec.id)).wait_strategy == "pending"
+        found = await store.find_retry(*args, now=clock.now(), grace=0, principal=ANN["principal"])
+        assert found is not None and found.id == rec.id
+        assert await store.find_retry(*args, now=clock.now(), grace=0, principal=MALLORY["principal"]) is None
+        assert await store.find_retry(*args, now=clock.now(), grace=0, principal=None) is None
+        clock.advance(61)
+        assert await store.find_retry(*args, now=clock.now(), grace=0, principal=ANN["principal"]) is None
+        assert await store.find_retry(*args, now=clock.now(), grace=5, principal=ANN["principal"]) is not None
+        # a status lookup by id prefix sees only the principal's own calls, to its upstreams
+        assert (await store.find_for(rec.id[:8], principal=ANN["principal"], upstreams=["shop"])).id == rec.id
+        for principal, upstreams in ((MALLORY["principal"], ["shop"]), (ANN["principal"], ["files"]), (None, ["shop"])):
+            with pytest.raises(CallNotFoundError):
+                await store.find_for(rec.id[:8], principal=principal, upstreams=upstreams)
+        assert await store.consume_state("nonce-1", rec.id)
+        assert not await store.consume_state("nonce-1", rec.id)  # a replay
+
+
+# ---------------------------------------------------------------------------------------------- instances
+
+_CHILD = """
+import sys, anyio
+from mcp_gatekeeper.clock import FakeClock
+from mcp_gatekeeper.models import NewCall, State
+from mcp_gatekeeper.store import Store
+
+async def main():
+    clock = FakeClock()
+    async with Store.open(sys.argv[1], clock) as store:
+        await store.register_instance("child", config_path="/etc/child.toml")
+        await store.serving_page("http://127.0.0.1:9")
+        ids = []
+        for i, client in enumerate(({"principal": "p"}, {"principal": "p"})):
+            new = NewCall(upstream="shop", tool="t", arguments={"i": i}, gate="hard", risk="high", client=client)
+            ids.append((await store.insert_call(new, state=State.PENDING, deadline_at=clock.now() + 60)).id)
+        await store.mark_retry_offered(ids[0], strategy="pending")
+        new = NewCall(upstream="shop", tool="t", arguments={"i": 9}, gate="allow", risk="low")
+        ids.append((await store.insert_call(new, state=State.ALLOWED)).id)
+        print(" ".join([store.instance_id, *ids]), flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+async def test_the_calls_of_a_killed_process_are_recovered_and_a_live_ones_left_alone(
+    backend: BackendUnderTest,
+) -> None:
+    clock = FakeClock()
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, backend.location], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        with anyio.fail_after(30):
+            line = await anyio.to_thread.run_sync(child.stdout.readline)
+        iid, told, untold, running = line.split()
+        async with backend.open(clock) as store:
+            await store.register_instance("parent")
+            assert await store.recover_orphans() == 0  # the child is alive: nothing of it is touched
+            assert "http://127.0.0.1:9" in await store.page_urls()
+            assert "/etc/child.toml" in await store.live_config_paths()
+            assert await store.instance_config_path(iid) == "/etc/child.toml"
+            assert await store.instance_config_path(None) is None
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            assert "http://127.0.0.1:9" not in await store.page_urls()  # its pid is gone
+            assert await store.recover_orphans() == 2  # the untold pending one and the running one
+            assert await store.states_of([told, untold, running]) == {
+                told: State.PENDING, untold: State.ORPHANED, running: State.OUTCOME_UNKNOWN,
+            }  # fmt: skip
+            assert (await store.get(told)).instance_id is None
+            assert await store.holder_instance(told) == iid
+            assert (await events_of(store, told))[-1] == "released"
+            assert await store.recover_orphans() == 0  # once
+            assert "/etc/child.toml" not in await store.live_config_paths()
+            ok, _, message = await store.verify_audit()
+            assert ok, message
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+async def test_a_stopping_process_settles_its_calls_and_a_released_approval_is_abandoned(
+    backend: BackendUnderTest,
+) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as a:
+        await a.register_instance("a")
+        told = await hold(a, clock, client=ANN)
+        await a.mark_retry_offered(told.id, strategy="pending")
+        await decide(a, told.id)
+        untold = await hold(a, clock, arguments={"u": 1})
+    async with backend.open(clock) as b:
+        b_id = await b.register_instance("b")
+        assert await b.states_of([told.id, untold.id]) == {told.id: State.APPROVED, untold.id: State.ORPHANED}
+        assert await b.abandon_unclaimed(clock.now(), 600.0) == []
+        clock.advance(60 + 600)
+        assert await b.abandon_unclaimed(clock.now(), 600.0) == [told.id]
+        assert await b.abandon_unclaimed(clock.now(), 600.0) == []
+        assert (await b.get(told.id)).state == State.ORPHANED
+        await b.heartbeat()
+        assert b.instance_id == b_id
+
+
+async def test_problems_are_shown_while_their_process_runs(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as a, backend.open(clock) as page:
+        await a.register_instance("a")
+        await a.note_problem({"problem": "no rule reaches upstream 'files'"})
+        assert [p.detail["problem"] for p in await page.live_problems()] == ["no rule reaches upstream 'files'"]
+    async with backend.open(clock) as page:
+        assert await page.live_problems() == []
+
+
+# ---------------------------------------------------------------------------------------------- sweeping
+
+
+async def test_escalation_fires_once_and_only_shortens(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        iid = await one.register_instance("one")
+        rec = await hold(one, clock, timeout=600)
+        assert [(r.id, level) for r, level in await one.due_pending(iid, clock.now())] == [(rec.id, 0)]
+        results = [
+            await s.escalate(rec.id, level=1, deadline_at=clock.now() + 60, channels=["slack"]) for s in (one, two)
+        ]
+        assert results == [True, False]  # whoever fires it first
+        assert (await one.get(rec.id)).deadline_at == clock.now() + 60
+        assert await one.escalate(rec.id, level=2, deadline_at=clock.now() + 600, channels=[])  # never lengthens
+        assert (await one.get(rec.id)).deadline_at == clock.now() + 60
+        assert await one.due_pending(iid, clock.now()) == [(await one.get(rec.id), 2)]
+        assert await one.queries.escalation_and_attempts(rec.id) == (2, 0)
+        assert await one.queries.escalation_and_attempts("nope") == (0, 0)
+
+
+async def test_reviews_fall_due_and_a_compensation_is_claimed_once(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        rec = await one.insert_call(new_call(gate="audit", risk="medium"), state=State.ALLOWED)
+        await one.transition(rec.id, [State.ALLOWED], State.FORWARDING)
+        await one.finish_call(
+            rec.id, State.FORWARDING, State.FORWARDED, result={}, error=None, detail={}, args_digest=rec.args_digest
+        )
+        await one.transition(
+            rec.id, [State.FORWARDED], State.UNDER_REVIEW, deadline_at=clock.now() + 30, capture={"before": 1}
+        )
+        assert await one.capture_of(rec.id) == {"before": 1}
+        assert await one.due_reviews(clock.now()) == []
+        clock.advance(30)
+        assert [r.id for r in await one.due_reviews(clock.now())] == [rec.id]
+        await one.transition(rec.id, [State.UNDER_REVIEW], State.REVIEW_FAILED)
+        assert await one.compensations_due([]) == []
+        assert await one.compensations_due(["files"]) == []
+        assert [(r.id, n) for r, n in await two.compensations_due(["shop"])] == [(rec.id, 0)]
+        claims: list[bool] = []
+        async with anyio.create_task_group() as tg:
+            for s in (one, two, one, two):
+                tg.start_soon(lambda s=s: _claim(s, rec.id, claims))
+        assert sorted(claims) == [False, False, False, True]
+        assert (await one.get(rec.id)).state == State.ROLLING_BACK
+        assert await one.queries.escalation_and_attempts(rec.id) == (0, 1)
+
+
+async def _claim(store: Store, call_id: str, out: list[bool]) -> None:
+    out.append(await store.claim_compensation(call_id))
+
+
+# ---------------------------------------------------------------------------------------------- pins and leases
+
+
+async def test_pins_quarantine_a_changed_definition_until_repinned(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        first = await store.check_pins("shop", {"t": ("h1", {"name": "t"}), "u": ("h9", {"name": "u"})})
+        assert {n: (p.hash, p.quarantined) for n, p in first.items()} == {"t": ("h1", False), "u": ("h9", False)}
+        events = len(await store.audit_events())
+        assert await store.check_pins("shop", {"t": ("h1", {"name": "t"})}) == first  # nothing new: no write
+        assert len(await store.audit_events()) == events
+        changed = await store.check_pins("shop", {"t": ("h2", {"name": "t", "description": "evil"})})
+        assert changed["t"].quarantined and changed["t"].pending_hash == "h2" and changed["t"].hash == "h1"
+        assert [p.tool for p in await store.pins(quarantined_only=True)] == ["t"]
+        assert [p.upstream for p in await store.pins()] == ["shop", "shop"]
+        with pytest.raises(CallNotFoundError):
+            await store.repin("shop", "nope", by="ann", channel="web")
+        with pytest.raises(AlreadyDecidedError):
+            await store.repin("shop", "u", by="ann", channel="web")
+        repinned = await store.repin("shop", "t", by="ann", channel="web")
+        assert (repinned.hash, repinned.quarantined, repinned.pinned_by) == ("h2", False, "ann")
+        assert await store.pins(quarantined_only=True) == []
+        again = await store.check_pins("shop", {"t": ("h3", {})})
+        back = await store.check_pins("shop", {"t": ("h2", {})})  # the upstream went back: no longer quarantined
+        assert again["t"].quarantined and not back["t"].quarantined
+
+
+async def test_a_lease_is_spent_once_per_use_and_dies_when_revoked(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        lease = await one.create_lease(
+            upstream="shop", tool="issue_refund", tooldef_hash="h1", envelope={"amount": {"max": 50}},
+            created_by="ann", channel="web", source_call=None, expires_at=clock.now() + 60, calls=3,
+        )  # fmt: skip
+        assert lease.calls_left == 3 and lease.envelope == {"amount": {"max": 50}}
+        spent: list[bool] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(lambda i=i: _use(one if i % 2 else two, lease.id, spent))
+        assert sorted(spent) == [False, False, False, True, True, True]  # exactly its calls, across processes
+        assert (await two.lease(lease.id)).used == 3
+        assert await one.leases(active_at=clock.now()) == []
+        other = await one.create_lease(
+            upstream="shop", tool="t", tooldef_hash=None, envelope={}, created_by="ann", channel="web",
+            source_call=None, expires_at=None, calls=None,
+        )  # fmt: skip
+        assert [x.id for x in await one.leases(active_at=clock.now(), upstream="shop", tool="t")] == [other.id]
+        assert await one.use_lease(other.id, call_id=None)
+        revoked = await two.revoke_lease(other.id, by="bob", channel="web")
+        assert revoked.revoked_by == "bob"
+        assert not await one.use_lease(other.id, call_id=None)
+        with pytest.raises(AlreadyDecidedError):
+            await one.revoke_lease(other.id, by="bob", channel="web")
+        with pytest.raises(CallNotFoundError):
+            await one.revoke_lease("lnope", by="bob", channel="web")
+        with pytest.raises(CallNotFoundError):
+            await one.lease("lnope")
+        timed = await one.create_lease(
+            upstream="shop", tool="t", tooldef_hash=None, envelope={}, created_by="ann", channel="web",
+            source_call=None, expires_at=clock.now() + 10, calls=None,
+        )  # fmt: skip
+        clock.advance(10)
+        assert not await one.use_lease(timed.id, call_id=None)
+        assert {x.id for x in await one.leases()} == {lease.id, other.id, timed.id}
+
+
+async def _use(store: Store, lease_id: str, out: list[bool]) -> None:
+    out.append(await store.use_lease(lease_id, call_id=None))
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+
+def _session(clock: FakeClock, sid: str) -> WebSession:
+    now = clock.now()
+    return WebSession(sid, "", "127.0.0.1:8765", "firefox", now, now, now + 600, now + 3600, None, None, None)
+
+
+async def test_a_login_code_opens_one_session_once_and_logout_ends_it(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        await one.add_login_code("code-hash", label="ann", expires_at=clock.now() + 60)
+        results: list[WebSession | None] = []
+        async with anyio.create_task_group() as tg:
+            for s, sid in ((one, "s1"), (two, "s2")):
+                tg.start_soon(lambda s=s, sid=sid: _redeem(s, sid, clock, results))
+        opened = [r for r in results if r is not None]
+        assert len(opened) == 1 and opened[0].label == "ann"  # single use, across processes
+        sid = opened[0].id
+        hashes = await two.session_hashes(sid)
+        assert hashes is not None and hashes[1:] == ("secret-hash", "key-hash")
+        clock.advance(100)
+        await one.touch_session(sid, expires_at=clock.now() + 600)
+        touched = await two.web_session(sid)
+        assert touched is not None and touched.last_seen_at == clock.now()
+        await one.touch_session(sid, expires_at=clock.now() + 10_000)
+        capped = await one.web_session(sid)
+        assert capped is not None and capped.expires_at == capped.ends_at  # never past its end
+        assert [s.id for s in await two.web_sessions()] == [sid]
+        assert await two.end_sessions([sid], by="web:ann", channel="web", why="logout") == [sid]
+        assert await one.end_sessions([sid], by="web:ann", channel="web", why="logout") == []
+        assert await two.web_sessions() == []
+        assert [s.ended_why for s in await two.web_sessions(alive_only=False)] == ["logout"]
+        assert await one.web_session("nope") is None and await one.session_hashes("nope") is None
+        await one.add_login_code("late", label="bob", expires_at=clock.now() + 1)
+        clock.advance(1)
+        assert await one.redeem_login_code("late", _session(clock, "s3"), secret_hash="x", key_hash="y") is None
+
+
+async def test_revoking_every_session(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        for i in range(3):
+            await store.add_login_code(f"c{i}", label="ann", expires_at=clock.now() + 60)
+            assert await store.redeem_login_code(f"c{i}", _session(clock, f"s{i}"), secret_hash="x", key_hash="y")
+        assert sorted(await store.end_sessions(None, by="cli", channel="cli", why="revoked")) == ["s0", "s1", "s2"]
+        assert await store.web_sessions() == []
+
+
+async def _redeem(store: Store, sid: str, clock: FakeClock, out: list[WebSession | None]) -> None:
+    out.append(
+        await store.redeem_login_code("code-hash", _session(clock, sid), secret_hash="secret-hash", key_hash="key-hash")
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the audit chain
+
+
+async def test_the_audit_chain_verifies_and_names_tampering(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        for i in range(5):
+            rec = await hold(store, clock, arguments={"i": i})
+            await decide(store, rec.id, approve=i % 2 == 0)
+            clock.advance(1)
+        ok, count, message = await store.verify_audit()
+        assert (ok, count) == (True, 10), message
+        events = await store.audit_events(limit=3)
+        assert len(events) == 3 and events[-1].seq == 10 and events[0].seq == 8  # the newest, oldest first
+        assert [e.seq for e in await store.audit_events(before_seq=3)] == [1, 2]
+        assert await store.queries.last_audit_seq() == 10
+        backend.raw("UPDATE audit SET actor = 'mallory' WHERE seq = 4")
+        ok, count, message = await store.verify_audit()
+        assert (ok, count) == (False, 3) and "event 4" in message and "altered" in message
+    async with backend.open(clock) as store:
+        backend.raw("UPDATE audit SET actor = 'ann' WHERE seq = 4")
+        assert (await store.verify_audit())[0]
+        backend.raw("DELETE FROM audit WHERE seq = 6")
+        ok, _, message = await store.verify_audit()
+        assert not ok and "event 7" in message and "removed or reordered" in message
+
+
+async def test_a_new_store_has_an_empty_intact_chain(backend: BackendUnderTest) -> None:
+    async with backend.open(FakeClock()) as store:
+        assert await store.verify_audit() == (True, 0, "audit chain intact: 0 events")
+        assert await store.queries.last_audit_seq() == 0
+        assert await store.counts() == {}
+        assert await store.integrity_check() == "ok"
+        assert isinstance(await store.data_version(), int)
+
+
+# ---------------------------------------------------------------------------------------------- named queries
+
+
+async def test_the_pages_queues(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        plain = await hold(store, clock, summary=None, client=ANN, input_schema={"type": "object"})
+        clock.advance(1)
+        big = await hold(store, clock, summary=None, arguments={"blob": "x" * 500})
+        clock.advance(1)
+        quarantined = await hold(store, clock, reasons=(f"{QUARANTINE_MARK} t changed",), arguments={"q": 1})
+        await decide(store, (await hold(store, clock, arguments={"decided": 1})).id)
+        pending = await store.queries.pending_queue(arguments_cap=100)
+        assert [r.id for r in pending] == [plain.id, big.id, quarantined.id]  # oldest first, pending only
+        first = pending[0]
+        assert (first.state, first.principal, first.escalation, first.quarantined) == (
+            "pending",
+            ANN["principal"],
+            0,
+            False,
+        )
+        assert json.loads(first.short_arguments or "") == plain.arguments
+        assert json.loads(first.input_schema or "") == {"type": "object"}
+        assert pending[1].short_arguments is None  # over the cap: too large for a list row
+        assert pending[2].quarantined and pending[2].short_arguments is None  # it has a summary
+        assert [r.id for r in await store.queries.pending_queue(arguments_cap=100, limit=1)] == [plain.id]
+        assert await store.queries.held_by_quarantine() == {("shop", "issue_refund"): 1}
+        assert await store.queries.summaries([quarantined.id, plain.id, "nope"]) == {
+            quarantined.id: "Refund 40 EUR on order A-17", plain.id: None,
+        }  # fmt: skip
+        assert await store.queries.summaries([]) == {}
+        assert await store.counts() == {"pending": 3, "approved": 1}
+
+        audited = []
+        for i, deadline in enumerate((30, 10, None)):
+            rec = await store.insert_call(new_call(gate="audit", arguments={"a": i}), state=State.ALLOWED)
+            await store.transition(
+                rec.id, [State.ALLOWED], State.UNDER_REVIEW, deadline_at=deadline and clock.now() + deadline
+            )
+            audited.append(rec.id)
+        await store.transition(audited[2], [State.UNDER_REVIEW], State.UNREVIEWED)
+        assert [r.id for r in await store.queries.review_queue(arguments_cap=100)] == [
+            audited[1],
+            audited[0],
+            audited[2],
+        ]
+        await store.transition(audited[0], [State.UNDER_REVIEW], State.ROLLBACK_FAILED)
+        failed = await store.queries.rollbacks_failed(arguments_cap=100)
+        assert [(r.id, r.state) for r in failed] == [(audited[0], "rollback_failed")]
+
+
+async def test_the_stats_queries(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    since = clock.now()
+    async with backend.open(clock) as store:
+        approved = await hold(store, clock, rule="refunds")
+        clock.advance(3)
+        await decide(store, approved.id, decided_by="ann")
+        modified = await hold(store, clock, rule="refunds", arguments={"m": 1})
+        clock.advance(1)
+        await decide(store, modified.id, decided_by="bob", modified_arguments={"m": 0})
+        rejected = await hold(store, clock, rule=None, arguments={"r": 1})
+        await store.escalate(rejected.id, level=1, deadline_at=clock.now() + 5, channels=[])
+        clock.advance(1)
+        await decide(store, rejected.id, approve=False, decided_by="ann")
+        clock.advance(900)
+        await hold(store, clock, rule="refunds", arguments={"p": 1})
+        await store.insert_call(new_call(gate="allow", risk="low", arguments={"a": 1}), state=State.ALLOWED)
+        await store.insert_call(new_call(gate="deny", arguments={"d": 1}), state=State.DENIED)
+        audited = await store.insert_call(new_call(gate="audit", arguments={"x": 1}), state=State.ALLOWED)
+        await store.transition(audited.id, [State.ALLOWED], State.UNDER_REVIEW, deadline_at=clock.now() + 9)
+
+        slices = await store.queries.held_outcomes(since=since, slice_seconds=900.0)
+        assert sorted(slices) == sorted([(0, "approved", 1), (0, "modified", 1), (0, "rejected", 1), (1, "pending", 1)])
+        per_rule = await store.queries.held_outcomes_per_rule(since=since)
+        assert sorted(per_rule) == sorted([
+            ("refunds", "approved", 1, 0), ("refunds", "modified", 1, 0), ("refunds", "pending", 1, 0),
+            ("(no rule: defaults)", "rejected", 1, 1),
+        ])  # fmt: skip
+        decisions = await store.queries.human_decisions(since=since)
+        assert [(d.latency, d.decided_by, d.state, d.modified) for d in decisions] == [
+            (3.0, "ann", "approved", False), (1.0, "bob", "approved", True), (1.0, "ann", "rejected", False),
+        ]  # fmt: skip
+        [usage] = await store.queries.tool_usage(since=since)
+        assert usage == ("shop", "issue_refund", 7, 4, 1, 1)
+        assert await store.queries.escalation_steps(since=since) == [(1, 1, 1)]
+        assert await store.queries.escalated_outcomes(since=since) == {"rejected": 1}
+        assert await store.queries.audit_gated_states(since=since) == {"under_review": 1}
+        assert await store.queries.held_outcomes(since=clock.now() + 1, slice_seconds=900.0) == []
+
+
+async def test_the_insert_of_a_pass_through_call_keeps_its_instance(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        iid = await store.register_instance("wrap")
+        rec = await store.insert_call(replace(new_call(), gate="allow"), state=State.ALLOWED)
+        assert rec.instance_id == iid == (await store.get(rec.id)).instance_id
+        assert os.getpid() > 0
