@@ -226,6 +226,11 @@ class RuleConfig(_Model):
     in_client: Literal["decide", "notify", "off"] | None = None
     """Whether an answer given inside the MCP client counts as the human decision (``decide``), only points
     the user at the approval card (``notify``), or is not asked at all (``off``). Default: ``[waiting].in_client``."""
+    in_chat: Literal["decide", "show"] | None = None
+    """For clients that render MCP Apps: whether the decision card's buttons in the chat decide the call (``decide``)
+    or the card only shows the call's status and a link to the approval page (``show``). Default:
+    ``[waiting].in_chat``, else ``show`` for hard gates (the page and the CLI stay authoritative) and ``decide``
+    for soft gates."""
     hold_at: Risk = "medium"
     """For ``gate = "soft"``: hold when the call's risk is at or above this level; below it the call passes."""
     ask_agent: bool | None = None
@@ -363,6 +368,8 @@ class WaitingConfig(_Model):
     """Answer this long before the client's budget runs out (at most half the budget)."""
     in_client: Literal["decide", "notify", "off"] = "notify"
     """Default for rules: an in-client answer only points at the approval card; the web/CLI decision is authoritative."""
+    in_chat: Literal["decide", "show"] | None = None
+    """Default for rules' ``in_chat`` (MCP Apps decision card); unset: ``show`` for hard gates, ``decide`` for soft."""
     clients: list[ClientProfile] = Field(default_factory=list)
     """Extra or overriding client profiles, tried before the built-in table."""
     unknown: ClientProfile | None = None

@@ -99,14 +99,16 @@ def unrecorded(e: StoreError) -> dict[str, Any]:
 
 
 _VIA = {"web": "on the approval page", "api": "through the page's API", "cli": "from the command line",
-        "in-client": "in the client"}  # fmt: skip
+        "in-client": "in the client", "in-chat": "in the chat's decision card"}  # fmt: skip
 
 
 def rejected_by(rec: CallRecord) -> str:
     """``rejected by alice (a human reviewer, on the approval page)``: the reviewer named once, readably."""
     via = _VIA.get(rec.channel or "")
     # in the client the reviewer is recorded by the client's name, which must not read as if the agent decided
-    who = None if rec.channel == "in-client" else (rec.decided_by or "").partition(":")[2] or rec.decided_by
+    who = (
+        None if rec.channel in ("in-client", "in-chat") else (rec.decided_by or "").partition(":")[2] or rec.decided_by
+    )
     if who:
         return f"rejected by {who} (a human reviewer{', ' + via if via else ''})"
     return f"rejected by a human reviewer{' (' + via + ')' if via else ''}"

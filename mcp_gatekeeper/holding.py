@@ -17,6 +17,7 @@ import anyio
 import mcp.types as types
 from mcp import MCPError
 from mcp.server import ServerRequestContext
+from mcp.server.apps import client_supports_apps
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gatekeeper import hostos
@@ -42,6 +43,8 @@ class Reply:
     """A ready answer for the client that is not a decision outcome (pending, input required, refused state)."""
 
     result: Any
+    call: CallRecord | None = None
+    """The held call this answer is about, when the answer is "pending" (the MCP Apps card is built from it)."""
 
 
 def has_progress_token(ctx: ServerRequestContext[Any]) -> bool:
@@ -71,7 +74,7 @@ def client_facts(ctx: ServerRequestContext[Any]) -> ClientFacts:
     can_push = not modern and ctx.session.can_send_request
     return ClientFacts(
         name=client_identity(ctx)[0], modern=modern, progress_token=has_progress_token(ctx),
-        elicit_form=form, elicit_url=url, can_push=can_push,
+        elicit_form=form, elicit_url=url, can_push=can_push, apps=client_supports_apps(ctx),
     )  # fmt: skip
 
 
@@ -122,7 +125,7 @@ class Holding:
         its principal, not to a session or a process.
         """
         facts = client_facts(ctx)
-        plan = plan_wait(facts, verdict.in_client, self.config.waiting)
+        plan = plan_wait(facts, verdict.in_client, self.config.waiting, in_chat=verdict.in_chat)
         store = self.gate.store
         attached = False
         if request_state is not None:
@@ -189,7 +192,7 @@ class Holding:
         outcome = result.get("outcome")
         if outcome is None:
             await self.gate.store.mark_retry_offered(rec.id, strategy=plan.strategy)
-            return Reply(text_result(pendingtext_result(rec, self.clock.now()), is_error=True))
+            return Reply(text_result(pendingtext_result(rec, self.clock.now()), is_error=True), call=rec)
         return outcome
 
     def _ticker(self, ctx: ServerRequestContext[Any], tool: str) -> Tick:

@@ -75,7 +75,7 @@ def agent_params(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str | No
 def _raise_to_hold(verdict: Verdict, why: str) -> Verdict:
     """Held by a human, whatever the policy said (only ``deny`` stays ``deny``); ``why`` comes first."""
     return replace(
-        verdict, gate="hard", hold=True, in_client="off",
+        verdict, gate="hard", hold=True, in_client="off", in_chat="show",
         risk=verdict.risk if RISK_ORDER[verdict.risk] >= RISK_ORDER["high"] else "high",
         reasons=(why, *verdict.reasons),
     )  # fmt: skip

@@ -285,6 +285,8 @@ class Verdict:
     timeout: float | None = None
     deny_reason: str | None = None
     in_client: str = "notify"
+    in_chat: str = "show"
+    """``decide``: the MCP Apps card's buttons decide the call; ``show``: the card shows status and a link."""
     ask_agent: bool = False
     rule_config: RuleConfig | None = None
 
@@ -309,6 +311,7 @@ class Verdict:
             "timeout": self.timeout,
             "deny_reason": self.deny_reason,
             "in_client": self.in_client,
+            "in_chat": self.in_chat,
         }
 
 
@@ -705,6 +708,7 @@ class Policy:
                 summary=None,
                 timeout=self.config.defaults.timeout,
                 in_client=self.config.waiting.in_client,
+                in_chat=self.config.waiting.in_chat or "show",
                 ask_agent=self.config.risk.ask_agent,
             )
         cfg = rule.config
@@ -738,6 +742,7 @@ class Policy:
             timeout=cfg.timeout or self.config.defaults.timeout,
             deny_reason=(cfg.reason or f"denied by policy rule {rule.name}") if gate == "deny" else None,
             in_client=cfg.in_client or self.config.waiting.in_client,
+            in_chat=cfg.in_chat or self.config.waiting.in_chat or ("decide" if gate == "soft" else "show"),
             ask_agent=cfg.ask_agent if cfg.ask_agent is not None else self.config.risk.ask_agent,
             rule_config=cfg,
         )

@@ -23,6 +23,8 @@ from mcp_types.methods import CACHEABLE_METHODS, CacheableMethod
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gatekeeper import __version__
+from mcp_gatekeeper.apps import CARD_URI, DECIDE_TOOL
+from mcp_gatekeeper.apps.tool import Apps, wants_apps
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.compensation import DEFAULT_REVIEW_WINDOW, Compensator
 from mcp_gatekeeper.config import GatekeeperConfig
@@ -136,6 +138,8 @@ class Proxy:
         self.holding = Holding(
             gate=gate, config=config, key=state_key or secrets.token_bytes(32), card_url=config.card_url
         )
+        self.apps = Apps(gate=gate, config=config, clock=clock)
+        """The decision card in the chat, for clients that declared MCP Apps (nothing for the others)."""
         self.planner = Planner(
             config=config, policy=policy, gate=gate, clock=clock,
             status_tool=STATUS_TOOL if config.status_tool else None,
@@ -162,12 +166,18 @@ class Proxy:
     def build_server(self) -> Server[ProxyState]:
         caps = [u.client.server_capabilities for u in self.upstreams.values() if u.connected]
         handlers: dict[str, Any] = {"on_list_tools": self._list_tools, "on_call_tool": self._call_tool}
-        if any(c and c.resources for c in caps):
-            handlers |= {
-                "on_list_resources": self._fwd_list("resources/list", "resources"),
-                "on_list_resource_templates": self._fwd_list("resources/templates/list", "resourceTemplates"),
-                "on_read_resource": self._fwd_by_uri("resources/read"),
-            }
+        upstream_resources = any(c and c.resources for c in caps)
+        # the decision card is a resource for MCP Apps clients, whether or not an upstream has resources
+        handlers |= {
+            "on_list_resources": self._with_card_list(
+                self._fwd_list("resources/list", "resources") if upstream_resources else None
+            ),
+            "on_read_resource": self._with_card_read(
+                self._fwd_by_uri("resources/read") if upstream_resources else None
+            ),
+        }
+        if upstream_resources:
+            handlers["on_list_resource_templates"] = self._fwd_list("resources/templates/list", "resourceTemplates")
             if any(c and c.resources and c.resources.subscribe for c in caps):
                 handlers |= {
                     "on_subscribe_resource": self._fwd_by_uri("resources/subscribe"),
@@ -357,6 +367,10 @@ class Proxy:
             last_page = True
         if last_page and self.config.status_tool:
             tools = [*tools, self._status_tool_def()]
+        if wants_apps(ctx):
+            tools = [self.apps.tag(t) if t.get("name") != STATUS_TOOL else t for t in tools]
+            if last_page:
+                tools.append(self.apps.tool_def())
         result["tools"] = tools
         return self._finish(ctx, result)
 
@@ -384,6 +398,9 @@ class Proxy:
         request_state = raw.pop("requestState", None)
         input_responses = raw.pop("inputResponses", None)
         client = self._client_info(ctx)
+        if raw.get("name") == DECIDE_TOOL and wants_apps(ctx):
+            args = raw.get("arguments")
+            return self._finish(ctx, await self.apps.decide(args if isinstance(args, dict) else {}, client))
         try:
             plan = await self.planner.plan(raw, client)
         except StoreError as e:  # looking for a lease: fail closed
@@ -421,7 +438,17 @@ class Proxy:
             log.error("store error; failing closed: %s", e)
             return self._finish(ctx, unrecorded(e))
         if isinstance(outcome, Reply):
-            return outcome.result if not isinstance(outcome.result, dict) else self._finish(ctx, outcome.result)
+            if not isinstance(outcome.result, dict):
+                return outcome.result
+            result = outcome.result
+            if outcome.call is not None and wants_apps(ctx):
+                try:
+                    result = await self.apps.card_result(
+                        result, outcome.call, in_chat=verdict.in_chat, principal=client.get("principal")
+                    )
+                except StoreError as e:  # the plain answer still stands: the page and the CLI can decide
+                    log.error("could not prepare the decision card for %s: %s", outcome.call.id[:8], e)
+            return self._finish(ctx, result)
         if isinstance(outcome, Refused):
             return self._finish(ctx, refused_result(outcome.call, outcome.reason))
         assert isinstance(outcome, Approved)
@@ -660,6 +687,32 @@ class Proxy:
                     found = [{**p, "name": self._public(name, p["name"])} for p in found]
                 items.extend(found)
             return self._finish(ctx, {key: items})
+
+        return handler
+
+    def _with_card_list(self, forward: Any) -> Any:
+        """``resources/list``: the upstreams' resources, plus the decision card for an MCP Apps client."""
+
+        async def handler(ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+            result = dict(await forward(ctx, params)) if forward is not None else self._finish(ctx, {"resources": []})
+            if wants_apps(ctx) and not (ctx.params or {}).get("cursor"):
+                result["resources"] = [self.apps.resource_entry(), *(result.get("resources") or [])]
+            return result
+
+        return handler
+
+    def _with_card_read(self, forward: Any) -> Any:
+        """``resources/read``: the decision card's HTML for an MCP Apps client; anything else to its upstream."""
+
+        async def handler(ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+            if (ctx.params or {}).get("uri") == CARD_URI and wants_apps(ctx):
+                return self._finish(ctx, self.apps.read())
+            if forward is None:
+                raise MCPError(
+                    code=types.INVALID_PARAMS,
+                    message=f"mcp-gatekeeper: no upstream lists the resource {str((ctx.params or {}).get('uri'))!r}",
+                )
+            return await forward(ctx, params)
 
         return handler
 

@@ -15,6 +15,9 @@ known client budgets, :func:`plan_wait` picks one of:
 ``pending``
     wait until shortly before the client's budget runs out, then answer "waiting for approval, retry
     the identical call"; the held request stays decidable until its own deadline.
+
+A client that declared MCP Apps, for a rule whose ``in_chat = "decide"``, gets ``pending`` at once: the
+decision card in the chat renders from that answer (see :mod:`mcp_gatekeeper.apps`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ClientFacts:
     elicit_form: bool
     elicit_url: bool
     can_push: bool  # a server→client request can be sent on this request (handshake era, live back-channel)
+    apps: bool = False  # the client declared MCP Apps (io.modelcontextprotocol/ui): it renders the decision card
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +81,13 @@ def answer_within(profile: ClientProfile, config: WaitingConfig) -> float | None
     return max(profile.budget - margin, 0.5)
 
 
-def plan_wait(facts: ClientFacts, in_client: str, config: WaitingConfig) -> WaitPlan:
+def plan_wait(facts: ClientFacts, in_client: str, config: WaitingConfig, *, in_chat: str = "show") -> WaitPlan:
     profile = profile_for(facts.name, config)
     budget = answer_within(profile, config)
     heartbeats = facts.progress_token
+    if facts.apps and in_chat == "decide":
+        # the card renders from the held call's answer: answer "pending" now, so the human sees it at once
+        return WaitPlan("pending", 0.0, profile, heartbeats=False)
     if facts.progress_token and profile.progress_resets:
         return WaitPlan("hold", None, profile, heartbeats=True)
     if in_client != "off":

@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "reports": 4,  # stats and audit export for the page (named reads of store.queries; masks secrets via webredact)
     "webhttp": 4,  # what the page's handler modules share: WebState, request parsing, refusals
     "webgates": 4,  # the page's API for audit reviews, leases and tool-definition pins
+    "apps": 4,  # the decision card in the chat (MCP Apps): its view, nonces and app-only decide tool
     # 5: composition and whole-program features
     "serve": 5,
     "doctor": 5,
@@ -86,6 +87,9 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("waiting", "config"),  # the wait plan reads the [waiting] section
         ("names", "config"),  # the name check reads the rules' upstream patterns and [security]
         ("proxy", "holding"),
+        ("proxy", "apps"),  # the card's resource, tags, data and decide tool for MCP Apps clients
+        ("apps", "holding"),  # text_result: the one shape of the gatekeeper's own answers
+        ("apps", "webhttp"),  # the page's plain-words headline and inexact-number check, shared with the card
         ("proxy", "compensation"),
         ("web", "webguard"),
         ("web", "webhttp"),

@@ -7,7 +7,7 @@
   :mod:`~mcp_gatekeeper.store.audit` (the hash chain), :mod:`~mcp_gatekeeper.store.instances`,
   :mod:`~mcp_gatekeeper.store.pins`, :mod:`~mcp_gatekeeper.store.leases`,
   :mod:`~mcp_gatekeeper.store.sessions`, :mod:`~mcp_gatekeeper.store.queries` (named reads for the page and
-  the reports).
+  the reports), :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces).
 
 :class:`Store` keeps the API the rest of the package uses; each method says which repository answers it.
 Every state change is a compare-and-set and appends a hash-chained audit event in the same transaction.
@@ -29,6 +29,7 @@ from mcp_gatekeeper import hostos
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
 from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, Pin, State, WebSession
+from mcp_gatekeeper.store.app_nonces import AppNonce, AppNonces
 from mcp_gatekeeper.store.audit import AuditLog
 from mcp_gatekeeper.store.calls import Calls
 from mcp_gatekeeper.store.engine import CHECKPOINT_EVERY, Backend, SqliteEngine
@@ -44,6 +45,7 @@ __all__ = [
     "LIVE_OWNER_STATES",
     "MIGRATIONS",
     "RELEASED_STATES",
+    "AppNonce",
     "Store",
     "_pid_alive",
     "default_home",
@@ -75,6 +77,7 @@ class Store:
         self.tool_leases = Leases(engine)
         self.sessions = Sessions(engine)
         self.queries = Queries(engine)
+        self.app_nonces = AppNonces(engine)
         self.fsync_every_call = False
         """Also fsync the records of calls that pass without a hold (``[store] fsync_every_call``)."""
 
@@ -409,3 +412,29 @@ class Store:
     async def counts(self) -> dict[str, int]:
         """:meth:`Queries.counts`."""
         return await self.queries.counts()
+
+    # ------------------------------------------------------------------ the MCP Apps card's nonces
+
+    async def add_app_nonce(
+        self, nonce_hash: str, *, call_id: str, args_digest: str, principal: str | None, expires_at: float
+    ) -> None:
+        """:meth:`AppNonces.add`."""
+        return await self.app_nonces.add(
+            nonce_hash, call_id=call_id, args_digest=args_digest, principal=principal, expires_at=expires_at
+        )
+
+    async def app_nonce(self, nonce_hash: str) -> AppNonce | None:
+        """:meth:`AppNonces.get`."""
+        return await self.app_nonces.get(nonce_hash)
+
+    async def spend_app_nonce(self, nonce_hash: str, *, now: float) -> bool:
+        """:meth:`AppNonces.spend`."""
+        return await self.app_nonces.spend(nonce_hash, now=now)
+
+    async def forget_app_nonces(self, *, before: float) -> None:
+        """:meth:`AppNonces.forget`."""
+        return await self.app_nonces.forget(before=before)
+
+    async def audit_app_refusal(self, call_id: str | None, *, actor: str, detail: dict[str, Any]) -> None:
+        """:meth:`AppNonces.audit_refusal`."""
+        return await self.app_nonces.audit_refusal(call_id, actor=actor, detail=detail)

@@ -177,6 +177,23 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE instances ADD COLUMN ui_url TEXT;
         """,
     ),
+    (
+        "0009_app_nonces",
+        # the MCP Apps decision card's per-call nonces (mcp_gatekeeper/apps): only a SHA-256 of each is kept;
+        # bound to the call, its arguments digest and its principal; short-lived; spent once
+        """
+        CREATE TABLE app_nonces (
+            nonce_hash TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            args_digest TEXT NOT NULL,
+            principal TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL
+        );
+        CREATE INDEX app_nonces_call ON app_nonces (call_id);
+        """,
+    ),
 )
 
 CALL_COLUMNS = (
