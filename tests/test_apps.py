@@ -74,9 +74,9 @@ class Stack:
     gate: Gate
     upstream: FeatureServer
 
-    def client(self, *, apps: bool, name: str = "test-host") -> Client:
+    def client(self, *, apps: bool, name: str = "test-host", mode: str = "legacy") -> Client:
         return Client(
-            self.proxy.build_server(), mode="legacy", extensions=[APPS] if apps else None,
+            self.proxy.build_server(), mode=mode, extensions=[APPS] if apps else None,
             client_info=types.Implementation(name=name, version="1"),
         )  # fmt: skip
 
@@ -133,9 +133,10 @@ async def decide(c: Client, **arguments: Any) -> types.CallToolResult:
 # ---------------------------------------------------------------------------------------------- no leakage
 
 
-async def test_a_client_without_the_extension_sees_nothing_new(stack: Stack) -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_a_client_without_the_extension_sees_nothing_new(stack: Stack, mode: str) -> None:
     with anyio.fail_after(15):
-        async with stack.client(apps=False, name="quick-host") as c:
+        async with stack.client(apps=False, name="quick-host", mode=mode) as c:
             tools = await all_tools(c)
             assert DECIDE_TOOL not in [t.name for t in tools]
             assert all(not (t.meta or {}).get("ui") for t in tools)
@@ -175,9 +176,10 @@ async def test_an_apps_client_gets_the_card_resource_tags_and_an_app_only_tool(s
 # ---------------------------------------------------------------------------------------------- deciding in the chat
 
 
-async def test_approve_with_an_edit_runs_the_edited_arguments_once(stack: Stack) -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_approve_with_an_edit_runs_the_edited_arguments_once(stack: Stack, mode: str) -> None:
     with anyio.fail_after(15):
-        async with stack.client(apps=True) as c:
+        async with stack.client(apps=True, mode=mode) as c:
             args = {"path": "/tmp/chat/a", "content": "draft"}
             held = await c.call_tool("write_note", args)
             assert held.is_error
