@@ -47,6 +47,13 @@ when = { path = { glob = "/etc/*" } }
 gate = "deny"
 reason = "never write under /etc"
 [[rules]]
+name = "critical-notes"
+tool = "write_note"
+when = { path = { glob = "/tmp/chat/critical*" } }
+gate = "hard"
+risk = "critical"
+in_chat = "decide"
+[[rules]]
 name = "notes-in-chat"
 tool = "write_note"
 when = { path = { glob = "/tmp/chat/*" } }
@@ -278,6 +285,14 @@ async def test_a_hard_gate_by_default_shows_status_and_a_link_without_a_nonce(st
     assert nonce is None and data["can_decide"] is False
     assert data["page_url"] == f"http://127.0.0.1:8765/#/call/{data['call_id']}"
     assert (await stack.store.get(data["call_id"])).state == State.PENDING
+
+
+async def test_a_critical_call_is_never_decided_with_a_click_in_the_chat(stack: Stack) -> None:
+    with anyio.fail_after(15):
+        async with stack.client(apps=True, name="quick-host") as c:
+            held = await c.call_tool("write_note", {"path": "/tmp/chat/critical", "content": "x"})
+    data, nonce = card_of(held)
+    assert nonce is None and data["can_decide"] is False and data["risk"] == "critical"
 
 
 # ---------------------------------------------------------------------------------------------- nonce rules

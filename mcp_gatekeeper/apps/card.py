@@ -151,7 +151,8 @@ function render(result) {
   } else {
     const left = Math.floor(data.seconds_left / 60) + " min " + (data.seconds_left % 60) + " s";
     root.append(el("p", { id: "waiting", text: data.state === "pending"
-      ? "Waiting for a decision on the approval page or the command line (" + left + " left). Decisions in the chat do not count for this rule."
+      ? "Waiting for a decision on the approval page or the command line (" + left + " left). " +
+        (data.risk === "critical" ? "A critical call is never decided with a click in the chat." : "Decisions in the chat do not count for this rule.")
       : "This call is " + data.state + "." }));
     const row = el("div", { class: "row" });
     if (data.page_url) {
@@ -165,8 +166,17 @@ function render(result) {
   root.append(el("div", { id: "status", class: "status" }));
   size();
 }
+let armed = null;
 async function decide(decision) {
   if (busy) return;
+  // as on the page: a high-risk approval needs a second, separate click
+  if (decision === "approve" && data.risk === "high" && armed !== "approve") {
+    armed = "approve";
+    $("approve").textContent = "Click again to approve";
+    status("High risk: check the arguments, then click again to approve.");
+    return;
+  }
+  armed = null;
   const text = $("args").value;
   const call = { call_id: data.call_id, nonce, args_digest: data.args_digest, decision };
   const reason = $("reason").value.trim();

@@ -21,6 +21,8 @@ from mcp_gatekeeper.store import AppNonce, Store
 
 TTL = 600.0
 """A card's nonce is good for at most ten minutes (and never past its call's deadline)."""
+KEEP_SPENT = 86400.0
+"""Nonces that expired longer ago than this are dropped (each mint sweeps them), so the table stays small."""
 
 
 def nonce_hash(nonce: str) -> str:
@@ -45,6 +47,7 @@ class Nonces:
         now = self.clock.now()
         expires = min(now + self.ttl, rec.deadline_at) if rec.deadline_at is not None else now + self.ttl
         nonce = secrets.token_urlsafe(32)
+        await self.store.forget_app_nonces(before=now - KEEP_SPENT)
         await self.store.add_app_nonce(
             nonce_hash(nonce), call_id=rec.id, args_digest=rec.args_digest, principal=principal, expires_at=expires
         )

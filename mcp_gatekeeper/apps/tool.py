@@ -113,7 +113,8 @@ class Apps:
         self, result: dict[str, Any], rec: CallRecord, *, in_chat: str, principal: str | None
     ) -> dict[str, Any]:
         """``result`` (a "pending" answer) with the card's data; a nonce only when a click here may decide."""
-        can_decide = in_chat == "decide" and rec.state == State.PENDING
+        # a critical call is never decided with one click in a chat (the page asks for the tool's name typed)
+        can_decide = in_chat == "decide" and rec.state == State.PENDING and rec.risk != "critical"
         data = card_data(
             rec, now=self.clock.now(), can_decide=can_decide, page_url=self.config.card_url(rec.id),
             cli=f"{hostos.self_command()} approve {rec.id[:8]}",

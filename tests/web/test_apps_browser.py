@@ -191,6 +191,9 @@ async def test_a_click_in_the_card_approves_an_edited_call_that_runs_once(
                 await card.locator("#reason").fill("typo fixed")
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=str(SCREENSHOTS / "apps-decision-card.png"), full_page=True)
+                await card.locator("#approve").click()  # high risk: the first click only arms the button
+                assert await card.locator("#approve").text_content() == "Click again to approve"
+                assert await page.evaluate("window.hostLog.length") == 0
                 await card.locator("#approve").click()
                 await card.locator("#status.done").wait_for()
                 assert "Approved with your edited arguments" in (await card.locator("#status").text_content() or "")
