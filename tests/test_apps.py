@@ -24,6 +24,7 @@ from mcp_gatekeeper.apps import APP_MIME_TYPE, CARD_KEY, CARD_URI, DECIDE_TOOL, 
 from mcp_gatekeeper.apps.nonce import NonceRefused, Nonces, nonce_hash
 from mcp_gatekeeper.clock import FakeClock, SystemClock
 from mcp_gatekeeper.config import parse_config
+from mcp_gatekeeper.errors import ConfigError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, NewCall, State, digest
 from mcp_gatekeeper.policy import Policy
@@ -262,6 +263,18 @@ async def test_the_model_cannot_decide_without_the_cards_nonce(stack: Stack) -> 
     assert (await stack.store.get(cid)).state == State.APPROVED
 
 
+async def test_another_client_holding_the_nonce_cannot_use_it(stack: Stack) -> None:
+    with anyio.fail_after(15):
+        async with stack.client(apps=True) as mine, stack.client(apps=True, name="other-host") as theirs:
+            data, nonce = card_of(await mine.call_tool("write_note", {"path": "/tmp/chat/e", "content": "x"}))
+            base = {"call_id": data["call_id"], "nonce": nonce, "args_digest": data["args_digest"]}
+            stolen = await decide(theirs, **base, decision="approve")
+            assert stolen.is_error and "another client" in text(stolen)
+            ok = await decide(mine, **base, decision="reject")
+            assert not ok.is_error
+    assert (await stack.store.get(data["call_id"])).state == State.REJECTED
+
+
 async def test_an_edit_gets_the_pages_checks_and_a_refused_edit_keeps_the_nonce(stack: Stack) -> None:
     with anyio.fail_after(15):
         async with stack.client(apps=True) as c:
@@ -368,3 +381,37 @@ async def test_nonce_is_spent_once_under_two_concurrent_uses(tmp_path: Path) -> 
         assert sorted(o is None for o in outcomes) == [False, True]
         again = await nonces.check(nonce, call_id=rec.id, args_digest=rec.args_digest, principal="p")
         assert isinstance(again, NonceRefused) and again.code == "replayed"
+
+
+# ---------------------------------------------------------------------------------------------- the rule setting
+
+
+def _verdict(config_text: str, path: str) -> Any:
+    return Policy(parse_config(config_text)).evaluate("feat", "write_note", {"path": path, "content": "x"})
+
+
+def test_in_chat_defaults_keep_the_page_authoritative_for_hard_gates() -> None:
+    rules = """
+[[rules]]
+name = "hard"
+tool = "write_note"
+when = { path = { glob = "/h/*" } }
+gate = "hard"
+[[rules]]
+name = "soft"
+tool = "write_note"
+when = { path = { glob = "/s/*" } }
+gate = "soft"
+hold_at = "low"
+"""
+    assert _verdict(rules, "/h/x").in_chat == "show"
+    assert _verdict(rules, "/s/x").in_chat == "decide"
+    assert _verdict('[waiting]\nin_chat = "decide"\n' + rules, "/h/x").in_chat == "decide"
+    assert _verdict('[waiting]\nin_chat = "show"\n' + rules, "/s/x").in_chat == "show"
+    assert _verdict(rules.replace('gate = "hard"', 'gate = "hard"\nin_chat = "decide"'), "/h/x").in_chat == "decide"
+
+
+def test_a_bad_in_chat_value_is_named() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config('[[rules]]\ntool = "x"\ngate = "hard"\nin_chat = "maybe"\n')
+    assert "rules[0].in_chat" in str(e.value)
