@@ -110,7 +110,7 @@ function render(result) {
   const meta = (result && result._meta && result._meta["__NONCE_KEY__"]) || {};
   nonce = typeof meta.nonce === "string" ? meta.nonce : null;
   if (!data || data.kind !== "held_call") {
-    root.append(el("p", { class: "muted", text: "mcp-gatekeeper: nothing to decide for this call." }));
+    root.append(el("p", { class: "muted", text: "mcp-gatekeeper: no decision is waiting on this call." }));
     size();
     return;
   }
