@@ -177,6 +177,7 @@ async function decide(decision) {
     return;
   }
   armed = null;
+  if (data.risk === "high") $("approve").textContent = "Approve";
   const text = $("args").value;
   const call = { call_id: data.call_id, nonce, args_digest: data.args_digest, decision };
   const reason = $("reason").value.trim();
