@@ -8,6 +8,8 @@ in front of the real feature server, over a real SQLite file. The browser side i
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import anyio
 import mcp.types as types
 import pytest
+from harness import FEATURE_SERVER, StderrWatcher, agent_token, call_log, gk_env, http_client
 from mcp import Client, MCPError
 from mcp.client.extension import advertise
 from upstreams.feature_server import FeatureServer, build_server
@@ -382,6 +385,39 @@ async def test_nonce_is_spent_once_under_two_concurrent_uses(tmp_path: Path) -> 
         assert sorted(o is None for o in outcomes) == [False, True]
         again = await nonces.check(nonce, call_id=rec.id, args_digest=rec.args_digest, principal="p")
         assert isinstance(again, NonceRefused) and again.code == "replayed"
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_over_streamable_http_in_both_eras(home: Path, tmp_path: Path, mode: str) -> None:
+    """``run --http``: the agent's bearer token is the principal; the card works in both protocol eras."""
+    log = tmp_path / "calls.jsonl"
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text(
+        CONFIG
+        + f'\n[upstreams.feat]\ncommand = "{sys.executable}"\nargs = ["{FEATURE_SERVER}", "--call-log", "{log}"]\n'
+    )
+    watcher = StderrWatcher()
+    argv = [sys.executable, "-m", "mcp_gatekeeper", "run", "--config", str(cfg), "--http", "127.0.0.1:0"]
+    args = {"path": "/tmp/chat/http", "content": "x"}
+    try:
+        with anyio.fail_after(90):
+            async with await anyio.open_process(argv, env=gk_env(home), stderr=watcher.file) as proc:
+                url = (await watcher.wait_for(re.compile(r"serving MCP at (http://\S+)"))).group(1)
+                async with http_client(url, agent_token(home), mode=mode, extensions=[APPS]) as c:
+                    assert DECIDE_TOOL in [t.name for t in await all_tools(c)]
+                    data, nonce = card_of(await c.call_tool("write_note", args))
+                    assert nonce is not None
+                    ok = await decide(
+                        c, call_id=data["call_id"], nonce=nonce, args_digest=data["args_digest"], decision="approve"
+                    )
+                    assert not ok.is_error, text(ok)
+                    assert not (await c.call_tool("write_note", args)).is_error
+                async with http_client(url, agent_token(home), mode=mode) as plain:
+                    assert DECIDE_TOOL not in [t.name for t in await all_tools(plain)]
+                proc.terminate()
+    finally:
+        watcher.close()
+    assert [e["arguments"] for e in call_log(log) if e["tool"] == "write_note"] == [args]
 
 
 # ---------------------------------------------------------------------------------------------- the rule setting
