@@ -248,6 +248,9 @@ class RuleConfig(_Model):
     """For ``gate = "audit"``: a call made *before* forwarding whose result the compensation can use."""
     irreversible_ok: bool = False
     """For ``gate = "audit"`` without ``compensate``: accept that a failed review cannot undo the call."""
+    shadow: bool = False
+    """Try the rule without enforcing it: calls take the gate of the rules without it, and what it would have
+    done is recorded beside each call (``explain``, the call card and ``suggest`` show it). See ``[shadow]``."""
 
     @model_validator(mode="after")
     def _check_predicates(self) -> RuleConfig:
@@ -457,6 +460,15 @@ class HttpConfig(_Model):
     principal named after its clientInfo). Logged loudly at start."""
 
 
+class ShadowConfig(_Model):
+    """A whole candidate policy run in shadow: every call takes the active policy's gate, and the candidate's
+    verdict is recorded beside it (``mcp-gatekeeper replay --config FILE`` asks the same of past calls)."""
+
+    policy: str | None = None
+    """A config file (relative to this one) whose rules, defaults, risk and security limits are the shadow
+    policy; its upstreams and everything else are ignored. It may not have a ``[shadow]`` of its own."""
+
+
 class GatekeeperConfig(_Model):
     """The whole file."""
 
@@ -486,6 +498,13 @@ class GatekeeperConfig(_Model):
         for ch in self.notify.on_hold or []:
             if ch not in known:
                 problems.append(f"notify.on_hold: unknown channel {ch!r}")
+        if self.shadow.policy is not None:
+            problems.extend(
+                f"rules[{i}].shadow: a rule cannot be in shadow while [shadow] policy names a whole shadow policy;"
+                " choose one"
+                for i, rule in enumerate(self.rules)
+                if rule.shadow
+            )
         seen: set[str] = set()
         for i, agent in enumerate(self.agents):
             if agent.name in seen:
@@ -508,6 +527,7 @@ class GatekeeperConfig(_Model):
     agents: list[AgentConfig] = Field(default_factory=list)
     """Agents allowed over HTTP (``[[agents]]``); none: one agent ``local`` with the home's ``agent-token``."""
     http: HttpConfig = Field(default_factory=HttpConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0

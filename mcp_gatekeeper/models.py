@@ -95,6 +95,11 @@ class CallRecord:
     error: str | None = None
     finished_at: float | None = None
     wait_strategy: str | None = None
+    shadow_action: str | None = None
+    """What the shadow policy would have done (``allow``, ``hold``, ``deny``, ``refuse_invalid``, ``audit``, or
+    ``error``); None when no shadow policy ran (see :mod:`mcp_gatekeeper.calibrate.shadow`)."""
+    shadow_rule: str | None = None
+    shadow_reason: str | None = None
 
     @property
     def forward_arguments(self) -> dict[str, Any]:
@@ -133,6 +138,9 @@ class CallRecord:
             "finished_at": self.finished_at,
             "wait_strategy": self.wait_strategy,
             "instance_id": self.instance_id,
+            "shadow": None
+            if self.shadow_action is None
+            else {"action": self.shadow_action, "rule": self.shadow_rule, "reason": self.shadow_reason},
         }
 
 
@@ -157,6 +165,10 @@ class NewCall:
     wait_strategy: str | None = None
     args_digest: str = ""
     """The canonical-JSON SHA-256 of ``arguments`` (computed when not given)."""
+    shadow_action: str | None = None
+    """The shadow policy's verdict, recorded beside the call (never acted on)."""
+    shadow_rule: str | None = None
+    shadow_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not self.args_digest:
@@ -409,3 +421,27 @@ class WebSession:
             "ended_why": self.ended_why,
             "alive": self.alive(now),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PastCall:
+    """A recorded call as calibration reads it (replay, suggestions): what was asked, what the policy did, what a
+    human decided. Lighter than :class:`CallRecord` (no result, schema or client), so 100,000 of them stream fast."""
+
+    id: str
+    state: State
+    upstream: str
+    tool: str
+    arguments: dict[str, Any]
+    gate: str
+    risk: str
+    rule: str | None
+    tooldef_hash: str | None
+    reasons: tuple[str, ...]
+    agent_confidence: float | None
+    created_at: float
+    decided_at: float | None
+    decided_by: str | None
+    channel: str | None
+    modified: bool
+    shadow_action: str | None = None

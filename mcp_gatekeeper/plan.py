@@ -11,7 +11,6 @@ same decision without any I/O, for the stdio fast lane: it answers only from wha
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -19,12 +18,14 @@ from typing import Any, Literal
 
 from mcp import MCPError
 
-from mcp_gatekeeper.argcheck import ArgumentProblem, SchemaChecks, non_finite
+from mcp_gatekeeper.argcheck import SchemaChecks
+from mcp_gatekeeper.calibrate.shadow import ShadowVerdict
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.config import GatekeeperConfig
 from mcp_gatekeeper.errors import UpstreamError
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import QUARANTINE_MARK, RISK_ORDER, NewCall, canonical_json
+from mcp_gatekeeper.judgement import judge
+from mcp_gatekeeper.models import NewCall
 from mcp_gatekeeper.policy import Policy, Verdict
 from mcp_gatekeeper.upstream import Upstream
 
@@ -72,21 +73,6 @@ def agent_params(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], str | No
     return arguments, reason, confidence
 
 
-def _raise_to_hold(verdict: Verdict, why: str) -> Verdict:
-    """Held by a human, whatever the policy said (only ``deny`` stays ``deny``); ``why`` comes first."""
-    return replace(
-        verdict, gate="hard", hold=True, in_client="off", in_chat="show",
-        risk=verdict.risk if RISK_ORDER[verdict.risk] >= RISK_ORDER["high"] else "high",
-        reasons=(why, *verdict.reasons),
-    )  # fmt: skip
-
-
-def _denial(risk: str, reasons: tuple[str, ...], deny_reason: str) -> Verdict:
-    return Verdict(
-        gate="deny", hold=False, risk=risk, rule=None, rule_index=None, reasons=reasons, deny_reason=deny_reason
-    )
-
-
 @dataclass
 class Routing:
     """What the planner needs from the proxy: names, tools and pins (the proxy owns them)."""
@@ -114,9 +100,12 @@ class Planner:
         clock: Clock,
         routing: Routing,
         status_tool: str | None,
+        shadow: Policy | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
+        self.shadow = shadow
+        """The shadow policy (``[shadow]`` or rules with ``shadow = true``): its verdict is recorded, never acted on."""
         self.gate = gate
         self.clock = clock
         self.routing = routing
@@ -200,106 +189,71 @@ class Planner:
         arguments: Mapping[str, Any],
         client: dict[str, Any],
     ) -> Plan:
-        """Schema → policy → size limit → pin, for a known tool: the plan and the record it writes."""
+        """Schema → policy → size limit → pin, for a known tool: the plan and the record it writes (with the
+        shadow policy's verdict beside it when there is one)."""
         up_name = upstream.name
         arguments, agent_reason, agent_confidence = agent_params(arguments)
         tool_hash = self.routing.tool_hash(tooldef)
-        try:
-            canonical = canonical_json(arguments)
-        except ValueError:  # infinite or NaN: refused whatever the schema says, and recorded in a safe form
-            unencodable = non_finite(arguments)
-            shown = json.dumps(arguments, sort_keys=True, ensure_ascii=False, allow_nan=True, default=repr)
-            safe = {"gatekeeper_unencodable": {"bytes": len(shown.encode()), "head": shown[:512]}}
-            return self._refusal(name, upstream, tool, tooldef, tool_hash, safe, canonical_json(safe),
-                                 unencodable, client, agent_reason, agent_confidence)  # fmt: skip
-        size = len(canonical.encode())
-        cap = self.config.security.max_argument_bytes
-        # arguments over the size limit are denied below, unread: not worth validating
-        problem = self.checks.check(tool_hash, tooldef.get("inputSchema"), arguments) if size <= cap else None
-        if problem is not None and self.config.security.schema_mismatch == "refuse":
-            return self._refusal(name, upstream, tool, tooldef, tool_hash, arguments, canonical, problem, client,
-                                 agent_reason, agent_confidence)  # fmt: skip
-        try:
-            verdict = self.policy.evaluate(
-                up_name, tool, arguments, tooldef.get("annotations"), confidence=agent_confidence
-            )
-        except Exception as e:  # fail closed: a policy error never executes
-            log.exception("policy evaluation failed for %s/%s", up_name, tool)
-            verdict = _denial("critical", (f"policy error: {type(e).__name__}",),
-                              "policy error: the call was denied to be safe")  # fmt: skip
-        leasable = verdict.action == "hold"
-        if problem is not None and verdict.action != "deny":
-            verdict = _raise_to_hold(verdict, f"held for a human: {problem.reason}")
-            leasable = False  # a lease was granted for calls that pass the schema
-        stored: dict[str, Any] = arguments
-        if size > cap:
-            verdict = _denial(
-                verdict.risk, (f"arguments are {size} bytes, over the {cap}-byte limit",),
-                f"the arguments are too large to review ({size} bytes; the limit is {cap})",
+        quarantine = self.routing.quarantine(up_name, tool, tooldef)
+        j = judge(
+            self.policy, self.checks, upstream=up_name, tool=tool, tooldef=tooldef, tool_hash=tool_hash,
+            arguments=arguments, confidence=agent_confidence, quarantine=quarantine,
+        )  # fmt: skip
+        shadow = ShadowVerdict.NONE if self.shadow is None else self._shadow(up_name, tool, tooldef, tool_hash,
+                                                                              arguments, agent_confidence, quarantine)  # fmt: skip
+        digest = hashlib.sha256(j.canonical.encode("utf-8")).hexdigest()
+        verdict = j.verdict
+        if j.kind == "refuse_invalid":
+            # arguments the upstream would read otherwise than the policy does: refused, recorded as denied
+            reason = verdict.deny_reason or ""
+            new = NewCall(
+                upstream=up_name, tool=tool, arguments=j.stored, gate="deny", risk="high", tooldef_hash=tool_hash,
+                reasons=(reason,), agent_reason=agent_reason, agent_confidence=agent_confidence, client=client,
+                args_digest=digest, shadow_action=shadow.action, shadow_rule=shadow.rule,
+                shadow_reason=shadow.reason,
             )  # fmt: skip
-            # never stored in full: an agent must not be able to fill the database with denied calls
-            stored = {"gatekeeper_truncated": {"bytes": size, "head": canonical[:512], "tail": canonical[-256:]}}
-        if verdict.action != "deny" and (diff := self.routing.quarantine(up_name, tool, tooldef)) is not None:
-            verdict = _raise_to_hold(
-                verdict,
-                f"{QUARANTINE_MARK} the tool's definition changed since it was pinned; every call is held until a"
-                f" human re-pins it (mcp-gatekeeper pin {up_name} {tool}). Changes:\n{diff}",
-            )
-            leasable = False
-        if verdict.action == "hold" and (
-            verdict.risk == "critical" or (verdict.rule_config and verdict.rule_config.no_lease)
-        ):
-            leasable = False
+            return Plan("refuse_invalid", reason, name=name, upstream=upstream, tool=tool, tooldef=tooldef,
+                        new=new, verdict=verdict)  # fmt: skip
         schema = tooldef.get("inputSchema")
         new = NewCall(
-            upstream=up_name, tool=tool, arguments=stored, gate=verdict.gate, risk=verdict.risk, rule=verdict.rule,
+            upstream=up_name, tool=tool, arguments=j.stored, gate=verdict.gate, risk=verdict.risk, rule=verdict.rule,
             tooldef_hash=tool_hash, summary=verdict.summary, effects=dict(verdict.effects), reasons=verdict.reasons,
             agent_reason=agent_reason, agent_confidence=agent_confidence, client=client,
             # the schema is kept only where a reviewer may edit the arguments (it can be large; allowed calls skip it)
             input_schema=schema if verdict.action == "hold" and isinstance(schema, dict) else None,
             wait_strategy="hold" if verdict.action == "hold" else None,
-            args_digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            args_digest=digest, shadow_action=shadow.action, shadow_rule=shadow.rule, shadow_reason=shadow.reason,
         )  # fmt: skip
         raw = dict(params)
         raw["name"] = tool
         raw["arguments"] = arguments
-        kind: PlanKind
-        if verdict.action == "deny":
-            kind = "deny"
-        elif verdict.gate == "audit":
-            kind = "audit"
-        elif verdict.action == "allow":
-            kind = "allow"
-        else:
-            kind = "hold"
         return Plan(
-            kind, (verdict.deny_reason or "denied by policy") if kind == "deny" else None, name=name, upstream=upstream,
-            tool=tool, tooldef=tooldef, arguments=arguments, raw=raw, new=new, verdict=verdict, leasable=leasable,
+            j.kind, (verdict.deny_reason or "denied by policy") if j.kind == "deny" else None, name=name,
+            upstream=upstream, tool=tool, tooldef=tooldef, arguments=arguments, raw=raw, new=new, verdict=verdict,
+            leasable=j.leasable,
         )  # fmt: skip
 
-    def _refusal(
+    def _shadow(
         self,
-        name: str,
-        upstream: Upstream,
+        upstream: str,
         tool: str,
         tooldef: Mapping[str, Any],
         tool_hash: str,
-        stored: dict[str, Any],
-        canonical: str,
-        problem: ArgumentProblem,
-        client: dict[str, Any],
-        agent_reason: str | None,
-        agent_confidence: float | None,
-    ) -> Plan:
-        """Arguments the upstream would read otherwise than the policy does: refused, recorded as denied."""
-        verdict = _denial("high", (problem.reason,), problem.reason)
-        new = NewCall(
-            upstream=upstream.name, tool=tool, arguments=stored, gate="deny", risk="high", tooldef_hash=tool_hash,
-            reasons=(problem.reason,), agent_reason=agent_reason, agent_confidence=agent_confidence, client=client,
-            args_digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-        )  # fmt: skip
-        return Plan("refuse_invalid", problem.reason, name=name, upstream=upstream, tool=tool, tooldef=tooldef,
-                    new=new, verdict=verdict)  # fmt: skip
+        arguments: Mapping[str, Any],
+        confidence: float | None,
+        quarantine: str | None,
+    ) -> ShadowVerdict:
+        """The shadow policy's verdict, by the same judgement; a fault in it is recorded, never acted on."""
+        assert self.shadow is not None
+        try:
+            j = judge(
+                self.shadow, self.checks, upstream=upstream, tool=tool, tooldef=tooldef, tool_hash=tool_hash,
+                arguments=arguments, confidence=confidence, quarantine=quarantine,
+            )  # fmt: skip
+            return ShadowVerdict.of(j)
+        except Exception as e:  # the shadow never changes the outcome, not even by failing
+            log.exception("shadow policy evaluation failed for %s/%s", upstream, tool)
+            return ShadowVerdict.failed(e)
 
     async def _matching_lease(self, upstream: str, tool: str, tool_hash: str, arguments: Mapping[str, Any]) -> Any:
         now = self.clock.now()

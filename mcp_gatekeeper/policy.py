@@ -487,7 +487,8 @@ class Policy:
         self.home_dir = home_dir or os.path.expanduser("~")
         protect = own_files is not None and config.security.protect_own_files and (own_files.dirs or own_files.files)
         self._own = OwnFilesCheck(own_files, self.home_dir) if protect and own_files is not None else None
-        self._rules = [_Rule(i, r, self.home_dir) for i, r in enumerate(config.rules)]
+        # a rule in shadow is not enforced (its index stays its place in the file: names like rules[3] hold)
+        self._rules = [_Rule(i, r, self.home_dir) for i, r in enumerate(config.rules) if not r.shadow]
         self._by_tool: dict[str, list[_Rule]] = {}
         self._candidate_cache: dict[tuple[str, str], tuple[_Rule, ...]] = {}
         self._wild: list[_Rule] = []

@@ -118,7 +118,9 @@ class Proxy:
         upstreams: dict[str, Upstream] | None = None,
         namespaced: bool | None = None,
         state_key: bytes | None = None,
+        shadow: Policy | None = None,
     ) -> None:
+        """``shadow``: a policy whose verdict is recorded beside each call and never acted on."""
         self.config = config
         self.policy = policy
         self.gate = gate
@@ -142,7 +144,7 @@ class Proxy:
         """The decision card in the chat, for clients that declared MCP Apps (nothing for the others)."""
         self.planner = Planner(
             config=config, policy=policy, gate=gate, clock=clock,
-            status_tool=STATUS_TOOL if config.status_tool else None,
+            status_tool=STATUS_TOOL if config.status_tool else None, shadow=shadow,
             routing=Routing(
                 route=self._split, upstreams=lambda: self.upstreams, tool_hash=self._hash,
                 quarantine=self._quarantine, refresh=self.refresh_tools, repin=self._pin,

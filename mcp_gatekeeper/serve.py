@@ -18,6 +18,7 @@ import anyio
 import httpx2
 
 from mcp_gatekeeper import hostos, names
+from mcp_gatekeeper.calibrate.shadow import shadow_config
 from mcp_gatekeeper.clock import Clock, SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
@@ -89,6 +90,15 @@ def build_policy(config: GatekeeperConfig, home: Path, config_path: str | os.Pat
         )
     agent_files = [a.token_file for a in config.agents if a.token_file is not None]
     return Policy(config, own_files=own_files(home, config_path, agent_files))
+
+
+def build_shadow(config: GatekeeperConfig, home: Path, config_path: str | os.PathLike[str] | None) -> Policy | None:
+    """The shadow policy (rules with ``shadow = true``, or ``[shadow] policy``), or None; fails closed."""
+    candidate = shadow_config(config, config_path)
+    if candidate is None:
+        return None
+    agent_files = [a.token_file for a in config.agents if a.token_file is not None]
+    return Policy(candidate, own_files=own_files(home, config_path, agent_files))
 
 
 @contextlib.asynccontextmanager
@@ -238,11 +248,17 @@ async def run_proxy(
     for problem in problems:
         print(f"mcp-gatekeeper: WARNING: {problem.message()}", file=sys.stderr, flush=True)
     config = names.holding_unreached(config, problems)
+    shadow = build_shadow(config, home or default_home(), config_path)
     async with open_runtime(config, home=home, label=label, config_path=config_path) as rt:
         for problem in problems:
             await rt.store.note_problem(problem.to_json())
         proxy = Proxy(
-            config=config, policy=rt.policy, gate=rt.gate, clock=rt.clock, state_key=load_or_create_key(rt.home)
+            config=config,
+            policy=rt.policy,
+            gate=rt.gate,
+            clock=rt.clock,
+            state_key=load_or_create_key(rt.home),
+            shadow=shadow,
         )
         async with (
             connected_upstreams(upstream_configs, proxy, require_all=require_all),

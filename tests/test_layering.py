@@ -39,9 +39,11 @@ LAYERS: dict[str, int] = {
     "principals": 2,  # who a client is (principals on stdio and HTTP) and the agents' bearer-token check
     "sealing": 2,  # HMAC-sealed requestState and its per-home key file
     "upstream_stdio": 2,  # an upstream server process on stdio: the SDK's streams plus a raw lane
+    "judgement": 2,  # pure: schema → policy → size limit → pin for one call (planner, shadow and replay share it)
     # 3: holding and deciding; upstream connections
     "gate": 3,
     "upstream": 3,
+    "calibrate": 3,  # shadow verdicts, replay of a candidate policy over recorded calls, suggestions (reads the store)
     "stdio": 3,  # serving this process's stdin/stdout on the event loop (no thread per line)
     # 4: the MCP server side and the web side
     "plan": 4,  # one call's Plan, decided once for every transport (gate for leases, upstream for tools)

@@ -28,11 +28,12 @@ import anyio
 from mcp_gatekeeper import hostos
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
-from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, Pin, State, WebSession
+from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, PastCall, Pin, State, WebSession
 from mcp_gatekeeper.store.app_nonces import AppNonce, AppNonces
 from mcp_gatekeeper.store.audit import AuditLog
 from mcp_gatekeeper.store.calls import Calls
 from mcp_gatekeeper.store.engine import CHECKPOINT_EVERY, Backend, SqliteEngine
+from mcp_gatekeeper.store.history import History
 from mcp_gatekeeper.store.instances import Instances, _pid_alive
 from mcp_gatekeeper.store.leases import Leases
 from mcp_gatekeeper.store.pins import Pins
@@ -78,6 +79,7 @@ class Store:
         self.sessions = Sessions(engine)
         self.queries = Queries(engine)
         self.app_nonces = AppNonces(engine)
+        self.history = History(engine)
         self.fsync_every_call = False
         """Also fsync the records of calls that pass without a hold (``[store] fsync_every_call``)."""
 
@@ -438,3 +440,32 @@ class Store:
     async def audit_app_refusal(self, call_id: str | None, *, actor: str, detail: dict[str, Any]) -> None:
         """:meth:`AppNonces.audit_refusal`."""
         return await self.app_nonces.audit_refusal(call_id, actor=actor, detail=detail)
+
+    # ------------------------------------------------------------------ calibration (mcp_gatekeeper.calibrate)
+
+    async def past_calls(
+        self,
+        *,
+        since: float,
+        until: float,
+        after: tuple[float, str] | None = None,
+        limit: int = 2000,
+        upstream: str | None = None,
+        tool: str | None = None,
+    ) -> list[PastCall]:
+        """:meth:`History.past_calls`."""
+        return await self.history.past_calls(
+            since=since, until=until, after=after, limit=limit, upstream=upstream, tool=tool
+        )
+
+    async def tool_definitions(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`History.tool_definitions`."""
+        return await self.history.tool_definitions(hashes)
+
+    async def insert_history(self, rows: Sequence[tuple[NewCall, State, dict[str, Any]]]) -> int:
+        """:meth:`History.insert` (benchmarks and tests only)."""
+        return await self.history.insert(rows)
+
+    async def remember_definitions(self, upstream: str, tools: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        """:meth:`History.remember_definitions` (benchmarks and tests only)."""
+        return await self.history.remember_definitions(upstream, tools)

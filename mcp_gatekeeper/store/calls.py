@@ -40,14 +40,15 @@ class Calls:
 
         def _body(c: Tx) -> Any:
             c.execute(
-                f"INSERT INTO calls ({schema.CALL_COLUMNS}, session, principal) VALUES ({', '.join('?' * 31)})",
+                f"INSERT INTO calls ({schema.CALL_COLUMNS}, session, principal) VALUES ({', '.join('?' * 34)})",
                 (
                     cid, state.value, new.upstream, new.tool, canonical_json(new.arguments), args_digest, new.gate,
                     new.risk, new.rule, new.tooldef_hash, new.summary, canonical_json(new.effects),
                     canonical_json(list(new.reasons)), new.agent_reason, new.agent_confidence,
                     canonical_json(new.client), None if new.input_schema is None else canonical_json(new.input_schema),
                     instance_id, now, deadline_at, None, None, None, reason, None, None, None, finished,
-                    new.wait_strategy, new.client.get("session"), new.client.get("principal"),
+                    new.wait_strategy, new.shadow_action, new.shadow_rule, new.shadow_reason,
+                    new.client.get("session"), new.client.get("principal"),
                 ),
             )  # fmt: skip
             append(
@@ -78,7 +79,8 @@ class Calls:
             tooldef_hash=new.tooldef_hash, summary=new.summary, effects=dict(new.effects), reasons=tuple(new.reasons),
             agent_reason=new.agent_reason, agent_confidence=new.agent_confidence, client=dict(new.client),
             input_schema=new.input_schema, instance_id=instance_id, deadline_at=deadline_at, reason=reason,
-            finished_at=finished, wait_strategy=new.wait_strategy,
+            finished_at=finished, wait_strategy=new.wait_strategy, shadow_action=new.shadow_action,
+            shadow_rule=new.shadow_rule, shadow_reason=new.shadow_reason,
         )  # fmt: skip
 
     async def get(self, call_id: str) -> CallRecord:

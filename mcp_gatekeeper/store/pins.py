@@ -9,6 +9,7 @@ from mcp_gatekeeper.models import Pin, canonical_json
 from mcp_gatekeeper.store import schema
 from mcp_gatekeeper.store.audit import append
 from mcp_gatekeeper.store.engine import Engine, Tx
+from mcp_gatekeeper.store.history import remember_definition
 
 
 class Pins:
@@ -36,6 +37,8 @@ class Pins:
             pins = {r[1]: schema.pin(tuple(r)) for r in rows}
             for name, (h, definition) in tools.items():
                 pin = pins.get(name)
+                if pin is None or h not in (pin.hash, pin.pending_hash):
+                    remember_definition(c, upstream, name, h, definition, now)
                 if pin is None:
                     c.execute(
                         "INSERT INTO pins (upstream, tool, hash, definition, pinned_at, pinned_by) VALUES (?, ?, ?, ?, ?, ?)",

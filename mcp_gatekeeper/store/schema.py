@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, Pin, State, WebSession
+from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, PastCall, Pin, State, WebSession
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
@@ -178,6 +178,29 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "0008_shadow",
+        # calibration (mcp_gatekeeper.calibrate): the shadow policy's verdict beside each call, and every tool
+        # definition a call was checked against, by hash, so that replay sees the annotations and inputSchema the
+        # live check saw (the pins keep only the current and the pending definition)
+        """
+        ALTER TABLE calls ADD COLUMN shadow_action TEXT;
+        ALTER TABLE calls ADD COLUMN shadow_rule TEXT;
+        ALTER TABLE calls ADD COLUMN shadow_reason TEXT;
+        CREATE TABLE tool_definitions (
+            hash TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            first_seen REAL NOT NULL
+        );
+        INSERT OR IGNORE INTO tool_definitions (hash, upstream, tool, definition, first_seen)
+            SELECT hash, upstream, tool, definition, pinned_at FROM pins;
+        INSERT OR IGNORE INTO tool_definitions (hash, upstream, tool, definition, first_seen)
+            SELECT pending_hash, upstream, tool, pending_definition, changed_at FROM pins
+            WHERE pending_hash IS NOT NULL AND pending_definition IS NOT NULL
+        """,
+    ),
+    (
         "0009_app_nonces",
         # the MCP Apps decision card's per-call nonces (mcp_gatekeeper/apps): only a SHA-256 of each is kept;
         # bound to the call, its arguments digest and its principal; short-lived; spent once
@@ -199,7 +222,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 CALL_COLUMNS = (
     "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, "
     "reasons, agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, "
-    "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy"
+    "decided_at, decided_by, channel, reason, modified_arguments, result, error, finished_at, wait_strategy, "
+    "shadow_action, shadow_rule, shadow_reason"
 )
 AUDIT_COLUMNS = "seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash"
 PIN_COLUMNS = "upstream, tool, hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at"
@@ -258,6 +282,9 @@ def call_record(row: Sequence[Any]) -> CallRecord:
         error,
         finished_at,
         wait_strategy,
+        shadow_action,
+        shadow_rule,
+        shadow_reason,
     ) = tuple(row)
     return CallRecord(
         id=cid,
@@ -289,6 +316,9 @@ def call_record(row: Sequence[Any]) -> CallRecord:
         error=error,
         finished_at=finished_at,
         wait_strategy=wait_strategy,
+        shadow_action=shadow_action,
+        shadow_rule=shadow_rule,
+        shadow_reason=shadow_reason,
     )
 
 
@@ -316,4 +346,19 @@ def lease(r: Sequence[Any]) -> Lease:
         id=r[0], upstream=r[1], tool=r[2], tooldef_hash=r[3], envelope=json.loads(r[4]), created_at=r[5],
         created_by=r[6], source_call=r[7], expires_at=r[8], calls_left=r[9], revoked_at=r[10], revoked_by=r[11],
         used=r[12],
+    )  # fmt: skip
+
+
+PAST_CALL_COLUMNS = (
+    "id, state, upstream, tool, arguments, gate, risk, rule, tooldef_hash, reasons, agent_confidence, created_at,"
+    " decided_at, decided_by, channel, modified_arguments IS NOT NULL, shadow_action"
+)
+
+
+def past_call(r: Sequence[Any]) -> PastCall:
+    """A row of PAST_CALL_COLUMNS as a :class:`PastCall` (what calibration reads of a recorded call)."""
+    return PastCall(
+        id=r[0], state=State(r[1]), upstream=r[2], tool=r[3], arguments=json.loads(r[4]), gate=r[5], risk=r[6],
+        rule=r[7], tooldef_hash=r[8], reasons=tuple(loads(r[9]) or ()), agent_confidence=r[10], created_at=r[11],
+        decided_at=r[12], decided_by=r[13], channel=r[14], modified=bool(r[15]), shadow_action=r[16],
     )  # fmt: skip
