@@ -1,6 +1,7 @@
 """The command line: ``main(argv) -> exit code``.
 
-Exit codes: 0 done; 1 refused or not found (already decided, expired, unknown id, invalid edit);
+Exit codes: 0 done; 1 refused or not found (already decided, expired, unknown id, invalid edit; ``replay``: the
+candidate would let run a call a human rejected);
 2 bad config or usage; 3 the store or an upstream is unusable; 141 the reader of stdout went away
 (``audit | head -1``: quietly, as other Unix tools).
 Everything printed from a tool, an argument or an upstream is escaped: no control character reaches
@@ -24,6 +25,10 @@ from typing import Any
 import anyio
 
 from mcp_gatekeeper import __version__, hostos, names
+from mcp_gatekeeper.calibrate.replay import LISTED, Change, ReplaySummary, replay
+from mcp_gatekeeper.calibrate.shadow import describe
+from mcp_gatekeeper.calibrate.suggest import Suggestion, evidence_line, suggestions
+from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, parse_duration, resolve_config_path
 from mcp_gatekeeper.errors import (
     AlreadyDecidedError,
@@ -36,8 +41,8 @@ from mcp_gatekeeper.errors import (
 )
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, definition_diff
-from mcp_gatekeeper.policy import Policy
-from mcp_gatekeeper.serve import build_policy, open_runtime, run_proxy
+from mcp_gatekeeper.policy import Policy, Verdict
+from mcp_gatekeeper.serve import build_policy, build_shadow, db_path, open_runtime, own_files, run_proxy
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.webauth import LOGIN_TTL, mint_login_url
 from mcp_gatekeeper.webredact import redact
@@ -197,6 +202,9 @@ def _render_call(rec: CallRecord, now: float, *, full: bool, reveal: bool = Fals
         lines.append(_json_field("modified", rec.modified_arguments, reveal))
     if rec.decided_by:
         lines.append(_field("decided", f"by {escape(rec.decided_by)} via {rec.channel}"))
+    if rec.shadow_action is not None:
+        shadow = f"{describe(rec.shadow_action)}{'  rule ' + escape(rec.shadow_rule) if rec.shadow_rule else ''}"
+        lines.append(_field("shadow", shadow + (f"\n{escape(rec.shadow_reason)}" if rec.shadow_reason else "")))
     if rec.reason:
         lines.append(_field("reason", escape(_masked(rec.reason, reveal))))
     if full:
@@ -473,9 +481,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
         names.holding_unreached(config, problems), default_home(), resolve_config_path(getattr(args, "config", None))
     )
     verdict = policy.evaluate(upstream, args.tool, arguments, annotations)
+    shadow_policy = build_shadow(config, default_home(), resolve_config_path(getattr(args, "config", None)))
+    shadow = None if shadow_policy is None else shadow_policy.evaluate(upstream, args.tool, arguments, annotations)
     if args.json:
         problems_json = [p.to_json() for p in problems]
-        _json_out({"upstream": upstream, "tool": args.tool, **verdict.to_json(), "problems": problems_json})
+        shadow_json = None if shadow is None else {**shadow.to_json(), "words": describe(_shadow_action(shadow))}
+        _json_out(
+            {
+                "upstream": upstream,
+                "tool": args.tool,
+                **verdict.to_json(),
+                "problems": problems_json,
+                "shadow": shadow_json,
+            }
+        )
         return EXIT_OK
     for problem in problems:
         print(f"note: {escape(problem.message())}")
@@ -491,6 +510,92 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"timeout: {verdict.timeout:g} s, then rejected")
     if verdict.deny_reason:
         print(f"deny reason: {escape(verdict.deny_reason)}")
+    if shadow is not None:
+        print(f"shadow: {describe(_shadow_action(shadow))} (rule {escape(shadow.rule or '(none: built-in default)')})")
+        for r in shadow.reasons:
+            print(f"  - {escape(r)}")
+    return EXIT_OK
+
+
+def _shadow_action(verdict: Verdict) -> str:
+    return "audit" if verdict.gate == "audit" and verdict.action == "allow" else verdict.action
+
+
+def _since(args: argparse.Namespace) -> tuple[float, float]:
+    now = time.time()
+    return now - parse_duration(args.since), now
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    candidate = load_config(args.config)
+    home = default_home()
+    policy = build_policy(candidate, home, path)
+    since, now = _since(args)
+
+    async def go() -> ReplaySummary:
+        async with Store.open(db_path(home), SystemClock()) as store:
+            return await replay(store, policy, since=since, until=now)
+
+    out = anyio.run(go)
+    if args.json:
+        _json_out({"config": str(path) if path else None, **out.to_json()})
+        return out.exit_code
+    print(f"replay of {escape(str(path) if path else 'the built-in defaults')} over the last {escape(args.since)}:")
+    for line in out.lines():
+        print(f"  {escape(line)}")
+    if out.against_humans:
+        print("\ncalls a human REJECTED that this policy would let run:")
+        for c in out.against_humans:
+            print(f"  {_change(c)}")
+    for kind, changes in out.listed.items():
+        print(f"\n{kind.replace('_', ' ')} (up to {LISTED} listed):")
+        for c in changes:
+            print(f"  {_change(c)}")
+    if out.against_humans:
+        print(f"\nexit {out.exit_code}: this policy would have let run what a human rejected", file=sys.stderr)
+    return out.exit_code
+
+
+def _change(c: Change) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.created_at))
+    rule = escape(c.rule or "built-in default")
+    return f"{c.id[:12]}  {when}  {escape(c.upstream)}/{escape(c.tool)}  {c.then}: {c.was} -> {c.would} ({rule})"
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    config = load_config(args.config)
+    home = default_home()
+    mine = own_files(home, path, [a.token_file for a in config.agents if a.token_file is not None])
+    since, now = _since(args)
+
+    async def go() -> list[Suggestion]:
+        async with Store.open(db_path(home), SystemClock()) as store:
+            return await suggestions(store, config, since=since, now=now, own_files=mine)
+
+    found = anyio.run(go)
+    if args.json:
+        _json_out({"config": str(path) if path else None, "since": since, "suggestions": [x.to_json() for x in found]})
+        return EXIT_OK
+    if not found:
+        print(f"no suggestions from the last {escape(args.since)} (see the README for the thresholds)")
+    for n, x in enumerate(found, start=1):
+        ev = x.evidence
+        print(
+            f"{n}. {escape(x.title)}  [{escape(x.upstream)}/{escape(x.tool)}, rule {escape(x.rule or 'built-in default')}]"
+        )
+        print(f"   evidence: {escape(evidence_line(ev))}")
+        for line in x.replay.lines():
+            print(f"   replay: {escape(line)}")
+        print(f"   paste it {escape(x.placement)}:")
+        for line in x.toml.splitlines():
+            print(f"     {escape(line)}")
+    if found:
+        print(
+            f"\nnothing was changed. Copy a rule into {escape(str(path) if path else 'your config')}, then check it:"
+            " mcp-gatekeeper check-config --config FILE; mcp-gatekeeper replay --config FILE"
+        )
     return EXIT_OK
 
 
@@ -761,6 +866,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--annotations", metavar="JSON", help="the tool's annotations, e.g. '{\"destructiveHint\": true}'")
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_explain)
+
+    rp = with_config(
+        sub.add_parser("replay", help="what a candidate policy (--config) would have done to recorded calls")
+    )
+    rp.add_argument("--since", default="30d", metavar="DURATION", help="how far back (default 30d)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_replay)
+
+    sg = with_config(sub.add_parser("suggest", help="rules to consider, from what humans decided (changes nothing)"))
+    sg.add_argument("--since", default="30d", metavar="DURATION", help="how far back (default 30d)")
+    sg.add_argument("--json", action="store_true")
+    sg.set_defaults(func=cmd_suggest)
 
     au = with_config(sub.add_parser("audit", help="the decision log"))
     au.add_argument("--json", action="store_true")
