@@ -26,7 +26,7 @@ import anyio
 
 from mcp_gatekeeper import __version__, hostos, names
 from mcp_gatekeeper.calibrate.replay import LISTED, Change, ReplaySummary, replay
-from mcp_gatekeeper.calibrate.shadow import describe
+from mcp_gatekeeper.calibrate.shadow import describe, shadow_config
 from mcp_gatekeeper.calibrate.suggest import Suggestion, evidence_line, suggestions
 from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, load_config, parse_duration, resolve_config_path
@@ -445,6 +445,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config)
     config = load_config(args.config)
+    shadow = shadow_config(config, path)  # a bad shadow policy fails here, as it would at start
     where = str(path) if path else "built-in defaults (no config file found)"
     served = [names.clean_name(n) for n in args.name] if args.name else list(config.upstreams)
     problems = names.unreached(config, served)
@@ -458,7 +459,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  upstream {name}: {up.kind} {escape(target)}")
     for i, rule in enumerate(config.rules):
         tools = rule.tool if isinstance(rule.tool, str) else ", ".join(rule.tool)
-        print(f"  rule {i} {rule.name or ''}: {rule.gate:<5} upstream={rule.upstream} tool={tools}")
+        in_shadow = "  (shadow: recorded, not enforced)" if rule.shadow else ""
+        print(f"  rule {i} {rule.name or ''}: {rule.gate:<5} upstream={rule.upstream} tool={tools}{in_shadow}")
+    if config.shadow.policy is not None and shadow is not None:
+        print(f"  shadow policy: {escape(config.shadow.policy)} ({len(shadow.rules)} rule(s); recorded, not enforced)")
     targeted = names.targeted_names(config)
     if targeted:
         print(f"  rules target upstream name(s): {', '.join(escape(t) for t in targeted)}")
