@@ -25,7 +25,9 @@ from typing import Any
 import anyio
 
 from mcp_gatekeeper import __version__, hostos, names
+from mcp_gatekeeper.calibrate.compare import ShadowComparison, compare
 from mcp_gatekeeper.calibrate.replay import LISTED, Change, ReplaySummary, replay
+from mcp_gatekeeper.calibrate.rules_toml import masked
 from mcp_gatekeeper.calibrate.shadow import describe, shadow_config
 from mcp_gatekeeper.calibrate.suggest import Suggestion, evidence_line, suggestions
 from mcp_gatekeeper.clock import SystemClock
@@ -574,14 +576,30 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     mine = own_files(home, path, [a.token_file for a in config.agents if a.token_file is not None])
     since, now = _since(args)
 
-    async def go() -> list[Suggestion]:
+    async def go() -> tuple[list[Suggestion], ShadowComparison]:
         async with Store.open(db_path(home), SystemClock()) as store:
-            return await suggestions(store, config, since=since, now=now, own_files=mine)
+            found = await suggestions(store, config, since=since, now=now, own_files=mine)
+            return found, await compare(store, since=since, until=now)
 
-    found = anyio.run(go)
+    found, shadow = anyio.run(go)
     if args.json:
-        _json_out({"config": str(path) if path else None, "since": since, "suggestions": [x.to_json() for x in found]})
+        _json_out(
+            {
+                "config": str(path) if path else None,
+                "since": since,
+                "suggestions": [x.to_json() for x in found],
+                "shadow": shadow.to_json(),
+            }
+        )
         return EXIT_OK
+    if shadow.calls:
+        print(f"shadow verdicts over the last {escape(args.since)} ({shadow.calls} call(s)), against what happened:")
+        for action, by_then in shadow.counts.items():
+            seen = ", ".join(f"{n} {t}" for t, n in sorted(by_then.items()))
+            print(f"  {describe(action)}: {seen}")
+        for d in shadow.passed_rejected:
+            print(f"  would have passed, a human rejected: {d.id[:12]} {escape(d.upstream)}/{escape(d.tool)}")
+        print()
     if not found:
         print(f"no suggestions from the last {escape(args.since)} (see the README for the thresholds)")
     for n, x in enumerate(found, start=1):
@@ -593,7 +611,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         for line in x.replay.lines():
             print(f"   replay: {escape(line)}")
         print(f"   paste it {escape(x.placement)}:")
-        for line in x.toml.splitlines():
+        shown = x.toml if args.reveal else masked(x.toml, lambda name, value: _masked({name: value}, False)[name])
+        for line in shown.splitlines():
             print(f"     {escape(line)}")
     if found:
         print(
@@ -880,7 +899,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sg = with_config(sub.add_parser("suggest", help="rules to consider, from what humans decided (changes nothing)"))
     sg.add_argument("--since", default="30d", metavar="DURATION", help="how far back (default 30d)")
-    sg.add_argument("--json", action="store_true")
+    sg.add_argument("--json", action="store_true", help="as JSON, secrets included (for scripts)")
+    sg.add_argument(
+        "--reveal", action="store_true", help="show secret-looking values in the TOML instead of masking them"
+    )
     sg.set_defaults(func=cmd_suggest)
 
     au = with_config(sub.add_parser("audit", help="the decision log"))

@@ -484,6 +484,7 @@ class Policy:
         """``own_files``: the gatekeeper's files for the built-in self-protection rule (none: nothing to protect);
         ``home_dir``: what ``~`` means in paths (default: the user's home)."""
         self.config = config
+        self.own_files = own_files
         self.home_dir = home_dir or os.path.expanduser("~")
         protect = own_files is not None and config.security.protect_own_files and (own_files.dirs or own_files.files)
         self._own = OwnFilesCheck(own_files, self.home_dir) if protect and own_files is not None else None

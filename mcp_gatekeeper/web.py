@@ -62,6 +62,7 @@ from mcp_gatekeeper.webauth import (
     session_cookie_header,
     still_signed_in,
 )
+from mcp_gatekeeper.webcalibrate import calibrate
 from mcp_gatekeeper.webgates import (
     call_detail,
     check_lease,
@@ -454,6 +455,7 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         Route("/api/rules", _rules, methods=["GET"]),
         Route("/api/problems", _problems, methods=["GET"]),
         Route("/api/explain", _explain, methods=["POST"]),
+        Route("/api/calibrate", calibrate, methods=["GET"]),
         Route("/api/openapi.json", _openapi, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

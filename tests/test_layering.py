@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "webhttp": 4,  # what the page's handler modules share: WebState, request parsing, refusals
     "webgates": 4,  # the page's API for audit reviews, leases and tool-definition pins
     "apps": 4,  # the decision card in the chat (MCP Apps): its view, nonces and app-only decide tool
+    "webcalibrate": 4,  # the page's Calibrate view: suggestions, their replay, shadow verdicts against humans
     # 5: composition and whole-program features
     "serve": 5,
     "doctor": 5,
@@ -96,6 +97,9 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("web", "webguard"),
         ("web", "webhttp"),
         ("web", "webgates"),
+        ("web", "webcalibrate"),
+        ("webcalibrate", "webhttp"),
+        ("webcalibrate", "webredact"),
         ("webgates", "webhttp"),
         ("webgates", "webredact"),
         ("webhttp", "webauth"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -79,3 +79,23 @@ def rule_toml(rule: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
     if back != dict(rule):
         raise ValueError("the rule does not read back as written")
     return text
+
+
+def masked(text: str, mask: Callable[[str, Any], Any]) -> str:
+    """``text`` (one ``[[rules]]`` written by :func:`rule_toml`) with each ``when`` operand passed through
+    ``mask(argument name, operand)``, rewritten only if something changed (its comments kept)."""
+    rule = tomllib.loads(text)["rules"][0]
+    when = rule.get("when")
+    if not isinstance(when, dict):
+        return text
+    out: dict[str, Any] = {}
+    for key, pred in when.items():
+        name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+        if isinstance(pred, dict):
+            out[key] = {op: mask(name, arg) for op, arg in pred.items()}
+        else:
+            out[key] = mask(name, pred)
+    if out == when:
+        return text
+    notes = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    return rule_toml({**rule, "when": out}, notes)

@@ -1104,7 +1104,8 @@
       fact("Why the agent wants it", agentReason, conf,
         h("p", { class: "sub" }, "via ", h("b", null, safeText(clientName || "unknown client")), " → upstream ", h("code", null, safeText(call.upstream))),
         h("p", { class: "sub principal" }, "as ", h("code", { title: "The client identity (principal) this call belongs to: an authenticated HTTP agent, or the OS user and client name on stdio" }, safeText(client.principal || "no principal recorded")))),
-      reasons.length ? fact(audited ? "Why it needs review" : "Why it was held", h("ul", { class: "hint-list" }, reasons.map((r) => h("li", null, safeText(r))))) : null);
+      reasons.length ? fact(audited ? "Why it needs review" : "Why it was held", h("ul", { class: "hint-list" }, reasons.map((r) => h("li", null, safeText(r))))) : null,
+      GK.shadowFact ? GK.shadowFact(call) : null);
 
     const editorSlot = h("div");
     const leaseSlot = h("div");
@@ -1651,6 +1652,7 @@
     else if (view === "stats") renderStats();
     else if (view === "rules") renderRules();
     else if (view === "sessions") GK.renderSessions();
+    else if (view === "calibrate") GK.renderCalibrate();
     else if (view === "call" && parts[1]) renderCallPage(parts[1]);
     else renderQueue(parts[1]);
   }
