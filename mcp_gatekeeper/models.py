@@ -445,3 +445,4 @@ class PastCall:
     channel: str | None
     modified: bool
     shadow_action: str | None = None
+    args_digest: str = ""

@@ -189,6 +189,9 @@ class Replayer:
         self.policy = policy
         self.checks = SchemaChecks()
         self._definitions: dict[str, Mapping[str, Any] | None] = {}
+        self._seen: dict[tuple[Any, ...], tuple[Judgement, bool]] = {}
+        """Judgements of calls already judged: an identical call (same tool definition, same arguments by
+        digest, same stated confidence) gets the same judgement, so retries and repeated reads cost a lookup."""
 
     async def _load_definitions(self, store: Store, page: list[PastCall]) -> None:
         wanted = {c.tooldef_hash for c in page if c.tooldef_hash is not None} - self._definitions.keys()
@@ -204,9 +207,12 @@ class Replayer:
             return None  # never routed to a tool
         if len(call.arguments) == 1 and (TRUNCATED in call.arguments or UNENCODABLE in call.arguments):
             return None  # only a safe stand-in was recorded
+        quarantine = "(the tool's definition had changed; recorded)" if is_quarantine_hold(call.reasons) else None
+        key = (call.upstream, call.tool, call.tooldef_hash, call.args_digest, call.agent_confidence, quarantine)
+        if call.args_digest and (seen := self._seen.get(key)) is not None:
+            return seen
         tooldef = self._definitions.get(call.tooldef_hash)
         known = tooldef is not None
-        quarantine = "(the tool's definition had changed; recorded)" if is_quarantine_hold(call.reasons) else None
         j = judge(
             # without a recorded definition: no annotations, and a schema that takes any object (not "no schema",
             # which the live check refuses as unusable: the live call was checked against the real one)
@@ -214,6 +220,10 @@ class Replayer:
             tool_hash=call.tooldef_hash if known else "", arguments=call.arguments,
             confidence=call.agent_confidence, quarantine=quarantine,
         )  # fmt: skip
+        if call.args_digest:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[key] = (j, known)
         return j, known
 
     async def run(
@@ -262,6 +272,7 @@ class Replayer:
         )  # fmt: skip
 
 
+_SEEN_MAX = 50_000
 _UNKNOWN_TOOL: Mapping[str, Any] = MappingProxyType({"inputSchema": MappingProxyType({"type": "object"})})
 
 
