@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import pytest
+from harness import cli
 
 from mcp_gatekeeper.calibrate.replay import EXIT_AGAINST_HUMANS, replay
+from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.models import QUARANTINE_MARK
 from mcp_gatekeeper.policy import Policy
@@ -130,3 +136,30 @@ async def test_a_quarantined_call_stays_held_and_unreplayable_ones_are_counted(s
     assert out.skipped == 1
     assert out.count(would={"hold"}) == 1
     assert out.exit_code == 0
+
+
+async def test_the_replay_command_exits_1_for_a_rejected_call_and_0_when_it_only_tightens(
+    home: Path, tmp_path: Path
+) -> None:
+    async with Store.open(home / "gatekeeper.db", SystemClock()) as store:
+        await seed(store, history(), now=time.time())
+    loose = tmp_path / "loose.toml"
+    loose.write_text('[[rules]]\ntool = "write_file"\ngate = "allow"\n')
+    code, out, err = await cli(home, "replay", "--since", "7d", config=loose, check=False)
+    assert code == 1, err
+    assert "2 REJECTED by a human" in out
+    assert "calls a human REJECTED that this policy would let run" in out
+    assert out.count("write_file  rejected: hold -> allow") == 2
+    code, out, _err = await cli(home, "replay", "--since", "7d", "--json", config=loose, check=False)
+    got = json.loads(out)
+    assert code == got["exit_code"] == 1
+    assert len(got["against_humans"]) == 2
+    tight = tmp_path / "tight.toml"
+    tight.write_text('[[rules]]\ntool = "*"\ngate = "hard"\n')
+    code, out, err = await cli(home, "replay", "--since", "7d", config=tight, check=False)
+    assert code == 0, err
+    assert "would hold 7 call(s) that ran without a human" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rules]]\ntool = "*"\ngate = "sometimes"\n')
+    code, _out, err = await cli(home, "replay", config=bad, check=False)
+    assert code == 2 and "rules[0].gate" in err
