@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from mcp_gatekeeper.webauth import load_or_create_token
 from .conftest import CONFIG
 
 CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / os.environ.get("GK_SCREENSHOTS_DIR", "test-artifacts/screenshots")
 HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 
 pytestmark = [
@@ -102,9 +104,12 @@ async def test_the_calibrate_view_and_the_cards_shadow_verdict(served: tuple[Sto
             assert "correct-horse-battery" not in toml  # masked on the page
             assert await page.locator(".shadow-table tr[data-shadow='allow']").count() == 1
             assert "would have passed" in (await page.text_content(".calibrate-shadow") or "")
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOTS / "calibrate.png"), full_page=True)
             await page.goto(f"{base}/#/call/{rejected}")
             verdict = await page.wait_for_selector(".shadow-verdict[data-shadow='allow']", timeout=10_000)
             assert "would have passed" in (await verdict.text_content() or "")
+            await page.locator(".card").screenshot(path=str(SCREENSHOTS / "card-shadow.png"))
             assert await page.locator("img").count() == await page.locator("img[src='/static/icon.svg']").count()
         finally:
             await browser.close()
