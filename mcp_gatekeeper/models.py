@@ -446,3 +446,5 @@ class PastCall:
     modified: bool
     shadow_action: str | None = None
     args_digest: str = ""
+    had_deadline: bool = False
+    """It was held (a held call gets a deadline for its decision; audit-gated calls one for their review)."""

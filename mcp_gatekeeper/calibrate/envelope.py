@@ -15,6 +15,7 @@ the rule not match (the call is held as before). Pure.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from mcp_gatekeeper.config import EACH
 from mcp_gatekeeper.models import canonical_json
 from mcp_gatekeeper.policy import Policy
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 MAX_VALUES = 5
 """Distinct values (or folders) an envelope lists for one argument; more: the argument is left open (text) or
 no envelope is offered (a path)."""
@@ -39,7 +41,7 @@ def _folders(values: Sequence[Any], key: str, policy: Policy) -> list[str] | Non
     for v in values:
         found = policy.lease_paths({"v": v}).get("v") if isinstance(v, str) else None
         if found is None:
-            if isinstance(v, str) and paths.interpretations(v, home=policy.home_dir) and ("/" in v or "\\" in v):
+            if isinstance(v, str) and not _URL.match(v) and ("/" in v or "\\" in v):
                 raise NoEnvelope(f"{key}: {v[:60]!r} names a file whose folder cannot bound later calls")
             continue
         looked_like = True

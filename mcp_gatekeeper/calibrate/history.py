@@ -55,11 +55,11 @@ def held(call: PastCall) -> bool:
     """Was a human asked before it ran (the active policy held it)? An audit-gated call ran first."""
     if call.gate == "audit":
         return False
-    return then(call) in ("approved", "modified", "rejected", "expired") or call.state in (
-        State.PENDING,
-        State.CANCELLED,
-        State.ORPHANED,
-    )
+    if then(call) in ("approved", "modified", "rejected", "expired"):
+        return True
+    # still waiting, or cancelled or abandoned: held if it was given a deadline (an allowed call whose process
+    # died while it ran is orphaned too, without one)
+    return call.state in (State.PENDING, State.CANCELLED, State.ORPHANED) and call.had_deadline
 
 
 async def pages(

@@ -351,7 +351,8 @@ def lease(r: Sequence[Any]) -> Lease:
 
 PAST_CALL_COLUMNS = (
     "id, state, upstream, tool, arguments, gate, risk, rule, tooldef_hash, reasons, agent_confidence, created_at,"
-    " decided_at, decided_by, channel, modified_arguments IS NOT NULL, shadow_action, args_digest"
+    " decided_at, decided_by, channel, modified_arguments IS NOT NULL, shadow_action, args_digest,"
+    " deadline_at IS NOT NULL"
 )
 
 
@@ -361,4 +362,5 @@ def past_call(r: Sequence[Any]) -> PastCall:
         id=r[0], state=State(r[1]), upstream=r[2], tool=r[3], arguments=json.loads(r[4]), gate=r[5], risk=r[6],
         rule=r[7], tooldef_hash=r[8], reasons=tuple(loads(r[9]) or ()), agent_confidence=r[10], created_at=r[11],
         decided_at=r[12], decided_by=r[13], channel=r[14], modified=bool(r[15]), shadow_action=r[16], args_digest=r[17],
+        had_deadline=bool(r[18]),
     )  # fmt: skip

@@ -17,11 +17,13 @@ from .seeding import DAY, NOW, WRITE_FILE
 pytestmark = pytest.mark.anyio
 
 
-def _past(state: State, *, gate: str = "hard", decided_by: str | None = None, modified: bool = False) -> PastCall:
+def _past(
+    state: State, *, gate: str = "hard", decided_by: str | None = None, modified: bool = False, deadline: bool = True
+) -> PastCall:
     return PastCall(
         id="c", state=state, upstream="u", tool="t", arguments={}, gate=gate, risk="low", rule=None,
         tooldef_hash="h", reasons=(), agent_confidence=None, created_at=0.0, decided_at=None,
-        decided_by=decided_by, channel=None, modified=modified,
+        decided_by=decided_by, channel=None, modified=modified, had_deadline=deadline,
     )  # fmt: skip
 
 
@@ -36,6 +38,7 @@ def _past(state: State, *, gate: str = "hard", decided_by: str | None = None, mo
         (_past(State.EXPIRED), "expired", True),
         (_past(State.CANCELLED), "undecided", True),
         (_past(State.PENDING), "undecided", True),
+        (_past(State.ORPHANED, gate="allow", deadline=False), "undecided", False),  # died while it ran
         (_past(State.FORWARDED, gate="allow"), "ran", False),
         (_past(State.FORWARDED, gate="lease"), "ran", False),
         (_past(State.DENIED, gate="deny"), "denied", False),
