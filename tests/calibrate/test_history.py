@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_gatekeeper.calibrate.history import held, then
+from mcp_gatekeeper.calibrate.history import held, pages, then
 from mcp_gatekeeper.calibrate.replay import replay
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.models import NewCall, PastCall, State
@@ -70,3 +70,16 @@ async def test_a_replaced_definition_is_kept_by_hash_and_replay_uses_the_one_the
     assert out.count(would={"deny"}) == 1
     assert out.count(would={"allow"}) == 1
     assert out.without_definition == 0
+
+
+async def test_pages_walk_every_call_once_in_order_even_with_equal_times(store: Store) -> None:
+    rows = []
+    for i in range(7):
+        new = NewCall(upstream="fs", tool="write_file", arguments={"i": i}, gate="allow", risk="low", tooldef_hash="h")
+        rows.append((new, State.FORWARDED, {"created_at": NOW - 100 + (i // 3)}))  # three calls share a time
+    await store.insert_history(rows)
+    seen = [c.arguments["i"] async for page in pages(store, since=0, until=NOW, batch=2) for c in page]
+    assert sorted(seen) == list(range(7))
+    assert len(seen) == 7
+    only = [c async for page in pages(store, since=NOW - 99, until=NOW, batch=2) for c in page]
+    assert {c.arguments["i"] for c in only} == {3, 4, 5, 6}
