@@ -326,6 +326,54 @@ class WebhookChannel(_Model):
     timeout: Duration = 5.0
 
 
+class SlackReviewer(_Model):
+    """One Slack user allowed to decide from Slack, and the reviewer name their decisions are recorded under."""
+
+    user: str = Field(pattern=r"^[UW][A-Z0-9]{2,30}$")
+    """The Slack member id (``U0123ABCD``; profile → ⋮ → Copy member ID)."""
+    team: str = Field(pattern=r"^T[A-Z0-9]{2,30}$")
+    """The workspace id (``T0123ABCD``): the same member id in another workspace is someone else."""
+    reviewer: str = Field(min_length=1, max_length=100)
+    """The name in the audit trail (``slack:<reviewer>``)."""
+
+
+class SlackChannel(_Model):
+    """Decisions from Slack: a message with Approve / Reject / Open buttons per held call (``[notify.slack]``)."""
+
+    name: str = "slack"
+    """The channel name in ``on_hold`` and escalation steps."""
+    channel: str = Field(min_length=1)
+    """Where messages are posted: a channel id (``C0123ABCD``) the app has been added to."""
+    bot_token: str = "${MCP_GATEKEEPER_SLACK_BOT_TOKEN}"  # noqa: S105 - the name of an environment variable
+    """The app's bot token (``xoxb-…``); ``${VAR}`` expands. Keep it in the environment, not in the file."""
+    signing_secret: str = "${MCP_GATEKEEPER_SLACK_SIGNING_SECRET}"  # noqa: S105 - the name of an environment variable
+    """The app's signing secret (Basic Information → App Credentials); ``${VAR}`` expands."""
+    api_url: str = Field(default="https://slack.com/api", pattern=r"^https?://")
+    """Slack's Web API (tests point it at a local stand-in)."""
+    reviewers: list[SlackReviewer] = Field(default_factory=list)
+    """The allow-list: only these Slack users' clicks decide; anyone else is told they may not."""
+    timeout: Duration = 5.0
+
+
+class NtfyChannel(_Model):
+    """Push to a phone through an ntfy server (ntfy.sh or your own): one POST to a topic URL per event."""
+
+    name: str
+    url: str = Field(pattern=r"^https?://")
+    """The topic URL (``https://ntfy.sh/<a long unguessable topic>``); ``${VAR}`` expands."""
+    token: str | None = None
+    """An access token sent as ``Authorization: Bearer``; ``${VAR}`` expands."""
+    timeout: Duration = 5.0
+
+
+class LinksConfig(_Model):
+    """Signed short links (``/c/<id>.<mac>``) in every notification; they open a call's card after login."""
+
+    base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+    """Where a phone reaches the page (your reverse proxy, e.g. ``https://gk.example.com``); default: the page's
+    own loopback address."""
+
+
 class NotifyConfig(_Model):
     """Who hears about held calls. A failing channel is logged and never blocks or decides a hold."""
 
@@ -333,16 +381,25 @@ class NotifyConfig(_Model):
     desktop: bool = False
     """``notify-send`` (Linux) or ``osascript`` (macOS) when available."""
     webhooks: list[WebhookChannel] = Field(default_factory=list)
+    slack: SlackChannel | None = None
+    ntfy: list[NtfyChannel] = Field(default_factory=list)
+    links: LinksConfig = Field(default_factory=LinksConfig)
     on_hold: list[str] | None = None
     """Channels told when a call is held (default: every configured channel)."""
 
     @model_validator(mode="after")
     def _names(self) -> NotifyConfig:
-        names = [w.name for w in self.webhooks]
+        names = [w.name for w in self.webhooks] + [n.name for n in self.ntfy]
+        if self.slack is not None:
+            names.append(self.slack.name)
         if dup := {n for n in names if names.count(n) > 1}:
-            raise ValueError(f"webhook names must be unique: {sorted(dup)}")
+            raise ValueError(f"channel names must be unique: {sorted(dup)}")
         if clash := set(names) & {"stderr", "desktop"}:
             raise ValueError(f"'stderr' and 'desktop' are built-in channel names: {sorted(clash)}")
+        if self.slack is not None:
+            seen = [(r.team, r.user) for r in self.slack.reviewers]
+            if dup_users := {f"{t}/{u}" for t, u in seen if seen.count((t, u)) > 1}:
+                raise ValueError(f"slack.reviewers: a Slack user is listed twice: {sorted(dup_users)}")
         return self
 
     @property
@@ -350,7 +407,10 @@ class NotifyConfig(_Model):
         out = ["stderr"] if self.stderr else []
         if self.desktop:
             out.append("desktop")
-        return out + [w.name for w in self.webhooks]
+        out += [w.name for w in self.webhooks]
+        if self.slack is not None:
+            out.append(self.slack.name)
+        return out + [n.name for n in self.ntfy]
 
 
 class ClientProfile(_Model):

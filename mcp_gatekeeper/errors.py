@@ -8,7 +8,8 @@
     │   ├── CallNotFoundError     no call with that id (or the prefix is ambiguous)
     │   └── AlreadyDecidedError   lost a compare-and-set: decided, expired, cancelled or a stale digest
     ├── InvalidModificationError  edited arguments fail the tool's schema or land in a deny rule
-    └── UpstreamError             upstream unreachable, crashed or timed out
+    ├── UpstreamError             upstream unreachable, crashed or timed out
+    └── NotifierError             a notification service refused or failed (logged; never decides a call)
 
 Outcomes (rejected, expired, denied) are *values*, not exceptions: see :mod:`mcp_gatekeeper.models`.
 HTTP statuses live only in the web layer, exit codes only in the CLI.
@@ -59,3 +60,12 @@ class InvalidModificationError(GatekeeperError):
 
 class UpstreamError(GatekeeperError):
     """An upstream server is unreachable, crashed or timed out."""
+
+
+class NotifierError(GatekeeperError):
+    """A notification service (Slack, ntfy) refused or failed a request. ``retry_after``: seconds it asked us to
+    wait (HTTP 429), if it said. Logged by the caller; a call's outcome never depends on it."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

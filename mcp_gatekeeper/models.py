@@ -448,3 +448,14 @@ class PastCall:
     args_digest: str = ""
     had_deadline: bool = False
     """It was held (a held call gets a deadline for its decision; audit-gated calls one for their review)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyLink:
+    """A message a notification channel posted about a call (Slack: channel id ``target``, message ``ref`` = ts),
+    kept so the message can be updated with the call's outcome wherever the call is decided."""
+
+    call_id: str
+    channel: str
+    target: str
+    ref: str

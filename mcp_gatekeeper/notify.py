@@ -183,14 +183,21 @@ class Notifications:
 
     @classmethod
     def from_config(
-        cls, config: NotifyConfig, *, http: httpx2.AsyncClient, card_url: Callable[[str], str | None] | None = None
+        cls,
+        config: NotifyConfig,
+        *,
+        http: httpx2.AsyncClient,
+        card_url: Callable[[str], str | None] | None = None,
+        extra: Sequence[Channel] = (),
     ) -> Notifications:
+        """The configured channels; ``extra`` are those built elsewhere (Slack, ntfy: see ``serve``)."""
         channels: list[Channel] = []
         if config.stderr:
             channels.append(StderrChannel())
         if config.desktop:
             channels.append(DesktopChannel())
         channels.extend(WebhookSender(w, http) for w in config.webhooks)
+        channels.extend(extra)
         return cls(channels, on_hold=config.on_hold, card_url=card_url)
 
     async def held(self, call: CallRecord) -> None:

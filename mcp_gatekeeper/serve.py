@@ -20,17 +20,23 @@ import httpx2
 from mcp_gatekeeper import hostos, names
 from mcp_gatekeeper.calibrate.shadow import shadow_config
 from mcp_gatekeeper.clock import Clock, SystemClock
-from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig
+from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, expand_env
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
 from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.links import Links, link_key
 from mcp_gatekeeper.notify import Notifications
 from mcp_gatekeeper.ownfiles import OwnFiles
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.principals import DEFAULT_AGENT, AgentTokens, BearerCheck
 from mcp_gatekeeper.principals import TOKEN_FILE as AGENT_TOKEN_FILE
 from mcp_gatekeeper.proxy import Proxy
+from mcp_gatekeeper.push import NtfySender
 from mcp_gatekeeper.sealing import KEY_FILE, load_or_create_key
+from mcp_gatekeeper.slack.interactions import SlackDesk
+from mcp_gatekeeper.slack.notifier import SlackFollower, SlackNotifier
+from mcp_gatekeeper.slack.reviewers import AllowList
+from mcp_gatekeeper.slack.webapi import SlackWebAPI
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.upstream import Upstream
 from mcp_gatekeeper.webauth import TOKEN_FILE
@@ -50,6 +56,10 @@ class Runtime:
     gate: Gate
     clock: Clock
     home: Path
+    links: Links | None = None
+    """The notifications' signed short links (the page checks them)."""
+    slack: SlackDesk | None = None
+    """What the page's Slack endpoint needs, when ``[notify.slack]`` is configured."""
 
 
 def db_path(home: Path) -> Path:
@@ -124,7 +134,12 @@ async def open_runtime(
             if recovered:
                 log.warning("recovered %d call(s) left by a gatekeeper process that died (never executed)", recovered)
         http = await stack.enter_async_context(httpx2.AsyncClient())
-        notifier = Notifications.from_config(config.notify, http=http, card_url=config.card_url)
+        links = short_links(config, home)
+        slack = build_slack(config, http, store) if register else None
+        extra: list[Any] = [NtfySender(n, http) for n in config.notify.ntfy]
+        notifier = Notifications.from_config(
+            config.notify, http=http, card_url=links, extra=[*extra, slack] if slack else extra
+        )
         gate = Gate(
             store,
             policy,
@@ -133,14 +148,57 @@ async def open_runtime(
             poll_interval=poll_interval,
             heartbeat_interval=config.heartbeat_interval,
         )
+        desk = slack_desk(config, slack, gate, links, clock, owner=store.instance_id or label) if slack else None
         async with gate.running(), anyio.create_task_group() as tg:
             tg.start_soon(store.run_checkpoints)
             if register:
                 tg.start_soon(_heartbeat, store)
+            if desk is not None and desk.follower is not None:
+                tg.start_soon(desk.follower.run)
             try:
-                yield Runtime(config=config, policy=policy, store=store, gate=gate, clock=clock, home=home)
+                yield Runtime(
+                    config=config, policy=policy, store=store, gate=gate, clock=clock, home=home, links=links,
+                    slack=desk,
+                )  # fmt: skip
             finally:
                 tg.cancel_scope.cancel()
+
+
+def short_links(config: GatekeeperConfig, home: Path) -> Links:
+    """The signed short links of this home, pointing at ``[notify.links] base_url`` or the page's own address."""
+    from mcp_gatekeeper.webauth import page_url
+
+    base = config.notify.links.base_url or page_url(config.ui.host, config.ui.port)
+    return Links(link_key(load_or_create_key(home)), base)
+
+
+def build_slack(config: GatekeeperConfig, http: httpx2.AsyncClient, store: Store) -> SlackNotifier | None:
+    """The Slack channel, when configured (its bot token read now: an unset variable stops the start)."""
+    sc = config.notify.slack
+    if sc is None:
+        return None
+    api = SlackWebAPI(http, api_url=sc.api_url, token=expand_env(sc.bot_token), timeout=sc.timeout)
+    return SlackNotifier(sc.name, api, sc.channel, store)
+
+
+def slack_desk(
+    config: GatekeeperConfig,
+    slack: SlackNotifier,
+    gate: Gate,
+    links: Links,
+    clock: Clock,
+    *,
+    owner: str,
+    poll: float = 1.0,
+) -> SlackDesk:
+    """The Slack endpoint's parts, and the follower that rewrites messages once their calls are decided."""
+    sc = config.notify.slack
+    assert sc is not None
+    follower = SlackFollower(slack, link=links, clock=clock, owner=owner, poll=poll)
+    return SlackDesk(
+        signing_secret=expand_env(sc.signing_secret), reviewers=AllowList(sc.reviewers), api=slack.api,
+        channel_name=sc.name, store=gate.store, gate=gate, clock=clock, follower=follower,
+    )  # fmt: skip
 
 
 async def _heartbeat(store: Store) -> None:
@@ -197,8 +255,9 @@ async def start_ui_if_possible(runtime: Runtime, tg: anyio.abc.TaskGroup, *, for
 
     token = web.load_or_create_token(runtime.home)
     app = web.build_app(
-        store=runtime.store, gate=runtime.gate, policy=runtime.policy, token=token, port=ui.port, clock=runtime.clock
-    )
+        store=runtime.store, gate=runtime.gate, policy=runtime.policy, token=token, port=ui.port, clock=runtime.clock,
+        links=runtime.links, slack=runtime.slack,
+    )  # fmt: skip
     try:
         port: int = await tg.start(
             lambda task_status: web.serve(

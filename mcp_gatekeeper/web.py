@@ -48,9 +48,13 @@ from mcp_gatekeeper.errors import (
     StoreError,
 )
 from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.links import LINK_PREFIX, Links
 from mcp_gatekeeper.models import CallRecord, Decision, State
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.reports import audit_export, resolve_zone, stats
+from mcp_gatekeeper.slack.interactions import PATH as SLACK_PATH
+from mcp_gatekeeper.slack.interactions import SlackDesk
+from mcp_gatekeeper.slack.interactions import interactions as slack_interactions
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
     clear_cookie_header,
@@ -137,8 +141,35 @@ async def _login(request: Request) -> Response:
     if opened is None:
         return FileResponse(STATIC_DIR / "login-failed.html", status_code=401, media_type="text/html; charset=utf-8")
     # the page key travels in the fragment: the page's script keeps it (localStorage, this origin only)
-    resp = RedirectResponse(f"/#key={opened[2]}", status_code=303)
+    wanted = request.cookies.get(_next_cookie(st.port), "")
+    then = f"&call={wanted}" if len(wanted) == 26 and all(c in "0123456789abcdef" for c in wanted) else ""
+    resp = RedirectResponse(f"/#key={opened[2]}{then}", status_code=303)
     resp.headers.append("set-cookie", session_cookie_header(st.port, opened[1]))
+    if wanted:
+        resp.headers.append("set-cookie", f"{_next_cookie(st.port)}=; Path=/login; HttpOnly; SameSite=Lax; Max-Age=0")
+    return resp
+
+
+def _next_cookie(port: int) -> str:
+    return f"gk_next_{port}"
+
+
+async def _short_link(request: Request) -> Response:
+    """``/c/<short id>.<mac>``: a notification's link. It opens nothing by itself: a valid one sends the browser
+    to the call's card (the page asks for a login first if there is no session) and remembers the call for the
+    next login (a plain pointer in a cookie, no credential); any other is refused without saying why."""
+    st, links = web_state(request), request.app.state.links
+    parsed = Links.parse(request.path_params["token"]) if links is not None else None
+    rec = None
+    if parsed is not None:
+        with contextlib.suppress(CallNotFoundError):
+            rec = await st.store.find(parsed[0])
+    if rec is None or parsed is None or not links.verify(rec.id, parsed[1]):
+        return PlainTextResponse("This link is not valid.", status_code=404, headers={"cache-control": "no-store"})
+    resp = RedirectResponse(f"/#/call/{rec.id}", status_code=303, headers={"cache-control": "no-store"})
+    resp.headers.append(
+        "set-cookie", f"{_next_cookie(st.port)}={rec.id}; Path=/login; HttpOnly; SameSite=Lax; Max-Age=900"
+    )
     return resp
 
 
@@ -430,12 +461,25 @@ async def _on_store(request: Request, exc: Exception) -> Response:
 # ---------------------------------------------------------------------------------------------- app and server
 
 
-def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> Starlette:
-    """The approval page and JSON API. ``serve`` runs it; tests drive it through an ASGI client."""
+def build_app(
+    *,
+    store: Store,
+    gate: Gate,
+    policy: Policy,
+    token: str,
+    port: int,
+    clock: Clock,
+    links: Links | None = None,
+    slack: SlackDesk | None = None,
+) -> Starlette:
+    """The approval page and JSON API. ``serve`` runs it; tests drive it through an ASGI client.
+
+    ``links`` checks the notifications' short links (``/c/…``); ``slack`` answers Slack's buttons."""
     state = WebState(store=store, gate=gate, policy=policy, token=token, port=port, clock=clock)
     routes = [
         Route("/", _index, methods=["GET"]),
         Route("/login", _login, methods=["GET"]),
+        Route(LINK_PREFIX + "{token}", _short_link, methods=["GET"]),
         Route("/api/session", _session, methods=["GET"]),
         Route("/api/logout", _logout, methods=["POST"]),
         Route("/api/sessions", _list_sessions, methods=["GET"]),
@@ -459,6 +503,8 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         Route("/api/openapi.json", _openapi, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
+    if slack is not None:
+        routes.append(Route(SLACK_PATH, slack_interactions, methods=["POST"]))
     app = Starlette(
         routes=routes,
         middleware=[Middleware(Guard, state=state)],
@@ -472,6 +518,8 @@ def build_app(*, store: Store, gate: Gate, policy: Policy, token: str, port: int
         },
     )
     app.state.gk = state
+    app.state.links = links
+    app.state.slack = slack
     return app
 
 

@@ -41,6 +41,11 @@ _SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-resource-policy", b"same-origin"),
 )
 
+SIGNED_ELSEWHERE = frozenset({"/slack/interactions"})
+"""State changes that carry no cookie, page key or Origin because they are authenticated by another party's
+signature, checked by their handler (Slack's v0 signature): the same-origin rule is not theirs. The Host
+allowlist still is."""
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -112,8 +117,10 @@ class Guard:
         except StoreError:
             await self._refuse(send_hardened, 503, "store_unavailable", "the gatekeeper's store is unavailable")
             return
-        if method in UNSAFE_METHODS and not same_origin_ok(
-            headers, host, bearer=principal is not None and principal.kind == "bearer"
+        if (
+            method in UNSAFE_METHODS
+            and not (path in SIGNED_ELSEWHERE and not api)
+            and not same_origin_ok(headers, host, bearer=principal is not None and principal.kind == "bearer")
         ):
             if principal is None and api and "origin" not in headers and "sec-fetch-site" not in headers:
                 await self._refuse(

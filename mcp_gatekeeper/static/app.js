@@ -396,10 +396,11 @@
   // cookie too, never this origin's localStorage). It arrives once, in the login redirect's fragment.
   const KEY_ITEM = "gk-page-key";
   function takePageKey() {
-    const m = /^#key=([A-Za-z0-9_-]{20,100})$/.exec(location.hash);
+    // `&call=<id>`: the login followed a notification's short link (/c/…): open that call's card
+    const m = /^#key=([A-Za-z0-9_-]{20,100})(?:&call=([0-9a-f]{26}))?$/.exec(location.hash);
     if (!m) return;
     localStorage.setItem(KEY_ITEM, m[1]);
-    history.replaceState(null, "", location.pathname + "#/queue");
+    history.replaceState(null, "", location.pathname + (m[2] ? `#/call/${m[2]}` : "#/queue"));
   }
   function pageKey() { return localStorage.getItem(KEY_ITEM) || ""; }
   function keyed(path) { return `${path}${path.includes("?") ? "&" : "?"}key=${encodeURIComponent(pageKey())}`; }

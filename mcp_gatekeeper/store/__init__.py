@@ -6,8 +6,9 @@
 - the repositories, each over the one engine passed in: :mod:`~mcp_gatekeeper.store.calls`,
   :mod:`~mcp_gatekeeper.store.audit` (the hash chain), :mod:`~mcp_gatekeeper.store.instances`,
   :mod:`~mcp_gatekeeper.store.pins`, :mod:`~mcp_gatekeeper.store.leases`,
-  :mod:`~mcp_gatekeeper.store.sessions`, :mod:`~mcp_gatekeeper.store.queries` (named reads for the page and
-  the reports), :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces).
+  :mod:`~mcp_gatekeeper.store.sessions`, :mod:`~mcp_gatekeeper.store.notify_links`,
+  :mod:`~mcp_gatekeeper.store.queries` (named reads for the page and the reports),
+  :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces).
 
 :class:`Store` keeps the API the rest of the package uses; each method says which repository answers it.
 Every state change is a compare-and-set and appends a hash-chained audit event in the same transaction.
@@ -28,7 +29,7 @@ import anyio
 from mcp_gatekeeper import hostos
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
-from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, PastCall, Pin, State, WebSession
+from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, NotifyLink, PastCall, Pin, State, WebSession
 from mcp_gatekeeper.store.app_nonces import AppNonce, AppNonces
 from mcp_gatekeeper.store.audit import AuditLog
 from mcp_gatekeeper.store.calls import Calls
@@ -36,6 +37,7 @@ from mcp_gatekeeper.store.engine import CHECKPOINT_EVERY, Backend, SqliteEngine
 from mcp_gatekeeper.store.history import History
 from mcp_gatekeeper.store.instances import Instances, _pid_alive
 from mcp_gatekeeper.store.leases import Leases
+from mcp_gatekeeper.store.notify_links import NotifyLinks
 from mcp_gatekeeper.store.pins import Pins
 from mcp_gatekeeper.store.queries import Queries
 from mcp_gatekeeper.store.schema import LIVE_OWNER_STATES, MIGRATIONS, RELEASED_STATES
@@ -77,6 +79,7 @@ class Store:
         self.tool_pins = Pins(engine)
         self.tool_leases = Leases(engine)
         self.sessions = Sessions(engine)
+        self.notify_links = NotifyLinks(engine)
         self.queries = Queries(engine)
         self.app_nonces = AppNonces(engine)
         self.history = History(engine)
@@ -469,3 +472,35 @@ class Store:
     async def remember_definitions(self, upstream: str, tools: dict[str, tuple[str, dict[str, Any]]]) -> None:
         """:meth:`History.remember_definitions` (benchmarks and tests only)."""
         return await self.history.remember_definitions(upstream, tools)
+
+    # ------------------------------------------------------------------ what notification channels keep
+
+    async def add_notify_link(self, link: NotifyLink) -> None:
+        """:meth:`NotifyLinks.add`."""
+        await self.notify_links.add(link)
+
+    async def notify_link(self, call_id: str, channel: str) -> NotifyLink | None:
+        """:meth:`NotifyLinks.get`."""
+        return await self.notify_links.get(call_id, channel)
+
+    async def notify_link_shown(self, call_id: str, channel: str) -> str | None:
+        """:meth:`NotifyLinks.shown`."""
+        return await self.notify_links.shown(call_id, channel)
+
+    async def notify_links_open(self, channel: str) -> tuple[int, int]:
+        """:meth:`NotifyLinks.open_counts`."""
+        return await self.notify_links.open_counts(channel)
+
+    async def claim_notify_updates(
+        self, channel: str, *, by: str, stale_after: float = 60.0, limit: int = 50
+    ) -> list[tuple[NotifyLink, CallRecord]]:
+        """:meth:`NotifyLinks.claim_updates`."""
+        return await self.notify_links.claim_updates(channel, by=by, stale_after=stale_after, limit=limit)
+
+    async def settle_notify_link(self, link: NotifyLink, *, shown_state: str | None) -> None:
+        """:meth:`NotifyLinks.settle`."""
+        await self.notify_links.settle(link, shown_state=shown_state)
+
+    async def first_sighting(self, signature: str, *, keep: float) -> bool:
+        """:meth:`NotifyLinks.first_sighting`."""
+        return await self.notify_links.first_sighting(signature, keep=keep)

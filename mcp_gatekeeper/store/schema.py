@@ -217,6 +217,28 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX app_nonces_call ON app_nonces (call_id);
         """,
     ),
+    (
+        "0010_notify_links",
+        # the messages notifiers posted about a call (a Slack message is updated with the outcome wherever the
+        # call is decided: page, CLI, Slack, timeout), and the Slack request signatures already accepted, so
+        # a captured request replayed inside Slack's five-minute window decides nothing
+        """
+        CREATE TABLE notify_links (
+            call_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            target TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            posted_at REAL NOT NULL,
+            claimed_by TEXT,
+            claimed_at REAL,
+            shown_state TEXT,
+            shown_at REAL,
+            PRIMARY KEY (call_id, channel)
+        );
+        CREATE INDEX notify_links_open ON notify_links (channel) WHERE shown_state IS NULL;
+        CREATE TABLE seen_signatures (signature TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+        """,
+    ),
 )
 
 CALL_COLUMNS = (

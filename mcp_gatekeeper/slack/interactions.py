@@ -1,0 +1,194 @@
+"""``POST /slack/interactions``: the Approve and Reject buttons of a Slack message.
+
+Slack signs every request; this endpoint has no cookie, page key or same-origin check (Slack sends none of
+them) and is authenticated by that signature alone (:mod:`.signature`), so the request is refused unless:
+it is signed with the app's signing secret, its timestamp is inside the five-minute window, and its
+signature was never seen before (a captured request replayed inside the window decides nothing).
+Then the clicking Slack user must be on the allow-list (:mod:`.reviewers`), the button's call and arguments
+digest must match the message the gatekeeper posted for that call, and the decision goes through the same
+:meth:`~mcp_gatekeeper.gate.Gate.decide` as the page's (channel ``slack``, reviewer ``slack:<name>``), so a
+stale button (changed arguments), a decided or an expired call are refused there. The answer is sent at
+once (Slack waits three seconds); why a click decided nothing is told to the clicker alone (an ephemeral
+message), and the message itself is rewritten by the follower.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mcp_gatekeeper.clock import Clock
+from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, GatekeeperError, NotifierError, StoreError
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import Decision
+from mcp_gatekeeper.slack.message import APPROVE, REJECT, ButtonValue
+from mcp_gatekeeper.slack.notifier import SlackFollower
+from mcp_gatekeeper.slack.reviewers import ReviewerDirectory
+from mcp_gatekeeper.slack.signature import WINDOW, verify
+from mcp_gatekeeper.slack.webapi import SlackWebAPI
+from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.webhttp import web_state
+
+log = logging.getLogger(__name__)
+
+PATH = "/slack/interactions"
+MAX_BODY = 512 * 1024
+"""Slack's interaction payloads carry the whole message; ours are far smaller than this."""
+
+
+@dataclass
+class SlackDesk:
+    """What the endpoint needs: the signing secret, who may decide, and where decisions and answers go."""
+
+    signing_secret: str
+    reviewers: ReviewerDirectory
+    api: SlackWebAPI
+    channel_name: str
+    store: Store
+    gate: Gate
+    clock: Clock
+    follower: SlackFollower | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Click:
+    team: str
+    user: str
+    action: str
+    value: str
+    channel: str
+    ts: str
+
+
+def _click(payload: Any) -> _Click | None:
+    """The one button click of a ``block_actions`` payload, or ``None`` for anything else."""
+    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+        return None
+    user, team = payload.get("user") or {}, payload.get("team") or {}
+    actions, container = payload.get("actions") or [], payload.get("container") or {}
+    if not isinstance(user, dict) or not isinstance(team, dict) or not isinstance(container, dict):
+        return None
+    if not isinstance(actions, list) or len(actions) != 1 or not isinstance(actions[0], dict):
+        return None
+    fields = [
+        team.get("id") or user.get("team_id"), user.get("id"), actions[0].get("action_id"),
+        actions[0].get("value", ""), container.get("channel_id"), container.get("message_ts"),
+    ]  # fmt: skip
+    strings = [f for f in fields if isinstance(f, str)]
+    if len(strings) != len(fields):
+        return None
+    return _Click(*strings)
+
+
+def _answer(desk: SlackDesk, click: _Click | None, text: str) -> Response:
+    """A 200 that Slack accepts, and ``text`` told to the clicker alone once the answer is sent."""
+
+    async def tell() -> None:
+        if click is None:
+            return
+        try:
+            await desk.api.tell(click.channel, click.user, text)
+        except NotifierError as e:
+            log.warning("slack: could not tell %s why their click decided nothing: %s", click.user, e)
+
+    return Response(status_code=200, background=BackgroundTask(tell))
+
+
+def _refused(status: int, why: str) -> Response:
+    return JSONResponse({"error": "refused", "message": why}, status_code=status)
+
+
+async def interactions(request: Request) -> Response:
+    desk: SlackDesk = request.app.state.slack
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return _refused(413, "the request body is too large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    signature = request.headers.get("x-slack-signature")
+    verdict = verify(
+        desk.signing_secret,
+        timestamp=request.headers.get("x-slack-request-timestamp"),
+        signature=signature,
+        body=body,
+        now=desk.clock.now(),
+    )
+    if not verdict.ok or signature is None:
+        log.warning("slack: refused an interaction request: %s", verdict.why)
+        return _refused(401, "not a valid Slack request")
+    try:
+        if not await desk.store.first_sighting(signature, keep=2 * WINDOW + 60):
+            log.warning("slack: refused a replayed interaction request")
+            return _refused(401, "not a valid Slack request")
+    except StoreError as e:
+        log.warning("slack: store unavailable for an interaction: %s", e)
+        return _refused(503, "the gatekeeper's store is unavailable")
+    try:
+        form = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=10)
+        payload = json.loads(form["payload"][0])
+    except (UnicodeDecodeError, ValueError, KeyError):
+        return _refused(400, "the body has no payload")
+    click = _click(payload)
+    if click is None or click.action not in (APPROVE, REJECT):
+        return Response(status_code=200)  # "Open in page" (a link button) and anything else: nothing to do
+    return await _decide(desk, request, click)
+
+
+async def _decide(desk: SlackDesk, request: Request, click: _Click) -> Response:
+    reviewer = desk.reviewers.reviewer_for(click.team, click.user)
+    if reviewer is None:
+        log.warning("slack: %s/%s is not on the reviewers' list; their click decided nothing", click.team, click.user)
+        return _answer(
+            desk, click, "You are not on this gatekeeper's list of reviewers, so your click decided nothing."
+        )
+    value = ButtonValue.decode(click.value)
+    if value is None:
+        return _answer(desk, click, "This button is not one the gatekeeper made; nothing was decided.")
+    try:
+        link = await desk.store.notify_link(value.call_id, desk.channel_name)
+        if link is None or (link.target, link.ref) != (click.channel, click.ts):
+            return _answer(
+                desk, click, "This message is not the gatekeeper's message for that call; nothing was decided."
+            )
+        approve = click.action == APPROVE
+        decision = Decision(
+            approve=approve,
+            decided_by=f"slack:{reviewer}",
+            channel="slack",
+            reason=None if approve else "rejected in Slack",
+            args_digest=value.args_digest,
+            evidence={"slack_team": click.team, "slack_user": click.user},
+        )
+        await desk.gate.decide(value.call_id, decision)
+    except AlreadyDecidedError as e:
+        if e.why == "stale_digest":
+            text = "The call's arguments are not the ones this message shows any more; nothing was decided. Open it in the page."
+        elif e.why == "expired":
+            text = "This call has expired; nothing was decided."
+        else:
+            text = f"This call is already {e.state or 'decided'}; your click decided nothing."
+            try:
+                rec = await desk.store.get(value.call_id)
+                by = f" by {rec.decided_by}" if rec.decided_by else ""
+                text = f"This call is already {rec.state}{by}; your click decided nothing."
+            except StoreError:
+                pass
+        return _answer(desk, click, text)
+    except CallNotFoundError:
+        return _answer(desk, click, "There is no such call; nothing was decided.")
+    except (StoreError, GatekeeperError) as e:
+        log.warning("slack: deciding call %s failed: %s", value.call_id[:8], e)
+        return _answer(desk, click, "The gatekeeper could not record the decision; nothing was decided. Try the page.")
+    web_state(request).changes.notify()  # the page's live views update at once
+    if desk.follower is not None:
+        desk.follower.nudge()
+    return Response(status_code=200)
