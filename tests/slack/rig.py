@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import anyio
 import httpx2
+from standin import StandIn, serving
 from upstreams.feature_server import FeatureServer, build_server
 
 from mcp_gatekeeper.clock import SystemClock
@@ -31,8 +32,6 @@ from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.upstream import Upstream
 from mcp_gatekeeper.web import build_app
 from mcp_gatekeeper.webauth import load_or_create_token
-
-from .standin import StandIn, serving
 
 PORT = 8765
 BASE = f"http://127.0.0.1:{PORT}"
@@ -95,6 +94,16 @@ class Rig:
             if await self.store.query("SELECT COUNT(*) FROM notify_links") >= [(n,)]:
                 return bodies
             await stored.wait()
+
+    async def shown(self, call_id: str) -> str | None:
+        """The state a call's message was last rewritten to show, once it has been (waiting for the follower)."""
+        assert self.desk.follower is not None
+        while True:
+            updated = self.desk.follower.updated
+            rows = await self.store.query("SELECT shown_state FROM notify_links WHERE call_id = ?", (call_id,))
+            if rows and rows[0][0] is not None:
+                return str(rows[0][0])
+            await updated.wait()
 
     async def click(self, body: bytes, headers: dict[str, str]) -> httpx2.Response:
         return await self.web.post("/slack/interactions", content=body, headers=headers)

@@ -91,11 +91,14 @@ async def serving(standin: StandIn) -> AsyncIterator[StandIn]:
     server = uvicorn.Server(
         uvicorn.Config(standin.app, log_config=None, access_log=False, lifespan="off", interface="asgi3")
     )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        while not server.started:
-            await anyio.lowlevel.checkpoint()
-        try:
-            yield standin
-        finally:
-            server.should_exit = True
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: server.serve(sockets=[sock]))
+            while not server.started:
+                await anyio.lowlevel.checkpoint()
+            try:
+                yield standin
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
