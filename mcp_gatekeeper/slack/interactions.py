@@ -28,7 +28,7 @@ from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, GatekeeperError, NotifierError, StoreError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import Decision
-from mcp_gatekeeper.slack.message import APPROVE, REJECT, ButtonValue
+from mcp_gatekeeper.slack.message import APPROVE, REJECT, ButtonValue, escape
 from mcp_gatekeeper.slack.notifier import SlackFollower
 from mcp_gatekeeper.slack.reviewers import ReviewerDirectory
 from mcp_gatekeeper.slack.signature import WINDOW, verify
@@ -178,7 +178,7 @@ async def _decide(desk: SlackDesk, request: Request, click: _Click) -> Response:
             text = f"This call is already {e.state or 'decided'}; your click decided nothing."
             try:
                 rec = await desk.store.get(value.call_id)
-                by = f" by {rec.decided_by}" if rec.decided_by else ""
+                by = f" by {escape(rec.decided_by)}" if rec.decided_by else ""
                 text = f"This call is already {rec.state}{by}; your click decided nothing."
             except StoreError:
                 pass

@@ -72,6 +72,9 @@ def arguments_text(arguments: dict[str, Any]) -> str:
 
 
 def _plain(text: str, limit: int) -> dict[str, Any]:
+    # plain text is not read as mrkdwn; angle brackets are still shown as look-alikes, so that no client
+    # that does read them finds a mention or a link
+    text = text.replace("<", "\u2039").replace(">", "\u203a")
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return {"type": "plain_text", "text": text, "emoji": False}
 
@@ -96,8 +99,9 @@ def _arguments(call: CallRecord) -> dict[str, Any]:
 
 
 def fallback_text(call: CallRecord) -> str:
-    """The notification's text (phones and screen readers show it instead of the blocks)."""
-    return f"[{call.risk}] {headline(call)}: waiting for approval"
+    """The notification's text (phones and screen readers show it instead of the blocks; Slack reads it as
+    mrkdwn, so it is escaped too)."""
+    return escape(f"[{call.risk}] {headline(call)}: waiting for approval")
 
 
 def held_blocks(call: CallRecord, link: str | None) -> list[dict[str, Any]]:

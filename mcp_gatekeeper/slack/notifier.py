@@ -51,7 +51,9 @@ class SlackNotifier:
         else:
             more = f" <{url}|Open in page>" if url else ""
             await self.api.post_message(
-                self.channel, text, [{"type": "section", "text": {"type": "mrkdwn", "text": escape(text) + more}}]
+                self.channel,
+                escape(text),
+                [{"type": "section", "text": {"type": "mrkdwn", "text": escape(text) + more}}],
             )
 
     async def _post_held(self, call: CallRecord, url: str | None) -> None:
@@ -130,7 +132,9 @@ class SlackFollower:
                 continue
             url = self._link(call.id) if self._link else None
             try:
-                await n.api.update(Posted(link.target, link.ref), f"{outcome_words(call)}", decided_blocks(call, url))
+                await n.api.update(
+                    Posted(link.target, link.ref), escape(outcome_words(call)), decided_blocks(call, url)
+                )
             except NotifierError as e:
                 pause = e.retry_after if e.retry_after is not None else backoff
                 self._not_before[call.id] = (now + pause, min(backoff * 2, RETRY_MOST))
