@@ -48,8 +48,10 @@ class ButtonValue:
 
 
 def escape(text: str) -> str:
-    """Text for Slack's mrkdwn: control characters shown as escapes, ``& < >`` as entities (no mentions, no links)."""
-    return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text for Slack's mrkdwn: control characters (line breaks kept) shown as escapes, ``& < >`` as entities
+    (no mentions, no links)."""
+    shown = "\n".join(printable(line) for line in text.split("\n"))
+    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _hidden(_secret: str) -> str:
@@ -156,7 +158,7 @@ def outcome_words(call: CallRecord) -> str:
 def decided_blocks(call: CallRecord, link: str | None) -> list[dict[str, Any]]:
     """The message once the call is decided: the outcome instead of the buttons."""
     state = State(call.state)
-    mark = "✅" if state in _APPROVED else "⛔" if state == State.REJECTED else "⌛"
+    mark = ":white_check_mark:" if state in _APPROVED else ":no_entry:" if state == State.REJECTED else ":hourglass:"
     context = [{"type": "mrkdwn", "text": f"{mark} *{escape(outcome_words(call))}*"}]
     if link:
         context.append({"type": "mrkdwn", "text": f"<{link}|Open in page>"})

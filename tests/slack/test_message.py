@@ -95,7 +95,8 @@ def test_the_decided_message_says_who_and_how_and_has_no_buttons() -> None:
     approved = record(state=State.FORWARDED, decided_by="slack:alice", channel="slack")
     blocks = decided_blocks(approved, LINK)
     assert not [b for b in blocks if b["type"] == "actions"]
-    assert "✅ *Approved by slack:alice (slack)*" in _text(blocks) and f"<{LINK}|Open in page>" in _text(blocks)
+    shown = _text(blocks)
+    assert ":white_check_mark: *Approved by slack:alice (slack)*" in shown and f"<{LINK}|Open in page>" in shown
     rejected = record(state=State.REJECTED, decided_by="web:bob", channel="web", reason="<!here> no")
     assert outcome_words(rejected) == "Rejected by web:bob (web): <!here> no"
     assert "&lt;!here&gt; no" in _text(decided_blocks(rejected, None))  # the reason is escaped as well
