@@ -366,14 +366,6 @@ class NtfyChannel(_Model):
     timeout: Duration = 5.0
 
 
-class LinksConfig(_Model):
-    """Signed short links (``/c/<id>.<mac>``) in every notification; they open a call's card after login."""
-
-    base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
-    """Where a phone reaches the page (your reverse proxy, e.g. ``https://gk.example.com``); default: the page's
-    own loopback address."""
-
-
 class NotifyConfig(_Model):
     """Who hears about held calls. A failing channel is logged and never blocks or decides a hold."""
 
@@ -383,7 +375,6 @@ class NotifyConfig(_Model):
     webhooks: list[WebhookChannel] = Field(default_factory=list)
     slack: SlackChannel | None = None
     ntfy: list[NtfyChannel] = Field(default_factory=list)
-    links: LinksConfig = Field(default_factory=LinksConfig)
     on_hold: list[str] | None = None
     """Channels told when a call is held (default: every configured channel)."""
 
@@ -447,6 +438,9 @@ class UiConfig(_Model):
     port: int = Field(default=8765, ge=0, le=65535)
     allow_remote: bool = False
     """Required to bind a non-loopback address (a loud warning is printed)."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#@\s]+/?$")
+    """Where browsers reach the page through your reverse proxy (``https://gk.example.com``): the base of the
+    notifications' short links, and a Host and Origin the page accepts besides its loopback ones."""
 
 
 class SecurityConfig(_Model):

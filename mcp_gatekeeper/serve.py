@@ -165,10 +165,10 @@ async def open_runtime(
 
 
 def short_links(config: GatekeeperConfig, home: Path) -> Links:
-    """The signed short links of this home, pointing at ``[notify.links] base_url`` or the page's own address."""
+    """The signed short links of this home, pointing at ``[ui] public_url`` or the page's own address."""
     from mcp_gatekeeper.webauth import page_url
 
-    base = config.notify.links.base_url or page_url(config.ui.host, config.ui.port)
+    base = config.ui.public_url or page_url(config.ui.host, config.ui.port)
     return Links(link_key(load_or_create_key(home)), base)
 
 

@@ -220,22 +220,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def allowed_hosts(port: int, extra_host: str | None = None) -> frozenset[str]:
-    """The Host header values we answer (anything else is a DNS-rebinding attempt: 421)."""
+def allowed_hosts(port: int, extra_host: str | None = None, public_url: str | None = None) -> frozenset[str]:
+    """The Host header values we answer (anything else is a DNS-rebinding attempt: 421); ``public_url`` adds the
+    host a reverse proxy passes through (``[ui] public_url``)."""
     hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
     if extra_host and not is_loopback(extra_host):
         hosts.add(f"{_url_host(extra_host)}:{port}")
+    if public_url:
+        hosts.add(public_origin(public_url).partition("://")[2])
     return frozenset(hosts)
 
 
-def same_origin_ok(headers: Mapping[str, str], host: str, *, bearer: bool) -> bool:
+def public_origin(public_url: str) -> str:
+    """``https://gk.example.com`` of ``https://gk.example.com/`` (the Origin its pages send)."""
+    return public_url.rstrip("/").lower()
+
+
+def same_origin_ok(headers: Mapping[str, str], host: str, *, bearer: bool, public: str | None = None) -> bool:
     """May this request change state? (the CSRF rule of the threat model, §1.4 #1)
 
-    ``Sec-Fetch-Site`` present: only ``same-origin``. Absent: an ``Origin`` must equal ``http://<Host>``.
+    ``Sec-Fetch-Site`` present: only ``same-origin``. Absent: an ``Origin`` must equal ``http://<Host>`` (or the
+    ``public`` origin of ``[ui] public_url``, the page as a reverse proxy serves it).
     Neither header: only a bearer-token request (a script or curl; browsers always send one of them).
     """
     origin = headers.get("origin")
-    if origin is not None and origin != f"http://{host}":
+    if origin is not None and origin != f"http://{host}" and (public is None or origin != public):
         return False
     site = headers.get("sec-fetch-site")
     if site is not None:

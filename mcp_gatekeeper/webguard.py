@@ -59,6 +59,7 @@ class GuardState(Protocol):
     token: str
     port: int
     hosts: frozenset[str]
+    public: str | None
     clock: Clock
     store: Store
 
@@ -120,7 +121,9 @@ class Guard:
         if (
             method in UNSAFE_METHODS
             and not (path in SIGNED_ELSEWHERE and not api)
-            and not same_origin_ok(headers, host, bearer=principal is not None and principal.kind == "bearer")
+            and not same_origin_ok(
+                headers, host, bearer=principal is not None and principal.kind == "bearer", public=self.st.public
+            )
         ):
             if principal is None and api and "origin" not in headers and "sec-fetch-site" not in headers:
                 await self._refuse(

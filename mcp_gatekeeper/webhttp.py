@@ -18,7 +18,7 @@ from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, canonical_json
 from mcp_gatekeeper.policy import Policy, json_number, render_summary
 from mcp_gatekeeper.store import Store
-from mcp_gatekeeper.webauth import Principal, allowed_hosts, keyed_hash
+from mcp_gatekeeper.webauth import Principal, allowed_hosts, keyed_hash, public_origin
 from mcp_gatekeeper.webredact import find_secrets
 
 MAX_DEPTH = 64
@@ -65,12 +65,15 @@ class WebState:
         self.closing = False
         self.port = 0
         self.hosts: frozenset[str] = frozenset()
+        self.public: str | None = None
+        """The origin of ``[ui] public_url`` (the page behind a reverse proxy), accepted besides ``http://<Host>``."""
         self.set_port(port)
 
     def set_port(self, port: int) -> None:
         ui = self.policy.config.ui
         self.port = port
-        self.hosts = allowed_hosts(port, ui.host if ui.allow_remote else None)
+        self.hosts = allowed_hosts(port, ui.host if ui.allow_remote else None, ui.public_url)
+        self.public = public_origin(ui.public_url) if ui.public_url else None
 
     def hash_secret(self, value: str) -> str:
         return keyed_hash(self.token, value)

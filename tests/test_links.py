@@ -52,7 +52,7 @@ def test_a_link_binds_the_whole_call_id_and_needs_the_key(tmp_path: Path) -> Non
 
 def test_the_base_is_the_configured_public_address_or_the_page(tmp_path: Path) -> None:
     assert short_links(parse_config("[ui]\nport = 9000\n"), tmp_path).base_url == "http://127.0.0.1:9000"
-    cfg = parse_config('[notify.links]\nbase_url = "https://gk.example.com"\n')
+    cfg = parse_config('[ui]\npublic_url = "https://gk.example.com/"\n')
     assert short_links(cfg, tmp_path).url("a" * 26).startswith("https://gk.example.com/c/aaaaaaaaaaaa.")
 
 
@@ -154,3 +154,30 @@ async def test_every_notification_carries_the_link(tmp_path: Path) -> None:
                 await notes.held(rec)
     assert links.url(rec.id) in stream.getvalue()
     assert links.url(rec.id).encode() in got[0]
+
+
+async def test_behind_a_reverse_proxy_the_public_host_and_origin_are_accepted_and_no_other(tmp_path: Path) -> None:
+    clock = SystemClock()
+    home = tmp_path / "home"
+    token = load_or_create_token(home)
+    config = parse_config('[ui]\nautostart = false\npublic_url = "https://gk.example.com"\n')
+    async with Store.open(home / "gk.db", clock) as store:
+        await store.register_instance("t")
+        gate = Gate(store, Policy(config), clock, sweep_interval=None)
+        app = build_app(store=store, gate=gate, policy=gate.policy, token=token, port=PORT, clock=clock)
+        async with (
+            gate.running(),
+            httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://gk.example.com") as web,
+        ):
+            login = (await mint_login_url(store, "https://gk.example.com")).removeprefix("https://gk.example.com")
+            opened = await web.get(login)
+            assert opened.status_code == 303
+            key = opened.headers["location"].partition("#key=")[2]
+            session = {"cookie": opened.headers["set-cookie"].split(";")[0], "x-gatekeeper-key": key}
+            assert (await web.get("/api/session", headers=session)).status_code == 200
+            ok = await web.post("/api/logout", headers={**session, "origin": "https://gk.example.com"})
+            assert ok.status_code == 200
+            for origin in ("https://evil.example", "http://gk.example.com", "https://gk.example.com.evil.example"):
+                refused = await web.post("/api/logout", headers={**session, "origin": origin})
+                assert refused.status_code in (401, 403), origin
+            assert (await web.get("/", headers={"host": "gk.example.com.evil.example"})).status_code == 421

@@ -26,8 +26,9 @@ reviewer = "alice"
 [[notify.ntfy]]
 name = "phone"
 url = "https://ntfy.example/gk-topic"
-[notify.links]
-base_url = "https://gk.example.com"
+[ui]
+autostart = false
+public_url = "https://gk.example.com"
 [[rules]]
 name = "deploys"
 tool = "deploy"
@@ -62,7 +63,8 @@ def test_a_good_setup_loads_and_its_channels_can_be_named() -> None:
         ),
         ('[[notify.ntfy]]\nname = "p"\nurl = "ntfy.sh/topic"\n', "notify.ntfy[0].url"),
         ('[[notify.ntfy]]\nname = "p"\nurl = "https://n/t"\npriority = 5\n', "notify.ntfy[0].priority"),
-        ('[notify.links]\nbase_url = "https://gk.example.com/?x=1"\n', "notify.links.base_url"),
+        ('[ui]\npublic_url = "https://gk.example.com/?x=1"\n', "ui.public_url"),
+        ('[ui]\npublic_url = "https://user@gk.example.com"\n', "ui.public_url"),
         ('[notify.slack]\nchannel = "C1"\nname = "stderr"\n', "built-in channel names"),
         ('[notify.slack]\nchannel = "C1"\n[[notify.ntfy]]\nname = "slack"\nurl = "https://n/t"\n', "must be unique"),
         (
@@ -85,7 +87,7 @@ def test_a_bad_setup_is_refused_naming_the_field(text: str, named: str) -> None:
 async def test_an_unset_secret_stops_the_start_and_a_set_one_wires_everything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = parse_config(GOOD + "[ui]\nautostart = false\n")
+    cfg = parse_config(GOOD)
     monkeypatch.delenv("MCP_GATEKEEPER_SLACK_BOT_TOKEN", raising=False)
     monkeypatch.setenv("MCP_GATEKEEPER_SLACK_SIGNING_SECRET", "s3cret")
     with pytest.raises(ConfigError) as e:
