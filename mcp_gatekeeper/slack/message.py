@@ -20,6 +20,9 @@ from mcp_gatekeeper.webredact import redact
 APPROVE = "gk_approve"
 REJECT = "gk_reject"
 OPEN = "gk_open"
+REJECT_VIEW = "gk_reject_reason"
+REASON_BLOCK = "reason"
+REASON_INPUT = "text"
 ARGS_CHARS = 2500
 """Arguments longer than this (as indented JSON) are cut; the page shows them whole."""
 HEADER_CHARS = 150
@@ -168,3 +171,31 @@ def decided_blocks(call: CallRecord, link: str | None) -> list[dict[str, Any]]:
         _arguments(call),
         {"type": "context", "elements": context},
     ]
+
+
+def reject_view(call: CallRecord, private_metadata: str) -> dict[str, Any]:
+    """The dialog Reject opens: the call, and an optional reason for the agent. ``private_metadata`` names the
+    button and message it came from (its submission is checked like the click)."""
+    return {
+        "type": "modal",
+        "callback_id": REJECT_VIEW,
+        "private_metadata": private_metadata,
+        "title": _plain("Reject the call", 24),
+        "submit": _plain("Reject", 24),
+        "close": _plain("Back", 24),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{escape(headline(call))}*\nNothing runs."}},
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "optional": True,
+                "label": _plain("Reason (the agent reads it)", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
+        ],
+    }

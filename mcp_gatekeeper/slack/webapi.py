@@ -82,3 +82,7 @@ class SlackWebAPI:
     async def tell(self, channel: str, user: str, text: str) -> None:
         """A message only ``user`` sees (why their click decided nothing)."""
         await self.call("chat.postEphemeral", {"channel": channel, "user": user, "text": text})
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        """Open a dialog (a modal) for the user whose click brought ``trigger_id`` (valid for three seconds)."""
+        await self.call("views.open", {"trigger_id": trigger_id, "view": view})

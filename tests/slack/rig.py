@@ -133,6 +133,21 @@ def interaction(
     return urlencode({"payload": json.dumps(payload)}).encode()
 
 
+def submission(view: dict[str, Any], reason: str | None, *, user: str = ALICE, team: str = TEAM) -> bytes:
+    """The ``view_submission`` Slack sends when the reject dialog (as opened by ``views.open``) is submitted."""
+    payload = {
+        "type": "view_submission",
+        "team": {"id": team, "domain": "example"},
+        "user": {"id": user, "username": "someone", "team_id": team},
+        "view": {
+            **view,
+            "id": "V0VIEW",
+            "state": {"values": {"reason": {"text": {"type": "plain_text_input", "value": reason}}}},
+        },
+    }
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
 def signed(body: bytes, *, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
     stamp = str(int(time.time() if at is None else at))
     return {

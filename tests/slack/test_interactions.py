@@ -17,7 +17,7 @@ from mcp import Client
 from mcp_gatekeeper.models import State
 from mcp_gatekeeper.slack.message import APPROVE, OPEN, REJECT, ButtonValue
 
-from .rig import ALICE, BOT_TOKEN, CHANNEL, MALLORY, TEAM, Rig, button, interaction, rig, signed
+from .rig import ALICE, BOT_TOKEN, CHANNEL, MALLORY, TEAM, Rig, button, interaction, rig, signed, submission
 
 pytestmark = pytest.mark.anyio
 
@@ -132,13 +132,19 @@ async def test_refused_requests_leave_the_call_pending_and_the_store_unchanged(t
                     assert (await r.click(body, signed(body))).status_code == 200
                     assert await _snapshot(r, call_id) == before
 
-                # the same signed request twice: the second is a replay, even inside the window
+                # Reject opens a dialog (nothing decided yet); its submission decides, once: the same signed
+                # request again is a replay, even inside the window
                 reject = interaction(REJECT, value, ts=link.ref)
-                headers = signed(reject)
-                assert (await r.click(reject, headers)).status_code == 200
+                assert (await r.click(reject, signed(reject))).status_code == 200
+                assert await _snapshot(r, call_id) == before
+                [opened] = [x.json() for x in r.slack.slack("views.open")]
+                done = submission(opened["view"], "  not on a Friday  ")
+                headers = signed(done)
+                assert (await r.click(done, headers)).status_code == 200
                 after = await _snapshot(r, call_id)
                 assert after[0] == State.REJECTED
-                assert (await r.click(reject, headers)).status_code == 401
+                assert (await r.store.get(call_id)).reason == "not on a Friday"
+                assert (await r.click(done, headers)).status_code == 401
                 assert await _snapshot(r, call_id) == after
             [result] = results
             assert result.is_error  # rejected
@@ -187,3 +193,68 @@ async def test_the_endpoint_keeps_the_host_check_and_needs_no_cookie(tmp_path: P
         # the exemption is this one path: the page's own API still wants the same origin
         api = await r.web.post("/api/logout", headers={"origin": "http://evil.example"})
         assert api.status_code in (401, 403)
+
+
+async def test_the_reject_dialog_is_checked_like_a_click(tmp_path: Path) -> None:
+    results: list[Any] = []
+    async with rig(tmp_path) as r, Client(r.proxy.build_server(), mode="legacy") as c:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                call_id, message = await _held(r, c, results, tg)
+                link = await r.store.notify_link(call_id, "slack")
+                assert link is not None
+                value = button(message, REJECT)["value"]
+                click = interaction(REJECT, value, ts=link.ref)
+                assert (await r.click(click, signed(click))).status_code == 200
+                [opened] = [x.json() for x in r.slack.slack("views.open")]
+                assert opened["trigger_id"] == "1.2.3"
+                view = opened["view"]
+                assert view["callback_id"] == "gk_reject_reason" and view["type"] == "modal"
+                assert json.loads(view["private_metadata"]) == {"v": value, "ch": CHANNEL, "ts": link.ref}
+                before = await _snapshot(r, call_id)
+
+                # someone not on the list submits (a dialog opened for another user, or a forged payload)
+                odd = submission(view, "x", user=MALLORY)
+                refused = await r.click(odd, signed(odd))
+                assert refused.status_code == 200 and refused.json()["response_action"] == "errors"
+                assert "not on this gatekeeper's list" in refused.json()["errors"]["reason"]
+                # a dialog whose metadata names another message, or a stale digest
+                for meta in (
+                    {"v": value, "ch": CHANNEL, "ts": "1.1"},
+                    {"v": ButtonValue(call_id, "0" * 64).encode(), "ch": CHANNEL, "ts": link.ref},
+                ):
+                    bad = submission({**view, "private_metadata": json.dumps(meta)}, "x")
+                    answer = await r.click(bad, signed(bad))
+                    assert answer.json()["response_action"] == "errors"
+                assert await _snapshot(r, call_id) == before
+
+                # the call is approved on the page while the dialog is open: its submission is refused
+                rec = await r.store.get(call_id)
+                page = await r.web.post(
+                    f"/api/calls/{call_id}/approve", headers=r.bearer, json={"args_digest": rec.args_digest}
+                )
+                assert page.status_code == 200
+                late = submission(view, "too late")
+                answer = await r.click(late, signed(late))
+                assert "already" in answer.json()["errors"]["reason"]
+            assert (await r.store.get(call_id)).decided_by.startswith("api:")  # type: ignore[union-attr]
+    assert r.upstream_calls("write_note") == [ARGS]
+
+
+async def test_without_the_dialog_reject_still_rejects(tmp_path: Path) -> None:
+    results: list[Any] = []
+    async with rig(tmp_path) as r, Client(r.proxy.build_server(), mode="legacy") as c:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                call_id, message = await _held(r, c, results, tg)
+                link = await r.store.notify_link(call_id, "slack")
+                assert link is not None
+                r.slack.script.append(
+                    (200, {"content-type": "application/json"}, b'{"ok":false,"error":"expired_trigger_id"}')
+                )
+                click = interaction(REJECT, button(message, REJECT)["value"], ts=link.ref)
+                assert (await r.click(click, signed(click))).status_code == 200
+            done = await r.store.get(call_id)
+            assert done.state == State.REJECTED and done.reason == "rejected in Slack"
+            assert results[0].is_error
+    assert r.upstream_calls("write_note") == []
