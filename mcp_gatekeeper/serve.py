@@ -280,6 +280,8 @@ async def start_ui_if_possible(runtime: Runtime, tg: anyio.abc.TaskGroup, *, for
             )
         return None
     base = web.page_url(ui.host, port)
+    if runtime.links is not None and not ui.public_url:
+        runtime.links.base_url = base  # the port bound (``port = 0``: a free one) is where the links lead
     await runtime.store.serving_page(base)
     link = await web.mint_login_url(runtime.store, base)
     print(

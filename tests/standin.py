@@ -34,6 +34,8 @@ class StandIn:
     """Records requests; ``script`` answers the next requests in order, then Slack-like answers."""
 
     requests: list[Seen] = field(default_factory=list)
+    answers: list[bytes] = field(default_factory=list)
+    """The body of the answer to each request, in order."""
     script: list[Reply] = field(default_factory=list)
     url: str = ""
     _changed: anyio.Event = field(default_factory=anyio.Event)
@@ -69,6 +71,7 @@ class StandIn:
         seen = Seen(scope["method"], scope["path"], headers, body)
         self.requests.append(seen)
         status, reply_headers, reply = self._answer(seen)
+        self.answers.append(reply)
         self._changed.set()
         self._changed = anyio.Event()
         await send(

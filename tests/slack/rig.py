@@ -116,7 +116,14 @@ def button(message: dict[str, Any], action: str) -> dict[str, Any]:
 
 
 def interaction(
-    action: str, value: str, *, ts: str, user: str = ALICE, team: str = TEAM, channel: str = CHANNEL
+    action: str,
+    value: str,
+    *,
+    ts: str,
+    user: str = ALICE,
+    team: str = TEAM,
+    channel: str = CHANNEL,
+    action_ts: str = "1700000001.000001",
 ) -> bytes:
     """A ``block_actions`` payload as Slack sends it (the fields the gatekeeper reads, and a few it does not)."""
     payload = {
@@ -128,7 +135,7 @@ def interaction(
         "channel": {"id": channel, "name": "approvals"},
         "trigger_id": "1.2.3",
         "response_url": "https://hooks.slack.invalid/actions/never-used",
-        "actions": [{"action_id": action, "block_id": "b", "value": value, "type": "button", "action_ts": ts}],
+        "actions": [{"action_id": action, "block_id": "b", "value": value, "type": "button", "action_ts": action_ts}],
     }
     return urlencode({"payload": json.dumps(payload)}).encode()
 
