@@ -194,9 +194,12 @@ def slack_desk(
     """The Slack endpoint's parts, and the follower that rewrites messages once their calls are decided."""
     sc = config.notify.slack
     assert sc is not None
+    secret = expand_env(sc.signing_secret)
+    if not secret.strip():
+        raise ConfigError(["notify.slack.signing_secret: empty (set MCP_GATEKEEPER_SLACK_SIGNING_SECRET)"])
     follower = SlackFollower(slack, link=links, clock=clock, owner=owner, poll=poll)
     return SlackDesk(
-        signing_secret=expand_env(sc.signing_secret), reviewers=AllowList(sc.reviewers), api=slack.api,
+        signing_secret=secret, reviewers=AllowList(sc.reviewers), api=slack.api,
         channel_name=sc.name, store=gate.store, gate=gate, clock=clock, follower=follower,
     )  # fmt: skip
 

@@ -38,14 +38,14 @@ class SlackWebAPI:
         self._token = token
         self._timeout = timeout
 
-    async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, method: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """POST ``body`` (JSON) to ``method``; Slack's answer, or :class:`NotifierError`."""
         try:
             response = await self._http.post(
                 f"{self._api}/{method}",
                 json=body,
                 headers={"Authorization": f"Bearer {self._token}"},
-                timeout=self._timeout,
+                timeout=min(timeout, self._timeout) if timeout is not None else self._timeout,
             )
         except httpx2.HTTPError as e:
             raise NotifierError(f"slack {method}: {type(e).__name__}") from None
@@ -84,5 +84,6 @@ class SlackWebAPI:
         await self.call("chat.postEphemeral", {"channel": channel, "user": user, "text": text})
 
     async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
-        """Open a dialog (a modal) for the user whose click brought ``trigger_id`` (valid for three seconds)."""
-        await self.call("views.open", {"trigger_id": trigger_id, "view": view})
+        """Open a dialog (a modal) for the user whose click brought ``trigger_id``. Asked while Slack waits for
+        the click's answer (three seconds), so it gets two at most."""
+        await self.call("views.open", {"trigger_id": trigger_id, "view": view}, timeout=2.0)

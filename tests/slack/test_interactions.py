@@ -65,8 +65,10 @@ async def test_a_signed_click_approves_and_the_upstream_runs_the_call_once(
 
                 ts = (await r.store.notify_link(call_id, "slack")).ref  # type: ignore[union-attr]
                 body = interaction(APPROVE, button(message, APPROVE)["value"], ts=ts)
+                started = time.monotonic()
                 answer = await r.click(body, signed(body))
                 assert answer.status_code == 200
+                assert time.monotonic() - started < 3.0  # Slack waits three seconds for the answer
             [result] = results
             assert not result.is_error
             assert r.upstream_calls("write_note") == [ARGS]  # exactly once, as shown

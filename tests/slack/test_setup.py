@@ -95,6 +95,12 @@ async def test_an_unset_secret_stops_the_start_and_a_set_one_wires_everything(
             pass
     assert "MCP_GATEKEEPER_SLACK_BOT_TOKEN" in str(e.value)
     monkeypatch.setenv("MCP_GATEKEEPER_SLACK_BOT_TOKEN", "xoxb-from-the-environment")
+    monkeypatch.setenv("MCP_GATEKEEPER_SLACK_SIGNING_SECRET", " ")
+    with pytest.raises(ConfigError) as e:
+        async with open_runtime(cfg, home=tmp_path / "c"):
+            pass
+    assert "notify.slack.signing_secret" in str(e.value)
+    monkeypatch.setenv("MCP_GATEKEEPER_SLACK_SIGNING_SECRET", "s3cret")
     with anyio.fail_after(10):
         async with open_runtime(cfg, home=tmp_path / "b") as rt:
             assert rt.slack is not None and rt.slack.signing_secret == "s3cret"
