@@ -89,9 +89,10 @@ class Rig:
         bodies = [r.json() for r in self.slack.slack("chat.postMessage")[:n]]
         assert self.desk.follower is not None
         notifier = self.desk.follower.notifier
+        ids = [json.loads(button(b, "gk_approve")["value"])["c"] for b in bodies]
         while True:  # and until the notifier has kept where each message went
             stored = notifier.posted
-            if await self.store.query("SELECT COUNT(*) FROM notify_links") >= [(n,)]:
+            if all([await self.store.notify_link(i, "slack") for i in ids]):
                 return bodies
             await stored.wait()
 
@@ -100,9 +101,8 @@ class Rig:
         assert self.desk.follower is not None
         while True:
             updated = self.desk.follower.updated
-            rows = await self.store.query("SELECT shown_state FROM notify_links WHERE call_id = ?", (call_id,))
-            if rows and rows[0][0] is not None:
-                return str(rows[0][0])
+            if (shown := await self.store.notify_link_shown(call_id, "slack")) is not None:
+                return shown
             await updated.wait()
 
     async def click(self, body: bytes, headers: dict[str, str]) -> httpx2.Response:
