@@ -134,7 +134,8 @@ async def open_runtime(
             if recovered:
                 log.warning("recovered %d call(s) left by a gatekeeper process that died (never executed)", recovered)
         http = await stack.enter_async_context(httpx2.AsyncClient())
-        links = short_links(config, home)
+        # the long-running processes tell humans about calls; a one-shot command (list, approve, …) does not
+        links = short_links(config, home) if register else None
         slack = build_slack(config, http, store) if register else None
         extra: list[Any] = [NtfySender(n, http) for n in config.notify.ntfy]
         notifier = Notifications.from_config(
@@ -148,7 +149,9 @@ async def open_runtime(
             poll_interval=poll_interval,
             heartbeat_interval=config.heartbeat_interval,
         )
-        desk = slack_desk(config, slack, gate, links, clock, owner=store.instance_id or label) if slack else None
+        desk = (
+            slack_desk(config, slack, gate, links, clock, owner=store.instance_id or label) if slack and links else None
+        )
         async with gate.running(), anyio.create_task_group() as tg:
             tg.start_soon(store.run_checkpoints)
             if register:

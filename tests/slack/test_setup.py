@@ -109,4 +109,4 @@ async def test_an_unset_secret_stops_the_start_and_a_set_one_wires_everything(
         # a command that only reads (register=False: list, show, approve) needs no Slack secret
         monkeypatch.delenv("MCP_GATEKEEPER_SLACK_BOT_TOKEN")
         async with open_runtime(cfg, home=tmp_path / "b", register=False) as rt:
-            assert rt.slack is None
+            assert rt.slack is None and rt.links is None
