@@ -47,7 +47,7 @@ async def test_a_decision_in_another_process_updates_the_message(tmp_path: Path)
         with anyio.fail_after(20):
             call_id = await _hold_directly(r)
             # another process (as `mcp-gatekeeper reject` is): its own connection to the same database
-            async with Store.open(r.store.path, SystemClock()) as other:
+            async with Store.open(tmp_path / "home" / "gk.db", SystemClock()) as other:
                 cli_gate = Gate(other, Policy(r.config), SystemClock(), sweep_interval=None)
                 await cli_gate.decide(
                     call_id, Decision(approve=False, decided_by="cli:bob", channel="cli", reason="not today")
