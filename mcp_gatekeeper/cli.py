@@ -696,7 +696,11 @@ def cmd_login(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_UNAVAILABLE
-            print(await mint_login_url(rt.store, served[0]))
+            link = await mint_login_url(rt.store, served[0])
+            print(link)
+            if config.ui.public_url:  # the same one-time code, for a browser that reaches the page through the proxy
+                public = config.ui.public_url.rstrip("/")
+                print(f"(through {public}: {public}{link.removeprefix(served[0])})", file=sys.stderr)
             minutes = int(LOGIN_TTL // 60)
             print(f"(open it within {minutes} minutes; it works once)", file=sys.stderr)
             return EXIT_OK

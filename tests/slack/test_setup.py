@@ -8,11 +8,14 @@ from pathlib import Path
 
 import anyio
 import pytest
+from harness import cli
 
+from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.errors import ConfigError
 from mcp_gatekeeper.serve import open_runtime
 from mcp_gatekeeper.slack.reviewers import AllowList
+from mcp_gatekeeper.store import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -110,3 +113,15 @@ async def test_an_unset_secret_stops_the_start_and_a_set_one_wires_everything(
         monkeypatch.delenv("MCP_GATEKEEPER_SLACK_BOT_TOKEN")
         async with open_runtime(cfg, home=tmp_path / "b", register=False) as rt:
             assert rt.slack is None and rt.links is None
+
+
+async def test_login_also_names_the_public_address(home: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text('[ui]\npublic_url = "https://gk.example.com"\n')
+    async with Store.open(home / "gatekeeper.db", SystemClock()) as store:
+        await store.register_instance("page")
+        await store.serving_page("http://127.0.0.1:8765")  # this test process serves the page, as far as login knows
+        _, out, err = await cli(home, "login", config=cfg)
+    code = out.strip().partition("/login?token=")[2]
+    assert out.startswith("http://127.0.0.1:8765/login?token=") and code
+    assert f"(through https://gk.example.com: https://gk.example.com/login?token={code})" in err
