@@ -50,3 +50,38 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report.longrepr = (
         f"CI=true: this test would have been skipped, and in CI a missing real part is a failure: {reason}"
     )
+
+
+# ---------------------------------------------------------------- PostgreSQL (tests/pgcluster.py)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Generator[Any, None, None]:
+    """One throwaway PostgreSQL server for the session (or ``$GATEKEEPER_TEST_PG``); skipped where there is none."""
+    import pgcluster
+
+    why = pgcluster.why_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    cluster = pgcluster.start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_admin_dsn(pg_cluster: Any) -> Generator[str, None, None]:
+    """A superuser DSN of a fresh, empty database of its own (dropped at the end)."""
+    import secrets
+
+    import pgcluster
+    import psycopg
+    from psycopg import sql
+
+    name = f"gk_{secrets.token_hex(6)}"
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield pgcluster.with_database(pg_cluster.dsn, name)
+    with psycopg.connect(pg_cluster.dsn, autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
