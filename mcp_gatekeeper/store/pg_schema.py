@@ -1,0 +1,447 @@
+"""The PostgreSQL schema of the store: the SQLite migrations ported under the same names, and least privilege.
+
+Pure text (no driver import): :mod:`mcp_gatekeeper.store.postgres` runs it. Everything lives in one schema,
+:data:`SCHEMA`, owned by a role that cannot log in (:data:`DEFAULT_ROLES.owner`); two login roles use it:
+
+- **gatekeeper** (the proxies): creates calls, reads them, moves the calls it holds through the states a proxy
+  may set (:data:`GATEKEEPER_EDGES`: expiry, cancellation, forwarding, outcomes, review windows, compensation),
+  appends audit events,
+  registers its instance, records tool definitions it sees and spends leases through :func:`use_lease`.
+  It cannot decide: no call may enter ``approved``, ``rejected`` or ``confirmed``, nor make any change not in
+  that table (a pending call leaves only for ``expired``/``cancelled``/``orphaned``), unless the statement runs
+  as the owner (the decision function); it holds no grant on ``decided_by``, ``decided_at``, ``channel``, ``modified_arguments`` or the
+  arguments themselves; it cannot append a decision event to the audit chain, create a lease, repin a tool,
+  nor read or write the page's sessions.
+- **approver** (the approval service): reads everything, decides through :func:`decide` (SECURITY DEFINER,
+  one compare-and-set plus its audit event in one transaction), runs the page's sessions, leases and pins.
+
+The audit table is append-only for everybody (triggers refuse UPDATE, DELETE and TRUNCATE). Every change of a
+call's state sends a ``NOTIFY`` on :data:`CHANNEL` with the call id: a hint for waiters, never the truth.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mcp_gatekeeper.models import GENESIS_HASH
+
+SCHEMA = "mcp_gatekeeper"
+"""The schema holding every table and function (connections set their search_path to it)."""
+
+CHANNEL = "mcp_gatekeeper_calls"
+"""The LISTEN/NOTIFY channel: the payload is the id of a call whose state changed."""
+
+AUDIT_LOCK = 0x6D6370677461
+"""The advisory lock key every writer of an audit event holds until commit: the hash chain has one tail."""
+
+DECISION_STATES = ("approved", "rejected", "confirmed")
+"""States only the decision function may set (a human's decision)."""
+
+GATEKEEPER_EDGES: dict[str, tuple[str, ...]] = {
+    "pending": ("expired", "cancelled", "orphaned"),  # each means it never runs
+    "approved": ("forwarding", "denied", "cancelled", "expired", "orphaned"),
+    "allowed": ("forwarding", "forwarded", "failed", "outcome_unknown", "orphaned"),
+    "forwarding": ("forwarded", "failed", "outcome_unknown"),
+    "forwarded": ("under_review",),  # an audit gate opens its review window; nothing runs again
+    "under_review": ("unreviewed", "review_failed"),  # the window closed (a timeout's configured outcome)
+    "review_failed": ("rolling_back",),
+    "rolling_back": ("rolled_back", "rollback_failed", "review_failed"),
+}
+"""Every state change a gatekeeper may make by itself; any other goes through the decision function."""
+
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The three roles of a team database (names checked by :meth:`check`)."""
+
+    gatekeeper: str = "gatekeeper"
+    approver: str = "approver"
+    owner: str = "mcp_gatekeeper_owner"
+
+    def check(self) -> None:
+        for what, name in (("gatekeeper", self.gatekeeper), ("approver", self.approver), ("owner", self.owner)):
+            if not _ROLE_NAME.match(name):
+                raise ValueError(f"{what} role {name!r}: use lowercase letters, digits and '_' (at most 63)")
+        if len({self.gatekeeper, self.approver, self.owner}) != 3:
+            raise ValueError("the gatekeeper, approver and owner roles must be three different roles")
+
+
+DEFAULT_ROLES = Roles()
+
+# The SQLite migrations of mcp_gatekeeper.store, in PostgreSQL: same names, same tables and columns (REAL is
+# double precision, AUTOINCREMENT an identity column). A database records the names it has applied in
+# schema_migrations; one that has a name this code does not know was written by a newer version.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            label TEXT,
+            started_at DOUBLE PRECISION NOT NULL,
+            heartbeat_at DOUBLE PRECISION NOT NULL,
+            stopped_at DOUBLE PRECISION
+        );
+        CREATE TABLE calls (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            arguments TEXT NOT NULL,
+            args_digest TEXT NOT NULL,
+            gate TEXT NOT NULL,
+            risk TEXT NOT NULL,
+            rule TEXT,
+            tooldef_hash TEXT,
+            summary TEXT,
+            effects TEXT,
+            reasons TEXT,
+            agent_reason TEXT,
+            agent_confidence DOUBLE PRECISION,
+            client TEXT,
+            input_schema TEXT,
+            instance_id TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            deadline_at DOUBLE PRECISION,
+            decided_at DOUBLE PRECISION,
+            decided_by TEXT,
+            channel TEXT,
+            reason TEXT,
+            modified_arguments TEXT,
+            result TEXT,
+            error TEXT,
+            finished_at DOUBLE PRECISION,
+            wait_strategy TEXT
+        );
+        CREATE INDEX calls_state_created ON calls (state, created_at);
+        CREATE INDEX calls_created ON calls (created_at);
+        CREATE INDEX calls_instance ON calls (instance_id, state);
+        CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at);
+        CREATE TABLE audit (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            call_id TEXT,
+            event TEXT NOT NULL,
+            actor TEXT,
+            channel TEXT,
+            args_digest TEXT,
+            detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        CREATE INDEX audit_call ON audit (call_id, seq);
+        """,
+    ),
+    (
+        "0002_instance_config",
+        """
+        ALTER TABLE instances ADD COLUMN config_path TEXT;
+        """,
+    ),
+    (
+        "0003_waiting",
+        """
+        ALTER TABLE calls ADD COLUMN retry_offered INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN session TEXT;
+        CREATE TABLE used_states (nonce TEXT PRIMARY KEY, call_id TEXT NOT NULL, used_at DOUBLE PRECISION NOT NULL);
+        """,
+    ),
+    (
+        "0004_gates",
+        """
+        ALTER TABLE calls ADD COLUMN escalation INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE calls ADD COLUMN capture TEXT;
+        ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE pins (
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            pinned_at DOUBLE PRECISION NOT NULL,
+            pinned_by TEXT NOT NULL,
+            pending_hash TEXT,
+            pending_definition TEXT,
+            changed_at DOUBLE PRECISION,
+            PRIMARY KEY (upstream, tool)
+        );
+        CREATE TABLE leases (
+            id TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            tooldef_hash TEXT,
+            envelope TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            created_by TEXT NOT NULL,
+            source_call TEXT,
+            expires_at DOUBLE PRECISION,
+            calls_left INTEGER,
+            revoked_at DOUBLE PRECISION,
+            revoked_by TEXT,
+            used INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX leases_tool ON leases (upstream, tool);
+        """,
+    ),
+    (
+        "0005_lean_indexes",
+        """
+        DROP INDEX calls_retry;
+        CREATE INDEX calls_retry ON calls (upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        DROP INDEX calls_instance;
+        """,
+    ),
+    (
+        "0006_principal",
+        """
+        ALTER TABLE calls ADD COLUMN principal TEXT;
+        ALTER TABLE calls ADD COLUMN released_from TEXT;
+        DROP INDEX calls_retry;
+        CREATE INDEX calls_retry ON calls (principal, upstream, tool, args_digest, created_at) WHERE retry_offered = 1;
+        """,
+    ),
+    (
+        "0007_web_sessions",
+        """
+        CREATE TABLE web_sessions (
+            id TEXT PRIMARY KEY,
+            secret_hash TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            label TEXT NOT NULL,
+            host TEXT NOT NULL,
+            user_agent TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_seen_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            ends_at DOUBLE PRECISION NOT NULL,
+            ended_at DOUBLE PRECISION,
+            ended_by TEXT,
+            ended_why TEXT
+        );
+        CREATE TABLE login_codes (
+            code_hash TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            used_at DOUBLE PRECISION
+        );
+        ALTER TABLE instances ADD COLUMN ui_url TEXT;
+        """,
+    ),
+)
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a migration (none of them holds a ';' inside a literal or a body)."""
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+# Functions and triggers: recreated by every `db init` (CREATE OR REPLACE), after the migrations, as the owner.
+# Each SECURITY DEFINER function pins its search_path so that no caller can put its own objects in front.
+_GUARDS = """
+CREATE OR REPLACE FUNCTION {s}.owner_is_current() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $f$
+    SELECT current_user = (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = '{s}')
+$f$;
+
+CREATE OR REPLACE FUNCTION {s}.calls_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, {s} AS $f$
+BEGIN
+    IF {s}.owner_is_current() THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state NOT IN ('pending', 'allowed', 'denied') THEN
+            RAISE EXCEPTION 'call %: a new call is pending, allowed or denied, never %', NEW.id, NEW.state
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF NEW.decided_by IS NOT NULL OR NEW.decided_at IS NOT NULL OR NEW.modified_arguments IS NOT NULL THEN
+            RAISE EXCEPTION 'call %: only the approval service records a decision', NEW.id
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF NEW.state IS DISTINCT FROM OLD.state THEN
+        IF NEW.state IN ({decision_states}) THEN
+            RAISE EXCEPTION 'call %: only the approval service can move a call to %', NEW.id, NEW.state
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF OLD.state || '>' || NEW.state <> ALL (ARRAY[{edges}]) THEN
+            RAISE EXCEPTION 'call %: a gatekeeper does not move a call from % to %', NEW.id, OLD.state, NEW.state
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$f$;
+DROP TRIGGER IF EXISTS calls_guard ON {s}.calls;
+CREATE TRIGGER calls_guard BEFORE INSERT OR UPDATE ON {s}.calls FOR EACH ROW EXECUTE FUNCTION {s}.calls_guard();
+
+CREATE OR REPLACE FUNCTION {s}.calls_notify() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $f$
+BEGIN
+    PERFORM pg_notify('{channel}', NEW.id);
+    RETURN NULL;
+END
+$f$;
+DROP TRIGGER IF EXISTS calls_notify ON {s}.calls;
+CREATE TRIGGER calls_notify AFTER INSERT OR UPDATE OF state ON {s}.calls
+    FOR EACH ROW EXECUTE FUNCTION {s}.calls_notify();
+
+CREATE OR REPLACE FUNCTION {s}.audit_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, {s} AS $f$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'the audit log is append-only (% refused)', TG_OP USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.event IN ({decision_states}) AND NOT {s}.owner_is_current() THEN
+        RAISE EXCEPTION 'only the approval service records a % event', NEW.event
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$f$;
+DROP TRIGGER IF EXISTS audit_guard ON {s}.audit;
+CREATE TRIGGER audit_guard BEFORE INSERT OR UPDATE OR DELETE ON {s}.audit
+    FOR EACH ROW EXECUTE FUNCTION {s}.audit_guard();
+DROP TRIGGER IF EXISTS audit_no_truncate ON {s}.audit;
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON {s}.audit
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_guard();
+
+CREATE OR REPLACE FUNCTION {s}.decide(
+    p_call_id TEXT, p_state TEXT, p_args_digest TEXT, p_now DOUBLE PRECISION, p_decided_by TEXT,
+    p_channel TEXT, p_reason TEXT, p_modified_arguments TEXT, p_detail TEXT, p_prev_hash TEXT, p_hash TEXT
+) RETURNS TABLE (outcome TEXT, state TEXT)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {s} AS $f$
+DECLARE
+    cur RECORD;
+    tail TEXT;
+BEGIN
+    IF p_state NOT IN ('approved', 'rejected', 'confirmed', 'review_failed') THEN
+        RAISE EXCEPTION 'decide: % is not a decision', p_state USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_modified_arguments IS NOT NULL AND p_state <> 'approved' THEN
+        RAISE EXCEPTION 'decide: only an approval carries modified arguments' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pg_advisory_xact_lock({audit_lock});
+    SELECT c.state, c.args_digest, c.deadline_at INTO cur FROM {s}.calls c WHERE c.id = p_call_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'not_found'::TEXT, NULL::TEXT;
+        RETURN;
+    END IF;
+    IF p_state IN ('approved', 'rejected') THEN
+        IF cur.state <> 'pending' THEN
+            RETURN QUERY SELECT 'decided'::TEXT, cur.state;
+            RETURN;
+        END IF;
+        IF cur.deadline_at IS NOT NULL AND p_now >= cur.deadline_at THEN
+            RETURN QUERY SELECT 'expired'::TEXT, cur.state;
+            RETURN;
+        END IF;
+    ELSIF cur.state NOT IN ('under_review', 'unreviewed') THEN
+        RETURN QUERY SELECT 'decided'::TEXT, cur.state;
+        RETURN;
+    END IF;
+    IF p_args_digest IS DISTINCT FROM cur.args_digest THEN
+        RETURN QUERY SELECT 'stale_digest'::TEXT, cur.state;
+        RETURN;
+    END IF;
+    SELECT a.hash INTO tail FROM {s}.audit a ORDER BY a.seq DESC LIMIT 1;
+    IF COALESCE(tail, '{genesis}') <> p_prev_hash THEN
+        RETURN QUERY SELECT 'chain_moved'::TEXT, cur.state;
+        RETURN;
+    END IF;
+    UPDATE {s}.calls c SET state = p_state, decided_at = p_now, decided_by = p_decided_by, channel = p_channel,
+        reason = p_reason, modified_arguments = p_modified_arguments
+        WHERE c.id = p_call_id AND c.state = cur.state AND c.args_digest = cur.args_digest;
+    INSERT INTO {s}.audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)
+        VALUES (p_now, p_call_id, p_state, p_decided_by, p_channel, cur.args_digest, p_detail, p_prev_hash, p_hash);
+    RETURN QUERY SELECT 'ok'::TEXT, p_state;
+END
+$f$;
+
+CREATE OR REPLACE FUNCTION {s}.use_lease(p_lease_id TEXT, p_now DOUBLE PRECISION) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {s} AS $f$
+BEGIN
+    UPDATE {s}.leases l SET used = l.used + 1,
+        calls_left = CASE WHEN l.calls_left IS NULL THEN NULL ELSE l.calls_left - 1 END
+        WHERE l.id = p_lease_id AND l.revoked_at IS NULL AND (l.expires_at IS NULL OR l.expires_at > p_now)
+          AND (l.calls_left IS NULL OR l.calls_left > 0);
+    RETURN FOUND;
+END
+$f$;
+"""
+
+
+def guards_sql() -> str:
+    """The functions and triggers (run as the owner, after the migrations)."""
+    quoted = ", ".join(f"'{s}'" for s in DECISION_STATES)
+    edges = ", ".join(f"'{a}>{b}'" for a, tos in GATEKEEPER_EDGES.items() for b in tos)
+    return _GUARDS.format(
+        s=SCHEMA,
+        channel=CHANNEL,
+        decision_states=quoted,
+        edges=edges,
+        audit_lock=AUDIT_LOCK,
+        genesis=GENESIS_HASH,
+    )
+
+
+GATEKEEPER_INSERT_CALLS = (
+    "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, reasons, "
+    "agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, reason, result, "
+    "error, finished_at, wait_strategy, retry_offered, session, escalation, capture, attempts, principal, released_from"
+)
+"""The columns of a new call a gatekeeper may write (not decided_at, decided_by, channel, modified_arguments)."""
+
+GATEKEEPER_UPDATE_CALLS = (
+    "state, result, error, finished_at, reason, wait_strategy, capture, deadline_at, instance_id, retry_offered, "
+    "session, escalation, attempts, released_from"
+)
+"""The columns of a call a gatekeeper may change (never the arguments, their digest, or who decided)."""
+
+
+def grants_sql(roles: Roles, database: str) -> list[str]:
+    """Every privilege of the two login roles, from nothing (re-run by each `db init`: new columns included)."""
+    roles.check()
+    s, gk, ap = SCHEMA, roles.gatekeeper, roles.approver
+    db = '"' + database.replace('"', '""') + '"'
+    return [
+        f"REVOKE ALL ON DATABASE {db} FROM PUBLIC",
+        f"GRANT CONNECT ON DATABASE {db} TO {gk}, {ap}",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        f"REVOKE ALL ON SCHEMA {s} FROM PUBLIC",
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM PUBLIC, {gk}, {ap}",
+        f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM PUBLIC, {gk}, {ap}",
+        f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC, {gk}, {ap}",
+        f"GRANT USAGE ON SCHEMA {s} TO {gk}, {ap}",
+        f"GRANT EXECUTE ON FUNCTION {s}.owner_is_current() TO {gk}, {ap}",  # the guards ask it as the caller
+        # the gatekeeper
+        f"GRANT SELECT ON {s}.calls, {s}.audit, {s}.instances, {s}.used_states, {s}.pins, {s}.leases,"
+        f" {s}.schema_migrations TO {gk}",
+        f"GRANT INSERT ({GATEKEEPER_INSERT_CALLS}) ON {s}.calls TO {gk}",
+        f"GRANT UPDATE ({GATEKEEPER_UPDATE_CALLS}) ON {s}.calls TO {gk}",
+        f"GRANT INSERT ON {s}.audit TO {gk}",
+        f"GRANT INSERT ON {s}.instances TO {gk}",
+        f"GRANT UPDATE (heartbeat_at, stopped_at, ui_url) ON {s}.instances TO {gk}",
+        f"GRANT INSERT ON {s}.used_states TO {gk}",
+        f"GRANT INSERT ON {s}.pins TO {gk}",
+        f"GRANT UPDATE (pending_hash, pending_definition, changed_at) ON {s}.pins TO {gk}",
+        f"GRANT EXECUTE ON FUNCTION {s}.use_lease(TEXT, DOUBLE PRECISION) TO {gk}",
+        # the approval service
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
+        f"GRANT EXECUTE ON FUNCTION {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT,"
+        f" TEXT, TEXT) TO {ap}",
+        f"GRANT INSERT ON {s}.audit TO {ap}",
+        f"GRANT INSERT, UPDATE ON {s}.web_sessions, {s}.login_codes TO {ap}",
+        f"GRANT INSERT ON {s}.leases TO {ap}",
+        f"GRANT UPDATE (revoked_at, revoked_by) ON {s}.leases TO {ap}",
+        f"GRANT UPDATE (hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at)"
+        f" ON {s}.pins TO {ap}",
+        f"GRANT INSERT ON {s}.instances TO {ap}",
+        f"GRANT UPDATE (heartbeat_at, stopped_at, ui_url) ON {s}.instances TO {ap}",
+    ]

@@ -1,0 +1,514 @@
+"""The PostgreSQL store's set-up and engine on a real server (tests/pgcluster.py): migrations, least privilege,
+the decision compare-and-set, shared sweeping, LISTEN/NOTIFY wake-ups, and losing the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any
+
+import anyio
+import pgcluster
+import psycopg
+import pytest
+
+from mcp_gatekeeper.clock import FakeClock, SystemClock
+from mcp_gatekeeper.errors import AlreadyDecidedError, StoreError
+from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, new_call_id
+from mcp_gatekeeper.store.postgres import InitReport, PgEngine, check_url, init_database
+from mcp_gatekeeper.store.pg_schema import MIGRATIONS, SCHEMA, Roles
+
+pytestmark = pytest.mark.anyio
+
+
+def _roles() -> Roles:
+    tag = secrets.token_hex(4)  # roles are per server; each test's database gets its own
+    return Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+
+
+@pytest.fixture
+async def team(pg_admin_dsn: str) -> tuple[Roles, InitReport]:
+    roles = _roles()
+    report = await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    return roles, report
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True, options=f"-c search_path={SCHEMA}")
+
+
+def _insert_pending(url: str, *, deadline_at: float | None = None) -> str:
+    """A held call written the way a gatekeeper writes it (its own role), with its 'held' audit event."""
+    cid = new_call_id()
+    with _connect(url) as c, c.transaction():
+        c.execute(
+            "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at, deadline_at)"
+            " VALUES (%s, 'pending', 'shop', 'refund', '{\"amount\":40000}', 'd1', 'hard', 'critical', 1.0, %s)",
+            (cid, deadline_at),
+        )
+        c.execute("SELECT pg_advisory_xact_lock(%s)", (0x6D6370677461,))
+        row = c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = row[0] if row else GENESIS_HASH
+        body = audit_body(
+            at=1.0, call_id=cid, event="held", actor="policy", channel="policy", args_digest="d1", detail={}
+        )
+        c.execute(
+            "INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
+            " VALUES (1.0, %s, 'held', 'policy', 'policy', 'd1', '{}', %s, %s)",
+            (cid, prev, audit_hash(prev, body)),
+        )
+    return cid
+
+
+def _chain_ok(admin: str) -> int:
+    """Walk the audit chain as the admin: every link and hash holds; returns the number of events."""
+    with _connect(admin) as c:
+        rows = c.execute(
+            "SELECT at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash FROM audit ORDER BY seq"
+        ).fetchall()
+    prev = GENESIS_HASH
+    for at, call_id, event, actor, channel, args_digest, detail, prev_hash, h in rows:
+        assert prev_hash == prev
+        body = audit_body(
+            at=at, call_id=call_id, event=event, actor=actor, channel=channel, args_digest=args_digest,
+            detail=json.loads(detail),
+        )  # fmt: skip
+        assert audit_hash(prev, body) == h
+        prev = h
+    return len(rows)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+async def test_init_applies_every_migration_once_and_is_idempotent(pg_admin_dsn: str) -> None:
+    roles = _roles()
+    first = await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    assert first.applied == tuple(name for name, _ in MIGRATIONS)
+    assert set(first.new_role_urls) == {roles.gatekeeper, roles.approver}
+    again = await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    assert again.applied == ()
+    assert again.new_role_urls == {}  # existing roles keep their passwords unless asked
+    with _connect(pg_admin_dsn) as c:
+        names = [r[0] for r in c.execute("SELECT name FROM schema_migrations ORDER BY name")]
+        owner = c.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = %s", (SCHEMA,)).fetchone()
+    assert names == [name for name, _ in MIGRATIONS]
+    assert owner == (roles.owner,)
+    # every role can open an engine on it
+    for url in first.new_role_urls.values():
+        async with PgEngine.open(url, SystemClock()) as engine:
+            assert await engine.fetch("SELECT count(*) FROM calls") == [(0,)]
+
+
+async def test_newer_schema_is_refused_by_init_and_by_the_engine(
+    team: tuple[Roles, InitReport], pg_admin_dsn: str
+) -> None:
+    roles, report = team
+    with _connect(pg_admin_dsn) as c:
+        c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('9999_from_the_future', 0)")
+    with pytest.raises(StoreError, match="newer"):
+        await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    with pytest.raises(StoreError, match="newer"):
+        async with PgEngine.open(report.new_role_urls[roles.gatekeeper], SystemClock()):
+            pass
+
+
+async def test_an_unprepared_database_and_a_foreign_url_are_refused(pg_admin_dsn: str) -> None:
+    with pytest.raises(StoreError, match="db init"):
+        async with PgEngine.open(pg_admin_dsn, SystemClock()):
+            pass
+    for bad in ("mysql://x@127.0.0.1/db", "sqlite:///tmp/x.db", "http://127.0.0.1/"):
+        with pytest.raises(StoreError, match=r"\[store\] url"):
+            check_url(bad, key="[store] url")
+    with pytest.raises(StoreError, match="MCP_GATEKEEPER_STORE"):
+        async with PgEngine.open("mysql://u@127.0.0.1/x", SystemClock(), key="MCP_GATEKEEPER_STORE"):
+            pass
+
+
+async def test_role_names_that_could_inject_sql_are_refused(pg_admin_dsn: str) -> None:
+    for bad in ('gk"; DROP TABLE x; --', "Gatekeeper", "a b", ""):
+        with pytest.raises(StoreError, match="role"):
+            await init_database(
+                pg_admin_dsn, SystemClock(), roles=Roles(gatekeeper=bad, approver="ap_x", owner="own_x")
+            )
+
+
+async def test_an_existing_powerful_role_is_not_adopted(pg_admin_dsn: str) -> None:
+    roles = _roles()
+    with _connect(pg_admin_dsn) as c:
+        c.execute(f"CREATE ROLE {roles.gatekeeper} LOGIN CREATEROLE")
+    with pytest.raises(StoreError, match="powers"):
+        await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    with _connect(pg_admin_dsn) as c:
+        c.execute(f"DROP ROLE {roles.gatekeeper}")
+
+
+# ------------------------------------------------------------------------------------------------ least privilege
+
+
+def _refusal(c: psycopg.Connection[Any], statement: str) -> str:
+    """The SQLSTATE with which the server refused ``statement`` ("ran" if it did not refuse it)."""
+    try:
+        c.execute(statement)
+    except psycopg.Error as e:
+        return e.sqlstate or "?"
+    return "ran"
+
+
+def _attempts(cid: str, roles: Roles) -> list[tuple[str, str]]:
+    """Every way we could think of for the gatekeeper's role to approve (or fake an approval of) a held call."""
+    s = SCHEMA
+    decide_args = f"'{cid}', 'approved', 'd1', 2.0, 'me', 'web', NULL, NULL, '{{}}', '{GENESIS_HASH}', 'x'"
+    return [
+        ("set state approved", f"UPDATE calls SET state = 'approved' WHERE id = '{cid}'"),
+        ("set state rejected", f"UPDATE calls SET state = 'rejected' WHERE id = '{cid}'"),
+        ("skip the decision", f"UPDATE calls SET state = 'forwarding' WHERE id = '{cid}'"),
+        ("skip to forwarded", f"UPDATE calls SET state = 'forwarded' WHERE id = '{cid}'"),
+        ("set decided_by", f"UPDATE calls SET decided_by = 'alice' WHERE id = '{cid}'"),
+        ("set decided_at", f"UPDATE calls SET decided_at = 2.0 WHERE id = '{cid}'"),
+        ("set the decision channel", f"UPDATE calls SET channel = 'web' WHERE id = '{cid}'"),
+        ("set modified_arguments", f"UPDATE calls SET modified_arguments = '{{}}' WHERE id = '{cid}'"),
+        ("swap the arguments", f"UPDATE calls SET arguments = '{{\"amount\":1}}' WHERE id = '{cid}'"),
+        ("swap the digest", f"UPDATE calls SET args_digest = 'd2' WHERE id = '{cid}'"),
+        (
+            "insert an approved call",
+            "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at)"
+            " VALUES ('ffff', 'approved', 'shop', 'refund', '{}', 'd', 'hard', 'critical', 1.0)",
+        ),
+        (
+            "insert a call with a decider",
+            "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at, decided_by)"
+            " VALUES ('fffe', 'pending', 'shop', 'refund', '{}', 'd', 'hard', 'critical', 1.0, 'alice')",
+        ),
+        (
+            "insert a confirmed review",
+            "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at)"
+            " VALUES ('fffd', 'confirmed', 'shop', 'refund', '{}', 'd', 'audit', 'low', 1.0)",
+        ),
+        ("delete the call", f"DELETE FROM calls WHERE id = '{cid}'"),
+        ("call the decision function", f"SELECT * FROM decide({decide_args})"),
+        ("call it schema-qualified", f"SELECT * FROM {s}.decide({decide_args})"),
+        (
+            "append an approval event",
+            f"INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
+            f" VALUES (2.0, '{cid}', 'approved', 'alice', 'web', 'd1', '{{}}', 'x', 'y')",
+        ),
+        ("rewrite the audit log", "UPDATE audit SET event = 'approved' WHERE event = 'held'"),
+        ("delete from the audit log", "DELETE FROM audit"),
+        ("truncate the audit log", "TRUNCATE audit"),
+        ("disable the audit guard", "ALTER TABLE audit DISABLE TRIGGER audit_guard"),
+        ("disable the calls guard", "ALTER TABLE calls DISABLE TRIGGER ALL"),
+        ("drop the calls guard", "DROP TRIGGER calls_guard ON calls"),
+        (
+            "replace the guard function",
+            f"CREATE OR REPLACE FUNCTION {s}.calls_guard() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$",
+        ),
+        (
+            "replace owner_is_current",
+            f"CREATE OR REPLACE FUNCTION {s}.owner_is_current() RETURNS boolean LANGUAGE sql AS $$SELECT true$$",
+        ),
+        ("create a function", f"CREATE FUNCTION {s}.mine() RETURNS int LANGUAGE sql AS $$SELECT 1$$"),
+        ("create a function in public", "CREATE FUNCTION public.mine() RETURNS int LANGUAGE sql AS $$SELECT 1$$"),
+        ("create a temp function", "CREATE FUNCTION pg_temp.mine() RETURNS int LANGUAGE sql AS $$SELECT 1$$"),
+        ("shadow a table in temp", "CREATE TEMP TABLE calls (id text)"),
+        ("create a schema", "CREATE SCHEMA mine"),
+        ("become the owner", f"SET ROLE {roles.owner}"),
+        ("become the approver", f"SET ROLE {roles.approver}"),
+        ("become the superuser", "SET ROLE postgres"),
+        ("session authorization", f"SET SESSION AUTHORIZATION {roles.approver}"),
+        ("grant itself the approver", f"GRANT {roles.approver} TO {roles.gatekeeper}"),
+        ("make itself superuser", f"ALTER ROLE {roles.gatekeeper} SUPERUSER"),
+        ("give itself createrole", f"ALTER ROLE {roles.gatekeeper} CREATEROLE"),
+        ("change the approver's password", f"ALTER ROLE {roles.approver} PASSWORD 'mine'"),
+        (
+            "lease itself the tool",
+            "INSERT INTO leases (id, upstream, tool, envelope, created_at, created_by)"
+            " VALUES ('l1', 'shop', 'refund', '{}', 1.0, 'alice')",
+        ),
+        ("refill a lease", "UPDATE leases SET calls_left = 1000"),
+        ("un-revoke a lease", "UPDATE leases SET revoked_at = NULL"),
+        ("repin a tool", "UPDATE pins SET hash = 'new', definition = '{}'"),
+        ("read the page's sessions", "SELECT * FROM web_sessions"),
+        (
+            "forge a page session",
+            "INSERT INTO web_sessions (id, secret_hash, key_hash, label, host, created_at, last_seen_at, expires_at,"
+            " ends_at) VALUES ('s', 'h', 'k', 'me', 'h', 1, 1, 9e9, 9e9)",
+        ),
+        (
+            "forge a login code",
+            "INSERT INTO login_codes (code_hash, label, created_at, expires_at) VALUES ('c', 'me', 1, 9e9)",
+        ),
+        ("alter the calls table", "ALTER TABLE calls ADD COLUMN mine text"),
+        ("drop the audit table", "DROP TABLE audit"),
+        ("copy from a file", "COPY calls FROM '/tmp/x'"),
+    ]
+
+
+async def test_the_gatekeeper_role_cannot_approve_by_any_way_we_know(
+    team: tuple[Roles, InitReport], pg_admin_dsn: str
+) -> None:
+    roles, report = team
+    gk_url, ap_url = report.new_role_urls[roles.gatekeeper], report.new_role_urls[roles.approver]
+    cid = _insert_pending(gk_url, deadline_at=None)
+    with _connect(pg_admin_dsn) as c:  # something for the lease and pin attempts to aim at
+        c.execute(
+            "INSERT INTO pins (upstream, tool, hash, definition, pinned_at, pinned_by) VALUES ('shop', 'refund', 'h', '{}', 1, 'x')"
+        )
+        c.execute(
+            "INSERT INTO leases (id, upstream, tool, envelope, created_at, created_by, calls_left, revoked_at)"
+            " VALUES ('l0', 'shop', 'refund', '{}', 1, 'alice', 0, 5)"
+        )
+    with _connect(gk_url) as c:
+        outcomes = {name: _refusal(c, statement) for name, statement in _attempts(cid, roles)}
+        assert {name: why for name, why in outcomes.items() if why != "42501"} == {}  # insufficient_privilege, each
+        # a GRANT of what it does not hold is only a warning in PostgreSQL: check that it granted nothing
+        c.execute(f"GRANT UPDATE ON {SCHEMA}.calls TO {roles.gatekeeper}")
+    with _connect(pg_admin_dsn) as c:
+        for column in ("decided_by", "modified_arguments", "arguments", "args_digest", "channel", "decided_at"):
+            assert c.execute(
+                "SELECT has_column_privilege(%s, %s, %s, 'UPDATE')", (roles.gatekeeper, f"{SCHEMA}.calls", column)
+            ).fetchone() == (False,)
+        assert c.execute(
+            "SELECT has_function_privilege(%s, %s, 'EXECUTE')",
+            (
+                roles.gatekeeper,
+                f"{SCHEMA}.decide(text, text, text, double precision, text, text, text, text, text, text, text)",
+            ),
+        ).fetchone() == (False,)
+        row = c.execute(
+            "SELECT state, decided_by, decided_at, modified_arguments, arguments, args_digest FROM calls WHERE id = %s",
+            (cid,),
+        ).fetchone()
+        assert row == ("pending", None, None, None, '{"amount":40000}', "d1")
+        assert c.execute("SELECT count(*) FROM calls").fetchone() == (1,)
+        assert c.execute(
+            "SELECT count(*) FROM audit WHERE event IN ('approved', 'rejected', 'confirmed')"
+        ).fetchone() == (0,)
+        assert c.execute("SELECT calls_left, revoked_at FROM leases").fetchone() == (0, 5.0)
+    assert _chain_ok(pg_admin_dsn) == 1
+    # the gatekeeper's own engine cannot decide either
+    async with PgEngine.open(gk_url, SystemClock()) as engine:
+        with pytest.raises(StoreError, match="permission denied"):
+            await engine.decide(cid, state="approved", decided_by="me", channel="web", reason=None,
+                                modified_arguments=None, expected_digest="d1")  # fmt: skip
+    # the approval service's role can
+    async with PgEngine.open(ap_url, SystemClock()) as engine:
+        assert await engine.decide(
+            cid, state="approved", decided_by="alice", channel="web", reason="ok", modified_arguments=None,
+            expected_digest="d1",
+        ) == "approved"  # fmt: skip
+    # and what a gatekeeper does with an approved call it holds still works: forward it, record the outcome
+    with _connect(gk_url) as c:
+        c.execute("UPDATE calls SET state = 'forwarding' WHERE id = %s", (cid,))
+        c.execute("UPDATE calls SET state = 'forwarded', result = '{}', finished_at = 3 WHERE id = %s", (cid,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # and then it is final
+            c.execute("UPDATE calls SET state = 'forwarding' WHERE id = %s", (cid,))
+    with _connect(pg_admin_dsn) as c:
+        assert c.execute("SELECT state, decided_by FROM calls WHERE id = %s", (cid,)).fetchone() == (
+            "forwarded",
+            "alice",
+        )
+    assert _chain_ok(pg_admin_dsn) == 2
+
+
+async def test_the_approver_cannot_write_calls_directly(team: tuple[Roles, InitReport]) -> None:
+    """Decisions go only through the decision function: the CAS and its audit event, together."""
+    roles, report = team
+    cid = _insert_pending(report.new_role_urls[roles.gatekeeper])
+    with _connect(report.new_role_urls[roles.approver]) as c:
+        for statement in (
+            f"UPDATE calls SET state = 'approved' WHERE id = '{cid}'",
+            f"INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
+            f" VALUES (2.0, '{cid}', 'approved', 'alice', 'web', 'd1', '{{}}', 'x', 'y')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(statement)
+
+
+async def test_the_gatekeeper_can_do_its_own_work(team: tuple[Roles, InitReport]) -> None:
+    roles, report = team
+    gk = report.new_role_urls[roles.gatekeeper]
+    expiring, cancelled = _insert_pending(gk), _insert_pending(gk)
+    with _connect(gk) as c:
+        c.execute("UPDATE calls SET state = 'expired', finished_at = 5 WHERE id = %s", (expiring,))
+        c.execute("UPDATE calls SET state = 'cancelled', error = 'went away' WHERE id = %s", (cancelled,))
+        c.execute("INSERT INTO instances (id, pid, host, started_at, heartbeat_at) VALUES ('i1', 1, 'h', 1, 1)")
+        c.execute("UPDATE instances SET heartbeat_at = 2 WHERE id = 'i1'")
+        c.execute("INSERT INTO used_states (nonce, call_id, used_at) VALUES ('n', %s, 1)", (expiring,))
+        c.execute(
+            "INSERT INTO pins (upstream, tool, hash, definition, pinned_at, pinned_by) VALUES ('u', 't', 'h', '{}', 1, 'first use')"
+        )
+        c.execute("UPDATE pins SET pending_hash = 'h2', pending_definition = '{}', changed_at = 2")
+        states = dict(c.execute("SELECT id, state FROM calls").fetchall())
+    assert states == {expiring: "expired", cancelled: "cancelled"}
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+
+@pytest.fixture
+def urls(team: tuple[Roles, InitReport]) -> tuple[str, str]:
+    roles, report = team
+    return report.new_role_urls[roles.gatekeeper], report.new_role_urls[roles.approver]
+
+
+async def test_decisions_are_one_compare_and_set(urls: tuple[str, str], pg_admin_dsn: str) -> None:
+    gk, ap = urls
+    cid = _insert_pending(gk)
+    wins: list[str] = []
+    losses: list[AlreadyDecidedError] = []
+
+    async def reviewer(engine: PgEngine, name: str, approve: bool) -> None:
+        try:
+            await engine.decide(cid, state="approved" if approve else "rejected", decided_by=name, channel="web",
+                                reason=None, modified_arguments=None, expected_digest="d1")  # fmt: skip
+            wins.append(name)
+        except AlreadyDecidedError as e:
+            losses.append(e)
+
+    async with PgEngine.open(ap, SystemClock()) as a, PgEngine.open(ap, SystemClock()) as b:
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(reviewer, a if i % 2 else b, f"r{i}", i % 3 != 0)
+        assert len(wins) == 1 and len(losses) == 5
+        assert all(e.why == "decided" for e in losses)
+        other = _insert_pending(gk)
+        with pytest.raises(AlreadyDecidedError) as stale:
+            await a.decide(other, state="approved", decided_by="x", channel="web", reason=None,
+                           modified_arguments=None, expected_digest="not-what-was-held")  # fmt: skip
+        assert stale.value.why == "stale_digest"
+        late = _insert_pending(gk, deadline_at=0.5)
+        with pytest.raises(AlreadyDecidedError) as expired:
+            await a.decide(late, state="approved", decided_by="x", channel="web", reason=None,
+                           modified_arguments=None, expected_digest=None)  # fmt: skip
+        assert expired.value.why == "expired"
+    with _connect(pg_admin_dsn) as c:
+        assert c.execute(
+            "SELECT count(*) FROM audit WHERE call_id = %s AND event IN ('approved','rejected')", (cid,)
+        ).fetchone() == (1,)
+        assert c.execute("SELECT decided_by FROM calls WHERE id = %s", (cid,)).fetchone() == (wins[0],)
+        assert c.execute("SELECT state FROM calls WHERE id = %s", (other,)).fetchone() == ("pending",)
+    _chain_ok(pg_admin_dsn)
+
+
+async def test_many_sweepers_expire_each_call_exactly_once(urls: tuple[str, str], pg_admin_dsn: str) -> None:
+    gk, _ = urls
+    ids = {_insert_pending(gk, deadline_at=1.0) for _ in range(40)}
+    swept: list[list[str]] = []
+
+    async def sweeper(engine: PgEngine) -> None:
+        while batch := await engine.expire_due(2.0, limit=3):
+            swept.append(batch)
+
+    engines = [PgEngine.open(gk, FakeClock()) for _ in range(4)]
+    async with engines[0] as e0, engines[1] as e1, engines[2] as e2, engines[3] as e3, anyio.create_task_group() as tg:
+        for e in (e0, e1, e2, e3):
+            tg.start_soon(sweeper, e)
+    flat = [cid for batch in swept for cid in batch]
+    assert sorted(flat) == sorted(ids)  # every one, none twice
+    with _connect(pg_admin_dsn) as c:
+        assert c.execute("SELECT count(*) FROM audit WHERE event = 'expired'").fetchone() == (40,)
+        assert c.execute("SELECT count(*) FROM calls WHERE state = 'expired'").fetchone() == (40,)
+    _chain_ok(pg_admin_dsn)
+
+
+async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tuple[str, str]) -> None:
+    gk, ap = urls
+    cid = _insert_pending(gk)
+    async with PgEngine.open(gk, SystemClock()) as holder, PgEngine.open(ap, SystemClock()) as service:
+        with anyio.fail_after(10):
+            while not holder._signals.listening:  # the listener is up (its connection is its own)
+                await holder.wait_changed(poll=0.05)
+        seen: list[str] = []
+
+        async def wait_for_decision() -> None:
+            while True:
+                (state,) = (await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,)))[0]
+                if state != "pending":
+                    seen.append(state)
+                    return
+                await holder.wait_changed(poll=60)  # a poll this long would fail the test: NOTIFY must wake it
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_decision)
+                await service.decide(cid, state="rejected", decided_by="bob", channel="web", reason="no",
+                                     modified_arguments=None, expected_digest="d1")  # fmt: skip
+        assert seen == ["rejected"]
+
+
+async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
+    if why := pgcluster.why_unavailable():
+        pytest.skip(why)
+    if os.environ.get(pgcluster.ENV_DSN):
+        pytest.skip(f"stops and restarts a server of its own (not the one ${pgcluster.ENV_DSN} names)")
+    cluster = pgcluster.start_cluster()  # its own: this test kills it
+    try:
+        roles = _roles()
+        report = await init_database(cluster.dsn, SystemClock(), roles=roles)
+        gk, ap = report.new_role_urls[roles.gatekeeper], report.new_role_urls[roles.approver]
+        cid = _insert_pending(gk)
+        async with (
+            PgEngine.open(gk, SystemClock(), timeout=2.0) as holder,
+            PgEngine.open(ap, SystemClock(), timeout=2.0) as service,
+        ):
+            assert await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,)) == [("pending",)]
+            cluster.kill()
+            with anyio.fail_after(20):
+                with pytest.raises(StoreError):
+                    await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,))
+                with pytest.raises(StoreError):  # nothing decided while the server is gone
+                    await service.decide(cid, state="approved", decided_by="alice", channel="web", reason=None,
+                                         modified_arguments=None, expected_digest="d1")  # fmt: skip
+                with pytest.raises(StoreError):
+                    await holder.expire_due(1e12)
+            cluster.start()
+            with anyio.fail_after(20):
+                assert await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,)) == [("pending",)]
+                assert await service.decide(cid, state="approved", decided_by="alice", channel="web", reason=None,
+                                            modified_arguments=None, expected_digest="d1") == "approved"  # fmt: skip
+                while not holder._signals.listening:  # and the listener came back by itself
+                    await holder.wait_changed(poll=0.1)
+        _chain_ok(cluster.dsn)
+    finally:
+        cluster.stop()
+
+
+async def test_review_windows_and_compensations_are_claimed_once_each(urls: tuple[str, str], pg_admin_dsn: str) -> None:
+    gk, _ = urls
+    ids = []
+    with _connect(gk) as c:
+        for i in range(12):
+            cid = new_call_id()
+            c.execute(
+                "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at, deadline_at)"
+                " VALUES (%s, 'allowed', %s, 'write', '{}', 'd', 'audit', 'low', 1.0, 5.0)",
+                (cid, "a" if i % 2 else "b"),
+            )
+            c.execute("UPDATE calls SET state = 'forwarded' WHERE id = %s", (cid,))
+            c.execute("UPDATE calls SET state = 'under_review' WHERE id = %s", (cid,))
+            ids.append(cid)
+        for sneaky in ("forwarding", "forwarded", "allowed", "pending"):  # nothing under review runs again
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("UPDATE calls SET state = %s WHERE id = %s", (sneaky, ids[0]))
+    async with PgEngine.open(gk, FakeClock()) as one, PgEngine.open(gk, FakeClock()) as two:
+        assert await one.claim("under_review", "review_failed", due_before=4.0) == []  # not due yet
+        failed: list[str] = []
+        rolling: list[str] = []
+
+        async def sweep(engine: PgEngine) -> None:
+            while batch := await engine.claim("under_review", "review_failed", due_before=6.0, limit=2):
+                failed.extend(batch)
+            while batch := await engine.claim("review_failed", "rolling_back", upstreams=["a"], limit=1):
+                rolling.extend(batch)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sweep, one)
+            tg.start_soon(sweep, two)
+    assert sorted(failed) == sorted(ids)
+    assert sorted(rolling) == sorted(ids[1::2])  # upstream "a" only, each once
+    with _connect(pg_admin_dsn) as c:
+        assert c.execute("SELECT sum(attempts) FROM calls").fetchone() == (6,)
+        assert c.execute("SELECT count(*) FROM audit WHERE event = 'rolling_back'").fetchone() == (6,)
+    _chain_ok(pg_admin_dsn)
