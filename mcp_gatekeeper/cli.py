@@ -773,6 +773,37 @@ def cmd_install(args: argparse.Namespace, uninstall: bool) -> int:
     )
 
 
+def cmd_db_init(args: argparse.Namespace) -> int:
+    """Team mode's one admin step: roles, schema, migrations and grants in a PostgreSQL database."""
+    url = args.url or os.environ.get("MCP_GATEKEEPER_ADMIN_URL")
+    if not url:
+        print(
+            "mcp-gatekeeper: db init needs --url or $MCP_GATEKEEPER_ADMIN_URL (an admin's postgresql:// URL)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        from mcp_gatekeeper import pgengine, pgschema
+    except ImportError as e:
+        print(
+            f"mcp-gatekeeper: PostgreSQL support is not installed ({e}): pip install 'mcp-gatekeeper-proxy[postgres]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    roles = pgschema.Roles(gatekeeper=args.gatekeeper_role, approver=args.approver_role, owner=args.owner_role)
+    clock = SystemClock()
+    report = anyio.run(lambda: pgengine.init_database(url, clock, roles=roles, reset_passwords=args.reset_passwords))
+    where = pgengine.redact(url)
+    print(f"{where}: " + (f"applied {', '.join(report.applied)}" if report.applied else "schema up to date"))
+    for role, role_url in report.new_role_urls.items():
+        print(f"role {role}: {role_url}")
+    if report.new_role_urls:
+        print(
+            "(the passwords above are shown once; give the gatekeeper URL to gatekeepers, the approver URL only to the approval service)"
+        )
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from mcp_gatekeeper.doctor import run_doctor
 
@@ -941,6 +972,16 @@ def build_parser() -> argparse.ArgumentParser:
 
         install_mod.add_arguments(ins)
         ins.set_defaults(func=lambda a, un=un: cmd_install(a, un))
+
+    db = sub.add_parser("db", help="team mode: set up a shared PostgreSQL database")
+    dbs = db.add_subparsers(dest="db_cmd", required=True, metavar="ACTION")
+    di = dbs.add_parser("init", help="create the roles, schema, migrations and grants (idempotent; run by its admin)")
+    di.add_argument("--url", help="an admin's postgresql:// URL (default: $MCP_GATEKEEPER_ADMIN_URL)")
+    di.add_argument("--gatekeeper-role", default="gatekeeper", help="login role of the gatekeepers (cannot decide)")
+    di.add_argument("--approver-role", default="approver", help="login role of the approval service (decides)")
+    di.add_argument("--owner-role", default="mcp_gatekeeper_owner", help="role owning the schema (cannot log in)")
+    di.add_argument("--reset-passwords", action="store_true", help="give existing login roles new passwords")
+    di.set_defaults(func=cmd_db_init)
 
     do = with_config(sub.add_parser("doctor", help="check the whole set-up"))
     do.add_argument("--project", help="project directory to inspect for client configs")

@@ -512,3 +512,23 @@ async def test_review_windows_and_compensations_are_claimed_once_each(urls: tupl
         assert c.execute("SELECT sum(attempts) FROM calls").fetchone() == (6,)
         assert c.execute("SELECT count(*) FROM audit WHERE event = 'rolling_back'").fetchone() == (6,)
     _chain_ok(pg_admin_dsn)
+
+
+def test_db_init_from_the_command_line(pg_admin_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_gatekeeper.cli import main
+
+    roles = _roles()
+    argv = ["db", "init", "--url", pg_admin_dsn, "--gatekeeper-role", roles.gatekeeper, "--approver-role",
+            roles.approver, "--owner-role", roles.owner]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "applied 0001_initial" in out
+    password = pgcluster.urlsplit(pg_admin_dsn).password
+    assert password and password not in out.split("role ")[0]  # the admin's password is never echoed
+    gk_url = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith(f"role {roles.gatekeeper}:"))
+    with _connect(gk_url) as c:  # the printed URL works, as the gatekeeper
+        assert c.execute("SELECT current_user").fetchone() == (roles.gatekeeper,)
+    assert main(argv) == 0
+    assert "schema up to date" in capsys.readouterr().out
+    assert main([*argv[:3], "mysql://root@127.0.0.1/x"]) == 3
+    assert "--url" in capsys.readouterr().err
