@@ -783,7 +783,8 @@ def cmd_db_init(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        from mcp_gatekeeper import pgengine, pgschema
+        from mcp_gatekeeper.store import pg_schema as pgschema
+        from mcp_gatekeeper.store import postgres as pgengine
     except ImportError as e:
         print(
             f"mcp-gatekeeper: PostgreSQL support is not installed ({e}): pip install 'mcp-gatekeeper-proxy[postgres]'",

@@ -16,8 +16,8 @@ import pytest
 from mcp_gatekeeper.clock import FakeClock, SystemClock
 from mcp_gatekeeper.errors import AlreadyDecidedError, StoreError
 from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, new_call_id
-from mcp_gatekeeper.store.postgres import InitReport, PgEngine, check_url, init_database
 from mcp_gatekeeper.store.pg_schema import MIGRATIONS, SCHEMA, Roles
+from mcp_gatekeeper.store.postgres import InitReport, PgEngine, check_url, init_database
 
 pytestmark = pytest.mark.anyio
 

@@ -30,7 +30,16 @@ from psycopg import sql
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, StoreError
 from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, canonical_json, digest
-from mcp_gatekeeper.store.pg_schema import AUDIT_LOCK, CHANNEL, MIGRATIONS, SCHEMA, Roles, grants_sql, guards_sql, statements
+from mcp_gatekeeper.store.pg_schema import (
+    AUDIT_LOCK,
+    CHANNEL,
+    MIGRATIONS,
+    SCHEMA,
+    Roles,
+    grants_sql,
+    guards_sql,
+    statements,
+)
 
 log = logging.getLogger(__name__)
 
