@@ -98,7 +98,7 @@ async def test_init_applies_every_migration_once_and_is_idempotent(pg_admin_dsn:
     # every role can open an engine on it
     for url in first.new_role_urls.values():
         async with PgEngine.open(url, SystemClock()) as engine:
-            assert await engine.fetch("SELECT count(*) FROM calls") == [(0,)]
+            assert await engine.read("SELECT count(*) FROM calls") == [(0,)]
 
 
 async def test_newer_schema_is_refused_by_init_and_by_the_engine(
@@ -290,11 +290,11 @@ async def test_the_gatekeeper_role_cannot_approve_by_any_way_we_know(
     # the gatekeeper's own engine cannot decide either
     async with PgEngine.open(gk_url, SystemClock()) as engine:
         with pytest.raises(StoreError, match="permission denied"):
-            await engine.decide(cid, state="approved", decided_by="me", channel="web", reason=None,
+            await engine.decide_call(cid, state="approved", decided_by="me", channel="web", reason=None,
                                 modified_arguments=None, expected_digest="d1")  # fmt: skip
     # the approval service's role can
     async with PgEngine.open(ap_url, SystemClock()) as engine:
-        assert await engine.decide(
+        assert await engine.decide_call(
             cid, state="approved", decided_by="alice", channel="web", reason="ok", modified_arguments=None,
             expected_digest="d1",
         ) == "approved"  # fmt: skip
@@ -361,7 +361,7 @@ async def test_decisions_are_one_compare_and_set(urls: tuple[str, str], pg_admin
 
     async def reviewer(engine: PgEngine, name: str, approve: bool) -> None:
         try:
-            await engine.decide(cid, state="approved" if approve else "rejected", decided_by=name, channel="web",
+            await engine.decide_call(cid, state="approved" if approve else "rejected", decided_by=name, channel="web",
                                 reason=None, modified_arguments=None, expected_digest="d1")  # fmt: skip
             wins.append(name)
         except AlreadyDecidedError as e:
@@ -375,12 +375,12 @@ async def test_decisions_are_one_compare_and_set(urls: tuple[str, str], pg_admin
         assert all(e.why == "decided" for e in losses)
         other = _insert_pending(gk)
         with pytest.raises(AlreadyDecidedError) as stale:
-            await a.decide(other, state="approved", decided_by="x", channel="web", reason=None,
+            await a.decide_call(other, state="approved", decided_by="x", channel="web", reason=None,
                            modified_arguments=None, expected_digest="not-what-was-held")  # fmt: skip
         assert stale.value.why == "stale_digest"
         late = _insert_pending(gk, deadline_at=0.5)
         with pytest.raises(AlreadyDecidedError) as expired:
-            await a.decide(late, state="approved", decided_by="x", channel="web", reason=None,
+            await a.decide_call(late, state="approved", decided_by="x", channel="web", reason=None,
                            modified_arguments=None, expected_digest=None)  # fmt: skip
         assert expired.value.why == "expired"
     with _connect(pg_admin_dsn) as c:
@@ -416,7 +416,12 @@ async def test_many_sweepers_expire_each_call_exactly_once(urls: tuple[str, str]
 async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tuple[str, str]) -> None:
     gk, ap = urls
     cid = _insert_pending(gk)
-    async with PgEngine.open(gk, SystemClock()) as holder, PgEngine.open(ap, SystemClock()) as service:
+    async with (
+        PgEngine.open(gk, SystemClock()) as holder,
+        PgEngine.open(ap, SystemClock()) as service,
+        anyio.create_task_group() as upkeep,
+    ):
+        upkeep.start_soon(holder.run_checkpoints)  # the LISTEN side of a long-running process
         with anyio.fail_after(10):
             while not holder._signals.listening:  # the listener is up (its connection is its own)
                 await holder.wait_changed(poll=0.05)
@@ -424,7 +429,7 @@ async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tupl
 
         async def wait_for_decision() -> None:
             while True:
-                (state,) = (await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,)))[0]
+                (state,) = (await holder.read("SELECT state FROM calls WHERE id = ?", (cid,)))[0]
                 if state != "pending":
                     seen.append(state)
                     return
@@ -433,9 +438,10 @@ async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tupl
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wait_for_decision)
-                await service.decide(cid, state="rejected", decided_by="bob", channel="web", reason="no",
+                await service.decide_call(cid, state="rejected", decided_by="bob", channel="web", reason="no",
                                      modified_arguments=None, expected_digest="d1")  # fmt: skip
         assert seen == ["rejected"]
+        upkeep.cancel_scope.cancel()
 
 
 async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
@@ -452,24 +458,27 @@ async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
         async with (
             PgEngine.open(gk, SystemClock(), timeout=2.0) as holder,
             PgEngine.open(ap, SystemClock(), timeout=2.0) as service,
+            anyio.create_task_group() as upkeep,
         ):
-            assert await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,)) == [("pending",)]
+            upkeep.start_soon(holder.run_checkpoints)
+            assert await holder.read("SELECT state FROM calls WHERE id = ?", (cid,)) == [("pending",)]
             cluster.kill()
             with anyio.fail_after(20):
                 with pytest.raises(StoreError):
-                    await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,))
+                    await holder.read("SELECT state FROM calls WHERE id = ?", (cid,))
                 with pytest.raises(StoreError):  # nothing decided while the server is gone
-                    await service.decide(cid, state="approved", decided_by="alice", channel="web", reason=None,
+                    await service.decide_call(cid, state="approved", decided_by="alice", channel="web", reason=None,
                                          modified_arguments=None, expected_digest="d1")  # fmt: skip
                 with pytest.raises(StoreError):
                     await holder.expire_due(1e12)
             cluster.start()
             with anyio.fail_after(20):
-                assert await holder.fetch("SELECT state FROM calls WHERE id = %s", (cid,)) == [("pending",)]
-                assert await service.decide(cid, state="approved", decided_by="alice", channel="web", reason=None,
+                assert await holder.read("SELECT state FROM calls WHERE id = ?", (cid,)) == [("pending",)]
+                assert await service.decide_call(cid, state="approved", decided_by="alice", channel="web", reason=None,
                                             modified_arguments=None, expected_digest="d1") == "approved"  # fmt: skip
                 while not holder._signals.listening:  # and the listener came back by itself
                     await holder.wait_changed(poll=0.1)
+            upkeep.cancel_scope.cancel()
         _chain_ok(cluster.dsn)
     finally:
         cluster.stop()

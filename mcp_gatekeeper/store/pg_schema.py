@@ -364,6 +364,25 @@ BEGIN
 END
 $f$;
 
+-- what the repositories' SQLite dialect needs beyond PostgreSQL's own (mcp_gatekeeper.store.postgres.to_postgres
+-- translates the rest): SUM over a condition counts the rows where it holds, MIN(a, b) is the smaller value,
+-- json_extract reads one path of a JSON text ('$.a.b'; a JSON null is SQL NULL)
+CREATE OR REPLACE FUNCTION {s}.count_true(acc BIGINT, v BOOLEAN) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE AS $f$ SELECT acc + CASE WHEN v THEN 1 ELSE 0 END $f$;
+CREATE OR REPLACE AGGREGATE {s}.sum(BOOLEAN) (SFUNC = {s}.count_true, STYPE = BIGINT, INITCOND = '0');
+CREATE OR REPLACE FUNCTION {s}.min(a DOUBLE PRECISION, b DOUBLE PRECISION) RETURNS DOUBLE PRECISION
+LANGUAGE sql IMMUTABLE AS $f$ SELECT CASE WHEN a IS NULL OR b IS NULL THEN NULL ELSE LEAST(a, b) END $f$;
+CREATE OR REPLACE FUNCTION {s}.min(a DOUBLE PRECISION, b DOUBLE PRECISION, c DOUBLE PRECISION)
+RETURNS DOUBLE PRECISION
+LANGUAGE sql IMMUTABLE AS $f$
+    SELECT CASE WHEN a IS NULL OR b IS NULL OR c IS NULL THEN NULL ELSE LEAST(a, b, c) END
+$f$;
+CREATE OR REPLACE FUNCTION {s}.json_extract(doc TEXT, path TEXT) RETURNS JSONB
+LANGUAGE sql IMMUTABLE AS $f$
+    SELECT CASE WHEN jsonb_typeof(v) = 'null' THEN NULL ELSE v END
+    FROM (SELECT doc::jsonb #> string_to_array(substr(path, 3), '.') AS v) AS x
+$f$;
+
 CREATE OR REPLACE FUNCTION {s}.use_lease(p_lease_id TEXT, p_now DOUBLE PRECISION) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {s} AS $f$
 BEGIN
@@ -420,6 +439,9 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC, {gk}, {ap}",
         f"GRANT USAGE ON SCHEMA {s} TO {gk}, {ap}",
         f"GRANT EXECUTE ON FUNCTION {s}.owner_is_current() TO {gk}, {ap}",  # the guards ask it as the caller
+        f"GRANT EXECUTE ON FUNCTION {s}.count_true(BIGINT, BOOLEAN), {s}.min(DOUBLE PRECISION, DOUBLE PRECISION),"
+        f" {s}.min(DOUBLE PRECISION, DOUBLE PRECISION, DOUBLE PRECISION), {s}.json_extract(TEXT, TEXT) TO {gk}, {ap}",
+        f"GRANT EXECUTE ON FUNCTION {s}.sum(BOOLEAN) TO {gk}, {ap}",
         # the gatekeeper
         f"GRANT SELECT ON {s}.calls, {s}.audit, {s}.instances, {s}.used_states, {s}.pins, {s}.leases,"
         f" {s}.schema_migrations TO {gk}",

@@ -14,15 +14,18 @@ This is the only module that imports psycopg: the SQLite-only user never loads i
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
+import anyio.to_thread
 import psycopg
 import psycopg_pool
 from psycopg import sql
@@ -30,6 +33,8 @@ from psycopg import sql
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, StoreError
 from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, canonical_json, digest
+from mcp_gatekeeper.store.audit import append
+from mcp_gatekeeper.store.engine import Tx
 from mcp_gatekeeper.store.pg_schema import (
     AUDIT_LOCK,
     CHANNEL,
@@ -42,6 +47,8 @@ from mcp_gatekeeper.store.pg_schema import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -209,7 +216,48 @@ async def _ensure_roles(
 
 # --------------------------------------------------------------------------------------------------- the engine
 
-_POOL_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, OSError)
+_DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, OSError)
+
+
+@functools.lru_cache(maxsize=1024)
+def to_postgres(statement: str) -> str:
+    """A statement of the repositories (SQLite's dialect, ``?`` placeholders) in PostgreSQL's.
+
+    Placeholders become ``%s`` (a literal ``%`` becomes ``%%``); ``x IS ?`` becomes ``IS NOT DISTINCT FROM``;
+    ``INSERT OR IGNORE`` becomes ``ON CONFLICT DO NOTHING``; ``CAST(... AS INTEGER)`` truncates as SQLite does;
+    ``json_each(?)`` reads a JSON array. The scalar ``MIN(a, b)``, ``SUM`` of a condition and ``json_extract``
+    are functions of the schema (:mod:`mcp_gatekeeper.store.pg_schema`).
+    """
+    out: list[str] = []
+    quoted = False
+    for ch in statement:
+        if ch == "'":
+            quoted = not quoted
+        if ch == "%":
+            out.append("%%")
+        elif ch == "?" and not quoted:
+            out.append("%s")
+        else:
+            out.append(ch)
+    text = "".join(out)
+    text = re.sub(r"\bIS NOT %s", "IS DISTINCT FROM %s", text)
+    text = re.sub(r"\bIS %s", "IS NOT DISTINCT FROM %s", text)
+    text = re.sub(r"CAST\((.+?) AS INTEGER\)", r"TRUNC(\1)::INTEGER", text)
+    text = text.replace("json_each(%s)", "json_array_elements_text(%s::json)")
+    if text.lstrip().upper().startswith("INSERT OR IGNORE"):
+        text = text.replace("INSERT OR IGNORE", "INSERT", 1) + " ON CONFLICT DO NOTHING"
+    return text
+
+
+class _Tx:
+    """A transaction's handle for the repositories' bodies (the store's ``Tx``): their statements, translated."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, statement: str, parameters: Sequence[Any] = (), /) -> Any:
+        # parameters always passed (even none): psycopg then reads "%%" as "%"
+        return self._conn.execute(to_postgres(statement).encode(), tuple(parameters))
 
 
 @dataclass
@@ -218,59 +266,81 @@ class _Signals:
 
     changed: anyio.Event = field(default_factory=anyio.Event)
     listening: bool = False
+    count: int = 0
 
     def fire(self) -> None:
+        self.count += 1
         self.changed.set()
         self.changed = anyio.Event()
 
 
-class PgEngine:
-    """One process's connection pool to a team database (a gatekeeper's or the approval service's role)."""
+def _new_pool(url: str, *, max_size: int, timeout: float) -> psycopg_pool.ConnectionPool[Any]:
+    return psycopg_pool.ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        timeout=timeout,
+        open=False,
+        check=psycopg_pool.ConnectionPool.check_connection,  # a connection the server dropped is replaced
+        reconnect_timeout=60.0,
+        kwargs={
+            "autocommit": True,
+            "cursor_factory": psycopg.ClientCursor,
+            "connect_timeout": max(1, int(timeout)),
+            "options": f"-c search_path={SCHEMA}",
+        },
+    )
 
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], url: str, clock: Clock) -> None:
+
+class PgEngine:
+    """One process's pool of connections to a team database, as the store's engine (``Backend``).
+
+    The repositories' bodies are synchronous (the store's seam), so each read or transaction runs on a worker
+    thread with a connection of a psycopg pool: one hand-off per transaction, as with SQLite's worker thread.
+    Every write transaction first takes the audit chain's advisory lock: writers queue as SQLite's do behind
+    ``BEGIN IMMEDIATE``, and the chain keeps one tail. A dropped connection is replaced when next handed out
+    (the pool checks it); until the server answers again every read and write raises :class:`StoreError`.
+    """
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, clock: Clock) -> None:
         self._pool = pool
         self.url = url
         self.where = redact(url)
         self.clock = clock
         self._signals = _Signals()
+        self._sizes = (8, 5.0)
+        self._lost = False
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, url: str, clock: Clock, *, key: str = "[store] url", max_size: int = 8, timeout: float = 5.0
     ) -> AsyncIterator[PgEngine]:
-        """Open a pool on ``url`` and check its schema (not migrated, or newer: :class:`StoreError`)."""
+        """Open a pool on ``url`` and check its schema (not set up, or newer: :class:`StoreError`)."""
         check_url(url, key=key)
-        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_size,
-            timeout=timeout,
-            open=False,
-            check=psycopg_pool.AsyncConnectionPool.check_connection,  # a connection the server dropped is replaced
-            reconnect_timeout=0,  # keep trying for as long as it takes; requests fail closed meanwhile
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout)), "options": f"-c search_path={SCHEMA}"},
-        )
+        pool = _new_pool(url, max_size=max_size, timeout=timeout)
         try:
-            await pool.open(wait=True, timeout=timeout)
-        except _POOL_ERRORS as e:
-            with anyio.CancelScope(shield=True):
-                await pool.close()
+            await anyio.to_thread.run_sync(functools.partial(pool.open, wait=True, timeout=timeout))
+        except _DB_ERRORS as e:
+            await anyio.to_thread.run_sync(pool.close)
             raise StoreError(f"{key}: cannot connect to {redact(url)}: {e}") from e
         engine = cls(pool, url, clock)
+        engine._sizes = (max_size, timeout)
         try:
             await engine._check_schema()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(engine._listen)
-                yield engine
-                tg.cancel_scope.cancel()
+            yield engine
         finally:
             with anyio.CancelScope(shield=True):
-                await pool.close()
+                await anyio.to_thread.run_sync(engine._pool.close)
 
     async def _check_schema(self) -> None:
-        async with self.connection() as conn:
-            done = await _schema_state(conn)
+        def look(c: Tx) -> set[str] | None:
+            row = c.execute("SELECT to_regclass(?) IS NOT NULL", (f"{SCHEMA}.schema_migrations",)).fetchone()
+            if not row or not row[0]:
+                return None
+            return {r[0] for r in c.execute("SELECT name FROM schema_migrations").fetchall()}
+
+        done = await self.scan(look)
         if done is None:
             raise StoreError(
                 f"{self.where} has no mcp-gatekeeper schema (or this role cannot see it): run"
@@ -280,73 +350,93 @@ class PgEngine:
         if missing := [name for name, _ in MIGRATIONS if name not in done]:
             raise StoreError(f"{self.where} needs migrations {missing}: run `mcp-gatekeeper db init` as its owner")
 
-    # ------------------------------------------------------------------ connections and transactions
+    # ------------------------------------------------------------------ the store's Engine
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; any database failure inside becomes :class:`StoreError`."""
+    async def _on_thread(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        if self._lost:  # the server went away: a fresh pool connects at once (the old one backs off, slower and
+            # slower, between its attempts)
+            self._lost = False
+            old, self._pool = self._pool, _new_pool(self.url, max_size=self._sizes[0], timeout=self._sizes[1])
+            self._pool.open(wait=False)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(functools.partial(old.close, timeout=0))
+        pool = self._pool
+
+        def run() -> T:
+            with pool.connection() as conn:
+                return fn(conn)
+
         try:
-            async with self._pool.connection() as conn:
-                yield conn
-        except _POOL_ERRORS as e:
+            # not abandoned on cancellation: a transaction handed over is finished (or rolled back) first
+            return await anyio.to_thread.run_sync(run)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, OSError) as e:
+            self._lost = True
+            raise StoreError(f"cannot use {self.where}: {e}") from e
+        except psycopg.Error as e:
             raise StoreError(f"cannot use {self.where}: {e}") from e
 
-    @asynccontextmanager
-    async def tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """One transaction: committed when the block ends, rolled back on any error."""
-        async with self.connection() as conn, conn.transaction():
-            yield conn
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return await self._on_thread(lambda conn: [tuple(r) for r in _Tx(conn).execute(sql, params).fetchall()])
 
-    async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self.connection() as conn:
-            cur = await conn.execute(query.encode(), params)
-            return list(await cur.fetchall())
+    async def scan(self, fn: Callable[[Tx], T]) -> T:
+        def body(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot
+                return fn(_Tx(conn))
 
-    # ------------------------------------------------------------------ the audit chain
+        return await self._on_thread(body)
 
-    async def append_audit(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        *,
-        event: str,
-        call_id: str | None,
-        actor: str | None = None,
-        channel: str | None = None,
-        args_digest: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one hash-chained event inside the caller's transaction (it holds the chain's lock to commit)."""
-        prev = await self._audit_tail(conn)
-        at = self.clock.now()
-        body = audit_body(
-            at=at, call_id=call_id, event=event, actor=actor, channel=channel, args_digest=args_digest,
-            detail=detail or {},
-        )  # fmt: skip
-        await conn.execute(
-            "INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                at,
-                call_id,
-                event,
-                actor,
-                channel,
-                args_digest,
-                canonical_json(detail or {}),
-                prev,
-                audit_hash(prev, body),
-            ),
-        )
+    async def write(self, fn: Callable[[Tx], T], *, fsync: bool = True) -> T:
+        """``fn`` in one transaction after the audit chain's lock; every commit is durable (``fsync`` is the
+        server's business: ``synchronous_commit`` stays on)."""
 
-    async def _audit_tail(self, conn: psycopg.AsyncConnection[Any]) -> str:
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
-        cur = await conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")
-        row = await cur.fetchone()
-        return str(row[0]) if row else GENESIS_HASH
+        def body(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+                return fn(_Tx(conn))
+
+        return await self._on_thread(body)
+
+    async def run_checkpoints(self) -> None:
+        """Upkeep until cancelled: LISTEN for changes (reconnecting after a failure; waiters poll meanwhile)."""
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=5, options=f"-c search_path={SCHEMA}"
+                ) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    self._signals.listening = True
+                    self._signals.fire()  # anything may have changed while nobody listened
+                    delay = 0.1
+                    async for _ in conn.notifies():
+                        self._signals.fire()
+            except _DB_ERRORS as e:
+                log.debug("LISTEN on %s lost (%s); waiters poll until it is back", self.where, e)
+            finally:
+                self._signals.listening = False
+            await anyio.sleep(delay)  # back-off between reconnection attempts (not a synchronisation)
+            delay = min(delay * 2, 2.0)
+
+    async def data_version(self) -> int:
+        """Changes whenever anyone records anything: every change of a call appends to the audit chain."""
+        rows = await self.read("SELECT COALESCE(MAX(seq), 0) FROM audit")
+        return int(rows[0][0])
+
+    async def integrity_check(self) -> str:
+        await self.read("SELECT 1")
+        return "ok"
+
+    async def wait_changed(self, poll: float = 1.0) -> None:
+        """Return after the next NOTIFY of a change to any call, or after ``poll`` seconds (the fallback while
+        the listener is down). Either way the caller reads the state from the table: a NOTIFY is only a hint."""
+        changed = self._signals.changed
+        with anyio.move_on_after(poll if self._signals.listening else min(poll, 0.5)):
+            await changed.wait()
 
     # ------------------------------------------------------------------ decisions (the approval service's role)
 
-    async def decide(
+    async def decide_call(
         self,
         call_id: str,
         *,
@@ -359,36 +449,36 @@ class PgEngine:
         detail: dict[str, Any] | None = None,
     ) -> str:
         """The one compare-and-set of a decision (``approved``/``rejected``, or ``confirmed``/``review_failed`` for
-        a review), with its audit event, in one transaction; returns the new state. Late, expired or stale
-        decisions raise :class:`AlreadyDecidedError` as on SQLite."""
+        a review) with its audit event, through the schema's ``decide`` function (the gatekeeper's role cannot
+        call it); returns the new state. Late, expired or stale decisions raise :class:`AlreadyDecidedError`."""
         now = self.clock.now()
         d = dict(detail or {})
         if reason:
             d["reason"] = reason
         if modified_arguments is not None:
             d["modified_args_digest"] = digest(modified_arguments)
-        async with self.tx() as conn:
-            prev = await self._audit_tail(conn)
-            cur = await conn.execute("SELECT args_digest FROM calls WHERE id = %s", (call_id,))
-            row = await cur.fetchone()
+
+        def body(c: Tx) -> tuple[str, str | None]:
+            row = c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,)).fetchone()
             if row is None:
                 raise CallNotFoundError(f"no call with id {call_id!r}")
-            held_digest = str(row[0])
-            signed = expected_digest if expected_digest is not None else held_digest
+            held = str(row[0])
+            tail = c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            prev = str(tail[0]) if tail else GENESIS_HASH
             body = audit_body(
-                at=now, call_id=call_id, event=state, actor=decided_by, channel=channel, args_digest=held_digest,
-                detail=d,
-            )  # fmt: skip
-            cur = await conn.execute(
-                "SELECT outcome, state FROM decide(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                at=now, call_id=call_id, event=state, actor=decided_by, channel=channel, args_digest=held, detail=d
+            )
+            out = c.execute(
+                "SELECT outcome, state FROM decide(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    call_id, state, signed, now, decided_by, channel, reason,
-                    None if modified_arguments is None else canonical_json(modified_arguments),
+                    call_id, state, expected_digest if expected_digest is not None else held, now, decided_by,
+                    channel, reason, None if modified_arguments is None else canonical_json(modified_arguments),
                     canonical_json(d), prev, audit_hash(prev, body),
                 ),
-            )  # fmt: skip
-            out = await cur.fetchone()
-        outcome, current = (out[0], out[1]) if out else ("not_found", None)
+            ).fetchone()  # fmt: skip
+            return (str(out[0]), out[1]) if out else ("not_found", None)
+
+        outcome, current = await self.write(body)
         if outcome == "ok":
             return str(current)
         if outcome == "not_found":
@@ -410,25 +500,27 @@ class PgEngine:
 
     async def expire_due(self, now: float, *, limit: int = 100) -> list[str]:
         """Expire the pending calls whose deadline passed. Rows another gatekeeper is already sweeping are skipped
-        (``FOR UPDATE SKIP LOCKED``): many gatekeepers share the work and no call is expired twice."""
-        async with self.tx() as conn:
-            cur = await conn.execute(
-                "SELECT id, args_digest FROM calls WHERE state = 'pending' AND deadline_at <= %s"
-                " ORDER BY deadline_at LIMIT %s FOR UPDATE SKIP LOCKED",
+        (``FOR UPDATE SKIP LOCKED``): many gatekeepers share the work and no call is expired twice. (Today every
+        write also holds the audit chain's lock, so claims queue anyway; SKIP LOCKED keeps them right without it.)"""
+
+        def body(c: Tx) -> list[str]:
+            due = c.execute(
+                "SELECT id, args_digest FROM calls WHERE state = 'pending' AND deadline_at <= ?"
+                " ORDER BY deadline_at LIMIT ? FOR UPDATE SKIP LOCKED",
                 (now, limit),
-            )
-            due = list(await cur.fetchall())
+            ).fetchall()
             for cid, args_digest in due:
-                await conn.execute(
-                    "UPDATE calls SET state = 'expired', finished_at = %s,"
+                c.execute(
+                    "UPDATE calls SET state = 'expired', finished_at = ?,"
                     " reason = 'no decision before its deadline; the safe default is to reject'"
-                    " WHERE id = %s AND state = 'pending'",
+                    " WHERE id = ? AND state = 'pending'",
                     (now, cid),
                 )
-                await self.append_audit(
-                    conn, event="expired", call_id=cid, actor="gatekeeper", channel="timeout", args_digest=args_digest
-                )
-        return [str(r[0]) for r in due]
+                append(c, self.clock, event="expired", call_id=cid, actor="gatekeeper", channel="timeout",
+                       args_digest=args_digest)  # fmt: skip
+            return [str(r[0]) for r in due]
+
+        return await self.write(body)
 
     async def claim(
         self,
@@ -443,53 +535,24 @@ class PgEngine:
         ``upstreams``) to ``to_state``, skipping rows another process holds: the claim of review windows
         (``under_review`` → ``unreviewed``/``review_failed``) and of compensation work (``review_failed`` →
         ``rolling_back``, counting the attempt). Each call is claimed by exactly one process."""
-        async with self.tx() as conn:
-            cur = await conn.execute(
-                "SELECT id, args_digest FROM calls WHERE state = %s"
-                " AND (%s::double precision IS NULL OR deadline_at <= %s)"
-                " AND (%s::text[] IS NULL OR upstream = ANY(%s))"
-                " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                (state, due_before, due_before, None if upstreams is None else list(upstreams),
-                 None if upstreams is None else list(upstreams), limit),
-            )  # fmt: skip
-            rows = list(await cur.fetchall())
+        ups = None if upstreams is None else canonical_json(list(upstreams))
+
+        def body(c: Tx) -> list[str]:
+            rows = c.execute(
+                "SELECT id, args_digest FROM calls WHERE state = ?"
+                " AND (CAST(? AS DOUBLE PRECISION) IS NULL OR deadline_at <= ?)"
+                " AND (CAST(? AS TEXT) IS NULL OR upstream IN (SELECT value FROM json_each(?)))"
+                " ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED",
+                (state, due_before, due_before, ups, ups, limit),
+            ).fetchall()
             for cid, args_digest in rows:
-                await conn.execute(
-                    "UPDATE calls SET state = %s, attempts = attempts + (CASE WHEN %s = 'rolling_back' THEN 1 ELSE 0"
-                    " END) WHERE id = %s AND state = %s",
+                c.execute(
+                    "UPDATE calls SET state = ?, attempts = attempts + (CASE WHEN ? = 'rolling_back' THEN 1 ELSE 0"
+                    " END) WHERE id = ? AND state = ?",
                     (to_state, to_state, cid, state),
                 )
-                await self.append_audit(
-                    conn, event=to_state, call_id=cid, actor="gatekeeper", channel="sweeper", args_digest=args_digest
-                )
-        return [str(r[0]) for r in rows]
+                append(c, self.clock, event=to_state, call_id=cid, actor="gatekeeper", channel="sweeper",
+                       args_digest=args_digest)  # fmt: skip
+            return [str(r[0]) for r in rows]
 
-    # ------------------------------------------------------------------ change signals
-
-    async def wait_changed(self, poll: float = 1.0) -> None:
-        """Return after the next NOTIFY of a change to any call, or after ``poll`` seconds (the fallback when the
-        listener is down). Either way the caller reads the state from the table: a NOTIFY is only a hint."""
-        changed = self._signals.changed
-        with anyio.move_on_after(poll if self._signals.listening else min(poll, 0.5)):
-            await changed.wait()
-
-    async def _listen(self) -> None:
-        """LISTEN on a connection of its own; after a failure, reconnect (waiters poll meanwhile)."""
-        delay = 0.1
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=5, options=f"-c search_path={SCHEMA}"
-                ) as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    self._signals.listening = True
-                    self._signals.fire()  # anything may have changed while nobody listened
-                    delay = 0.1
-                    async for _ in conn.notifies():
-                        self._signals.fire()
-            except _POOL_ERRORS as e:
-                log.debug("LISTEN on %s lost (%s); waiters poll until it is back", self.where, e)
-            finally:
-                self._signals.listening = False
-            await anyio.sleep(delay)  # back-off between reconnection attempts (not a synchronisation)
-            delay = min(delay * 2, 2.0)
+        return await self.write(body)
