@@ -95,8 +95,19 @@ class Store:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: str | os.PathLike[str], clock: Clock) -> AsyncIterator[Store]:
-        async with SqliteEngine.open(path, clock) as engine:
+    async def open(
+        cls, path: str | os.PathLike[str], clock: Clock, *, key: str = "[store] url"
+    ) -> AsyncIterator[Store]:
+        """The store at ``path``: a SQLite file, or a ``postgresql://`` URL (``key`` names where it came from)."""
+        location = os.fspath(path)
+        opened: contextlib.AbstractAsyncContextManager[Backend]
+        if location.startswith(("postgresql://", "postgres://")):
+            from mcp_gatekeeper.store.postgres import PgEngine  # psycopg only for those who use it
+
+            opened = PgEngine.open(location, clock, key=key)
+        else:
+            opened = SqliteEngine.open(path, clock)
+        async with opened as engine:
             store = cls(engine)
             try:
                 yield store

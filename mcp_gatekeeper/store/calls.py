@@ -13,7 +13,7 @@ from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError
 from mcp_gatekeeper.models import CallRecord, NewCall, State, canonical_json, digest, new_call_id
 from mcp_gatekeeper.store import schema
 from mcp_gatekeeper.store.audit import append
-from mcp_gatekeeper.store.engine import Engine, Tx
+from mcp_gatekeeper.store.engine import DecidesThroughTheDatabase, Engine, Tx
 
 
 class Calls:
@@ -164,6 +164,12 @@ class Calls:
         detail: dict[str, Any] | None = None,
     ) -> CallRecord:
         """The one compare-and-set of a human decision: first writer wins, late or stale writers lose."""
+        if isinstance(self._engine, DecidesThroughTheDatabase):
+            await self._engine.decide_call(
+                call_id, state=State.APPROVED if approve else State.REJECTED, decided_by=decided_by, channel=channel,
+                reason=reason, modified_arguments=modified_arguments, expected_digest=expected_digest, detail=detail,
+            )  # fmt: skip
+            return await self.get(call_id)
         now = self._engine.clock.now()
         new_state = State.APPROVED if approve else State.REJECTED
 
@@ -236,6 +242,25 @@ class Calls:
         }  # fmt: skip
         if bad := set(fields) - allowed:
             raise ValueError(f"cannot set {bad}")
+        human = to_state in (State.CONFIRMED, State.REVIEW_FAILED) and fields.get("decided_by") is not None
+        if human and isinstance(self._engine, DecidesThroughTheDatabase):  # a review is a decision too
+            if not set(from_states) <= {State.UNDER_REVIEW, State.UNREVIEWED} or set(fields) - {
+                "reason",
+                "decided_at",
+                "decided_by",
+                "decision_channel",
+            }:
+                raise ValueError(f"a review moves a call under review to {to_state}, setting who decided and why")
+            try:
+                await self._engine.decide_call(
+                    call_id, state=to_state, decided_by=fields["decided_by"],
+                    channel=fields.get("decision_channel") or channel, reason=fields.get("reason"),
+                    modified_arguments=None, expected_digest=None,
+                    detail={k: v for k, v in (detail or {}).items() if k != "reason"},
+                )  # fmt: skip
+            except AlreadyDecidedError:
+                return None
+            return await self.get(call_id)
         sets = ["state = ?"]
         params: list[Any] = [to_state.value]
         for k, v in fields.items():

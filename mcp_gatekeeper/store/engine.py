@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiosqlite
 import anyio
@@ -98,6 +98,26 @@ class Backend(Engine, Protocol):
     async def integrity_check(self) -> str:
         """``"ok"``, or what is wrong with the database."""
         ...
+
+
+@runtime_checkable
+class DecidesThroughTheDatabase(Protocol):
+    """A backend whose database writes decisions itself (PostgreSQL: a function only the approver's role may
+    call; see :mod:`mcp_gatekeeper.store.pg_schema`). :class:`~mcp_gatekeeper.store.calls.Calls` hands it
+    every human decision instead of writing the row."""
+
+    async def decide_call(
+        self,
+        call_id: str,
+        *,
+        state: str,
+        decided_by: str,
+        channel: str,
+        reason: str | None,
+        modified_arguments: dict[str, Any] | None,
+        expected_digest: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> str: ...
 
 
 @dataclass

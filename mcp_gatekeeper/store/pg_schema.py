@@ -6,7 +6,7 @@ Pure text (no driver import): :mod:`mcp_gatekeeper.store.postgres` runs it. Ever
 - **gatekeeper** (the proxies): creates calls, reads them, moves the calls it holds through the states a proxy
   may set (:data:`GATEKEEPER_EDGES`: expiry, cancellation, forwarding, outcomes, review windows, compensation),
   appends audit events,
-  registers its instance, records tool definitions it sees and spends leases through :func:`use_lease`.
+  registers its instance, records tool definitions it sees and spends leases (one use at a time).
   It cannot decide: no call may enter ``approved``, ``rejected`` or ``confirmed``, nor make any change not in
   that table (a pending call leaves only for ``expired``/``cancelled``/``orphaned``), unless the statement runs
   as the owner (the decision function); it holds no grant on ``decided_by``, ``decided_at``, ``channel``, ``modified_arguments`` or the
@@ -41,10 +41,10 @@ DECISION_STATES = ("approved", "rejected", "confirmed")
 GATEKEEPER_EDGES: dict[str, tuple[str, ...]] = {
     "pending": ("expired", "cancelled", "orphaned"),  # each means it never runs
     "approved": ("forwarding", "denied", "cancelled", "expired", "orphaned"),
-    "allowed": ("forwarding", "forwarded", "failed", "outcome_unknown", "orphaned"),
+    "allowed": ("forwarding", "forwarded", "failed", "outcome_unknown", "orphaned", "under_review"),
     "forwarding": ("forwarded", "failed", "outcome_unknown"),
     "forwarded": ("under_review",),  # an audit gate opens its review window; nothing runs again
-    "under_review": ("unreviewed", "review_failed"),  # the window closed (a timeout's configured outcome)
+    "under_review": ("unreviewed", "review_failed", "rollback_failed"),  # the window closed (a timeout's outcome)
     "review_failed": ("rolling_back",),
     "rolling_back": ("rolled_back", "rollback_failed", "review_failed"),
 }
@@ -259,7 +259,8 @@ BEGIN
             RAISE EXCEPTION 'call %: a new call is pending, allowed or denied, never %', NEW.id, NEW.state
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
-        IF NEW.decided_by IS NOT NULL OR NEW.decided_at IS NOT NULL OR NEW.modified_arguments IS NOT NULL THEN
+        IF NEW.decided_by IS NOT NULL OR NEW.decided_at IS NOT NULL OR NEW.modified_arguments IS NOT NULL
+           OR NEW.channel IS NOT NULL THEN
             RAISE EXCEPTION 'call %: only the approval service records a decision', NEW.id
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -383,16 +384,27 @@ LANGUAGE sql IMMUTABLE AS $f$
     FROM (SELECT doc::jsonb #> string_to_array(substr(path, 3), '.') AS v) AS x
 $f$;
 
-CREATE OR REPLACE FUNCTION {s}.use_lease(p_lease_id TEXT, p_now DOUBLE PRECISION) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {s} AS $f$
+CREATE OR REPLACE FUNCTION {s}.leases_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, {s} AS $f$
 BEGIN
-    UPDATE {s}.leases l SET used = l.used + 1,
-        calls_left = CASE WHEN l.calls_left IS NULL THEN NULL ELSE l.calls_left - 1 END
-        WHERE l.id = p_lease_id AND l.revoked_at IS NULL AND (l.expires_at IS NULL OR l.expires_at > p_now)
-          AND (l.calls_left IS NULL OR l.calls_left > 0);
-    RETURN FOUND;
+    IF {s}.owner_is_current() THEN
+        RETURN NEW;
+    END IF;
+    IF NEW.used IS DISTINCT FROM OLD.used OR NEW.calls_left IS DISTINCT FROM OLD.calls_left THEN
+        -- spending one use is all a gatekeeper does to a lease: never a refill, never a revoked or used-up one
+        IF NEW.used <> OLD.used + 1 OR OLD.revoked_at IS NOT NULL OR OLD.calls_left <= 0
+           OR NEW.calls_left IS DISTINCT FROM OLD.calls_left - 1 THEN
+            RAISE EXCEPTION 'lease %: only one use at a time is spent', OLD.id USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        RAISE EXCEPTION 'lease %: a revocation stands', OLD.id USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
 END
 $f$;
+DROP TRIGGER IF EXISTS leases_guard ON {s}.leases;
+CREATE TRIGGER leases_guard BEFORE UPDATE ON {s}.leases FOR EACH ROW EXECUTE FUNCTION {s}.leases_guard();
 """
 
 
@@ -409,13 +421,6 @@ def guards_sql() -> str:
         genesis=GENESIS_HASH,
     )
 
-
-GATEKEEPER_INSERT_CALLS = (
-    "id, state, upstream, tool, arguments, args_digest, gate, risk, rule, tooldef_hash, summary, effects, reasons, "
-    "agent_reason, agent_confidence, client, input_schema, instance_id, created_at, deadline_at, reason, result, "
-    "error, finished_at, wait_strategy, retry_offered, session, escalation, capture, attempts, principal, released_from"
-)
-"""The columns of a new call a gatekeeper may write (not decided_at, decided_by, channel, modified_arguments)."""
 
 GATEKEEPER_UPDATE_CALLS = (
     "state, result, error, finished_at, reason, wait_strategy, capture, deadline_at, instance_id, retry_offered, "
@@ -445,25 +450,27 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         # the gatekeeper
         f"GRANT SELECT ON {s}.calls, {s}.audit, {s}.instances, {s}.used_states, {s}.pins, {s}.leases,"
         f" {s}.schema_migrations TO {gk}",
-        f"GRANT INSERT ({GATEKEEPER_INSERT_CALLS}) ON {s}.calls TO {gk}",
+        # INSERT names every column (the store writes NULLs for the decision's); the guard refuses a new call
+        # that carries a decision, an approved state or a decision channel
+        f"GRANT INSERT ON {s}.calls TO {gk}",
         f"GRANT UPDATE ({GATEKEEPER_UPDATE_CALLS}) ON {s}.calls TO {gk}",
         f"GRANT INSERT ON {s}.audit TO {gk}",
-        f"GRANT INSERT ON {s}.instances TO {gk}",
+        f"GRANT INSERT, DELETE ON {s}.instances TO {gk}",  # DELETE: the rows of long-stopped processes
         f"GRANT UPDATE (heartbeat_at, stopped_at, ui_url) ON {s}.instances TO {gk}",
         f"GRANT INSERT ON {s}.used_states TO {gk}",
         f"GRANT INSERT ON {s}.pins TO {gk}",
         f"GRANT UPDATE (pending_hash, pending_definition, changed_at) ON {s}.pins TO {gk}",
-        f"GRANT EXECUTE ON FUNCTION {s}.use_lease(TEXT, DOUBLE PRECISION) TO {gk}",
+        f"GRANT UPDATE (used, calls_left) ON {s}.leases TO {gk}",  # one use at a time (leases_guard)
         # the approval service
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
         f"GRANT EXECUTE ON FUNCTION {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT,"
         f" TEXT, TEXT) TO {ap}",
         f"GRANT INSERT ON {s}.audit TO {ap}",
-        f"GRANT INSERT, UPDATE ON {s}.web_sessions, {s}.login_codes TO {ap}",
+        f"GRANT INSERT, UPDATE, DELETE ON {s}.web_sessions, {s}.login_codes TO {ap}",
         f"GRANT INSERT ON {s}.leases TO {ap}",
         f"GRANT UPDATE (revoked_at, revoked_by) ON {s}.leases TO {ap}",
         f"GRANT UPDATE (hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at)"
         f" ON {s}.pins TO {ap}",
-        f"GRANT INSERT ON {s}.instances TO {ap}",
+        f"GRANT INSERT, DELETE ON {s}.instances TO {ap}",
         f"GRANT UPDATE (heartbeat_at, stopped_at, ui_url) ON {s}.instances TO {ap}",
     ]
