@@ -479,7 +479,25 @@ def _check_upstream_name(name: str) -> str:
 UpstreamName = Annotated[str, AfterValidator(_check_upstream_name)]
 
 
+STORE_SCHEMES = ("postgresql", "postgres", "sqlite")
+"""What ``[store] url`` (and ``$MCP_GATEKEEPER_STORE``) may name: a PostgreSQL database, or a SQLite file."""
+
+
+def check_store_url(url: str) -> str:
+    """``url`` if it names a PostgreSQL database (``postgresql://...``) or a SQLite file (``sqlite:///path``)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in STORE_SCHEMES:
+        raise ValueError("give a postgresql://user:password@host/database URL, or sqlite:///path/to/file.db")
+    if scheme == "sqlite" and not url[len("sqlite://") :].startswith("/"):
+        raise ValueError("a SQLite store is sqlite:///absolute/path/to/file.db")
+    return url
+
+
 class StoreConfig(_Model):
+    url: Annotated[str, AfterValidator(check_store_url)] | None = None
+    """Team mode: ``postgresql://gatekeeper:PASSWORD@host/database`` (a role set up by ``mcp-gatekeeper db init``),
+    shared by every gatekeeper; or ``sqlite:///path``. Unset: the SQLite file in the data home.
+    ``$MCP_GATEKEEPER_STORE`` overrides it."""
     fsync_every_call: bool = False
     """Held calls, decisions and every step of a held call are always fsynced (``synchronous=FULL``). The records
     of calls that pass without a hold are written before the call runs and survive any process crash, but are

@@ -20,7 +20,7 @@ import httpx2
 from mcp_gatekeeper import hostos, names
 from mcp_gatekeeper.calibrate.shadow import shadow_config
 from mcp_gatekeeper.clock import Clock, SystemClock
-from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, expand_env
+from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, check_store_url, expand_env
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
 from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.gate import Gate
@@ -64,6 +64,23 @@ class Runtime:
 
 def db_path(home: Path) -> Path:
     return home / "gatekeeper.db"
+
+
+STORE_ENV = "MCP_GATEKEEPER_STORE"
+
+
+def store_location(config: GatekeeperConfig, home: Path) -> tuple[str, str]:
+    """Where the store is (a SQLite file's path or a ``postgresql://`` URL) and the setting that said so:
+    ``$MCP_GATEKEEPER_STORE``, else ``[store] url``, else the data home's file."""
+    for key, url in ((STORE_ENV, os.environ.get(STORE_ENV)), ("[store] url", config.store.url)):
+        if not url:
+            continue
+        try:
+            check_store_url(url)
+        except ValueError as e:
+            raise ConfigError([f"{key}: {e}"]) from None
+        return (url[len("sqlite://") :], key) if url.lower().startswith("sqlite://") else (url, key)
+    return str(db_path(home)), "the data home"
 
 
 def own_files(
@@ -126,7 +143,8 @@ async def open_runtime(
     home = home or default_home()
     clock = clock or SystemClock()
     policy = build_policy(config, home, config_path)
-    async with Store.open(db_path(home), clock) as store, contextlib.AsyncExitStack() as stack:
+    location, key = store_location(config, home)
+    async with Store.open(location, clock, key=key) as store, contextlib.AsyncExitStack() as stack:
         store.fsync_every_call = config.store.fsync_every_call
         if register:
             await store.register_instance(label, config_path)

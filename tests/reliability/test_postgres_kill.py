@@ -1,0 +1,162 @@
+"""Killing the PostgreSQL server under real ``mcp-gatekeeper wrap`` processes (team mode).
+
+Two gatekeepers on the gatekeeper role share a throwaway server; decisions come from the CLI on the approver
+role. The server is stopped the hard way (``pg_ctl stop -m immediate``) while calls are held and a decision is
+being made, then started again: nothing runs without a decision, nothing runs twice, nothing is lost, and a
+gatekeeper holding the gatekeeper role's credentials cannot approve its own call.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp.types as types
+import pgcluster
+import psycopg
+import pytest
+from harness import FEATURE_SERVER, ROOT, gatekeeper, gk_env, wrap_params
+from relkit import PY, received, text, write_config
+
+from mcp_gatekeeper.clock import SystemClock
+from mcp_gatekeeper.store.pg_schema import SCHEMA, Roles
+from mcp_gatekeeper.store.postgres import init_database
+
+pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
+
+HELD = """
+[ui]
+autostart = false
+[[rules]]
+name = "notes"
+tool = "write_note"
+gate = "hard"
+"""
+
+
+async def _cli(home: Path, store_url: str, *args: str, config: Path) -> tuple[int, str, str]:
+    """The CLI as a reviewer runs it, with the given role's URL as the store."""
+    argv = [PY, "-m", "mcp_gatekeeper", *args, "--config", str(config)]
+    env = gk_env(home, MCP_GATEKEEPER_STORE=store_url)
+    proc = await anyio.run_process(argv, env=env, check=False, cwd=str(ROOT))
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def _rows(admin: str) -> dict[str, tuple[str, str | None]]:
+    with psycopg.connect(admin, options=f"-c search_path={SCHEMA}") as c:
+        rows = c.execute("SELECT arguments, state, decided_by FROM calls").fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _events(admin: str, path: str) -> list[str]:
+    with psycopg.connect(admin, options=f"-c search_path={SCHEMA}") as c:
+        rows = c.execute(
+            "SELECT a.event FROM audit a JOIN calls c ON c.id = a.call_id WHERE c.arguments LIKE %s ORDER BY a.seq",
+            (f'%"{path}"%',),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+async def test_killing_the_database_mid_flight_runs_nothing_undecided_nothing_twice_and_loses_nothing(
+    home: Path, tmp_path: Path
+) -> None:
+    if why := pgcluster.why_unavailable():
+        pytest.skip(why)
+    if os.environ.get(pgcluster.ENV_DSN):
+        pytest.skip(f"stops and restarts a server of its own (not the one ${pgcluster.ENV_DSN} names)")
+    cluster = pgcluster.start_cluster()
+    try:
+        tag = secrets.token_hex(3)
+        roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+        report = await init_database(cluster.dsn, SystemClock(), roles=roles)
+        gk_url, ap_url = report.new_role_urls[roles.gatekeeper], report.new_role_urls[roles.approver]
+        cfg = write_config(tmp_path / "gk.toml", HELD)
+        log_a, log_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+        results: dict[str, types.CallToolResult] = {}
+        answered: dict[str, anyio.Event] = {p: anyio.Event() for p in ("/a/0", "/a/1", "/a/2", "/b/0")}
+
+        def params(name: str, log: Path) -> Any:
+            upstream = [PY, str(FEATURE_SERVER), "--call-log", str(log)]
+            return wrap_params(home, cfg, name, upstream, MCP_GATEKEEPER_STORE=gk_url)
+
+        with anyio.fail_after(120):
+            async with (
+                gatekeeper(params("team-a", log_a)) as (a, a_err),
+                gatekeeper(params("team-b", log_b)) as (b, b_err),
+                anyio.create_task_group() as tg,
+            ):
+
+                async def call(client: Any, path: str) -> None:
+                    results[path] = await client.call_tool("write_note", {"path": path, "content": path})
+                    answered[path].set()
+
+                a_ids = []
+                for i in range(3):  # one at a time: a_ids[i] is the call of /a/i
+                    tg.start_soon(call, a, f"/a/{i}")
+                    a_ids.append(await a_err.held())
+                tg.start_soon(call, b, "/b/0")
+                b_id = await b_err.held()
+
+                # the agent's side holds the gatekeeper role's credentials: it cannot approve its own call
+                rc, _, err = await _cli(home, gk_url, "approve", a_ids[0], config=cfg)
+                assert rc != 0 and "permission denied" in err
+                rc, _, err = await _cli(home, ap_url, "approve", a_ids[0], config=cfg)
+                assert rc == 0, err
+                with anyio.fail_after(30):
+                    await answered["/a/0"].wait()
+                assert not results["/a/0"].is_error
+
+                # the server dies while calls are held and while a reviewer decides
+                deciding = anyio.Event()
+
+                async def approve_during_the_crash() -> None:
+                    deciding.set()
+                    rc, _, err = await _cli(home, ap_url, "approve", a_ids[1], config=cfg)
+                    crash_outcomes.append((rc, err))
+
+                crash_outcomes: list[tuple[int, str]] = []
+                async with anyio.create_task_group() as racing:
+                    racing.start_soon(approve_during_the_crash)
+                    await deciding.wait()
+                    await anyio.to_thread.run_sync(cluster.kill)
+                # a new call while the database is down: it is neither held nor run (no record, no call)
+                down = await b.call_tool("write_note", {"path": "/b/down", "content": "x"})
+                assert down.is_error
+                rc, _, err = await _cli(home, ap_url, "approve", b_id, config=cfg)
+                assert rc != 0  # nobody decides while the server is gone
+                assert received(log_b, "write_note") == []
+
+                await anyio.to_thread.run_sync(cluster.start)
+                # whatever the racing approval's fate, it happened at most once; decide what is still pending
+                state_a1 = _rows(cluster.dsn)['{"content":"/a/1","path":"/a/1"}'][0]
+                if state_a1 == "pending":
+                    rc, _, err = await _cli(home, ap_url, "approve", a_ids[1], config=cfg)
+                    assert rc == 0, err
+                rc, _, err = await _cli(home, ap_url, "reject", a_ids[2], "--reason", "no", config=cfg)
+                assert rc == 0, err
+                rc, _, err = await _cli(home, ap_url, "approve", b_id, config=cfg)
+                assert rc == 0, err
+            # every held call's client got its answer (the task group waited for them)
+
+        assert not results["/a/1"].is_error and not results["/b/0"].is_error
+        assert results["/a/2"].is_error and "no" in text(results["/a/2"])
+        got_a = sorted(x["path"] for x in received(log_a, "write_note"))
+        assert got_a == ["/a/0", "/a/1"]  # each approved call exactly once; the rejected one never
+        assert [x["path"] for x in received(log_b, "write_note")] == ["/b/0"]  # never the one made while down
+        rows = _rows(cluster.dsn)
+        assert len(rows) == 4  # nothing lost (the call made while down was never recorded, and never ran)
+        assert {args: st for args, (st, _) in rows.items()} == {
+            '{"content":"/a/0","path":"/a/0"}': "forwarded",
+            '{"content":"/a/1","path":"/a/1"}': "forwarded",
+            '{"content":"/a/2","path":"/a/2"}': "rejected",
+            '{"content":"/b/0","path":"/b/0"}': "forwarded",
+        }
+        for path in ("/a/0", "/a/1", "/b/0"):
+            assert _events(cluster.dsn, path) == ["held", "approved", "forwarding", "forwarded"]
+        rc, out, err = await _cli(home, ap_url, "audit", "--verify", config=cfg)
+        assert rc == 0, out + err
+    finally:
+        cluster.stop()
