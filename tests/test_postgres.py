@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -541,3 +542,62 @@ def test_db_init_from_the_command_line(pg_admin_dsn: str, capsys: pytest.Capture
     assert "schema up to date" in capsys.readouterr().out
     assert main([*argv[:3], "mysql://root@127.0.0.1/x"]) == 3
     assert "--url" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ choosing it
+
+
+def test_the_postgres_migrations_are_the_sqlite_ones_under_the_same_names() -> None:
+    """A migration added to the SQLite store must be ported here (same name) before PostgreSQL can open it."""
+    from mcp_gatekeeper.store.schema import MIGRATIONS as SQLITE_MIGRATIONS
+
+    assert [name for name, _ in MIGRATIONS] == [name for name, _ in SQLITE_MIGRATIONS]
+
+
+def test_the_store_setting_is_checked_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_gatekeeper.config import load_config
+    from mcp_gatekeeper.errors import ConfigError
+    from mcp_gatekeeper.serve import STORE_ENV, store_location
+
+    for bad in ("mysql://root@127.0.0.1/db", "http://127.0.0.1/x", "/just/a/path.db", "sqlite://relative.db"):
+        p = tmp_path / "bad.toml"
+        p.write_text(f'[store]\nurl = "{bad}"\n')
+        with pytest.raises(ConfigError, match=r"store\.url"):
+            load_config(p)
+    good = tmp_path / "good.toml"
+    good.write_text('[store]\nurl = "postgresql://gatekeeper:pw@db.internal/gk"\n')
+    config = load_config(good)
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    assert store_location(config, tmp_path) == ("postgresql://gatekeeper:pw@db.internal/gk", "[store] url")
+    monkeypatch.setenv(STORE_ENV, f"sqlite://{tmp_path}/x.db")
+    assert store_location(config, tmp_path) == (f"{tmp_path}/x.db", STORE_ENV)  # the variable wins
+    monkeypatch.setenv(STORE_ENV, "redis://127.0.0.1")
+    with pytest.raises(ConfigError, match=STORE_ENV):
+        store_location(config, tmp_path)
+    monkeypatch.delenv(STORE_ENV)
+    no_url = tmp_path / "none.toml"
+    no_url.write_text("[store]\nfsync_every_call = true\n")
+    assert store_location(load_config(no_url), tmp_path) == (str(tmp_path / "gatekeeper.db"), "the data home")
+
+
+async def test_a_gatekeeper_pointed_at_postgres_records_its_calls_there(urls: tuple[str, str]) -> None:
+    """The Store the whole package uses, on the gatekeeper's role: it records, and cannot decide."""
+    from mcp_gatekeeper.models import NewCall, State
+    from mcp_gatekeeper.store import Store
+
+    gk, ap = urls
+    async with Store.open(gk, SystemClock()) as store:
+        await store.register_instance("team")
+        rec = await store.insert_call(
+            NewCall(upstream="shop", tool="refund", arguments={"amount": 40000}, gate="hard", risk="critical"),
+            state=State.PENDING, deadline_at=SystemClock().now() + 60,
+        )  # fmt: skip
+        with pytest.raises(StoreError, match="permission denied"):
+            await store.decide(rec.id, approve=True, decided_by="me", channel="in-client", reason=None,
+                               modified_arguments=None, expected_digest=None)  # fmt: skip
+        assert (await store.get(rec.id)).state == State.PENDING
+        async with Store.open(ap, SystemClock()) as service:
+            decided = await service.decide(rec.id, approve=True, decided_by="alice", channel="web", reason=None,
+                                           modified_arguments=None, expected_digest=rec.args_digest)  # fmt: skip
+            assert decided.state == State.APPROVED and decided.decided_by == "alice"
+        assert await store.verify_decision(rec.id) is None  # the holder checks it before forwarding
