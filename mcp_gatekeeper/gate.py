@@ -104,7 +104,7 @@ class Gate:
                             self._wake(cid)
             except StoreError:
                 log.warning("store unreadable while watching for decisions; retrying", exc_info=True)
-            await anyio.sleep(self._poll)
+            await self.store.wait_changed(self._poll)
 
     async def _sweep(self, interval: float) -> None:
         while True:

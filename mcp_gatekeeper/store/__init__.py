@@ -125,6 +125,10 @@ class Store:
         """Changes whenever another connection (another process) commits."""
         return await self.engine.data_version()
 
+    async def wait_changed(self, poll: float) -> None:
+        """Until another process may have committed (at most ``poll`` s; PostgreSQL: woken by NOTIFY)."""
+        await self.engine.wait_changed(poll)
+
     async def integrity_check(self) -> str:
         return await self.engine.integrity_check()
 

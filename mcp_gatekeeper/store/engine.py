@@ -95,6 +95,11 @@ class Backend(Engine, Protocol):
         """A number that changes whenever another process commits."""
         ...
 
+    async def wait_changed(self, poll: float) -> None:
+        """Return when another process may have committed: after ``poll`` seconds at the latest (SQLite: just
+        that; PostgreSQL: as soon as a NOTIFY arrives). The caller then reads; the signal is only a hint."""
+        ...
+
     async def integrity_check(self) -> str:
         """``"ok"``, or what is wrong with the database."""
         ...
@@ -420,6 +425,9 @@ class SqliteEngine:
             self._checkpoint_due = None
             with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 await self.run(lambda c: c.execute("PRAGMA wal_autocheckpoint = 1000"), inline=True)
+
+    async def wait_changed(self, poll: float) -> None:
+        await anyio.sleep(poll)  # SQLite has no signal across processes: PRAGMA data_version is polled
 
     async def data_version(self) -> int:
         """Changes whenever another connection (another process) commits."""

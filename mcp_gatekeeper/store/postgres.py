@@ -217,6 +217,8 @@ async def _ensure_roles(
 # --------------------------------------------------------------------------------------------------- the engine
 
 _DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout, OSError)
+LISTEN_POLL = 1.0
+"""Seconds between reads of a waiter whose listener is up (a lost NOTIFY costs at most this much)."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -427,11 +429,12 @@ class PgEngine:
         await self.read("SELECT 1")
         return "ok"
 
-    async def wait_changed(self, poll: float = 1.0) -> None:
-        """Return after the next NOTIFY of a change to any call, or after ``poll`` seconds (the fallback while
-        the listener is down). Either way the caller reads the state from the table: a NOTIFY is only a hint."""
+    async def wait_changed(self, poll: float = LISTEN_POLL) -> None:
+        """Return after the next NOTIFY of a change to any call; at the latest after ``LISTEN_POLL`` seconds while
+        the listener is up, or ``poll`` seconds while it is down (the polling fallback). Either way the caller
+        reads the state from the table: a NOTIFY is only a hint."""
         changed = self._signals.changed
-        with anyio.move_on_after(poll if self._signals.listening else min(poll, 0.5)):
+        with anyio.move_on_after(max(poll, LISTEN_POLL) if self._signals.listening else poll):
             await changed.wait()
 
     # ------------------------------------------------------------------ decisions (the approval service's role)
