@@ -601,3 +601,23 @@ async def test_a_gatekeeper_pointed_at_postgres_records_its_calls_there(urls: tu
                                            modified_arguments=None, expected_digest=rec.args_digest)  # fmt: skip
             assert decided.state == State.APPROVED and decided.decided_by == "alice"
         assert await store.verify_decision(rec.id) is None  # the holder checks it before forwarding
+
+
+async def test_the_approval_service_recovers_a_dead_gatekeepers_calls(urls: tuple[str, str], pg_admin_dsn: str) -> None:
+    from mcp_gatekeeper.models import NewCall, State
+    from mcp_gatekeeper.store import Store
+
+    gk, ap = urls
+    clock = SystemClock()
+    async with Store.open(gk, clock) as store:
+        iid = await store.register_instance("team")
+        rec = await store.insert_call(
+            NewCall(upstream="shop", tool="refund", arguments={}, gate="hard", risk="high"),
+            state=State.PENDING, deadline_at=clock.now() + 60,
+        )  # fmt: skip
+        with _connect(pg_admin_dsn) as c:  # the gatekeeper "dies": its pid is gone
+            c.execute("UPDATE instances SET pid = 2147483000 WHERE id = %s", (iid,))
+        async with Store.open(ap, clock) as service:
+            await service.register_instance("ui")
+            assert await service.recover_orphans() == 1
+            assert (await service.get(rec.id)).state == State.ORPHANED

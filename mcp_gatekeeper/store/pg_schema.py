@@ -471,6 +471,9 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f"GRANT UPDATE (revoked_at, revoked_by) ON {s}.leases TO {ap}",
         f"GRANT UPDATE (hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at)"
         f" ON {s}.pins TO {ap}",
+        # a process of the service recovers the calls of a dead gatekeeper as any process does (the guard's
+        # table of changes applies: no decision but through decide)
+        f"GRANT UPDATE ({GATEKEEPER_UPDATE_CALLS}) ON {s}.calls TO {ap}",
         f"GRANT INSERT, DELETE ON {s}.instances TO {ap}",
         f"GRANT UPDATE (heartbeat_at, stopped_at, ui_url) ON {s}.instances TO {ap}",
     ]
