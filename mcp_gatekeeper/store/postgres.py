@@ -1,13 +1,16 @@
-"""The PostgreSQL engine of the store (psycopg 3, async, with its pool): the admin set-up and the write path.
+"""The PostgreSQL backend of the store (psycopg 3 and psycopg_pool): the admin set-up and the engine.
 
 - :func:`init_database` is the owner's one step (``mcp-gatekeeper db init``): roles, schema, the migrations of
   :mod:`mcp_gatekeeper.store.pg_schema` recorded in ``schema_migrations``, guards and grants. It refuses a database
   written by a newer version, as the SQLite store does.
-- :class:`PgEngine` is what a gatekeeper or the approval service opens with its own role's URL: a pool whose
-  connections reconnect after the server comes back, transactions whose database failures become
-  :class:`StoreError` (callers fail closed), the audit chain's append, a decision as one compare-and-set
-  (through the ``decide`` function: the gatekeeper's role cannot call it), sweeper work claimed with
-  ``FOR UPDATE SKIP LOCKED``, and change signals from ``LISTEN`` with a polling fallback.
+- :class:`PgEngine` is the store's engine (:class:`~mcp_gatekeeper.store.engine.Backend`) for a gatekeeper or the
+  approval service, opened with its own role's URL. The repositories' transaction bodies are synchronous (the
+  store's seam), so they run on worker threads with a pooled connection, as SQLite's run on aiosqlite's thread;
+  their SQLite dialect is translated (:func:`to_postgres`). A lost server makes every read and write raise
+  :class:`StoreError` (callers fail closed) until a fresh pool reaches it again. Decisions go through the
+  database's ``decide`` function (one compare-and-set plus its audit event; the gatekeeper's role cannot call it).
+  ``LISTEN`` (async psycopg, in the upkeep task) wakes waiters; polling is the fallback. Sweeper claims use
+  ``FOR UPDATE SKIP LOCKED``.
 
 This is the only module that imports psycopg: the SQLite-only user never loads it.
 """
