@@ -3,17 +3,17 @@
 Pure text (no driver import): :mod:`mcp_gatekeeper.store.postgres` runs it. Everything lives in one schema,
 :data:`SCHEMA`, owned by a role that cannot log in (:data:`DEFAULT_ROLES.owner`); two login roles use it:
 
-- **gatekeeper** (the proxies): creates calls, reads them, moves the calls it holds through the states a proxy
-  may set (:data:`GATEKEEPER_EDGES`: expiry, cancellation, forwarding, outcomes, review windows, compensation),
-  appends audit events,
-  registers its instance, records tool definitions it sees and spends leases (one use at a time).
-  It cannot decide: no call may enter ``approved``, ``rejected`` or ``confirmed``, nor make any change not in
-  that table (a pending call leaves only for ``expired``/``cancelled``/``orphaned``), unless the statement runs
-  as the owner (the decision function); it holds no grant on ``decided_by``, ``decided_at``, ``channel``, ``modified_arguments`` or the
-  arguments themselves; it cannot append a decision event to the audit chain, create a lease, repin a tool,
-  nor read or write the page's sessions.
-- **approver** (the approval service): reads everything, decides through :func:`decide` (SECURITY DEFINER,
-  one compare-and-set plus its audit event in one transaction), runs the page's sessions, leases and pins.
+- **gatekeeper** (the proxies): creates calls, reads them, moves calls through the steps a proxy takes
+  (:data:`GATEKEEPER_EDGES`: expiry, cancellation, forwarding, outcomes, review windows, compensation), appends
+  audit events, registers its instance, records the tool definitions it sees and spends leases (one use at a
+  time). It cannot decide: no call may enter ``approved``, ``rejected`` or ``confirmed``, nor make a change
+  outside that table, unless the statement runs as the owner (the ``decide`` function); it cannot write
+  ``decided_by``, ``decided_at``, ``channel``, ``modified_arguments`` or the arguments (no UPDATE grant; a new
+  call carrying a decision is refused); it cannot append a decision event to the audit chain, create a lease,
+  repin a tool, nor read or write the page's sessions.
+- **approver** (the approval service): reads everything, decides through the ``decide`` function (SECURITY
+  DEFINER: one compare-and-set plus its audit event in one transaction), runs the page's sessions, leases and
+  pins, and recovers a dead gatekeeper's calls as any process does.
 
 The audit table is append-only for everybody (triggers refuse UPDATE, DELETE and TRUNCATE). Every change of a
 call's state sends a ``NOTIFY`` on :data:`CHANNEL` with the call id: a hint for waiters, never the truth.
