@@ -232,6 +232,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE instances ADD COLUMN ui_url TEXT;
         """,
     ),
+    (
+        "0009_app_nonces",
+        """
+        CREATE TABLE app_nonces (
+            nonce_hash TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            args_digest TEXT NOT NULL,
+            principal TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            used_at DOUBLE PRECISION
+        );
+        CREATE INDEX app_nonces_call ON app_nonces (call_id);
+        """,
+    ),
 )
 
 
@@ -461,6 +476,7 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f"GRANT INSERT ON {s}.pins TO {gk}",
         f"GRANT UPDATE (pending_hash, pending_definition, changed_at) ON {s}.pins TO {gk}",
         f"GRANT UPDATE (used, calls_left) ON {s}.leases TO {gk}",  # one use at a time (leases_guard)
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.app_nonces TO {gk}, {ap}",  # 0009: the card's nonces (a click still decides only through decide)
         # the approval service
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
         f"GRANT EXECUTE ON FUNCTION {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT,"
