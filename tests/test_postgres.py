@@ -621,3 +621,31 @@ async def test_the_approval_service_recovers_a_dead_gatekeepers_calls(urls: tupl
             await service.register_instance("ui")
             assert await service.recover_orphans() == 1
             assert (await service.get(rec.id)).state == State.ORPHANED
+
+
+async def test_the_chat_cards_nonces_work_on_the_gatekeeper_role_and_a_click_there_cannot_approve(
+    urls: tuple[str, str],
+) -> None:
+    """MCP Apps: the gatekeeper mints and spends the card's nonces; but the decision a click would make goes
+    through ``decide``, which its role cannot call (in team mode a decision comes from the approval service)."""
+    from mcp_gatekeeper.models import NewCall, State
+    from mcp_gatekeeper.store import Store
+
+    gk, _ = urls
+    clock = SystemClock()
+    async with Store.open(gk, clock) as store:
+        rec = await store.insert_call(
+            NewCall(upstream="shop", tool="refund", arguments={"a": 1}, gate="hard", risk="high"),
+            state=State.PENDING, deadline_at=clock.now() + 60,
+        )  # fmt: skip
+        await store.add_app_nonce("h" * 64, call_id=rec.id, args_digest=rec.args_digest, principal="p",
+                                  expires_at=clock.now() + 60)  # fmt: skip
+        assert (await store.app_nonce("h" * 64)) is not None
+        assert await store.spend_app_nonce("h" * 64, now=clock.now())
+        assert not await store.spend_app_nonce("h" * 64, now=clock.now())  # once
+        await store.forget_app_nonces(before=clock.now() + 3600)
+        await store.audit_app_refusal(rec.id, actor="chat", detail={"why": "test"})
+        with pytest.raises(StoreError, match="permission denied"):
+            await store.decide(rec.id, approve=True, decided_by="chat", channel="in-chat", reason=None,
+                               modified_arguments=None, expected_digest=rec.args_digest)  # fmt: skip
+        assert (await store.get(rec.id)).state == State.PENDING
