@@ -253,6 +253,8 @@ class Holding:
                 )
         except (AlreadyDecidedError, InvalidModificationError) as e:
             log.info("in-client answer for %s not applied: %s", rec.id[:8], e)
+        except StoreError as e:  # team mode: the gatekeeper's database role may not decide; the call stays held
+            log.warning("in-client answer for %s not recorded (%s); it waits for the approval side", rec.id[:8], e)
 
     # ------------------------------------------------------------------ 2026-07-28: InputRequiredResult rounds
 

@@ -9,6 +9,7 @@ gatekeeper holding the gatekeeper role's credentials cannot approve its own call
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,62 @@ async def test_killing_the_database_mid_flight_runs_nothing_undecided_nothing_tw
         assert rc == 0, out + err
     finally:
         cluster.stop()
+
+
+IN_CLIENT = """
+[ui]
+autostart = false
+[[rules]]
+name = "decide-in-client"
+tool = "write_note"
+gate = "hard"
+in_client = "decide"
+"""
+
+
+async def test_an_approval_from_inside_the_agents_client_is_refused_in_team_mode(home: Path, tmp_path: Path) -> None:
+    """The client's elicitation answer would be recorded with the gatekeeper's role: refused, the call stays held
+    until the approval side decides, and then runs once."""
+    if why := pgcluster.why_unavailable():
+        pytest.skip(why)
+    cluster = pgcluster.start_cluster() if not os.environ.get(pgcluster.ENV_DSN) else None
+    admin = cluster.dsn if cluster is not None else os.environ[pgcluster.ENV_DSN]
+    try:
+        tag = secrets.token_hex(3)
+        roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+        report = await init_database(admin, SystemClock(), roles=roles)
+        gk_url, ap_url = report.new_role_urls[roles.gatekeeper], report.new_role_urls[roles.approver]
+        cfg = write_config(tmp_path / "gk.toml", IN_CLIENT)
+        log = tmp_path / "calls.jsonl"
+        asked = anyio.Event()
+
+        async def approve_in_client(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            asked.set()
+            return types.ElicitResult(action="accept", content={"decision": "approve"})
+
+        upstream = [PY, str(FEATURE_SERVER), "--call-log", str(log)]
+        params = wrap_params(home, cfg, "team", upstream, MCP_GATEKEEPER_STORE=gk_url)
+        result: list[types.CallToolResult] = []
+        with anyio.fail_after(60):
+            async with (
+                gatekeeper(params, elicitation_callback=approve_in_client) as (client, err),
+                anyio.create_task_group() as tg,
+            ):
+
+                async def call() -> None:
+                    result.append(await client.call_tool("write_note", {"path": "/x", "content": "1"}))
+
+                tg.start_soon(call)
+                held = await err.held()
+                await asked.wait()
+                await err.wait_for(re.compile(r"in-client answer for \w+ not recorded"))
+                assert received(log, "write_note") == []  # the client's own "approve" ran nothing
+                assert _rows(admin)['{"content":"1","path":"/x"}'] == ("pending", None)
+                rc, _, e = await _cli(home, ap_url, "approve", held, config=cfg)
+                assert rc == 0, e
+        assert not result[0].is_error
+        assert [x["path"] for x in received(log, "write_note")] == ["/x"]
+        assert _rows(admin)['{"content":"1","path":"/x"}'][0] == "forwarded"
+    finally:
+        if cluster is not None:
+            cluster.stop()
