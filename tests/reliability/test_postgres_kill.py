@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 HELD = """
 [ui]
 autostart = false
+[[waiting.clients]]
+name = "*"  # the test client waits as long as it takes (no pending-and-retry answer on a slow machine)
 [[rules]]
 name = "notes"
 tool = "write_note"
@@ -166,6 +168,8 @@ async def test_killing_the_database_mid_flight_runs_nothing_undecided_nothing_tw
 IN_CLIENT = """
 [ui]
 autostart = false
+[[waiting.clients]]
+name = "*"
 [[rules]]
 name = "decide-in-client"
 tool = "write_note"
