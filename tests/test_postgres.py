@@ -649,3 +649,15 @@ async def test_the_chat_cards_nonces_work_on_the_gatekeeper_role_and_a_click_the
             await store.decide(rec.id, approve=True, decided_by="chat", channel="in-chat", reason=None,
                                modified_arguments=None, expected_digest=rec.args_digest)  # fmt: skip
         assert (await store.get(rec.id)).state == State.PENDING
+
+
+async def test_the_gatekeeper_role_pins_tools_and_keeps_their_definitions(urls: tuple[str, str]) -> None:
+    from mcp_gatekeeper.store import Store
+
+    gk, _ = urls
+    async with Store.open(gk, SystemClock()) as store:
+        pins = await store.check_pins("shop", {"refund": ("h1", {"name": "refund"})})
+        assert pins["refund"].hash == "h1"
+        pins = await store.check_pins("shop", {"refund": ("h2", {"name": "refund", "x": 1})})  # changed: quarantined
+        assert pins["refund"].pending_hash == "h2"
+        assert set(await store.tool_definitions(["h1", "h2"])) == {"h1", "h2"}

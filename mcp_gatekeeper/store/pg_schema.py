@@ -233,6 +233,26 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "0008_shadow",
+        """
+        ALTER TABLE calls ADD COLUMN shadow_action TEXT;
+        ALTER TABLE calls ADD COLUMN shadow_rule TEXT;
+        ALTER TABLE calls ADD COLUMN shadow_reason TEXT;
+        CREATE TABLE tool_definitions (
+            hash TEXT PRIMARY KEY,
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            first_seen DOUBLE PRECISION NOT NULL
+        );
+        INSERT INTO tool_definitions (hash, upstream, tool, definition, first_seen)
+            SELECT hash, upstream, tool, definition, pinned_at FROM pins ON CONFLICT DO NOTHING;
+        INSERT INTO tool_definitions (hash, upstream, tool, definition, first_seen)
+            SELECT pending_hash, upstream, tool, pending_definition, changed_at FROM pins
+            WHERE pending_hash IS NOT NULL AND pending_definition IS NOT NULL ON CONFLICT DO NOTHING
+        """,
+    ),
+    (
         "0009_app_nonces",
         """
         CREATE TABLE app_nonces (
@@ -477,6 +497,8 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f"GRANT UPDATE (pending_hash, pending_definition, changed_at) ON {s}.pins TO {gk}",
         f"GRANT UPDATE (used, calls_left) ON {s}.leases TO {gk}",  # one use at a time (leases_guard)
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.app_nonces TO {gk}, {ap}",  # 0009: the card's nonces (a click still decides only through decide)
+        f"GRANT SELECT, INSERT ON {s}.tool_definitions TO {gk}, {ap}",  # 0008: the definitions calls were checked against
+        f"GRANT UPDATE (shadow_action, shadow_rule, shadow_reason) ON {s}.calls TO {gk}",
         # the approval service
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
         f"GRANT EXECUTE ON FUNCTION {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT,"
