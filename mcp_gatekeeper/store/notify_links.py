@@ -23,7 +23,11 @@ class NotifyLinks:
 
         def _body(c: Tx) -> Any:
             c.execute(
-                "INSERT OR REPLACE INTO notify_links (call_id, channel, target, ref, posted_at) VALUES (?, ?, ?, ?, ?)",
+                # an upsert both SQLite and PostgreSQL read: the new post replaces the old row whole
+                "INSERT INTO notify_links (call_id, channel, target, ref, posted_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (call_id, channel) DO UPDATE SET target = excluded.target, ref = excluded.ref,"
+                " posted_at = excluded.posted_at, claimed_by = NULL, claimed_at = NULL, shown_state = NULL,"
+                " shown_at = NULL",
                 (link.call_id, link.channel, link.target, link.ref, now),
             )
 

@@ -267,6 +267,25 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX app_nonces_call ON app_nonces (call_id);
         """,
     ),
+    (
+        "0010_notify_links",
+        """
+        CREATE TABLE notify_links (
+            call_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            target TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            posted_at DOUBLE PRECISION NOT NULL,
+            claimed_by TEXT,
+            claimed_at DOUBLE PRECISION,
+            shown_state TEXT,
+            shown_at DOUBLE PRECISION,
+            PRIMARY KEY (call_id, channel)
+        );
+        CREATE INDEX notify_links_open ON notify_links (channel) WHERE shown_state IS NULL;
+        CREATE TABLE seen_signatures (signature TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
+        """,
+    ),
 )
 
 
@@ -499,6 +518,7 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.app_nonces TO {gk}, {ap}",  # 0009: the card's nonces (a click still decides only through decide)
         f"GRANT SELECT, INSERT ON {s}.tool_definitions TO {gk}, {ap}",  # 0008: the definitions calls were checked against
         f"GRANT UPDATE (shadow_action, shadow_rule, shadow_reason) ON {s}.calls TO {gk}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.notify_links, {s}.seen_signatures TO {gk}, {ap}",  # 0010
         # the approval service
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
         f"GRANT EXECUTE ON FUNCTION {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT,"
