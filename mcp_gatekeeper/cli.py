@@ -46,7 +46,7 @@ from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, def
 from mcp_gatekeeper.policy import Policy, Verdict
 from mcp_gatekeeper.serve import build_policy, build_shadow, db_path, open_runtime, own_files, run_proxy
 from mcp_gatekeeper.store import Store, default_home
-from mcp_gatekeeper.webauth import LOGIN_TTL, mint_login_url
+from mcp_gatekeeper.webauth import LOGIN_TTL, keyed_hash, load_or_create_token, mint_login_url
 from mcp_gatekeeper.webredact import redact
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -647,6 +647,68 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return anyio.run(go)
 
 
+def _period(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise ConfigError([f"--since {text!r}: {e}"]) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mcp_gatekeeper.review.render import html_document, markdown
+    from mcp_gatekeeper.review.weekly import weekly_review
+
+    config = _load(args)
+    period = _period(args.since)
+
+    async def go() -> str:
+        async with open_runtime(config, register=False) as rt:
+            now = rt.clock.now()
+            found = await suggestions(
+                rt.store, config, since=now - period, now=now, own_files=rt.policy.own_files,
+                home_dir=rt.policy.home_dir,
+            )  # fmt: skip
+            review = await weekly_review(rt.store, since=now - period, now=now, suggestions=found)
+        return markdown(review) if args.format == "md" else html_document(review)
+
+    text = anyio.run(go)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote the weekly review to {escape(args.out)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mcp_gatekeeper.review.export import decision_records, jsonl
+
+    config = _load(args)
+    period = _period(args.since) if args.since else None
+
+    async def go(out: Any) -> int:
+        count = 0
+        async with open_runtime(config, register=False) as rt:
+            token = load_or_create_token(rt.home)
+            now = rt.clock.now()
+            records = decision_records(
+                rt.store, hasher=lambda v: keyed_hash(token, v), since=None if period is None else now - period,
+                until=now, only=args.only,
+            )  # fmt: skip
+            async for record in records:
+                out.write(jsonl(record))
+                count += 1
+        return count
+
+    if args.out:
+        with open(args.out, "w", encoding="utf-8", newline="\n") as f:
+            count = anyio.run(go, f)
+    else:
+        count = anyio.run(go, sys.stdout)
+    print(f"exported {count} decision(s)", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from mcp_gatekeeper.serve import start_ui_if_possible
 
@@ -947,6 +1009,19 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--call", metavar="ID", help="only this call's events")
     au.add_argument("--limit", type=int, default=200)
     au.set_defaults(func=cmd_audit)
+
+    rpt = with_config(sub.add_parser("report", help="the weekly review: volume, rates per rule, fatigue, suggestions"))
+    rpt.add_argument("--since", default="7d", metavar="DURATION", help="the period, ending now (default 7d)")
+    rpt.add_argument("--format", choices=["md", "html"], default="md")
+    rpt.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    rpt.set_defaults(func=cmd_report)
+
+    xp = with_config(sub.add_parser("export", help="review data: one JSON line per human decision (secrets redacted)"))
+    xp.add_argument("--format", choices=["jsonl"], default="jsonl")
+    xp.add_argument("--since", metavar="DURATION", help="only decisions made in this period, ending now (e.g. 7d)")
+    xp.add_argument("--only", choices=["modified", "rejected"], help="only edited, or only rejected, decisions")
+    xp.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    xp.set_defaults(func=cmd_export)
 
     ui = with_config(sub.add_parser("ui", help="serve the approval page"))
     ui.add_argument("--port", type=int)

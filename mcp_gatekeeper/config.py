@@ -468,6 +468,27 @@ class PerformanceConfig(_Model):
     reply, record and upstream request as the full path). ``false`` sends every call through the SDK."""
 
 
+class TelemetryConfig(_Model):
+    """``[telemetry]``: OpenTelemetry spans and metrics per gated call (the ``otel`` extra; see mcp_gatekeeper.otel)."""
+
+    enabled: bool = False
+    exporter: Literal["global", "console", "otlp"] = "global"
+    """``global``: the providers this process registered (e.g. under ``opentelemetry-instrument``); ``console``:
+    the SDK writes spans and metrics to stderr; ``otlp``: OTLP over HTTP (needs opentelemetry-exporter-otlp-proto-http)."""
+    endpoint: str | None = None
+    """The OTLP/HTTP collector's base URL (``otlp`` only; else ``OTEL_EXPORTER_OTLP_ENDPOINT`` or the SDK's default)."""
+    service_name: str = "mcp-gatekeeper"
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TelemetryConfig:
+        if self.endpoint is not None:
+            if self.exporter != "otlp":
+                raise ValueError("telemetry.endpoint: only used with exporter = 'otlp'")
+            if not re.match(r"^https?://[^\s/]+", self.endpoint):
+                raise ValueError(f"telemetry.endpoint: expected an http(s) URL, got {self.endpoint!r}")
+        return self
+
+
 def _check_upstream_name(name: str) -> str:
     if not _NAME.match(name) or "__" in name:
         raise ValueError(
@@ -596,6 +617,7 @@ class GatekeeperConfig(_Model):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     agents: list[AgentConfig] = Field(default_factory=list)
     """Agents allowed over HTTP (``[[agents]]``); none: one agent ``local`` with the home's ``agent-token``."""
     http: HttpConfig = Field(default_factory=HttpConfig)

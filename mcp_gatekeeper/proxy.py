@@ -51,6 +51,7 @@ from mcp_gatekeeper.principals import (
     stdio_principal,
     unauthenticated_principal,
 )
+from mcp_gatekeeper.telemetry import NO_TELEMETRY, NO_TRACE, CallTrace, Telemetry
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,11 @@ class Proxy:
         namespaced: bool | None = None,
         state_key: bytes | None = None,
         shadow: Policy | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """``shadow``: a policy whose verdict is recorded beside each call and never acted on."""
         self.config = config
+        self.telemetry = telemetry or NO_TELEMETRY
         self.policy = policy
         self.gate = gate
         self.clock = clock
@@ -168,6 +171,8 @@ class Proxy:
     def build_server(self) -> Server[ProxyState]:
         caps = [u.client.server_capabilities for u in self.upstreams.values() if u.connected]
         handlers: dict[str, Any] = {"on_list_tools": self._list_tools, "on_call_tool": self._call_tool}
+        if self.telemetry.enabled:  # off: not even a wrapper in the call path
+            handlers["on_call_tool"] = self._traced_call_tool
         upstream_resources = any(c and c.resources for c in caps)
         # the decision card is a resource for MCP Apps clients, whether or not an upstream has resources
         handlers |= {
@@ -394,7 +399,14 @@ class Proxy:
             "annotations": {"readOnlyHint": True, "openWorldHint": False},
         }
 
-    async def _call_tool(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+    async def _traced_call_tool(self, ctx: ServerRequestContext[ProxyState], params: Any) -> Any:
+        raw = ctx.params or {}
+        with self.telemetry.call(str(raw.get("name", "")), raw.get("_meta")) as trace:
+            result = await self._call_tool(ctx, params, trace)
+            trace.finished(result)
+            return result
+
+    async def _call_tool(self, ctx: ServerRequestContext[ProxyState], params: Any, trace: CallTrace = NO_TRACE) -> Any:
         raw = self._raw_params(ctx)
         # 2026-07-28 input rounds are ours (we asked); never forward them upstream
         request_state = raw.pop("requestState", None)
@@ -409,6 +421,7 @@ class Proxy:
             log.error("store error; failing closed: %s", e)
             return self._finish(ctx, unrecorded(e))
         kind = plan.kind
+        trace.planned(kind, plan.upstream.name if plan.upstream is not None else None, plan.tool, plan.verdict)
         if kind == "malformed":
             return self._finish(ctx, text_result(f"mcp-gatekeeper: {plan.reason}", is_error=True))
         if kind == "status":
@@ -439,6 +452,7 @@ class Proxy:
         except StoreError as e:
             log.error("store error; failing closed: %s", e)
             return self._finish(ctx, unrecorded(e))
+        trace.outcome(None if isinstance(outcome, Reply) else outcome)
         if isinstance(outcome, Reply):
             if not isinstance(outcome.result, dict):
                 return outcome.result
@@ -538,7 +552,12 @@ class Proxy:
         plans it again and answers (or refuses) it there.
         """
         fast = self.fast_session
-        if fast is None or not self.config.performance.fast_lane or not isinstance(params, dict):
+        if (
+            fast is None
+            or not self.config.performance.fast_lane
+            or self.telemetry.enabled
+            or not isinstance(params, dict)
+        ):
             return None
         if "requestState" in params or "inputResponses" in params:
             return None

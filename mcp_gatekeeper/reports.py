@@ -93,11 +93,15 @@ def resolve_zone(name: str | None, offset_minutes: int | None) -> tzinfo:
     return UTC
 
 
-async def stats(store: Store, *, now: float, days: float = 14.0, zone: tzinfo = UTC) -> dict[str, Any]:
+async def stats(
+    store: Store, *, now: float, days: float = 14.0, zone: tzinfo = UTC, since: float | None = None
+) -> dict[str, Any]:
     """Everything the Stats page draws, for calls created in the period: the last 24 hours for ``days`` 1,
-    else the last ``days`` calendar days of ``zone`` (today included), so a bar is one of the viewer's days."""
+    else the last ``days`` calendar days of ``zone`` (today included), so a bar is one of the viewer's days.
+    ``since`` (the weekly review's) starts the period there instead; the bars stay calendar days."""
     starts, bucket = calendar_buckets(now, max(1, round(days)), zone)
-    since = starts[0] if days > 1 else now - 86400.0
+    if since is None:
+        since = starts[0] if days > 1 else now - 86400.0
 
     rows = await store.queries.held_outcomes(since=since, slice_seconds=SLICE_S)
     series = [{"start": start, **dict.fromkeys(OUTCOMES, 0)} for start in starts]

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import httpx2
 from mcp_gatekeeper import hostos, names
 from mcp_gatekeeper.calibrate.shadow import shadow_config
 from mcp_gatekeeper.clock import Clock, SystemClock
-from mcp_gatekeeper.config import GatekeeperConfig, UpstreamConfig, check_store_url, expand_env
+from mcp_gatekeeper.config import GatekeeperConfig, TelemetryConfig, UpstreamConfig, check_store_url, expand_env
 from mcp_gatekeeper.errors import ConfigError, UpstreamError
 from mcp_gatekeeper.fastlane import FastLane
 from mcp_gatekeeper.gate import Gate
@@ -38,6 +38,7 @@ from mcp_gatekeeper.slack.notifier import SlackFollower, SlackNotifier
 from mcp_gatekeeper.slack.reviewers import AllowList
 from mcp_gatekeeper.slack.webapi import SlackWebAPI
 from mcp_gatekeeper.store import Store, default_home
+from mcp_gatekeeper.telemetry import NO_TELEMETRY, Telemetry
 from mcp_gatekeeper.upstream import Upstream
 from mcp_gatekeeper.webauth import TOKEN_FILE
 
@@ -223,6 +224,25 @@ def slack_desk(
         signing_secret=secret, reviewers=AllowList(sc.reviewers), api=slack.api,
         channel_name=sc.name, store=gate.store, gate=gate, clock=clock, follower=follower,
     )  # fmt: skip
+@contextlib.contextmanager
+def telemetry_for(config: TelemetryConfig) -> Iterator[Telemetry]:
+    """``[telemetry]``: OpenTelemetry when enabled (imported only then), else nothing at all."""
+    if not config.enabled:
+        yield NO_TELEMETRY
+        return
+    try:
+        import opentelemetry.sdk  # noqa: F401  # the otel extra (the API alone comes with the MCP SDK)
+
+        from mcp_gatekeeper import otel
+    except ImportError as e:
+        raise ConfigError(
+            [
+                "telemetry.enabled: OpenTelemetry is not installed; install the extra:"
+                " pip install 'mcp-gatekeeper-proxy[otel]' (or set enabled = false)"
+            ]
+        ) from e
+    with otel.open_telemetry(config) as telemetry:
+        yield telemetry
 
 
 async def _heartbeat(store: Store) -> None:
@@ -334,9 +354,13 @@ async def run_proxy(
         print(f"mcp-gatekeeper: WARNING: {problem.message()}", file=sys.stderr, flush=True)
     config = names.holding_unreached(config, problems)
     shadow = build_shadow(config, home or default_home(), config_path)
-    async with open_runtime(config, home=home, label=label, config_path=config_path) as rt:
+    async with (
+        open_runtime(config, home=home, label=label, config_path=config_path) as rt,
+        contextlib.AsyncExitStack() as stack,
+    ):
         for problem in problems:
             await rt.store.note_problem(problem.to_json())
+        telemetry = stack.enter_context(telemetry_for(config.telemetry))
         proxy = Proxy(
             config=config,
             policy=rt.policy,
@@ -344,6 +368,7 @@ async def run_proxy(
             clock=rt.clock,
             state_key=load_or_create_key(rt.home),
             shadow=shadow,
+            telemetry=telemetry,
         )
         async with (
             connected_upstreams(upstream_configs, proxy, require_all=require_all),

@@ -30,6 +30,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
+    HTMLResponse,
     JSONResponse,
     PlainTextResponse,
     RedirectResponse,
@@ -39,6 +40,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from mcp_gatekeeper.calibrate.suggest import suggestions
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import (
     AlreadyDecidedError,
@@ -55,6 +57,8 @@ from mcp_gatekeeper.reports import audit_export, resolve_zone, stats
 from mcp_gatekeeper.slack.interactions import PATH as SLACK_PATH
 from mcp_gatekeeper.slack.interactions import SlackDesk
 from mcp_gatekeeper.slack.interactions import interactions as slack_interactions
+from mcp_gatekeeper.review.render import html_document
+from mcp_gatekeeper.review.weekly import weekly_review
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
     clear_cookie_header,
@@ -377,6 +381,19 @@ async def _stats(request: Request) -> Response:
     return JSONResponse(await stats(st.store, now=st.clock.now(), days=float(days), zone=zone))
 
 
+async def _weekly_review(request: Request) -> Response:
+    """The weekly review (the same HTML as ``mcp-gatekeeper report --format html``, its stylesheet linked)."""
+    st = web_state(request)
+    days = int_param(request, "days", 7, 1, 90)
+    now, policy = st.clock.now(), st.policy
+    since = now - days * 86400.0
+    found = await suggestions(
+        st.store, policy.config, since=since, now=now, own_files=policy.own_files, home_dir=policy.home_dir
+    )
+    review = await weekly_review(st.store, since=since, now=now, suggestions=found)
+    return HTMLResponse(html_document(review, stylesheet_href="/static/review.css"))
+
+
 async def _audit(request: Request) -> Response:
     st = web_state(request)
     q = request.query_params
@@ -495,6 +512,7 @@ def build_app(
         Route("/api/pins/{upstream}/{tool:path}/repin", repin, methods=["POST"]),
         Route("/api/events", _events, methods=["GET"]),
         Route("/api/stats", _stats, methods=["GET"]),
+        Route("/api/weekly-review", _weekly_review, methods=["GET"]),
         Route("/api/audit", _audit, methods=["GET"]),
         Route("/api/rules", _rules, methods=["GET"]),
         Route("/api/problems", _problems, methods=["GET"]),

@@ -69,8 +69,9 @@ def _json_bytes(status: int, code: str, message: str) -> tuple[bytes, list[tuple
     return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
-_KEY_IN_QUERY = ("/api/events", "/api/audit")
-"""Reads a browser makes without a script's headers (an EventSource, a download link): the key may be ``?key=``."""
+_KEY_IN_QUERY = ("/api/events", "/api/audit", "/api/weekly-review")
+"""Reads a browser makes without a script's headers (an EventSource, a download link, the weekly review opened
+in a tab): the key may be ``?key=``."""
 
 
 def _query_key(scope: Scope, path: str) -> str | None:

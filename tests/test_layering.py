@@ -39,6 +39,8 @@ LAYERS: dict[str, int] = {
     "principals": 2,  # who a client is (principals on stdio and HTTP) and the agents' bearer-token check
     "sealing": 2,  # HMAC-sealed requestState and its per-home key file
     "links": 2,  # signed short links to a call's card (pure HMAC)
+    "telemetry": 2,  # the proxy's telemetry seam (a trace per gated call) and the null telemetry
+    "otel": 3,  # OpenTelemetry behind the seam (the `otel` extra; imported by serve only when enabled)
     "upstream_stdio": 2,  # an upstream server process on stdio: the SDK's streams plus a raw lane
     "judgement": 2,  # pure: schema → policy → size limit → pin for one call (planner, shadow and replay share it)
     # 3: holding and deciding; upstream connections
@@ -64,6 +66,7 @@ LAYERS: dict[str, int] = {
     "webcalibrate": 4,  # the page's Calibrate view: suggestions, their replay, shadow verdicts against humans
     "push": 4,  # ntfy-compatible push (masks secrets via webredact)
     "slack": 4,  # decisions from Slack: messages, signature, the endpoint (gate, store, webhttp, webredact)
+    "review": 4,  # the weekly review report and the review data export (builds on reports; redacts via webredact)
     # 5: composition and whole-program features
     "serve": 5,
     "doctor": 5,
@@ -108,14 +111,14 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("webhttp", "webauth"),
         ("webhttp", "webredact"),
         ("webguard", "webauth"),
-        ("reports", "webredact"),
         ("push", "webredact"),  # a push names the call in the page's words, secrets masked the same way
         ("slack", "webredact"),  # the message masks secrets as the card does
         ("slack", "webhttp"),  # plain_headline (the card's words) and the page's live-view nudge
-        (
-            "web",
-            "slack",
-        ),  # the page serves Slack's interaction endpoint  # the audit export masks secrets the same way the card does
+        ("web", "slack"),  # the page serves Slack's interaction endpoint
+        ("reports", "webredact"),  # the audit export masks secrets the same way the card does
+        ("review", "reports"),  # the weekly review builds on the Stats page's figures
+        ("review", "webredact"),  # the review export redacts secrets as the audit export does
+        ("web", "review"),  # the page serves the weekly review
         ("doctor", "install"),  # doctor reads the client configs install writes
         ("doctor", "serve"),  # and opens the store the way every command does
     }

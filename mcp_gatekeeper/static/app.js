@@ -1515,7 +1515,9 @@
     const days = h("select", { "aria-label": "Period" }, [1, 7, 14, 30, 90].map((d) => h("option", { value: String(d), text: d === 1 ? "Last 24 hours" : `Last ${d} days` })));
     days.value = String(renderStats.days || 14);
     const body = h("div", null, h("p", { class: "muted", text: "Loading…" }));
-    $("#app").replaceChildren(h("div", { class: "page-head" }, h("div", null, h("h1", { text: "Stats" }), h("div", { class: "sub", text: "How held calls are decided, and whether reviewers are still reading." })), days), body);
+    // the weekly review (mcp_gatekeeper.review): server-rendered HTML under this page's CSP, in its own tab
+    const weekly = h("a", { class: "btn small ghost", href: keyed("/api/weekly-review?days=7"), target: "_blank", rel: "noopener", text: "Weekly review" });
+    $("#app").replaceChildren(h("div", { class: "page-head" }, h("div", null, h("h1", { text: "Stats" }), h("div", { class: "sub", text: "How held calls are decided, and whether reviewers are still reading." })), weekly, days), body);
     days.addEventListener("change", () => { renderStats.days = Number(days.value); renderStats(); });
     let st;
     // calendar days in the viewer's time zone: its IANA name, and today's offset for a server without tz data

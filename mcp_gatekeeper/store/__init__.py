@@ -8,6 +8,7 @@
   :mod:`~mcp_gatekeeper.store.pins`, :mod:`~mcp_gatekeeper.store.leases`,
   :mod:`~mcp_gatekeeper.store.sessions`, :mod:`~mcp_gatekeeper.store.notify_links`,
   :mod:`~mcp_gatekeeper.store.queries` (named reads for the page and the reports),
+  :mod:`~mcp_gatekeeper.store.review` (named reads of the weekly review and the review export),
   :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces).
 
 :class:`Store` keeps the API the rest of the package uses; each method says which repository answers it.
@@ -40,6 +41,7 @@ from mcp_gatekeeper.store.leases import Leases
 from mcp_gatekeeper.store.notify_links import NotifyLinks
 from mcp_gatekeeper.store.pins import Pins
 from mcp_gatekeeper.store.queries import Queries
+from mcp_gatekeeper.store.review import ReviewReads
 from mcp_gatekeeper.store.schema import LIVE_OWNER_STATES, MIGRATIONS, RELEASED_STATES
 from mcp_gatekeeper.store.sessions import Sessions
 
@@ -81,6 +83,8 @@ class Store:
         self.sessions = Sessions(engine)
         self.notify_links = NotifyLinks(engine)
         self.queries = Queries(engine)
+        self.review = ReviewReads(engine)
+        """Named reads of the weekly review and the review data export."""
         self.app_nonces = AppNonces(engine)
         self.history = History(engine)
         self.fsync_every_call = False

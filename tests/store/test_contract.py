@@ -648,6 +648,53 @@ async def test_the_stats_queries(backend: BackendUnderTest) -> None:
         assert await store.queries.held_outcomes(since=clock.now() + 1, slice_seconds=900.0) == []
 
 
+async def test_the_review_reads(backend: BackendUnderTest) -> None:
+    """store.review: volume, decision times, pages of decided calls, and the tool definition by hash."""
+    clock = FakeClock()
+    since = clock.now()
+    async with backend.open(clock) as store:
+        await store.check_pins("shop", {"issue_refund": ("h1", {"name": "issue_refund", "description": "Refund."})})
+        approved = await hold(store, clock, tooldef_hash="h1")
+        clock.advance(3)
+        await decide(store, approved.id, decided_by="ann")
+        modified = await hold(store, clock, arguments={"m": 1})
+        clock.advance(1)
+        await decide(store, modified.id, decided_by="bob", modified_arguments={"m": 0})
+        rejected = await hold(store, clock, rule=None, arguments={"r": 1})
+        clock.advance(2)
+        await decide(store, rejected.id, approve=False, decided_by="ann", reason="no")
+        expired = await hold(store, clock, arguments={"e": 1})
+        await store.transition(expired.id, [State.PENDING], State.EXPIRED, finished_at=clock.now())
+        await store.insert_call(new_call(gate="allow", risk="low", arguments={"a": 1}), state=State.ALLOWED)
+        await store.insert_call(new_call(gate="deny", arguments={"d": 1}), state=State.DENIED)
+        clock.advance(1)
+        until = clock.now()
+        assert await store.review.call_volume(since, until) == {
+            "total": 6, "allowed": 1, "denied": 1, "held": 4, "audit": 0,
+        }  # fmt: skip
+        times = await store.review.decision_times(since, until)
+        assert [(t.call_id, t.reviewer, t.decision, t.decided_at - t.created_at) for t in times] == [
+            (approved.id, "ann", "approved", 3.0), (modified.id, "bob", "modified", 1.0),
+            (rejected.id, "ann", "rejected", 2.0),
+        ]  # fmt: skip
+        assert times[2].reason == "no" and times[2].rule is None
+        first = await store.review.decided_calls(since=None, until=until, limit=2)
+        assert [(r.id, d) for r, d in first] == [(approved.id, "approved"), (modified.id, "modified")]
+        last = first[-1][0]
+        assert last.decided_at is not None
+        rest = await store.review.decided_calls(since=None, until=until, after=(last.decided_at, last.id), limit=2)
+        assert [(r.id, d) for r, d in rest] == [(rejected.id, "rejected")]
+        only = await store.review.decided_calls(since=since, until=until, only="modified")
+        assert [r.modified_arguments for r, _ in only] == [{"m": 0}]
+        with pytest.raises(ValueError, match="unknown decision"):
+            await store.review.decided_calls(since=None, until=until, only="expired")
+        assert await store.review.tool_definition("shop", "issue_refund", "h1") == {
+            "name": "issue_refund", "description": "Refund.",
+        }  # fmt: skip
+        assert await store.review.tool_definition("shop", "issue_refund", "h2") is None
+        assert await store.review.tool_definition("shop", "issue_refund", None) is None
+
+
 async def test_the_insert_of_a_pass_through_call_keeps_its_instance(backend: BackendUnderTest) -> None:
     clock = FakeClock()
     async with backend.open(clock) as store:

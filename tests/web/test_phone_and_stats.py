@@ -116,3 +116,28 @@ async def test_stats_bars_are_the_viewers_days_with_today_last(site: Live) -> No
         assert sizes and min(sizes) >= 9, sizes  # px on screen, whatever the chart's width
         labels = await page.eval_on_selector_all(".chart.wide svg text.axis", "els => els.map(e => e.textContent)")
         assert "today" in labels
+
+
+async def test_the_weekly_review_opens_from_stats_and_draws_under_the_csp(site: Live) -> None:
+    """Stats links the weekly review; it opens in its own tab, signed in through the page key in its link,
+    and draws its stylesheet and inline SVG charts without a single CSP violation."""
+    await site.h.hold(new_call(site.h.policy, arguments=refund_args()))
+    page = await site.logged_in_page(viewport={"width": 1280, "height": 860})
+    await page.goto(f"{site.base}/#/stats")
+    link = page.locator("a", has_text="Weekly review")
+    await link.wait_for()
+    async with page.context.expect_page() as opened:
+        await link.click()
+    review = await opened.value
+    violations: list[str] = []
+    review.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    await review.wait_for_load_state("load")
+    await review.wait_for_selector("main.review svg.chart rect")
+    assert (
+        await review.title() == await review.evaluate("document.title") and "Weekly gate review" in await review.title()
+    )
+    # the linked stylesheet applied (a grid of figures), which inline CSS under this CSP could not
+    assert await review.eval_on_selector("dl.figures", "e => getComputedStyle(e).display") == "grid"
+    await review.reload()
+    await review.wait_for_selector("main.review svg.chart")
+    assert violations == []
