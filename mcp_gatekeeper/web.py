@@ -54,11 +54,11 @@ from mcp_gatekeeper.links import LINK_PREFIX, Links
 from mcp_gatekeeper.models import CallRecord, Decision, State
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.reports import audit_export, resolve_zone, stats
+from mcp_gatekeeper.review.render import html_document
+from mcp_gatekeeper.review.weekly import weekly_review
 from mcp_gatekeeper.slack.interactions import PATH as SLACK_PATH
 from mcp_gatekeeper.slack.interactions import SlackDesk
 from mcp_gatekeeper.slack.interactions import interactions as slack_interactions
-from mcp_gatekeeper.review.render import html_document
-from mcp_gatekeeper.review.weekly import weekly_review
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.webauth import (
     clear_cookie_header,
