@@ -224,6 +224,8 @@ def slack_desk(
         signing_secret=secret, reviewers=AllowList(sc.reviewers), api=slack.api,
         channel_name=sc.name, store=gate.store, gate=gate, clock=clock, follower=follower,
     )  # fmt: skip
+
+
 @contextlib.contextmanager
 def telemetry_for(config: TelemetryConfig) -> Iterator[Telemetry]:
     """``[telemetry]``: OpenTelemetry when enabled (imported only then), else nothing at all."""
