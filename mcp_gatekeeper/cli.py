@@ -1037,6 +1037,10 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--json", action="store_true")
     ss.set_defaults(func=cmd_sessions)
 
+    from mcp_gatekeeper import cliteam
+
+    cliteam.add_commands(sub, with_config)
+
     de = sub.add_parser("demo", help="run the demo: an agent, the gatekeeper and a sample order desk")
     de.add_argument("--no-ui", action="store_true", help="do not serve the approval page")
     de.add_argument("--port", type=int, default=None, help="approval page port (default 8765)")

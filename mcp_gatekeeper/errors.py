@@ -9,6 +9,7 @@
     │   └── AlreadyDecidedError   lost a compare-and-set: decided, expired, cancelled or a stale digest
     ├── InvalidModificationError  edited arguments fail the tool's schema or land in a deny rule
     ├── UpstreamError             upstream unreachable, crashed or timed out
+    ├── NotAllowedError           team mode: this reviewer may not do this (groups, own call, counted twice, ...)
     └── NotifierError             a notification service refused or failed (logged; never decides a call)
 
 Outcomes (rejected, expired, denied) are *values*, not exceptions: see :mod:`mcp_gatekeeper.models`.
@@ -56,6 +57,16 @@ class AlreadyDecidedError(StoreError):
 
 class InvalidModificationError(GatekeeperError):
     """Reviewer-edited arguments were refused (schema violation or a deny rule). The call stays pending."""
+
+
+class NotAllowedError(GatekeeperError):
+    """Team mode: the reviewer (or the account operation) is refused; ``why`` is a stable code such as
+    ``"not_in_group"``, ``"self_review"``, ``"already_approved"``, ``"exists"``, ``"no_account"``,
+    ``"rate_limited"``, ``"bad_login"``, ``"not_admin"``. The web layer maps it to 403 (429 when rate limited)."""
+
+    def __init__(self, message: str, *, why: str) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class UpstreamError(GatekeeperError):

@@ -397,14 +397,17 @@ class WebSession:
     ended_at: float | None
     ended_by: str | None
     ended_why: str | None
+    account: str | None = None
+    """Team mode: the reviewer account that logged in with its password (``None``: a login link's session)."""
 
     def alive(self, now: float) -> bool:
         return self.ended_at is None and now < self.expires_at and now < self.ends_at
 
     @property
     def reviewer(self) -> str:
-        """The reviewer its decisions are recorded under: ``web:<label>`` (the OS user who made the link)."""
-        return f"web:{self.label}"
+        """The reviewer its decisions are recorded under: the account's name (team mode), else ``web:<label>``
+        (the OS user who made the login link)."""
+        return self.account if self.account else f"web:{self.label}"
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {
@@ -419,6 +422,7 @@ class WebSession:
             "ended_at": self.ended_at,
             "ended_by": self.ended_by,
             "ended_why": self.ended_why,
+            "account": self.account,
             "alive": self.alive(now),
         }
 

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "clock": 0,
     "hostos": 0,  # every difference between Linux, macOS and Windows (third-party imports only)
     "paths": 0,  # pure: what a path argument names, lexically
+    "accounts": 0,  # team mode's reviewer accounts as values; scrypt password hashes
     # 1: the config file and pure policy
     "config": 1,
     "argcheck": 1,  # pure: a call's arguments against its tool's inputSchema (jsonschema)
@@ -75,12 +76,14 @@ LAYERS: dict[str, int] = {
     "orderdesk": 5,
     # 6: the command line; 7: `python -m mcp_gatekeeper`
     "cli": 6,
+    "cliteam": 6,  # team mode's commands (users, serve); cli adds them to its parser
     "__main__": 7,
 }
 
 SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
     {
         ("web", "webauth"),
+        ("cli", "cliteam"),
         ("web", "webredact"),
         ("web", "reports"),
         ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast

@@ -9,7 +9,9 @@
   :mod:`~mcp_gatekeeper.store.sessions`, :mod:`~mcp_gatekeeper.store.notify_links`,
   :mod:`~mcp_gatekeeper.store.queries` (named reads for the page and the reports),
   :mod:`~mcp_gatekeeper.store.review` (named reads of the weekly review and the review export),
-  :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces).
+  :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces); team mode's
+  :mod:`~mcp_gatekeeper.store.reviewers` (accounts, login attempts) and :mod:`~mcp_gatekeeper.store.approvals`
+  (the named approvals of a call that needs several).
 
 :class:`Store` keeps the API the rest of the package uses; each method says which repository answers it.
 Every state change is a compare-and-set and appends a hash-chained audit event in the same transaction.
@@ -32,6 +34,7 @@ from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
 from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, NotifyLink, PastCall, Pin, State, WebSession
 from mcp_gatekeeper.store.app_nonces import AppNonce, AppNonces
+from mcp_gatekeeper.store.approvals import Approvals
 from mcp_gatekeeper.store.audit import AuditLog
 from mcp_gatekeeper.store.calls import Calls
 from mcp_gatekeeper.store.engine import CHECKPOINT_EVERY, Backend, SqliteEngine
@@ -42,6 +45,7 @@ from mcp_gatekeeper.store.notify_links import NotifyLinks
 from mcp_gatekeeper.store.pins import Pins
 from mcp_gatekeeper.store.queries import Queries
 from mcp_gatekeeper.store.review import ReviewReads
+from mcp_gatekeeper.store.reviewers import Reviewers
 from mcp_gatekeeper.store.schema import LIVE_OWNER_STATES, MIGRATIONS, RELEASED_STATES
 from mcp_gatekeeper.store.sessions import Sessions
 
@@ -87,6 +91,10 @@ class Store:
         """Named reads of the weekly review and the review data export."""
         self.app_nonces = AppNonces(engine)
         self.history = History(engine)
+        self.reviewers = Reviewers(engine)
+        """Team mode's reviewer accounts (used directly: no facade methods)."""
+        self.approvals = Approvals(engine)
+        """Team mode's named approvals (used directly: no facade methods)."""
         self.fsync_every_call = False
         """Also fsync the records of calls that pass without a hold (``[store] fsync_every_call``)."""
 

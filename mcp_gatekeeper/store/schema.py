@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from mcp_gatekeeper.accounts import Reviewer
 from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, PastCall, Pin, State, WebSession
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -239,6 +240,43 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE seen_signatures (signature TEXT PRIMARY KEY, seen_at REAL NOT NULL);
         """,
     ),
+    (
+        "0011_reviewers",
+        # team mode: reviewer accounts (scrypt hashes only), the login attempts that rate-limit password
+        # guessing, the named approvals of a call that needs several, and the account a session stands for
+        """
+        CREATE TABLE reviewers (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            groups TEXT NOT NULL,
+            principals TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT NOT NULL,
+            password_changed_at REAL NOT NULL
+        );
+        CREATE TABLE login_attempts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            account TEXT NOT NULL,
+            address TEXT NOT NULL,
+            at REAL NOT NULL,
+            ok INTEGER NOT NULL
+        );
+        CREATE INDEX login_attempts_account ON login_attempts (account, at);
+        CREATE INDEX login_attempts_address ON login_attempts (address, at);
+        CREATE TABLE call_approvals (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            call_id TEXT NOT NULL,
+            reviewer TEXT NOT NULL,
+            proposal_digest TEXT NOT NULL,
+            arguments TEXT,
+            session TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX call_approvals_call ON call_approvals (call_id, seq);
+        ALTER TABLE web_sessions ADD COLUMN account TEXT;
+        """,
+    ),
 )
 
 CALL_COLUMNS = (
@@ -254,8 +292,9 @@ LEASE_COLUMNS = (
     " revoked_at, revoked_by, used"
 )
 SESSION_COLUMNS = (
-    "id, label, host, user_agent, created_at, last_seen_at, expires_at, ends_at, ended_at, ended_by, ended_why"
+    "id, label, host, user_agent, created_at, last_seen_at, expires_at, ends_at, ended_at, ended_by, ended_why, account"
 )
+REVIEWER_COLUMNS = "name, role, groups, principals, created_at, created_by, password_changed_at"
 
 LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING, State.ALLOWED)
 RELEASED_STATES = (State.PENDING, State.APPROVED)
@@ -346,7 +385,15 @@ def call_record(row: Sequence[Any]) -> CallRecord:
 
 def web_session(r: Sequence[Any]) -> WebSession:
     """A row of SESSION_COLUMNS (and anything after them) as a :class:`WebSession`."""
-    return WebSession(*r[:11])
+    return WebSession(*r[:12])
+
+
+def reviewer(r: Sequence[Any]) -> Reviewer:
+    """A row of REVIEWER_COLUMNS as a :class:`Reviewer`."""
+    return Reviewer(
+        name=r[0], role=r[1], groups=tuple(json.loads(r[2])), principals=tuple(json.loads(r[3])), created_at=r[4],
+        created_by=r[5], password_changed_at=r[6],
+    )  # fmt: skip
 
 
 def audit_event(r: Sequence[Any]) -> AuditEvent:

@@ -68,6 +68,43 @@ class Sessions:
             return None
         return await self.get(session.id)
 
+    async def open_for_account(self, session: WebSession, *, secret_hash: str, key_hash: str) -> WebSession | None:
+        """Open ``session`` for ``session.account`` (team mode, after its password was checked), if that account
+        still exists; audited as the account's ``session_started``."""
+        now = self._engine.clock.now()
+        s = session
+
+        def _body(c: Tx) -> Any:
+            if not c.execute("SELECT 1 FROM reviewers WHERE name = ?", (s.account,)).fetchall():
+                return None
+            c.execute(
+                "DELETE FROM web_sessions WHERE MIN(COALESCE(ended_at, ends_at), expires_at, ends_at) < ?",
+                (now - 30 * 86400,),
+            )
+            c.execute(
+                "INSERT INTO web_sessions (id, secret_hash, key_hash, label, host, user_agent, created_at,"
+                " last_seen_at, expires_at, ends_at, account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (s.id, secret_hash, key_hash, s.account, s.host, s.user_agent, now, now, s.expires_at, s.ends_at,
+                 s.account),
+            )  # fmt: skip
+            append(c, self._engine.clock, event="session_started", call_id=None, actor=s.account, channel="web",
+                detail={"session": s.id, "host": s.host, "user_agent": s.user_agent, "account": s.account},
+            )  # fmt: skip
+            return True
+
+        if not await self._engine.write(_body):
+            return None
+        return await self.get(session.id)
+
+    async def of_account(self, account: str) -> list[str]:
+        """The live sessions' ids of one account."""
+        now = self._engine.clock.now()
+        rows = await self._engine.read(
+            "SELECT id FROM web_sessions WHERE account = ? AND ended_at IS NULL AND expires_at > ? AND ends_at > ?",
+            (account, now, now),
+        )
+        return [r[0] for r in rows]
+
     async def get(self, session_id: str) -> WebSession | None:
         rows = await self._engine.read(f"SELECT {schema.SESSION_COLUMNS} FROM web_sessions WHERE id = ?", (session_id,))
         return schema.web_session(rows[0]) if rows else None

@@ -19,7 +19,7 @@ import anyio.lowlevel
 import pytest
 
 from mcp_gatekeeper.clock import FakeClock
-from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError
+from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, NotAllowedError
 from mcp_gatekeeper.models import QUARANTINE_MARK, CallRecord, NewCall, State, WebSession, digest
 from mcp_gatekeeper.store import Store
 
@@ -702,3 +702,129 @@ async def test_the_insert_of_a_pass_through_call_keeps_its_instance(backend: Bac
         rec = await store.insert_call(replace(new_call(), gate="allow"), state=State.ALLOWED)
         assert rec.instance_id == iid == (await store.get(rec.id)).instance_id
         assert os.getpid() > 0
+
+
+# ---------------------------------------------------------------------------------------------- team mode
+
+
+async def _account(store: Store, name: str, **kw: Any) -> None:
+    await store.reviewers.add(
+        name, role=kw.get("role", "reviewer"), groups=kw.get("groups", ["payments"]),
+        principals=kw.get("principals", []), password_hash=f"hash-of-{name}", by="cli:root", channel="cli",
+    )  # fmt: skip
+
+
+def _account_session(clock: FakeClock, sid: str, account: str) -> WebSession:
+    return replace(_session(clock, sid), account=account, label=account)
+
+
+async def test_reviewer_accounts_are_audited_and_their_sessions_end_with_them(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        await _account(one, "alice", principals=["agent:alice-bot"])
+        with pytest.raises(NotAllowedError) as taken:
+            await _account(two, "alice")
+        assert taken.value.why == "exists"
+        await _account(two, "bob", role="admin", groups=[])
+        assert [(r.name, r.role, r.groups) for r in await one.reviewers.list_reviewers()] == [
+            ("alice", "reviewer", ("payments",)),
+            ("bob", "admin", ()),
+        ]
+        alice = await two.reviewers.get("alice")
+        assert alice is not None and alice.linked_to("agent:alice-bot") and not alice.linked_to("agent:bob-bot")
+        assert await one.reviewers.password_hash("alice") == "hash-of-alice"
+        assert await one.reviewers.password_hash("nobody") is None
+        for sid in ("a1", "a2"):
+            opened = await one.sessions.open_for_account(
+                _account_session(clock, sid, "alice"), secret_hash="s", key_hash="k"
+            )
+            assert opened is not None and opened.reviewer == "alice"  # the account's name, not web:<label>
+        assert (
+            await one.sessions.open_for_account(_account_session(clock, "z", "nobody"), secret_hash="s", key_hash="k")
+            is None
+        )
+        assert sorted(await two.sessions.of_account("alice")) == ["a1", "a2"]
+        assert sorted(await two.reviewers.set_password("alice", "new-hash", by="cli:root", channel="cli")) == [
+            "a1",
+            "a2",
+        ]
+        assert await one.reviewers.password_hash("alice") == "new-hash"
+        assert await one.sessions.of_account("alice") == []
+        await one.sessions.open_for_account(_account_session(clock, "a3", "alice"), secret_hash="s", key_hash="k")
+        assert await two.reviewers.remove("alice", by="cli:root", channel="cli") == ["a3"]
+        with pytest.raises(NotAllowedError):
+            await one.reviewers.remove("alice", by="cli:root", channel="cli")
+        with pytest.raises(NotAllowedError):
+            await one.reviewers.set_password("alice", "x", by="cli:root", channel="cli")
+        events = [e.event for e in await one.audit_events()]
+        assert events.count("account_added") == 2 and "password_changed" in events and "account_removed" in events
+        assert (await one.verify_audit())[0]
+
+
+async def test_failed_logins_are_counted_per_account_and_address(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        for _ in range(3):
+            await one.reviewers.note_login(account="alice", address="10.0.0.9", ok=False, why="bad password")
+        await two.reviewers.note_login(account="bob", address="10.0.0.9", ok=False, why="bad password")
+        await two.reviewers.note_login(account="alice", address="10.0.0.7", ok=True)
+        assert await two.reviewers.failed_logins(account="alice", address="10.0.0.9", since=0) == (3, 4)
+        clock.advance(100)
+        await one.reviewers.note_login(account="alice", address="10.0.0.7", ok=False)
+        assert await one.reviewers.failed_logins(account="alice", address="10.0.0.7", since=clock.now() - 50) == (1, 1)
+        assert [e.event for e in await two.audit_events()].count("login_failed") == 5
+
+
+async def test_named_approvals_count_once_per_reviewer_and_an_edit_starts_a_new_round(
+    backend: BackendUnderTest,
+) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        rec = await hold(one, clock)
+        d = rec.args_digest
+
+        async def add(store: Store, who: str, seen: str, args: dict[str, Any] | None = None) -> Any:
+            return await store.approvals.add(
+                rec.id, reviewer=who, seen_digest=seen, arguments=args,
+                arguments_digest=digest(args) if args is not None else None, needed=2, session=None, channel="web",
+            )  # fmt: skip
+
+        first = await add(one, "alice", d)
+        assert first.approvers == ("alice",) and first.proposal_digest == d
+        with pytest.raises(NotAllowedError) as twice:
+            await add(two, "alice", d)  # another connection, same reviewer: still one approval
+        assert twice.value.why == "already_approved"
+        with pytest.raises(AlreadyDecidedError) as stale:
+            await add(two, "bob", "sha256:not-what-is-proposed")
+        assert stale.value.why == "stale_digest"
+        edited = {"order_id": "A-17", "amount": 30}
+        reset = await add(two, "bob", d, edited)
+        assert reset.approvers == ("bob",) and reset.arguments == edited and reset.proposal_digest == digest(edited)
+        with pytest.raises(AlreadyDecidedError):
+            await add(one, "alice", d)  # alice approved the old arguments; she must look at the new ones
+        again = await add(one, "alice", digest(edited))
+        assert again.approvers == ("bob", "alice") and (await two.approvals.tally(rec.id)).count == 2
+        assert (await one.approvals.tallies([rec.id, "nope"]))[rec.id].approvers == ("bob", "alice")
+        await decide(one, rec.id, decided_by="alice", modified_arguments=edited, expected_digest=d)
+        with pytest.raises(AlreadyDecidedError):
+            await add(two, "carol", digest(edited))
+        await one.approvals.note_refusal(rec.id, reviewer="mallory", why="not_in_group", message="no", channel="web")
+        events = [(e.event, e.actor) for e in await two.audit_events(call_id=rec.id)]
+        assert events.count(("approval_given", "alice")) == 2 and ("decision_refused", "mallory") in events
+        with pytest.raises(CallNotFoundError):
+            await one.approvals.tally("nope")
+
+
+async def test_concurrent_approvals_on_two_connections_both_count(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        rec = await hold(one, clock)
+        async with anyio.create_task_group() as tg:
+            for store, who in ((one, "alice"), (two, "bob")):
+                tg.start_soon(
+                    lambda s=store, w=who: s.approvals.add(
+                        rec.id, reviewer=w, seen_digest=rec.args_digest, arguments=None, arguments_digest=None,
+                        needed=2, session=None, channel="web",
+                    )
+                )  # fmt: skip
+        assert sorted((await one.approvals.tally(rec.id)).approvers) == ["alice", "bob"]

@@ -1,0 +1,119 @@
+"""Team mode's commands: ``users add/list/remove/passwd`` (reviewer accounts) and ``serve`` (the approval service).
+
+A password is never taken from the command line (argv is visible to every user in ``ps``): it is asked on
+the terminal twice, or read from the first line of standard input with ``--password-stdin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from mcp_gatekeeper import accounts, hostos
+from mcp_gatekeeper.config import GatekeeperConfig, load_config
+from mcp_gatekeeper.errors import ConfigError
+from mcp_gatekeeper.serve import open_runtime
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+def _load(args: argparse.Namespace) -> GatekeeperConfig:
+    return load_config(getattr(args, "config", None))
+
+
+def _actor() -> str:
+    return f"cli:{hostos.os_user()}"
+
+
+def read_password(args: argparse.Namespace) -> str:
+    """The new password: stdin's first line with ``--password-stdin``, else asked twice on the terminal."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise ConfigError(["password: no terminal to ask on; pipe it with --password-stdin"])
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError(["password: the two entries differ"])
+    problem = accounts.password_problem(password)
+    if problem:
+        raise ConfigError([f"password: {problem}"])
+    return password
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    config = _load(args)
+    by = _actor()
+
+    async def go() -> int:
+        async with open_runtime(config, register=False) as rt:
+            reviewers = rt.store.reviewers
+            if args.action == "list":
+                found = await reviewers.list_reviewers()
+                if args.json:
+                    sys.stdout.write(json.dumps([r.to_json() for r in found], indent=2) + "\n")
+                    return EXIT_OK
+                if not found:
+                    print("no reviewer accounts (add one: mcp-gatekeeper users add NAME)")
+                for r in found:
+                    groups = ",".join(r.groups) or "-"
+                    linked = ",".join(r.principals) or "-"
+                    print(f"{r.name:<20} {r.role:<9} groups={groups}  principals={linked}")
+                return EXIT_OK
+            if args.action == "add":
+                problems = accounts.account_problems(args.name, args.role, args.group or [], args.principal or [])
+                if problems:
+                    raise ConfigError(problems)
+                password = read_password(args)
+                added = await reviewers.add(
+                    args.name, role=args.role, groups=args.group or [], principals=args.principal or [],
+                    password_hash=accounts.hash_password(password), by=by, channel="cli",
+                )  # fmt: skip
+                print(f"added {added.role} {added.name}")
+                return EXIT_OK
+            if args.action == "remove":
+                ended = await reviewers.remove(args.name, by=by, channel="cli")
+                print(f"removed {args.name}; ended {len(ended)} session(s)")
+                return EXIT_OK
+            # passwd
+            if await reviewers.get(args.name) is None:
+                print(f"mcp-gatekeeper: no account named {args.name!r}", file=sys.stderr)
+                return EXIT_REFUSED
+            password = read_password(args)
+            ended = await reviewers.set_password(args.name, accounts.hash_password(password), by=by, channel="cli")
+            print(f"changed the password of {args.name}; ended {len(ended)} session(s)")
+            return EXIT_OK
+
+    return anyio.run(go)
+
+
+def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
+    """Add ``users`` (and its actions) to the top-level parser's subcommands."""
+    us = with_config(sub.add_parser("users", help="team mode: reviewer accounts of the approval service"))
+    acts = us.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = with_config(acts.add_parser("add", help="add a reviewer account (the password is asked, never argv)"))
+    add.add_argument("name")
+    add.add_argument("--role", choices=accounts.ROLES, default="reviewer")
+    add.add_argument("--group", action="append", metavar="G", help="a reviewer group (repeatable)")
+    add.add_argument(
+        "--principal",
+        action="append",
+        metavar="P",
+        help="an agent principal of this person (agent:NAME, stdio:USER/CLIENT, os:USER); repeatable;"
+        " with prevent_self_review they cannot decide its calls",
+    )
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    ls = with_config(acts.add_parser("list", help="list the accounts"))
+    ls.add_argument("--json", action="store_true")
+    rm = with_config(acts.add_parser("remove", help="remove an account (its sessions end)"))
+    rm.add_argument("name")
+    pw = with_config(acts.add_parser("passwd", help="set an account's password (its sessions end)"))
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    us.set_defaults(func=cmd_users)
