@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -93,6 +94,58 @@ def cmd_users(args: argparse.Namespace) -> int:
     return anyio.run(go)
 
 
+def public_host(url: str) -> str:
+    """The ``Host`` a browser sends for ``url``: only ``https://NAME[:PORT]`` with nothing after the name."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
+        raise ConfigError(
+            [f"--public-url {url!r}: give the https:// address of the TLS reverse proxy, e.g. https://gk.example.com"]
+        )
+    return parts.netloc.lower()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The approval service: the page and API for every gatekeeper sharing this store, for reviewer accounts."""
+    from mcp_gatekeeper import web
+    from mcp_gatekeeper.webauth import is_loopback
+    from mcp_gatekeeper.webhttp import TeamSite
+
+    config = _load(args)
+    site = TeamSite(public_host=public_host(args.public_url) if args.public_url else None)
+    if not is_loopback(args.host) and site.public_host is None:
+        raise ConfigError(
+            [f"--host {args.host!r}: the approval service listens beyond loopback only behind a TLS reverse proxy;"
+             " give its address with --public-url https://..."]
+        )  # fmt: skip
+
+    async def go() -> int:
+        async with open_runtime(config, label="service") as rt, anyio.create_task_group() as tg:
+            if await rt.store.reviewers.count() == 0:
+                print(
+                    "mcp-gatekeeper: no reviewer accounts yet; add one with: mcp-gatekeeper users add NAME --role admin",
+                    file=sys.stderr,
+                )
+            token = web.load_or_create_token(rt.home)
+            app = web.build_app(
+                store=rt.store, gate=rt.gate, policy=rt.policy, token=token, port=args.port, clock=rt.clock, team=site
+            )
+            port: int = await tg.start(
+                lambda task_status: web.serve(
+                    app, host=args.host, port=args.port, allow_remote=site.public_host is not None,
+                    task_status=task_status,
+                )
+            )  # fmt: skip
+            where = f"https://{site.public_host}" if site.public_host else web.page_url(args.host, port)
+            print(
+                f"mcp-gatekeeper: approval service: {where}/login (listening on {args.host}:{port})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
 def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
     """Add ``users`` (and its actions) to the top-level parser's subcommands."""
     us = with_config(sub.add_parser("users", help="team mode: reviewer accounts of the approval service"))
@@ -117,3 +170,16 @@ def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argp
     pw.add_argument("name")
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
     us.set_defaults(func=cmd_users)
+
+    sv = with_config(
+        sub.add_parser("serve", help="team mode: the approval service (page and API for reviewer accounts)")
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback only with --public-url)")
+    sv.add_argument("--port", type=int, default=8766, help="port to listen on (default 8766)")
+    sv.add_argument(
+        "--public-url",
+        metavar="https://NAME",
+        help="the address reviewers open, served by a TLS reverse proxy in front of this one: only that Host is"
+        " answered, and cookies are Secure",
+    )
+    sv.set_defaults(func=cmd_serve)

@@ -251,6 +251,12 @@ class RuleConfig(_Model):
     shadow: bool = False
     """Try the rule without enforcing it: calls take the gate of the rules without it, and what it would have
     done is recorded beside each call (``explain``, the call card and ``suggest`` show it). See ``[shadow]``."""
+    reviewers: list[str] = Field(default_factory=list)
+    """Team mode: the reviewer groups whose members may decide this rule's calls (empty: every reviewer)."""
+    approvals: int = Field(default=1, ge=1, le=10)
+    """Team mode: how many different reviewers must approve (each a named, audited step); one rejection refuses."""
+    prevent_self_review: bool | None = None
+    """Team mode: a reviewer linked to the call's principal cannot decide it (default: on in team mode)."""
 
     @model_validator(mode="after")
     def _check_predicates(self) -> RuleConfig:

@@ -40,6 +40,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from mcp_gatekeeper import webteam
 from mcp_gatekeeper.calibrate.suggest import suggestions
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import (
@@ -47,6 +48,7 @@ from mcp_gatekeeper.errors import (
     CallNotFoundError,
     ConfigError,
     InvalidModificationError,
+    NotAllowedError,
     StoreError,
 )
 from mcp_gatekeeper.gate import Gate
@@ -86,6 +88,7 @@ from mcp_gatekeeper.webguard import CSP, Guard
 from mcp_gatekeeper.webhttp import (
     HEADLINE_ARGS_CAP,
     Problem,
+    TeamSite,
     WebState,
     call_json,
     int_param,
@@ -183,7 +186,7 @@ async def _logout(request: Request) -> Response:
         await st.store.end_sessions([p.session], by=p.reviewer, channel=p.channel, why="logged out")
         st.changes.notify()
     resp = JSONResponse({"ok": True})
-    resp.headers.append("set-cookie", clear_cookie_header(st.port))
+    resp.headers.append("set-cookie", clear_cookie_header(st.port, secure=st.secure_cookies))
     return resp
 
 
@@ -322,9 +325,19 @@ async def live_snapshot(st: WebState) -> dict[str, Any]:
             for r in pending
         ],
         **await gates_snapshot(st),
+        **({"team": await _team_extras(st, [r.id for r in pending])} if st.team is not None else {}),
         "problems": await _problems_of(st),
         "counts": await st.store.counts(),
         "now": st.clock.now(),
+    }
+
+
+async def _team_extras(st: WebState, ids: list[str]) -> dict[str, Any]:
+    """Team mode: the host of each pending call's gatekeeper, and who has approved it so far."""
+    tallies = await st.store.approvals.tallies(ids)
+    return {
+        "hosts": await st.store.queries.hosts_of(ids),
+        "approvals": {cid: {"count": t.count, "by": list(t.approvers)} for cid, t in tallies.items()},
     }
 
 
@@ -488,12 +501,15 @@ def build_app(
     clock: Clock,
     links: Links | None = None,
     slack: SlackDesk | None = None,
+    team: TeamSite | None = None,
 ) -> Starlette:
     """The approval page and JSON API. ``serve`` runs it; tests drive it through an ASGI client.
 
-    ``links`` checks the notifications' short links (``/c/…``); ``slack`` answers Slack's buttons."""
-    state = WebState(store=store, gate=gate, policy=policy, token=token, port=port, clock=clock)
+    ``links`` checks the notifications' short links (``/c/…``); ``slack`` answers Slack's buttons;
+    ``team``: the approval service (team mode): reviewer accounts only, :mod:`mcp_gatekeeper.webteam`'s routes."""
+    state = WebState(store=store, gate=gate, policy=policy, token=token, port=port, clock=clock, team=team)
     routes = [
+        *(webteam.routes() if team is not None else []),
         Route("/", _index, methods=["GET"]),
         Route("/login", _login, methods=["GET"]),
         Route(LINK_PREFIX + "{token}", _short_link, methods=["GET"]),
@@ -532,6 +548,7 @@ def build_app(
             CallNotFoundError: _on_not_found,
             AlreadyDecidedError: _on_already_decided,
             InvalidModificationError: _on_invalid,
+            NotAllowedError: webteam.on_not_allowed,
             StoreError: _on_store,
         },
     )

@@ -143,6 +143,8 @@ class Principal:
     kind: str  # "session" | "bearer"
     reviewer: str
     session: str | None = None
+    account: str | None = None
+    """Team mode: the reviewer account the session stands for (``reviewer`` is then its name)."""
 
     @property
     def channel(self) -> str:
@@ -179,7 +181,7 @@ async def _honoured(store: Store, session: WebSession, host: str) -> Principal |
         return None
     if now - session.last_seen_at >= RENEW_EVERY:
         await store.touch_session(session.id, expires_at=now + SESSION_IDLE)
-    return Principal("session", session.reviewer, session.id)
+    return Principal("session", session.reviewer, session.id, session.account)
 
 
 def check_bearer(token: str, header: str | None) -> Principal | None:
@@ -196,16 +198,20 @@ def cookie_name(port: int) -> str:
     return f"gk_session_{port}"
 
 
-def session_cookie_header(port: int, value: str) -> str:
-    """The ``Set-Cookie`` value, every attribute explicit (``SameSite=Strict`` is not a browser default).
+def session_cookie_header(port: int, value: str, *, secure: bool = False) -> str:
+    """The ``Set-Cookie`` value, every attribute explicit (``SameSite=Strict`` is not a browser default);
+    ``secure``: the page is served over HTTPS (team mode behind its TLS proxy), so the cookie never travels
+    over plain HTTP.
 
     The browser may keep it for :data:`SESSION_MAX`; whether it still opens anything is the store's say.
     """
-    return f"{cookie_name(port)}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(SESSION_MAX)}"
+    flag = "; Secure" if secure else ""
+    return f"{cookie_name(port)}={value}; Path=/; HttpOnly; SameSite=Strict{flag}; Max-Age={int(SESSION_MAX)}"
 
 
-def clear_cookie_header(port: int) -> str:
-    return f"{cookie_name(port)}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+def clear_cookie_header(port: int, *, secure: bool = False) -> str:
+    flag = "; Secure" if secure else ""
+    return f"{cookie_name(port)}=; Path=/; HttpOnly; SameSite=Strict{flag}; Max-Age=0"
 
 
 # ---------------------------------------------------------------------------------------------- Host / Origin
@@ -236,17 +242,36 @@ def public_origin(public_url: str) -> str:
     return public_url.rstrip("/").lower()
 
 
-def same_origin_ok(headers: Mapping[str, str], host: str, *, bearer: bool, public: str | None = None) -> bool:
+def same_origin_ok(
+    headers: Mapping[str, str], host: str, *, bearer: bool, public: str | None = None, scheme: str = "http"
+) -> bool:
     """May this request change state? (the CSRF rule of the threat model, §1.4 #1)
 
-    ``Sec-Fetch-Site`` present: only ``same-origin``. Absent: an ``Origin`` must equal ``http://<Host>`` (or the
+    ``Sec-Fetch-Site`` present: only ``same-origin``. Absent: an ``Origin`` must equal ``<scheme>://<Host>``
+    (``https`` for the approval service behind its TLS proxy) (or the
     ``public`` origin of ``[ui] public_url``, the page as a reverse proxy serves it).
     Neither header: only a bearer-token request (a script or curl; browsers always send one of them).
     """
     origin = headers.get("origin")
-    if origin is not None and origin != f"http://{host}" and (public is None or origin != public):
+    if origin is not None and origin != f"{scheme}://{host}" and (public is None or origin != public):
         return False
     site = headers.get("sec-fetch-site")
     if site is not None:
         return site == "same-origin"
     return origin is not None or bearer
+
+
+async def open_account_session(
+    store: Store, account: str, *, host: str, user_agent: str | None
+) -> tuple[WebSession, str, str] | None:
+    """Team mode: a new session for ``account`` (its password already checked) bound to ``host``:
+    ``(session, cookie value, page key)``, or ``None`` if the account is gone."""
+    now = store.clock.now()
+    sid, secret, key = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    template = WebSession(
+        id=sid, label=account, host=host, user_agent=(user_agent or "")[:300] or None, created_at=now,
+        last_seen_at=now, expires_at=now + SESSION_IDLE, ends_at=now + SESSION_MAX, ended_at=None,
+        ended_by=None, ended_why=None, account=account,
+    )  # fmt: skip
+    session = await store.sessions.open_for_account(template, secret_hash=_hash(secret), key_hash=_hash(key))
+    return (session, f"{sid}.{secret}", key) if session is not None else None

@@ -62,6 +62,10 @@ class GuardState(Protocol):
     public: str | None
     clock: Clock
     store: Store
+    scheme: str
+    """``https`` when the page is served behind a TLS proxy (team mode's public URL), else ``http``."""
+    accounts_only: bool
+    """Team mode: only sessions of reviewer accounts; no bearer token, no login-link session."""
 
 
 def _json_bytes(status: int, code: str, message: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -119,11 +123,17 @@ class Guard:
         except StoreError:
             await self._refuse(send_hardened, 503, "store_unavailable", "the gatekeeper's store is unavailable")
             return
+        if self.st.accounts_only and principal is not None and principal.account is None:
+            principal = None
         if (
             method in UNSAFE_METHODS
             and not (path in SIGNED_ELSEWHERE and not api)
             and not same_origin_ok(
-                headers, host, bearer=principal is not None and principal.kind == "bearer", public=self.st.public
+                headers,
+                host,
+                bearer=principal is not None and principal.kind == "bearer",
+                public=self.st.public,
+                scheme=self.st.scheme,
             )
         ):
             if principal is None and api and "origin" not in headers and "sec-fetch-site" not in headers:
@@ -140,7 +150,7 @@ class Guard:
         await self.app(scope, receive, send_hardened)
 
     async def _authenticate(self, headers: dict[str, str], host: str, query_key: str | None) -> Principal | None:
-        bearer = check_bearer(self.st.token, headers.get("authorization"))
+        bearer = None if self.st.accounts_only else check_bearer(self.st.token, headers.get("authorization"))
         if bearer is not None:
             return bearer
         value = cookie_parser(headers.get("cookie", "")).get(cookie_name(self.st.port))

@@ -8,6 +8,7 @@ pins) both build on this; neither imports the other's handlers. A handler refuse
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import anyio
@@ -56,11 +57,34 @@ class Changes:
             await event.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class TeamSite:
+    """Where the approval service is reached: ``public_host`` is the ``Host`` of its public URL (behind a TLS
+    reverse proxy; ``None``: loopback only, plain HTTP); the proxy's address is trusted for
+    ``X-Forwarded-For`` (the client address that login attempts are counted by)."""
+
+    public_host: str | None = None
+
+
 class WebState:
     """Everything the handlers share for one app. ``serve`` fills in the port once it has bound."""
 
-    def __init__(self, *, store: Store, gate: Gate, policy: Policy, token: str, port: int, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gate: Gate,
+        policy: Policy,
+        token: str,
+        port: int,
+        clock: Clock,
+        team: TeamSite | None = None,
+    ) -> None:
         self.store, self.gate, self.policy, self.token, self.clock = store, gate, policy, token, clock
+        self.team = team
+        """Team mode (the approval service): reviewer accounts only, and where the service is reached."""
+        self.scheme = "https" if team is not None and team.public_host else "http"
+        self.accounts_only = team is not None
         self.changes = Changes()
         self.closing = False
         self.port = 0
@@ -72,8 +96,18 @@ class WebState:
     def set_port(self, port: int) -> None:
         ui = self.policy.config.ui
         self.port = port
+        if self.team is not None and self.team.public_host:
+            self.hosts = frozenset({self.team.public_host})  # behind the TLS proxy: its name, nothing else
+            return
+        if self.team is not None:  # loopback only: the service's own address
+            self.hosts = allowed_hosts(port)
+            return
         self.hosts = allowed_hosts(port, ui.host if ui.allow_remote else None, ui.public_url)
         self.public = public_origin(ui.public_url) if ui.public_url else None
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.scheme == "https"
 
     def hash_secret(self, value: str) -> str:
         return keyed_hash(self.token, value)

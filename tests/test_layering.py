@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "judgement": 2,  # pure: schema → policy → size limit → pin for one call (planner, shadow and replay share it)
     # 3: holding and deciding; upstream connections
     "gate": 3,
+    "team": 3,  # team mode's decisions: reviewer groups, no self-review, quorums (through the gate)
     "upstream": 3,
     "calibrate": 3,  # shadow verdicts, replay of a candidate policy over recorded calls, suggestions (reads the store)
     "stdio": 3,  # serving this process's stdin/stdout on the event loop (no thread per line)
@@ -67,6 +68,7 @@ LAYERS: dict[str, int] = {
     "webcalibrate": 4,  # the page's Calibrate view: suggestions, their replay, shadow verdicts against humans
     "push": 4,  # ntfy-compatible push (masks secrets via webredact)
     "slack": 4,  # decisions from Slack: messages, signature, the endpoint (gate, store, webhttp, webredact)
+    "webteam": 4,  # team mode's routes: password login, decisions by named reviewers, approvals
     "review": 4,  # the weekly review report and the review data export (builds on reports; redacts via webredact)
     # 5: composition and whole-program features
     "serve": 5,
@@ -110,6 +112,11 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("webcalibrate", "webhttp"),
         ("webcalibrate", "webredact"),
         ("webgates", "webhttp"),
+        ("team", "gate"),  # team mode decides through the gate, after its own checks
+        ("web", "webteam"),  # team mode's routes come before the page's own
+        ("webteam", "webauth"),
+        ("webteam", "webgates"),
+        ("webteam", "webhttp"),
         ("webgates", "webredact"),
         ("webhttp", "webauth"),
         ("webhttp", "webredact"),

@@ -248,3 +248,16 @@ class Queries:
             "SELECT state, COUNT(*) FROM calls WHERE gate = 'audit' AND created_at >= ? GROUP BY state", (since,)
         )
         return {s: int(n) for s, n in rows}
+
+    # ------------------------------------------------------------------ team mode
+
+    async def hosts_of(self, call_ids: Sequence[str]) -> dict[str, str]:
+        """The host of the gatekeeper process holding each of these calls (the ones whose process is known)."""
+        if not call_ids:
+            return {}
+        rows = await self._engine.read(
+            "SELECT c.id, i.host FROM calls c JOIN instances i ON i.id = c.instance_id"
+            " WHERE c.id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(call_ids)),),
+        )
+        return {r[0]: r[1] for r in rows}

@@ -1,0 +1,197 @@
+"""Team mode's decisions: who may decide a held call, and approvals that need several reviewers.
+
+The approval service (``mcp-gatekeeper serve``) decides through :class:`TeamDesk`, never through
+:meth:`Gate.decide` directly, so that every decision is made by a named reviewer account and:
+
+- **reviewer groups**: a rule's ``reviewers = ["payments"]`` lets only members of one of those groups decide
+  its calls (approve or reject);
+- **no self-review**: with ``prevent_self_review`` (on unless a rule turns it off) a reviewer linked to the
+  principal that made the call (:meth:`Reviewer.linked_to`) cannot decide it;
+- **a quorum**: ``approvals = N`` needs N different reviewers, each approval its own audited step
+  (:mod:`mcp_gatekeeper.store.approvals`); the call is approved (one compare-and-set, so forwarded once) when
+  the N-th arrives, and refused by the first rejection. An approval that edits the arguments starts a new
+  round: the approvals before it were for other arguments.
+
+The requirements come from the service's own config, never from the gatekeeper that holds the call (an
+agent that can edit its gatekeeper's config must not lower them): every rule the call matches, for its own
+arguments and for an edit's, and the rule it was held under, count; the strictest wins.
+A refusal is audited (``decision_refused``) and raised as :class:`NotAllowedError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mcp_gatekeeper.accounts import Reviewer
+from mcp_gatekeeper.config import RuleConfig
+from mcp_gatekeeper.errors import AlreadyDecidedError, NotAllowedError
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import CallRecord, Decision, State, digest
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.store.approvals import Tally
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """What deciding one call takes."""
+
+    group_sets: tuple[tuple[str, ...], ...]
+    """The reviewer must be in at least one group of each of these (one per rule that names groups)."""
+    approvals: int
+    prevent_self_review: bool
+    rules: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "groups": [list(g) for g in self.group_sets],
+            "approvals": self.approvals,
+            "prevent_self_review": self.prevent_self_review,
+            "rules": list(self.rules),
+        }
+
+
+def requirements(policy: Policy, rec: CallRecord, *extra_arguments: dict[str, Any]) -> Requirements:
+    """The strictest requirements of every rule that covers ``rec`` (see the module docstring)."""
+    found: list[RuleConfig] = []
+    for arguments in (rec.arguments, *extra_arguments):
+        verdict = policy.evaluate(rec.upstream, rec.tool, arguments)
+        if verdict.rule_config is not None:
+            found.append(verdict.rule_config)
+    found.extend(r for r in policy.config.rules if r.name is not None and r.name == rec.rule)
+    return Requirements(
+        group_sets=tuple(tuple(r.reviewers) for r in found if r.reviewers),
+        approvals=max([r.approvals for r in found], default=1),
+        prevent_self_review=all(r.prevent_self_review is not False for r in found),
+        rules=tuple(dict.fromkeys(r.name or "(unnamed)" for r in found)),
+    )
+
+
+def refusal(req: Requirements, principal: str | None, reviewer: Reviewer) -> tuple[str, str] | None:
+    """Why ``reviewer`` may not decide a call of ``principal``: ``(code, message)``, or ``None``."""
+    for groups in req.group_sets:
+        if not set(groups) & set(reviewer.groups):
+            return (
+                "not_in_group",
+                f"{reviewer.name} is not in the reviewer group(s) {', '.join(groups)} that decide this call",
+            )
+    if req.prevent_self_review and reviewer.linked_to(principal):
+        return (
+            "self_review",
+            f"{reviewer.name} is linked to {principal}, which made this call; another reviewer must decide",
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The outcome of one approval: the call as it now stands and its round of approvals."""
+
+    call: CallRecord
+    tally: Tally
+    needed: int
+    decided: bool
+
+
+class TeamDesk:
+    """Decisions by named reviewers (see the module docstring)."""
+
+    def __init__(self, store: Store, gate: Gate, policy: Policy) -> None:
+        self.store, self.gate, self.policy = store, gate, policy
+
+    async def _allowed(self, rec: CallRecord, reviewer: Reviewer, *extra: dict[str, Any]) -> Requirements:
+        req = requirements(self.policy, rec, *extra)
+        refused = refusal(req, await self.store.principal_of(rec.id), reviewer)
+        if refused is not None:
+            code, message = refused
+            await self.store.approvals.note_refusal(
+                rec.id, reviewer=reviewer.name, why=code, message=message, channel="web"
+            )
+            raise NotAllowedError(message, why=code)
+        return req
+
+    async def approve(
+        self,
+        call_id: str,
+        reviewer: Reviewer,
+        *,
+        seen_digest: str,
+        arguments: dict[str, Any] | None,
+        session: str | None,
+        reason: str | None = None,
+    ) -> Step:
+        """``reviewer`` approves what they saw (``seen_digest``: the call's arguments, or the current round's
+        edit); ``arguments``: an edit. The call is approved once the quorum is met."""
+        rec = await self.store.find(call_id)
+        edit = arguments if arguments is not None and digest(arguments) != rec.args_digest else None
+        req = await self._allowed(rec, reviewer, *([edit] if edit is not None else []))
+        if edit is not None:
+            self.gate.check_modification(rec, edit)
+        tally = await self.store.approvals.tally(rec.id)
+        if req.approvals <= 1 and tally.count == 0:
+            done = await self._decide(
+                rec, reviewer, tally, seen_digest=seen_digest, arguments=edit, session=session, reason=reason
+            )
+            return Step(done, await self.store.approvals.tally(rec.id), req.approvals, decided=True)
+        try:
+            tally = await self.store.approvals.add(
+                rec.id, reviewer=reviewer.name, seen_digest=seen_digest, arguments=edit,
+                arguments_digest=digest(edit) if edit is not None else None, needed=req.approvals, session=session,
+                channel="web",
+            )  # fmt: skip
+        except NotAllowedError:
+            tally = await self.store.approvals.tally(rec.id)
+            if tally.count < req.approvals:  # a real second try; else: finish a quorum whose decision was lost
+                raise
+        if tally.count < req.approvals:
+            return Step(await self.store.get(rec.id), tally, req.approvals, decided=False)
+        done = await self._decide(
+            rec,
+            reviewer,
+            tally,
+            seen_digest=tally.call_digest,
+            arguments=tally.arguments,
+            session=session,
+            reason=reason,
+        )
+        return Step(done, tally, req.approvals, decided=True)
+
+    async def _decide(
+        self,
+        rec: CallRecord,
+        reviewer: Reviewer,
+        tally: Tally,
+        *,
+        seen_digest: str,
+        arguments: dict[str, Any] | None,
+        session: str | None,
+        reason: str | None,
+    ) -> CallRecord:
+        evidence: dict[str, Any] = {"session": session, "account": reviewer.name}
+        if tally.count:
+            evidence["approvals"] = list(tally.approvers)
+        decision = Decision(
+            approve=True, decided_by=reviewer.name, channel="web", reason=reason, arguments=arguments,
+            args_digest=seen_digest, evidence=evidence,
+        )  # fmt: skip
+        try:
+            return await self.gate.decide(rec.id, decision)
+        except AlreadyDecidedError:
+            if tally.count == 0:
+                raise
+            # two reviewers completed the quorum at once: the call was approved (once) by the other one
+            current = await self.store.get(rec.id)
+            if current.decided_by is None or current.state in (State.REJECTED, State.EXPIRED, State.CANCELLED):
+                raise
+            return current
+
+    async def reject(self, call_id: str, reviewer: Reviewer, *, session: str | None, reason: str | None) -> CallRecord:
+        """``reviewer`` refuses the call: one rejection is enough, whatever the quorum."""
+        rec = await self.store.find(call_id)
+        await self._allowed(rec, reviewer)
+        decision = Decision(
+            approve=False, decided_by=reviewer.name, channel="web", reason=reason,
+            evidence={"session": session, "account": reviewer.name},
+        )  # fmt: skip
+        return await self.gate.decide(rec.id, decision)
