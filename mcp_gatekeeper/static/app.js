@@ -462,6 +462,7 @@
 
   function showLogin(why) {
     if (source) { source.close(); source = null; }
+    if (document.body.dataset.mode === "team") { location.assign(why ? "/login?ended=1" : "/login"); return; }
     const app = $("#app");
     $("#whoami").textContent = "";
     app.replaceChildren(h("div", { class: "login-box" },
@@ -492,6 +493,7 @@
       state.offset = data.now - Date.now() / 1000;
       const fresh = state.known ? data.pending.filter((c) => !state.known.has(c.id)) : [];
       state.known = new Set([...(state.known || []), ...data.pending.map((c) => c.id)]);
+      if (data.team) for (const c of data.pending) { c.host = data.team.hosts[c.id] || null; c.approvals = data.team.approvals[c.id] || null; }
       state.pending = data.pending;
       state.reviews = data.reviews || [];
       state.rollbackFailed = data.rollback_failed || [];
@@ -536,13 +538,17 @@
   // ------------------------------------------------------------------ queue: search, filters, bulk, next
 
   // what the reviewer narrowed the queue to, the calls picked for a bulk decision, and "open the next call"
-  const queueUi = { text: "", risk: "", picked: new Set(), next: false, decidedHere: null, order: [] };
+  const queueUi = { text: "", risk: "", who: "", group: "", picked: new Set(), next: false, decidedHere: null, order: [] };
   try { queueUi.next = localStorage.getItem("gk-open-next") === "1"; } catch (_) { /* storage off: default */ }
 
   function visiblePending() {
     const t = queueUi.text.trim().toLowerCase();
-    return state.pending.filter((c) => (!queueUi.risk || c.risk === queueUi.risk)
-      && (!t || `${c.upstream} ${c.tool} ${c.summary || ""} ${c.risk} ${c.id}`.toLowerCase().includes(t)));
+    const shown = state.pending.filter((c) => (!queueUi.risk || c.risk === queueUi.risk)
+      && (!queueUi.who || `host:${c.host || ""}` === queueUi.who || `agent:${c.principal || ""}` === queueUi.who)
+      && (!t || `${c.upstream} ${c.tool} ${c.summary || ""} ${c.risk} ${c.id} ${c.principal || ""} ${c.host || ""}`.toLowerCase().includes(t)));
+    // team mode: group by the gatekeeper's host or the agent (oldest first within a group)
+    const key = (c) => (queueUi.group === "host" ? c.host : queueUi.group === "agent" ? c.principal : "") || "";
+    return queueUi.group ? shown.map((c, i) => [c, i]).sort((a, b) => key(a[0]).localeCompare(key(b[0])) || a[1] - b[1]).map((x) => x[0]) : shown;
   }
 
   // the card tells the queue it decided a call here: with "open the next" on, the queue moves on
@@ -571,7 +577,7 @@
       for (const c of visiblePending()) if (c.upstream === open.upstream && c.tool === open.tool) queueUi.picked.add(c.id);
       renderQueueList();
     });
-    return h("div", { class: "qtools" }, h("div", { class: "qfilter" }, search, risk),
+    return h("div", { class: "qtools" }, h("div", { class: "qfilter" }, search, risk, GK.whoFilters ? GK.whoFilters(queueUi, state.pending, renderQueueList) : null),
       h("div", { class: "qopts" }, h("label", { class: "check" }, next, " open the next call after a decision"), like));
   }
 
@@ -694,7 +700,8 @@
             c.quarantined ? h("span", { class: "chip risk-critical", title: "Held because the tool's definition changed since it was pinned", text: "quarantined" }) : null,
             h("span", { class: "where" }, safeText(`${c.upstream} · ${c.tool}`))),
           h("div", { class: "qsummary" }, summaryView(c, `${c.tool} on ${c.upstream}`)),
-          c.principal ? h("div", { class: "who muted mono", title: "The client identity (principal) this call belongs to" }, safeText(c.principal)) : null,
+          c.principal || c.host ? h("div", { class: "who muted mono", title: "The client identity (principal) this call belongs to, and the host of its gatekeeper" }, safeText([c.principal, c.host ? `on ${c.host}` : null].filter(Boolean).join(" "))) : null,
+          c.approvals && c.approvals.count ? h("div", { class: "qapprovals muted", text: `approved by ${c.approvals.by.join(", ")}` }) : null,
           h("div", { class: "qtimes" },
             h("span", { class: "waited", "data-since": c.created_at }),
             h("span", { class: "left", "data-deadline": c.deadline_at || "" })),
@@ -1082,6 +1089,7 @@
         call.rule ? ["·", h("span", null, "rule ", h("span", { class: "mono" }, safeText(call.rule)))] : ["·", h("span", { text: "no rule (defaults)" })],
         h("span", { class: "muted mono", title: call.id, text: `#${shortId(call.id)}` })),
       h("div", { class: "card-title" }, call.headline ? richString(call.headline, call.headline_secrets || [], false, ctx) : safeText(`${call.tool} on ${call.upstream}`)),
+      GK.teamBanner ? GK.teamBanner(call) : null,
       call.held_summary ? h("div", { class: "held-as" }, "Held as “", richString(call.held_summary, strHits("held_summary"), false, ctx), "”; the title above is what ran, with the reviewer's changes.") : null,
       !call.summary && tdef && tdef.description ? h("div", { class: "tool-says" }, h("span", { class: "lbl", text: "The tool says it does: " }), safeText(firstSentence(tdef.description))) : null,
       clock,
@@ -1145,14 +1153,18 @@
       const busy = (b) => { for (const x of [approveBtn, modifyBtn, rejectBtn, leaseBtn]) if (x) x.disabled = b; };
 
       const send = async (kind, args, lease) => {
-        const payload = { args_digest: call.args_digest };
+        // team mode: a quorum's round may approve a reviewer's edit; what you approve is what the card shows
+        const proposal = call.team && call.team.approvals && call.team.approvals.count ? call.team.approvals.proposal_digest : null;
+        const payload = { args_digest: proposal || call.args_digest };
         if (reason.value.trim()) payload.reason = reason.value.trim();
         if (args) payload.arguments = args;
         if (lease) payload.lease = lease;
         busy(true);
         try {
-          await api(`/api/calls/${encodeURIComponent(call.id)}/${kind === "reject" ? "reject" : "approve"}`, { json: payload });
-          if (lease) {
+          const res = await api(`/api/calls/${encodeURIComponent(call.id)}/${kind === "reject" ? "reject" : "approve"}`, { json: payload });
+          if (res && res.decided === false && res.approvals) {
+            toast(`Your approval counts: ${res.approvals.count} of ${res.approvals.needed}; another reviewer must approve`);
+          } else if (lease) {
             const ends = [lease.seconds ? `for ${dur(lease.seconds)}` : null, lease.calls ? `for ${lease.calls} call${lease.calls > 1 ? "s" : ""}` : null].filter(Boolean).join(" or ");
             toast(`Approved${args ? " with your changes" : ""}; similar calls are allowed ${ends}`);
           } else toast(kind === "reject" ? "Rejected" : args ? "Approved with your changes" : "Approved");

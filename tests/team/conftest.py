@@ -43,7 +43,8 @@ TEAM_CONFIG: dict[str, Any] = {
 def refund(amount: float, principal: str = "agent:ops-bot") -> NewCall:
     return NewCall(
         upstream="orderdesk", tool="issue_refund", arguments={"order_id": "A-17", "amount": amount}, gate="hard",
-        risk="high", rule="big-refunds" if amount > 1000 else "refunds", client={"principal": principal},
+        risk="critical" if amount > 1000 else "high", rule="big-refunds" if amount > 1000 else "refunds",
+        client={"principal": principal},
         input_schema={"type": "object", "properties": {"order_id": {"type": "string"}, "amount": {"type": "number"}}},
     )  # fmt: skip
 
