@@ -77,3 +77,14 @@ def test_users_commands_take_the_password_from_stdin_and_audit_every_change(home
         "account_added", "account_added", "password_changed", "account_removed",
     ]  # fmt: skip
     assert all(e["actor"].startswith("cli:") for e in audit)
+
+
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - what serve must refuse to bind; nothing binds it here
+
+
+def test_serve_listens_beyond_loopback_only_behind_an_https_public_url(home: Path) -> None:
+    bare = _gk(home, "serve", "--host", EVERY_INTERFACE)
+    assert bare.returncode == 2 and "--public-url" in bare.stderr
+    for url in ("http://gk.example.com", "https://", "https://gk.example.com/approvals", "https://u:p@gk.example.com"):
+        bad = _gk(home, "serve", "--host", EVERY_INTERFACE, "--public-url", url)
+        assert bad.returncode == 2 and "--public-url" in bad.stderr, url

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import anyio
+import httpx2
 import pytest
 
 from mcp_gatekeeper.models import Approved, NewCall, State, digest
+from mcp_gatekeeper.web import build_app
 from mcp_gatekeeper.webauth import SESSION_IDLE, mint_login_url
+from mcp_gatekeeper.webhttp import TeamSite
 from mcp_gatekeeper.webteam import LOGIN_WINDOW, MAX_FAILED_PER_ACCOUNT, MAX_FAILED_PER_ADDRESS
-from team.conftest import BASE, Team, refund
+from team.conftest import BASE, PASSWORDS, Team, refund
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +194,29 @@ async def test_only_an_admin_ends_another_reviewers_session(team: Team) -> None:
     assert r.status_code == 403 and r.json()["error"] == "not_admin"
     assert (await team.client.post(f"/api/sessions/{sid}/revoke", json={}, headers=dave)).status_code == 200
     assert (await team.client.get("/api/session", headers=alice)).status_code == 401
+
+
+async def test_behind_the_tls_proxy_only_its_host_https_origins_and_secure_cookies(team: Team) -> None:
+    app = build_app(
+        store=team.store, gate=team.gate, policy=team.gate.policy, token="t" * 43, port=8766, clock=team.clock,
+        team=TeamSite(public_host="gk.example.com"),
+    )  # fmt: skip
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="https://gk.example.com") as c:
+        form = {"username": "bob", "password": PASSWORDS["bob"]}
+        for host in ("127.0.0.1:8766", "localhost:8766", "evil.test", "gk.example.com:8443"):
+            r = await c.post("/login", data=form, headers={"Host": host, "Origin": f"https://{host}"})
+            assert r.status_code == 421  # DNS rebinding, or the service reached around its proxy
+        plain = await c.post("/login", data=form, headers={"Origin": "http://gk.example.com"})
+        assert plain.status_code == 403  # the page is https; an http origin is another origin
+        ok = await c.post(
+            "/login", data=form, headers={"Origin": "https://gk.example.com", "X-Forwarded-For": "203.0.113.9"}
+        )
+        assert ok.status_code == 303
+        cookie = ok.headers["set-cookie"]
+        assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        session = await team.store.web_session(cookie.split("=", 1)[1].split(".", 1)[0])
+        assert session is not None and session.host == "gk.example.com" and session.account == "bob"
+        await c.post("/login", data={"username": "bob", "password": "wrong-password!"},
+                     headers={"Origin": "https://gk.example.com", "X-Forwarded-For": "198.51.100.1, 203.0.113.9"})  # fmt: skip
+        failed = await _events(team, "login_failed")
+        assert failed[-1][1]["address"] == "203.0.113.9"  # the address the proxy saw, not what the client claims
