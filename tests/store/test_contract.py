@@ -804,13 +804,19 @@ async def test_named_approvals_count_once_per_reviewer_and_an_edit_starts_a_new_
             await add(one, "alice", d)  # alice approved the old arguments; she must look at the new ones
         again = await add(one, "alice", digest(edited))
         assert again.approvers == ("bob", "alice") and (await two.approvals.tally(rec.id)).count == 2
+        back = await add(one, "alice", digest(edited), rec.arguments)  # editing back to the original: a new round
+        assert back.approvers == ("alice",) and back.proposal_digest == d
+        again = await add(two, "bob", d, edited)  # and forth again: nobody's old approval of it counts
+        assert again.approvers == ("bob",)
+        again = await add(one, "alice", digest(edited))
+        assert again.approvers == ("bob", "alice")
         assert (await one.approvals.tallies([rec.id, "nope"]))[rec.id].approvers == ("bob", "alice")
         await decide(one, rec.id, decided_by="alice", modified_arguments=edited, expected_digest=d)
         with pytest.raises(AlreadyDecidedError):
             await add(two, "carol", digest(edited))
         await one.approvals.note_refusal(rec.id, reviewer="mallory", why="not_in_group", message="no", channel="web")
         events = [(e.event, e.actor) for e in await two.audit_events(call_id=rec.id)]
-        assert events.count(("approval_given", "alice")) == 2 and ("decision_refused", "mallory") in events
+        assert events.count(("approval_given", "alice")) == 4 and ("decision_refused", "mallory") in events
         with pytest.raises(CallNotFoundError):
             await one.approvals.tally("nope")
 
