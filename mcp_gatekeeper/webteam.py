@@ -162,6 +162,7 @@ async def _get_call(request: Request) -> Response:
     st = web_state(request)
     rec = await st.store.find(request.path_params["call_id"])
     detail = await call_detail(st, rec)
+    detail["lease_offer"] = None  # the service decides each call on its own
     return JSONResponse({**detail, "team": await team_info(st, request, rec.id), "now": st.clock.now()})
 
 

@@ -508,7 +508,7 @@
         if (!mine) card.refresh();
         else card.escalated(mine.escalation || 0, mine.deadline_at);
       } else if (card && card.reviewable && !state.reviews.some((c) => c.id === card.id)) card.refresh();
-      for (const fn of GK.listeners) fn(data);
+      for (const fn of [...GK.listeners]) fn(data); // a copy: a listener may remove itself
     });
   }
 

@@ -32,14 +32,27 @@
       you ? h("div", { class: "approvals-you", role: "note", text: you }) : null);
   };
 
-  // filter by the gatekeeper's host or the agent, and group the queue by either
-  GK.whoFilters = (ui, pending, rerender) => {
+  // the hosts and agents of the calls now waiting (and the one chosen, even if its calls are gone)
+  function whoOptions(pending, chosen) {
     const hosts = [...new Set(pending.map((c) => c.host).filter(Boolean))].sort();
     const agents = [...new Set(pending.map((c) => c.principal).filter(Boolean))].sort();
-    const who = h("select", { class: "qwho", "aria-label": "Host or agent" }, h("option", { value: "", text: "any host or agent" }),
-      hosts.map((x) => h("option", { value: `host:${x}`, text: `host ${x}` })),
-      agents.map((x) => h("option", { value: `agent:${x}`, text: `agent ${x}` })));
+    const values = [...hosts.map((x) => `host:${x}`), ...agents.map((x) => `agent:${x}`)];
+    if (chosen && !values.includes(chosen)) values.push(chosen);
+    return [h("option", { value: "", text: "any host or agent" }),
+      ...values.map((v) => h("option", { value: v, text: v.replace(":", " ") }))];
+  }
+
+  // filter by the gatekeeper's host or the agent, and group the queue by either
+  GK.whoFilters = (ui, pending, rerender) => {
+    const who = h("select", { class: "qwho", "aria-label": "Host or agent" }, whoOptions(pending, ui.who));
     who.value = ui.who;
+    // every live change may bring calls from another machine or agent
+    const refresh = (data) => {
+      if (!who.isConnected) { GK.listeners.splice(GK.listeners.indexOf(refresh), 1); return; } // the queue was rebuilt
+      who.replaceChildren(...whoOptions(data.pending, ui.who));
+      who.value = ui.who;
+    };
+    GK.listeners.push(refresh);
     who.addEventListener("change", () => { ui.who = who.value; rerender(); });
     const group = h("select", { class: "qgroup", "aria-label": "Group by" }, h("option", { value: "", text: "no grouping" }),
       h("option", { value: "host", text: "group by host" }), h("option", { value: "agent", text: "group by agent" }));

@@ -5,6 +5,7 @@ logout that ends the session in every tab."""
 from __future__ import annotations
 
 import importlib.util
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,20 @@ async def _approve_critical(page: Any) -> None:
 async def test_two_reviewers_a_quorum_no_self_review_and_logout_everywhere(service: Service) -> None:
     alice, bob = await service.reviewer("alice"), await service.reviewer("bob")
     call_id, held = await service.hold(refund(5000))
+    other_id, _ = await service.hold(refund(700, principal="agent:night-bot"))
+
+    # the queue says which agent on which machine made each call, and narrows to one of them
+    host = socket.gethostname()
+    await alice.goto(f"{service.base}/#/queue")
+    await alice.wait_for_selector(f".qitem[data-id='{call_id}'] .who:has-text('agent:ops-bot on {host}')")
+    await alice.select_option("select.qwho", "agent:agent:night-bot")
+    await alice.wait_for_selector(f".qitem[data-id='{call_id}']", state="detached")
+    assert await alice.locator(f".qitem[data-id='{other_id}']").count() == 1
+    await alice.select_option("select.qwho", "")
+    await alice.select_option("select.qgroup", "agent")
+    ids = await alice.locator(".qitem").evaluate_all("els => els.map((e) => e.dataset.id)")
+    assert ids == [other_id, call_id]  # agent:night-bot before agent:ops-bot
+    assert await alice.locator(".actions .btn.similar").count() == 0
 
     await alice.goto(f"{service.base}/#/call/{call_id}")
     await alice.wait_for_selector("#team-approvals:has-text('Needs 2 approvals')")
