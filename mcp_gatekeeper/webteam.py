@@ -12,6 +12,7 @@ own, replacing its login, its decisions and its session revocation:
   entry (the one the proxy added) when the request comes from loopback.
 - ``POST /api/calls/{id}/approve|reject`` go through :class:`~mcp_gatekeeper.team.TeamDesk` (groups, no
   self-review, quorum); a refusal is 403 with its ``error`` code and the reason, and is audited.
+- ``POST /api/pins/.../repin`` (ending a tool's quarantine) is an admin's step;
 - ``GET /api/calls/{id}`` adds ``team``: the call's requirements, its current round of approvals, and
   whether (and why not) the signed-in reviewer may decide it.
 """
@@ -33,7 +34,7 @@ from mcp_gatekeeper.accounts import Reviewer
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, NotAllowedError
 from mcp_gatekeeper.team import TeamDesk, refusal, requirements
 from mcp_gatekeeper.webauth import clear_cookie_header, is_loopback, open_account_session, session_cookie_header
-from mcp_gatekeeper.webgates import call_detail
+from mcp_gatekeeper.webgates import call_detail, repin
 from mcp_gatekeeper.webhttp import Problem, WebState, json_body, principal, reason_of, web_state
 
 MAX_FAILED_PER_ACCOUNT = 5
@@ -233,6 +234,13 @@ async def _revoke_session(request: Request) -> Response:
     return resp
 
 
+async def _repin(request: Request) -> Response:
+    """Accepting a changed tool definition ends its quarantine for every gatekeeper: an admin's step."""
+    if not (await reviewer_of(request)).admin:
+        raise NotAllowedError("only an admin accepts a changed tool definition", why="not_admin")
+    return await repin(request)
+
+
 async def on_not_allowed(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NotAllowedError)
     status = 429 if exc.why == "rate_limited" else 403
@@ -250,4 +258,5 @@ def routes() -> list[Route]:
         Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
         Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),
         Route("/api/calls/{call_id}/reject", _reject, methods=["POST"]),
+        Route("/api/pins/{upstream}/{tool:path}/repin", _repin, methods=["POST"]),
     ]
