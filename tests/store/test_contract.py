@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -834,3 +835,17 @@ async def test_concurrent_approvals_on_two_connections_both_count(backend: Backe
                     )
                 )  # fmt: skip
         assert sorted((await one.approvals.tally(rec.id)).approvers) == ["alice", "bob"]
+
+
+async def test_each_call_names_the_host_of_the_gatekeeper_holding_it(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as here, backend.open(clock) as there:
+        await here.register_instance("wrap")
+        other = await there.register_instance("run --http")
+        backend.raw("UPDATE instances SET host = ? WHERE id = ?", ("build-02", other))  # another machine's process
+        mine, theirs = await hold(here, clock), await hold(there, clock, tool="issue_refund_v2")
+        orphan = await hold(here, clock, tool="other")
+        backend.raw("UPDATE calls SET instance_id = NULL WHERE id = ?", (orphan.id,))  # released: no holder
+        hosts = await here.queries.hosts_of([mine.id, theirs.id, orphan.id, "nope"])
+        assert hosts == {mine.id: socket.gethostname(), theirs.id: "build-02"}
+        assert await here.queries.hosts_of([]) == {}
