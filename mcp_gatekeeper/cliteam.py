@@ -111,7 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_gatekeeper.webhttp import TeamSite
 
     config = _load(args)
-    site = TeamSite(public_host=public_host(args.public_url) if args.public_url else None)
+    url = args.public_url or config.ui.public_url
+    site = TeamSite(public_host=public_host(url) if url else None)
     if not is_loopback(args.host) and site.public_host is None:
         raise ConfigError(
             [f"--host {args.host!r}: the approval service listens beyond loopback only behind a TLS reverse proxy;"
@@ -180,6 +181,6 @@ def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argp
         "--public-url",
         metavar="https://NAME",
         help="the address reviewers open, served by a TLS reverse proxy in front of this one: only that Host is"
-        " answered, and cookies are Secure",
+        " answered, and cookies are Secure (default: [ui] public_url)",
     )
     sv.set_defaults(func=cmd_serve)

@@ -446,7 +446,8 @@ class UiConfig(_Model):
     """Required to bind a non-loopback address (a loud warning is printed)."""
     public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#@\s]+/?$")
     """Where browsers reach the page through your reverse proxy (``https://gk.example.com``): the base of the
-    notifications' short links, and a Host and Origin the page accepts besides its loopback ones."""
+    notifications' short links and of their card links, and a Host and Origin the page accepts besides its loopback
+    ones. Team mode: ``mcp-gatekeeper serve`` takes it as its ``--public-url`` (``https://`` only)."""
 
 
 class SecurityConfig(_Model):
@@ -572,7 +573,10 @@ class GatekeeperConfig(_Model):
     """The whole file."""
 
     def card_url(self, call_id: str) -> str | None:
-        """Where a human decides a call: the approval page's card (never a credential in the URL)."""
+        """Where a human decides a call: the approval page's card (never a credential in the URL); in team mode
+        the approval service's."""
+        if self.ui.public_url:
+            return f"{self.ui.public_url.rstrip('/')}/#/call/{call_id}"
         host = f"[{self.ui.host}]" if ":" in self.ui.host else self.ui.host
         return f"http://{host}:{self.ui.port}/#/call/{call_id}" if self.ui.port else None
 

@@ -88,3 +88,14 @@ def test_serve_listens_beyond_loopback_only_behind_an_https_public_url(home: Pat
     for url in ("http://gk.example.com", "https://", "https://gk.example.com/approvals", "https://u:p@gk.example.com"):
         bad = _gk(home, "serve", "--host", EVERY_INTERFACE, "--public-url", url)
         assert bad.returncode == 2 and "--public-url" in bad.stderr, url
+
+
+def test_notifications_link_to_the_services_card_when_it_has_a_public_url() -> None:
+    from mcp_gatekeeper.config import validate_config
+    from mcp_gatekeeper.errors import ConfigError
+
+    cfg = validate_config({"ui": {"public_url": "https://gk.example.com"}})
+    assert cfg.card_url("abc") == "https://gk.example.com/#/call/abc"
+    for bad in ("https://gk.example.com/path", "https://u@gk.example.com"):
+        with pytest.raises(ConfigError, match="public_url"):
+            validate_config({"ui": {"public_url": bad}})
