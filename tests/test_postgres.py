@@ -661,3 +661,32 @@ async def test_the_gatekeeper_role_pins_tools_and_keeps_their_definitions(urls: 
         pins = await store.check_pins("shop", {"refund": ("h2", {"name": "refund", "x": 1})})  # changed: quarantined
         assert pins["refund"].pending_hash == "h2"
         assert set(await store.tool_definitions(["h1", "h2"])) == {"h1", "h2"}
+
+
+async def test_the_gatekeeper_role_cannot_touch_reviewer_accounts_or_count_an_approval(
+    team: tuple[Roles, InitReport],
+) -> None:
+    """Team mode's accounts and named approvals are the approval service's: an agent holding its gatekeeper's
+    credentials cannot read a password hash, make itself a reviewer, or add an approval to a quorum."""
+    roles, report = team
+    cid = _insert_pending(report.new_role_urls[roles.gatekeeper])
+    with _connect(report.new_role_urls[roles.gatekeeper]) as c:
+        for statement in (
+            "SELECT password_hash FROM reviewers",
+            "INSERT INTO reviewers (name, role, groups, principals, password_hash, created_at, created_by,"
+            " password_changed_at) VALUES ('mallory', 'admin', '[]', '[]', 'x', 1, 'x', 1)",
+            "UPDATE reviewers SET password_hash = 'x'",
+            f"INSERT INTO call_approvals (call_id, reviewer, proposal_digest, at) VALUES ('{cid}', 'alice', 'd1', 1)",
+            "DELETE FROM login_attempts",
+            "UPDATE web_sessions SET account = 'alice'",
+        ):
+            assert _refusal(c, statement) == "42501", statement  # insufficient_privilege
+    with _connect(report.new_role_urls[roles.approver]) as c:
+        assert _refusal(c, "SELECT count(*) FROM reviewers") == "ran"
+        assert (
+            _refusal(
+                c,
+                f"INSERT INTO call_approvals (call_id, reviewer, proposal_digest, at) VALUES ('{cid}', 'alice', 'd1', 1)",
+            )
+            == "ran"
+        )

@@ -286,6 +286,41 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE seen_signatures (signature TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
         """,
     ),
+    (
+        "0011_reviewers",
+        """
+        CREATE TABLE reviewers (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            groups TEXT NOT NULL,
+            principals TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            created_by TEXT NOT NULL,
+            password_changed_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE login_attempts (
+            seq BIGSERIAL PRIMARY KEY,
+            account TEXT NOT NULL,
+            address TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            ok INTEGER NOT NULL
+        );
+        CREATE INDEX login_attempts_account ON login_attempts (account, at);
+        CREATE INDEX login_attempts_address ON login_attempts (address, at);
+        CREATE TABLE call_approvals (
+            seq BIGSERIAL PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            reviewer TEXT NOT NULL,
+            proposal_digest TEXT NOT NULL,
+            arguments TEXT,
+            session TEXT,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX call_approvals_call ON call_approvals (call_id, seq);
+        ALTER TABLE web_sessions ADD COLUMN account TEXT;
+        """,
+    ),
 )
 
 
@@ -525,6 +560,10 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f" TEXT, TEXT) TO {ap}",
         f"GRANT INSERT ON {s}.audit TO {ap}",
         f"GRANT INSERT, UPDATE, DELETE ON {s}.web_sessions, {s}.login_codes TO {ap}",
+        # 0011: team mode's accounts, login attempts and named approvals are the service's alone (a gatekeeper
+        # cannot read a password hash, add an account, or count an approval)
+        f"GRANT INSERT, UPDATE, DELETE ON {s}.reviewers, {s}.login_attempts, {s}.call_approvals TO {ap}",
+        f"GRANT USAGE ON SEQUENCE {s}.login_attempts_seq_seq, {s}.call_approvals_seq_seq TO {ap}",
         f"GRANT INSERT ON {s}.leases TO {ap}",
         f"GRANT UPDATE (revoked_at, revoked_by) ON {s}.leases TO {ap}",
         f"GRANT UPDATE (hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at)"
