@@ -44,7 +44,17 @@ from mcp_gatekeeper.errors import (
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, LeaseRequest, State, definition_diff
 from mcp_gatekeeper.policy import Policy, Verdict
-from mcp_gatekeeper.serve import build_policy, build_shadow, db_path, open_runtime, own_files, run_proxy
+from mcp_gatekeeper.serve import (
+    Runtime,
+    build_policy,
+    build_shadow,
+    db_path,
+    decision_keys,
+    open_runtime,
+    own_files,
+    run_proxy,
+)
+from mcp_gatekeeper.signatures import SigningKeyError, check_events, key_id, public_text
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.webauth import LOGIN_TTL, keyed_hash, load_or_create_token, mint_login_url
 from mcp_gatekeeper.webredact import redact
@@ -313,7 +323,7 @@ def cmd_decide(args: argparse.Namespace, approve: bool) -> int:
                 # check an edit against the policy of the process that holds the call, not a guess
                 holder_config = await rt.store.instance_config_path(holder)
                 if holder_config and Path(holder_config).exists():
-                    gate = Gate(rt.store, Policy(load_config(holder_config)), rt.clock)
+                    gate = Gate(rt.store, Policy(load_config(holder_config)), rt.clock, keys=rt.gate.keys)
             done = await gate.decide(
                 rec.id,
                 Decision(
@@ -622,6 +632,47 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _verify_signatures(rt: Runtime) -> bool:
+    """Check every decision's signature against the trusted (and retired) keys; print what fails."""
+    keys = rt.gate.keys
+    assert keys is not None  # open_runtime always gives the gate its keys
+    since, events = await rt.store.audit.decision_events()
+    try:
+        trusted = keys.audit_trusted()
+    except SigningKeyError as e:
+        print(f"decision signatures cannot be checked: {escape(str(e))}")
+        return False
+    problems = check_events(events, signed_since=since, trusted=trusted)
+    for line in problems:
+        print(escape(line))
+    if not problems:
+        print(f"decision signatures valid: {sum(e.seq > since or 'signature' in e.detail for e in events)} decisions")
+    return not problems
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys show``: this home's decision-signing public key (made on first use) and the trusted ones."""
+    config = _load(args)
+    keys = decision_keys(config, default_home())
+    try:
+        own = keys.signer().public
+    except SigningKeyError as e:
+        print(f"mcp-gatekeeper: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        _json_out({"public_key": public_text(own), "key_id": key_id(own), "path": str(keys.signing_path),
+                   "trusted": list(keys.configured) or [public_text(own)], "retired": list(keys.retired)})  # fmt: skip
+        return EXIT_OK
+    print(public_text(own))
+    print(f"  key id {key_id(own)}, private key in {escape(str(keys.signing_path))}", file=sys.stderr)
+    if keys.configured:
+        print(
+            f"  this gatekeeper trusts [team] decision_keys ({len(keys.configured)}), not this key unless listed",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     config = _load(args)
 
@@ -630,7 +681,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if args.verify:
                 ok, _count, msg = await rt.store.verify_audit()
                 print(msg)
-                return EXIT_OK if ok else EXIT_REFUSED
+                signed = await _verify_signatures(rt)
+                return EXIT_OK if ok and signed else EXIT_REFUSED
             call_id = (await rt.store.find(args.call)).id if args.call else None
             events = await rt.store.audit_events(call_id=call_id, limit=args.limit)
             if args.json:
@@ -1005,7 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = with_config(sub.add_parser("audit", help="the decision log"))
     au.add_argument("--json", action="store_true")
-    au.add_argument("--verify", action="store_true", help="check the hash chain")
+    au.add_argument("--verify", action="store_true", help="check the hash chain and every decision's signature")
     au.add_argument("--call", metavar="ID", help="only this call's events")
     au.add_argument("--limit", type=int, default=200)
     au.set_defaults(func=cmd_audit)
@@ -1022,6 +1074,11 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--only", choices=["modified", "rejected"], help="only edited, or only rejected, decisions")
     xp.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     xp.set_defaults(func=cmd_export)
+
+    ks = with_config(sub.add_parser("keys", help="the key this home signs decisions with"))
+    ks.add_argument("action", choices=["show"])
+    ks.add_argument("--json", action="store_true")
+    ks.set_defaults(func=cmd_keys)
 
     ui = with_config(sub.add_parser("ui", help="serve the approval page"))
     ui.add_argument("--port", type=int)

@@ -569,6 +569,21 @@ class ShadowConfig(_Model):
     policy; its upstreams and everything else are ignored. It may not have a ``[shadow]`` of its own."""
 
 
+DecisionKey = Annotated[str, Field(pattern=r"^ed25519:[A-Za-z0-9_-]{43}$")]
+"""An Ed25519 public key as ``mcp-gatekeeper keys show`` prints it: ``ed25519:`` and 43 base64url characters."""
+
+
+class TeamConfig(_Model):
+    decision_keys: list[DecisionKey] = Field(default_factory=list)
+    """The public keys whose signed decisions this gatekeeper forwards (the approval service's). Empty: the
+    home's own key (local mode). When set, a decision signed by any other key, or unsigned, never runs."""
+    retired_keys: list[DecisionKey] = Field(default_factory=list)
+    """Keys no longer trusted for new decisions, still accepted by ``audit --verify`` for the old ones."""
+    signing_key: str | None = None
+    """The private key this process signs its decisions with (PEM, mode 0600). Default: ``<home>/decision-key``,
+    made on first use."""
+
+
 class GatekeeperConfig(_Model):
     """The whole file."""
 
@@ -632,6 +647,7 @@ class GatekeeperConfig(_Model):
     """Agents allowed over HTTP (``[[agents]]``); none: one agent ``local`` with the home's ``agent-token``."""
     http: HttpConfig = Field(default_factory=HttpConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    team: TeamConfig = Field(default_factory=TeamConfig)
     status_tool: bool = True
     """Add a ``gatekeeper_status`` tool so an agent can ask about a held call by id."""
     heartbeat_interval: Duration = 15.0

@@ -34,6 +34,7 @@ from mcp_gatekeeper.models import (
 )
 from mcp_gatekeeper.notify import Notifier
 from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.signatures import DecisionKeys, facts_of
 from mcp_gatekeeper.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,11 @@ class Gate:
         poll_interval: float = 0.02,
         heartbeat_interval: float = 15.0,
         sweep_interval: float | None = 1.0,
+        keys: DecisionKeys | None = None,
     ) -> None:
         self.store = store
+        self.keys = keys
+        """Sign this process's decisions and check approvals before they run (None: neither; tests only)."""
         self.policy = policy
         self.clock = clock
         self.notifier = notifier
@@ -324,6 +328,7 @@ class Gate:
         detail: dict[str, Any] = {"evidence": decision.evidence} if decision.evidence else {}
         if modified is not None:
             detail["modified"] = True
+        signer = None if self.keys is None else self.keys.signer()  # an unusable key decides nothing
         done: CallRecord = await self.store.decide(
             rec.id,
             approve=decision.approve,
@@ -333,6 +338,7 @@ class Gate:
             modified_arguments=modified,
             expected_digest=decision.args_digest,
             detail=detail,
+            sign=None if signer is None else signer.seal,
         )
         self._wake(rec.id)
         if decision.lease is not None:
@@ -399,6 +405,23 @@ class Gate:
             )
 
     # ------------------------------------------------------------------ forwarding bookkeeping
+
+    async def verify_approval(self, call_id: str) -> str | None:
+        """Why an approved call must not run, or ``None``: the approval went through ``decide`` (its audit event
+        is in the chain and matches the record) and, with :attr:`keys`, it carries a valid signature by a
+        trusted key over what the record now says (call, arguments to run, who, channel, when)."""
+        why = await self.store.verify_decision(call_id)
+        if why is not None or self.keys is None:
+            return why
+        rec = await self.store.get(call_id)
+        seal = await self.store.calls.decision_signature(call_id)
+        facts = facts_of(
+            call_id=rec.id, approved=rec.state != State.REJECTED, args_digest=rec.args_digest,
+            modified_digest=None if rec.modified_arguments is None else digest(rec.modified_arguments),
+            decided_by=rec.decided_by, channel=rec.channel, decided_at=rec.decided_at,
+            step=seal.get("step") if isinstance(seal, dict) else None,
+        )  # fmt: skip
+        return self.keys.check(facts, seal)
 
     async def begin_forward(self, rec: CallRecord, *, from_state: State = State.APPROVED) -> CallRecord | None:
         """CAS approved/allowed → forwarding, written *before* the upstream call (at-most-once).

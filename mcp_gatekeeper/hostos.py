@@ -413,16 +413,21 @@ def secret_protection(platform: str = HOST) -> SecretProtection:
 
 
 def publish_new_token(path: Path) -> None:
-    """Put a fresh random token at ``path`` unless one is already there (mode 0600).
+    """Put a fresh random token at ``path`` unless one is already there (mode 0600): :func:`publish_new_secret`."""
+    publish_new_secret(path, secrets.token_urlsafe(32) + "\n")
+
+
+def publish_new_secret(path: Path, content: str) -> None:
+    """Put ``content`` at ``path`` unless a file is already there (mode 0600).
 
     Written to a private temp file, fsynced, then hard-linked into place: two processes starting together
-    agree on one token (the one that lost the link uses the winner's), and nobody reads a half-written file.
+    agree on one secret (the one that lost the link uses the winner's), and nobody reads a half-written file.
     """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         with contextlib.suppress(FileExistsError):  # another process won the race: its token stands

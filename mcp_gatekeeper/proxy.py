@@ -35,6 +35,7 @@ from mcp_gatekeeper.holding import Holding, Reply, client_identity, has_progress
 from mcp_gatekeeper.hostos import os_user
 from mcp_gatekeeper.models import (
     Approved,
+    CallRecord,
     NewCall,
     Pin,
     Refused,
@@ -499,22 +500,8 @@ class Proxy:
                     finished_at=self.clock.now(),
                 )  # fmt: skip
             return self._finish(ctx, refused_result(outcome.call, reason))
-        try:
-            forged = await self.gate.store.verify_decision(outcome.call.id)
-        except StoreError as e:
-            forged = f"cannot check the approval: {e}"
-        if forged is not None:
-            # approved in the database but not through the gatekeeper: never executed, and visible
-            reason = f"the approval could not be verified ({forged}); the call was not run"
-            log.error("call %s: %s", outcome.call.id[:8], reason)
-            with contextlib.suppress(StoreError):
-                await self.gate.store.transition(
-                    outcome.call.id, [State.APPROVED], State.DENIED, event="unverified_approval", reason=reason,
-                    finished_at=self.clock.now(), detail={"why": forged},
-                )  # fmt: skip
-            return self._finish(
-                ctx, text_result(f"mcp-gatekeeper: {reason} (call {outcome.call.id[:12]})", is_error=True)
-            )
+        if (unverified := await self._unverified(outcome.call)) is not None:
+            return self._finish(ctx, unverified)
         try:
             started = await self.gate.begin_forward(outcome.call)
         except StoreError as e:
@@ -582,6 +569,24 @@ class Proxy:
         caller = Caller(fast.session, request_id, None, fast.client.get("protocol"))
         return await self.executor.execute(plan, caller)
 
+    async def _unverified(self, call: CallRecord) -> dict[str, Any] | None:
+        """The refusal of an approval that must not run (not made through the gatekeeper, or its signature is
+        missing, from an untrusted key, or over something else), recorded as ``unverified_approval``; else None."""
+        try:
+            forged = await self.gate.verify_approval(call.id)
+        except StoreError as e:
+            forged = f"cannot check the approval: {e}"
+        if forged is None:
+            return None
+        reason = f"the approval could not be verified ({forged}); the call was not run"
+        log.error("call %s: %s", call.id[:8], reason)
+        with contextlib.suppress(StoreError):
+            await self.gate.store.transition(
+                call.id, [State.APPROVED], State.DENIED, event="unverified_approval", reason=reason,
+                finished_at=self.clock.now(), detail={"why": forged},
+            )  # fmt: skip
+        return text_result(f"mcp-gatekeeper: {reason} (call {call.id[:12]})", is_error=True)
+
     async def _audit_gate(self, ctx: ServerRequestContext[ProxyState], plan: Plan) -> dict[str, Any]:
         """Run now, review later: capture what an undo needs, forward, then open the review window."""
         verdict, new, upstream = plan.verdict, plan.new, plan.upstream
@@ -608,6 +613,8 @@ class Proxy:
                     return dict(outcome.result) if isinstance(outcome.result, dict) else outcome.result
                 if isinstance(outcome, Refused):
                     return refused_result(outcome.call, outcome.reason)
+                if (unverified := await self._unverified(outcome.call)) is not None:
+                    return unverified
                 started = await self.gate.begin_forward(outcome.call)
                 if started is None:
                     return already_ran(outcome.call)

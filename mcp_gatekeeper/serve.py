@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import httpx2
 
-from mcp_gatekeeper import hostos, names
+from mcp_gatekeeper import hostos, names, signatures
 from mcp_gatekeeper.calibrate.shadow import shadow_config
 from mcp_gatekeeper.clock import Clock, SystemClock
 from mcp_gatekeeper.config import GatekeeperConfig, TelemetryConfig, UpstreamConfig, check_store_url, expand_env
@@ -33,6 +33,7 @@ from mcp_gatekeeper.principals import TOKEN_FILE as AGENT_TOKEN_FILE
 from mcp_gatekeeper.proxy import Proxy
 from mcp_gatekeeper.push import NtfySender
 from mcp_gatekeeper.sealing import KEY_FILE, load_or_create_key
+from mcp_gatekeeper.signatures import DecisionKeys
 from mcp_gatekeeper.slack.interactions import SlackDesk
 from mcp_gatekeeper.slack.notifier import SlackFollower, SlackNotifier
 from mcp_gatekeeper.slack.reviewers import AllowList
@@ -93,7 +94,7 @@ def own_files(
     there is none yet (an agent that wrote one there would set the next start's policy)."""
     db = db_path(home)
     files: list[Path] = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
-    files += [home / TOKEN_FILE, home / KEY_FILE, home / AGENT_TOKEN_FILE]
+    files += [home / TOKEN_FILE, home / KEY_FILE, home / AGENT_TOKEN_FILE, home / signatures.KEY_FILE]
     files += [Path(f).expanduser() for f in agent_token_files]  # an agent reading one could act as that agent
     if config_path is not None:
         files.append(Path(config_path))
@@ -108,6 +109,14 @@ def own_files(
     )
 
 
+def decision_keys(config: GatekeeperConfig, home: Path) -> DecisionKeys:
+    """What this process signs decisions with and which signatures it trusts (``[team]``; see signatures.py)."""
+    team = config.team
+    return DecisionKeys.for_home(
+        home, signing_key=team.signing_key, decision_keys=team.decision_keys, retired_keys=team.retired_keys
+    )
+
+
 def build_policy(config: GatekeeperConfig, home: Path, config_path: str | os.PathLike[str] | None) -> Policy:
     """The policy with the gatekeeper's own files protected (a loud warning every time that is turned off)."""
     if not config.security.protect_own_files:
@@ -117,6 +126,8 @@ def build_policy(config: GatekeeperConfig, home: Path, config_path: str | os.Pat
             home,
         )
     agent_files = [a.token_file for a in config.agents if a.token_file is not None]
+    if config.team.signing_key is not None:  # a tool call that read it could sign approvals
+        agent_files.append(config.team.signing_key)
     return Policy(config, own_files=own_files(home, config_path, agent_files))
 
 
@@ -167,6 +178,7 @@ async def open_runtime(
             notifier=notifier,
             poll_interval=poll_interval,
             heartbeat_interval=config.heartbeat_interval,
+            keys=decision_keys(config, home),
         )
         desk = (
             slack_desk(config, slack, gate, links, clock, owner=store.instance_id or label) if slack and links else None

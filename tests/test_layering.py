@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "predicates": 1,  # pure: one `when` operator on the values a key reaches
     "ownfiles": 1,  # pure: the built-in rule that keeps tool calls off the gatekeeper's own files
     "waiting": 1,  # pure: which way a held call waits, from the client's facts and the config
+    "signatures": 1,  # Ed25519 signed decisions: the signed statement, key files, the trusted keys
     "names": 1,  # pure: wrap's default upstream name, and whether the config's rules reach an upstream
     # 2: the store and other services over values and config
     "store": 2,  # a package: engine (SQLite), schema, repositories per concept, named queries; all SQL is here

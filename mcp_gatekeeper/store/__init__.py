@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from mcp_gatekeeper import hostos
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
 from mcp_gatekeeper.models import AuditEvent, CallRecord, Lease, NewCall, NotifyLink, PastCall, Pin, State, WebSession
+from mcp_gatekeeper.signatures import DecisionFacts
 from mcp_gatekeeper.store.app_nonces import AppNonce, AppNonces
 from mcp_gatekeeper.store.approvals import Approvals
 from mcp_gatekeeper.store.audit import AuditLog
@@ -275,6 +276,7 @@ class Store:
         modified_arguments: dict[str, Any] | None,
         expected_digest: str | None,
         detail: dict[str, Any] | None = None,
+        sign: Callable[[DecisionFacts], dict[str, Any]] | None = None,
     ) -> CallRecord:
         """:meth:`Calls.decide`."""
         return await self.calls.decide(
@@ -286,6 +288,7 @@ class Store:
             modified_arguments=modified_arguments,
             expected_digest=expected_digest,
             detail=detail,
+            sign=sign,
         )
 
     async def transition(

@@ -6,11 +6,12 @@ same transaction (:func:`mcp_gatekeeper.store.audit.append`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError
 from mcp_gatekeeper.models import CallRecord, NewCall, State, canonical_json, digest, new_call_id
+from mcp_gatekeeper.signatures import DecisionFacts
 from mcp_gatekeeper.store import schema
 from mcp_gatekeeper.store.audit import append
 from mcp_gatekeeper.store.engine import DecidesThroughTheDatabase, Engine, Tx
@@ -162,8 +163,13 @@ class Calls:
         modified_arguments: dict[str, Any] | None,
         expected_digest: str | None,
         detail: dict[str, Any] | None = None,
+        sign: Callable[[DecisionFacts], dict[str, Any]] | None = None,
     ) -> CallRecord:
-        """The one compare-and-set of a human decision: first writer wins, late or stale writers lose."""
+        """The one compare-and-set of a human decision: first writer wins, late or stale writers lose.
+
+        ``sign`` (the deciding process's :meth:`~mcp_gatekeeper.signatures.Signer.seal`) signs what is written,
+        with the time it is written; the signature goes into the row and the audit event.
+        """
         if isinstance(self._engine, DecidesThroughTheDatabase):
             await self._engine.decide_call(
                 call_id, state=State.APPROVED if approve else State.REJECTED, decided_by=decided_by, channel=channel,
@@ -172,6 +178,7 @@ class Calls:
             return await self.get(call_id)
         now = self._engine.clock.now()
         new_state = State.APPROVED if approve else State.REJECTED
+        to_run = None if modified_arguments is None else digest(modified_arguments)
 
         def _body(c: Tx) -> Any:
             row = c.execute("SELECT state, args_digest, deadline_at FROM calls WHERE id = ?", (call_id,)).fetchone()
@@ -190,13 +197,21 @@ class Calls:
                     state=state,
                     why="stale_digest",
                 )
+            seal = None
+            if sign is not None:
+                seal = sign(
+                    DecisionFacts(
+                        call_id=call_id, decision=new_state.value, args_digest=to_run or args_digest,
+                        decided_by=decided_by, channel=channel, decided_at=now,
+                    )
+                )  # fmt: skip
             cur = c.execute(
-                "UPDATE calls SET state = ?, decided_at = ?, decided_by = ?, channel = ?, reason = ?, modified_arguments = ?"
-                " WHERE id = ? AND state = 'pending' AND args_digest = ?",
+                "UPDATE calls SET state = ?, decided_at = ?, decided_by = ?, channel = ?, reason = ?, modified_arguments = ?,"
+                " decision_sig = ? WHERE id = ? AND state = 'pending' AND args_digest = ?",
                 (
                     new_state, now, decided_by, channel, reason,
                     None if modified_arguments is None else canonical_json(modified_arguments),
-                    call_id, args_digest,
+                    None if seal is None else canonical_json(seal), call_id, args_digest,
                 ),
             )  # fmt: skip
             if cur.rowcount != 1:
@@ -204,8 +219,10 @@ class Calls:
             d = dict(detail or {})
             if reason:
                 d["reason"] = reason
-            if modified_arguments is not None:
-                d["modified_args_digest"] = digest(modified_arguments)
+            if to_run is not None:
+                d["modified_args_digest"] = to_run
+            if seal is not None:
+                d["signature"] = seal
             append(
                 c,
                 self._engine.clock,
@@ -222,6 +239,13 @@ class Calls:
 
         decided: CallRecord = await self._engine.write(_body)
         return decided
+
+    async def decision_signature(self, call_id: str) -> Any:
+        """The signature stored with a call's decision (``None``: unsigned, or the column was emptied)."""
+        rows = await self._engine.read("SELECT decision_sig FROM calls WHERE id = ?", (call_id,))
+        if not rows:
+            raise CallNotFoundError(f"no call with id {call_id!r}")
+        return schema.loads(rows[0][0])
 
     async def transition(
         self,

@@ -277,6 +277,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE web_sessions ADD COLUMN account TEXT;
         """,
     ),
+    (
+        "0012_signatures",
+        # each decision's Ed25519 signature (see mcp_gatekeeper.signatures), also kept in its audit event;
+        # signing_since is the last audit event written before decisions were signed: `audit --verify` wants
+        # a valid signature on every decision after it
+        """
+        ALTER TABLE calls ADD COLUMN decision_sig TEXT;
+        CREATE TABLE signing_since (seq INTEGER NOT NULL);
+        INSERT INTO signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        """,
+    ),
 )
 
 CALL_COLUMNS = (

@@ -273,15 +273,13 @@ async def test_f7c_a_forged_approval_event_with_a_wrong_hash_is_never_executed(h
     assert rc == 1 and "altered" in out  # and the forgery shows in the chain check
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "not built yet (documented residual risk, README 'What a local gate cannot promise'): the audit chain is an "
-        "unkeyed SHA-256, so whoever can write the database can append an 'approved' event with a correct hash; "
-        "Store.verify_decision accepts it and the call runs (threat model F7c: keyed decision seal)"
-    ),
-)
 async def test_f7c_a_forged_approval_event_with_a_valid_hash_is_never_executed(home: Path, tmp_path: Path) -> None:
+    """F7c keyed decision seal: the chain is an unkeyed SHA-256, so a database writer can append an 'approved'
+    event with a correct hash; the decision's Ed25519 signature is what it cannot make (team mode: the key is on
+    the approval service's host; local mode: in the home, out of reach of a database-only attacker)."""
     row, result = await _tamper_and_wait(home, tmp_path, "chain-valid")
-    assert row["state"] != "forwarded"
-    assert result.is_error
+    assert row["state"] == "denied"
+    assert events_of(db_of(home), row["id"]) == ["held", "approved", "unverified_approval"]
+    assert result.is_error and "could not be verified" in text(result) and "not signed" in text(result)
+    rc, out, _ = await cli(home, "audit", "--verify")
+    assert rc == 1 and "audit chain intact" in out and "not signed" in out  # the chain holds; the seal does not
