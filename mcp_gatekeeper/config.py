@@ -213,6 +213,9 @@ class RuleConfig(_Model):
     ``"paths[*]"`` reaches every list element (``all`` of them for allow/audit/soft, ``any`` for deny/hard;
     ``"all:paths[*]"`` / ``"any:paths[*]"`` choose); ``under``/``path_glob``/... compare normalised paths."""
     gate: Literal["allow", "deny", "hard", "soft", "audit"]
+    confirm: Literal["passkey"] | None = None
+    """``"passkey"``: an approval needs the reviewer's passkey (WebAuthn) over this call and its arguments;
+    the gatekeeper re-checks it before forwarding. Needs a rule ``name`` and ``[team] public_url``."""
     risk: Literal["low", "medium", "high", "critical"] | None = None
     summary: str | None = None
     """Plain-words template for the reviewer, e.g. ``"Refund {amount} {currency} on order {order_id}"``."""
@@ -582,6 +585,9 @@ class TeamConfig(_Model):
     signing_key: str | None = None
     """The private key this process signs its decisions with (PEM, mode 0600). Default: ``<home>/decision-key``,
     made on first use."""
+    public_url: str | None = None
+    """The approval page's public URL (``https://gk.example.com``): the passkeys' relying party. Needed by every
+    gatekeeper whose rules say ``confirm = "passkey"`` (it re-checks the assertion before forwarding)."""
 
 
 class GatekeeperConfig(_Model):
@@ -623,6 +629,13 @@ class GatekeeperConfig(_Model):
                 for i, rule in enumerate(self.rules)
                 if rule.shadow
             )
+        for i, rule in enumerate(self.rules):
+            if rule.confirm == "passkey" and (rule.name is None or self.team.public_url is None):
+                problems.append(f"rules[{i}].confirm: 'passkey' needs the rule to have a name and [team] public_url")
+        if self.team.public_url is not None and not re.match(
+            r"^(https://[^/?#\s]+|http://localhost(:\d+)?)/?$", self.team.public_url
+        ):
+            problems.append("team.public_url: expected https://host[:port], or http://localhost:port")
         seen: set[str] = set()
         for i, agent in enumerate(self.agents):
             if agent.name in seen:

@@ -33,6 +33,7 @@ from mcp_gatekeeper.models import (
     is_quarantine_hold,
 )
 from mcp_gatekeeper.notify import Notifier
+from mcp_gatekeeper.passkeys import Credential, PasskeyError, RelyingParty, assertion_of, verify_assertion
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.signatures import DecisionKeys, facts_of
 from mcp_gatekeeper.store import Store
@@ -328,6 +329,9 @@ class Gate:
         detail: dict[str, Any] = {"evidence": decision.evidence} if decision.evidence else {}
         if modified is not None:
             detail["modified"] = True
+        if decision.approve and self._needs_passkey(rec):
+            to_run = rec.args_digest if modified is None else digest(modified)
+            detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
         signer = None if self.keys is None else self.keys.signer()  # an unusable key decides nothing
         done: CallRecord = await self.store.decide(
             rec.id,
@@ -411,17 +415,56 @@ class Gate:
         is in the chain and matches the record) and, with :attr:`keys`, it carries a valid signature by a
         trusted key over what the record now says (call, arguments to run, who, channel, when)."""
         why = await self.store.verify_decision(call_id)
-        if why is not None or self.keys is None:
+        if why is not None:
             return why
         rec = await self.store.get(call_id)
-        seal = await self.store.calls.decision_signature(call_id)
-        facts = facts_of(
-            call_id=rec.id, approved=rec.state != State.REJECTED, args_digest=rec.args_digest,
-            modified_digest=None if rec.modified_arguments is None else digest(rec.modified_arguments),
-            decided_by=rec.decided_by, channel=rec.channel, decided_at=rec.decided_at,
-            step=seal.get("step") if isinstance(seal, dict) else None,
-        )  # fmt: skip
-        return self.keys.check(facts, seal)
+        to_run = rec.args_digest if rec.modified_arguments is None else digest(rec.modified_arguments)
+        if self.keys is not None:
+            seal = await self.store.calls.decision_signature(call_id)
+            facts = facts_of(
+                call_id=rec.id, approved=rec.state != State.REJECTED, args_digest=rec.args_digest,
+                modified_digest=to_run if rec.modified_arguments is not None else None, decided_by=rec.decided_by,
+                channel=rec.channel, decided_at=rec.decided_at, step=seal.get("step") if isinstance(seal, dict) else None,
+            )  # fmt: skip
+            if (why := self.keys.check(facts, seal)) is not None:
+                return why
+        if self._needs_passkey(rec):
+            (approval,) = [e for e in await self.store.audit_events(call_id=rec.id) if e.event == "approved"]
+            try:
+                await self._check_passkey(rec, approval.detail.get("passkey"), rec.decided_by or "", to_run)
+            except PasskeyError as e:
+                return str(e)
+        return None
+
+    def _needs_passkey(self, rec: CallRecord) -> bool:
+        """Does this process's policy say the call's rule needs a passkey (``confirm = "passkey"``)?"""
+        rule = self.policy.rule_named(rec.rule) if rec.rule else None
+        return rule is not None and rule.confirm == "passkey"
+
+    async def _check_passkey(
+        self, rec: CallRecord, assertion: Any, reviewer: str, to_run: str, *, accepting: bool = False
+    ) -> tuple[Credential, int]:
+        """Verify a passkey assertion over approving ``rec`` with arguments ``to_run`` by ``reviewer``."""
+        url = self.policy.config.team.public_url
+        if url is None:
+            raise PasskeyError("passkeys need [team] public_url")
+        found = assertion_of(assertion) if accepting else assertion
+        cred = await self.store.passkeys.get(found["credential_id"]) if isinstance(found, dict) else None
+        if cred is None or cred.reviewer != reviewer:
+            raise PasskeyError(f"the approval carries no registered passkey of {reviewer}")
+        count = verify_assertion(
+            RelyingParty.from_url(url), found, cred, call_id=rec.id, args_digest=to_run, stored_count=not accepting
+        )
+        return cred, count
+
+    async def _accept_passkey(self, rec: CallRecord, decision: Decision, to_run: str) -> dict[str, Any]:
+        """The approval's passkey assertion, verified and its sign count recorded (raises :class:`PasskeyError`)."""
+        if decision.passkey is None:
+            raise PasskeyError(f"call {rec.id[:12]} needs the reviewer's passkey to approve (rule {rec.rule!r})")
+        cred, count = await self._check_passkey(rec, decision.passkey, decision.decided_by, to_run, accepting=True)
+        if not await self.store.passkeys.advance(cred.credential_id, seen=cred.sign_count, new=count):
+            raise PasskeyError("the passkey was used for another approval at the same moment; try again")
+        return assertion_of(decision.passkey)
 
     async def begin_forward(self, rec: CallRecord, *, from_state: State = State.APPROVED) -> CallRecord | None:
         """CAS approved/allowed → forwarding, written *before* the upstream call (at-most-once).

@@ -193,6 +193,9 @@ class Decision:
     evidence: dict[str, Any] | None = None
     """Facts about how the decision was made, recorded in its audit event as evidence only (the CLI: OS user,
     uid, pid, whether stdin was a terminal). Never a guarantee of who decided."""
+    passkey: dict[str, Any] | None = None
+    """A WebAuthn assertion (``navigator.credentials.get``'s response) over this approval, for a rule that says
+    ``confirm = "passkey"`` (see :mod:`mcp_gatekeeper.passkeys`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mcp_gatekeeper import webteam
+from mcp_gatekeeper import webpasskeys, webteam
 from mcp_gatekeeper.calibrate.suggest import suggestions
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import (
@@ -54,6 +54,7 @@ from mcp_gatekeeper.errors import (
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.links import LINK_PREFIX, Links
 from mcp_gatekeeper.models import CallRecord, Decision, State
+from mcp_gatekeeper.passkeys import PasskeyError
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.reports import audit_export, resolve_zone, stats
 from mcp_gatekeeper.review.render import html_document
@@ -286,6 +287,7 @@ async def _decide(request: Request, *, approve: bool) -> Response:
         args_digest=digest_seen or None,
         lease=lease_request(body) if approve else None,
         evidence={"session": who.session} if who.session else None,
+        passkey=body.get("passkey") if approve else None,
     )
     call_id = request.path_params["call_id"]
     if decision.lease is not None:
@@ -483,6 +485,10 @@ async def _on_invalid(request: Request, exc: Exception) -> Response:
     return _error(422, "invalid_modification", str(exc))
 
 
+async def _on_passkey(request: Request, exc: Exception) -> Response:
+    return _error(403, "passkey_refused", str(exc))
+
+
 async def _on_store(request: Request, exc: Exception) -> Response:
     log.warning("store unavailable for %s %s: %s", request.method, request.url.path, exc)
     return _error(503, "store_unavailable", "the gatekeeper's store is unavailable; try again")
@@ -535,6 +541,7 @@ def build_app(
         Route("/api/explain", _explain, methods=["POST"]),
         Route("/api/calibrate", calibrate, methods=["GET"]),
         Route("/api/openapi.json", _openapi, methods=["GET"]),
+        *webpasskeys.routes(),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if slack is not None:
@@ -549,6 +556,7 @@ def build_app(
             AlreadyDecidedError: _on_already_decided,
             InvalidModificationError: _on_invalid,
             NotAllowedError: webteam.on_not_allowed,
+            PasskeyError: _on_passkey,
             StoreError: _on_store,
         },
     )

@@ -242,6 +242,8 @@ def call_json(rec: CallRecord, *, detail: bool, policy: Policy) -> dict[str, Any
     out["args_bytes"] = len(canonical_json(rec.arguments).encode())
     out.update(headline(policy, rec))
     if detail:
+        rule = policy.rule_named(rec.rule) if rec.rule else None
+        out["confirm"] = rule.confirm if rule is not None else None  # "passkey": approving needs the reviewer's passkey
         out["inexact_numbers"] = inexact_numbers(rec.arguments)
         out["secrets"] = {
             key: [h.to_json() for h in find_secrets(value)]

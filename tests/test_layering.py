@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "predicates": 1,  # pure: one `when` operator on the values a key reaches
     "ownfiles": 1,  # pure: the built-in rule that keeps tool calls off the gatekeeper's own files
     "waiting": 1,  # pure: which way a held call waits, from the client's facts and the config
+    "passkeys": 1,  # WebAuthn: the challenge of an approval, registering and checking passkeys (webauthn)
     "signatures": 1,  # Ed25519 signed decisions: the signed statement, key files, the trusted keys
     "names": 1,  # pure: wrap's default upstream name, and whether the config's rules reach an upstream
     # 2: the store and other services over values and config
@@ -71,6 +72,7 @@ LAYERS: dict[str, int] = {
     "slack": 4,  # decisions from Slack: messages, signature, the endpoint (gate, store, webhttp, webredact)
     "webteam": 4,  # team mode's routes: password login, decisions by named reviewers, approvals
     "review": 4,  # the weekly review report and the review data export (builds on reports; redacts via webredact)
+    "webpasskeys": 4,  # the page's passkey API: registration, the options of a passkey-confirmed approval
     # 5: composition and whole-program features
     "serve": 5,
     "doctor": 5,
@@ -89,6 +91,8 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("cli", "cliteam"),
         ("web", "webredact"),
         ("web", "reports"),
+        ("web", "webpasskeys"),
+        ("webpasskeys", "webhttp"),
         ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast
         ("fastlane", "plan"),  # and names the Plan it carries
         ("proxy", "plan"),

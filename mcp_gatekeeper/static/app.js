@@ -1161,6 +1161,7 @@
         if (lease) payload.lease = lease;
         busy(true);
         try {
+          if (kind !== "reject" && call.confirm === "passkey") payload.passkey = await GK.passkeyAssertion(call, args);
           const res = await api(`/api/calls/${encodeURIComponent(call.id)}/${kind === "reject" ? "reject" : "approve"}`, { json: payload });
           if (res && res.decided === false && res.approvals) {
             toast(`Your approval counts: ${res.approvals.count} of ${res.approvals.needed}; another reviewer must approve`);

@@ -43,6 +43,7 @@ from mcp_gatekeeper.store.history import History
 from mcp_gatekeeper.store.instances import Instances, _pid_alive
 from mcp_gatekeeper.store.leases import Leases
 from mcp_gatekeeper.store.notify_links import NotifyLinks
+from mcp_gatekeeper.store.passkeys import Passkeys
 from mcp_gatekeeper.store.pins import Pins
 from mcp_gatekeeper.store.queries import Queries
 from mcp_gatekeeper.store.review import ReviewReads
@@ -87,6 +88,7 @@ class Store:
         self.tool_leases = Leases(engine)
         self.sessions = Sessions(engine)
         self.notify_links = NotifyLinks(engine)
+        self.passkeys = Passkeys(engine)
         self.queries = Queries(engine)
         self.review = ReviewReads(engine)
         """Named reads of the weekly review and the review data export."""

@@ -281,11 +281,19 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0012_signatures",
         # each decision's Ed25519 signature (see mcp_gatekeeper.signatures), also kept in its audit event;
         # signing_since is the last audit event written before decisions were signed: `audit --verify` wants
-        # a valid signature on every decision after it
+        # a valid signature on every decision after it; passkeys: each reviewer's WebAuthn credentials
         """
         ALTER TABLE calls ADD COLUMN decision_sig TEXT;
         CREATE TABLE signing_since (seq INTEGER NOT NULL);
         INSERT INTO signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        CREATE TABLE passkeys (
+            credential_id TEXT PRIMARY KEY,
+            reviewer TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            sign_count INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX passkeys_reviewer ON passkeys (reviewer);
         """,
     ),
 )
