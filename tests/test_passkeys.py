@@ -1,0 +1,197 @@
+"""Passkeys (mcp_gatekeeper/passkeys.py) with a software authenticator: what an assertion must match (the call,
+the arguments to run, the origin, the RP id, user verification, the reviewer's own credential), sign counts, and
+the gate's rule: a ``confirm = "passkey"`` call is approved only with one, and the holder checks it again.
+The same in real Chromium: tests/reliability/test_passkeys_browser.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import cbor2
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from test_gate import approve, new_call
+
+from mcp_gatekeeper.cli import main
+from mcp_gatekeeper.clock import FakeClock
+from mcp_gatekeeper.config import parse_config
+from mcp_gatekeeper.errors import ConfigError
+from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.models import CallRecord, State, digest
+from mcp_gatekeeper.passkeys import Credential, PasskeyError, RelyingParty, challenge_for, verify_assertion
+from mcp_gatekeeper.policy import Policy
+from mcp_gatekeeper.signatures import DecisionKeys
+from mcp_gatekeeper.store import Store
+
+pytestmark = pytest.mark.anyio
+
+RP = RelyingParty.from_url("https://gk.example.com")
+POLICY = """
+[ui]
+autostart = false
+[team]
+public_url = "https://gk.example.com"
+[[rules]]
+name = "refunds"
+tool = "issue_refund"
+gate = "hard"
+confirm = "passkey"
+"""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class SoftAuthenticator:
+    """A P-256 passkey in software: it signs what a browser would ask it to (and what an attacker asks, too)."""
+
+    reviewer: str = "web:ann"
+    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    credential_id: bytes = field(default_factory=lambda: os.urandom(16))
+    count: int = 0
+
+    def credential(self, sign_count: int = 0) -> Credential:
+        n = self.key.public_key().public_numbers()
+        cose = cbor2.dumps({1: 2, 3: -7, -1: 1, -2: n.x.to_bytes(32, "big"), -3: n.y.to_bytes(32, "big")})
+        return Credential(_b64(self.credential_id), self.reviewer, cose, sign_count)
+
+    def assertion(
+        self, challenge: bytes, *, origin: str = RP.origin, rp_id: str = RP.rp_id, uv: bool = True,
+        count: int | None = None,
+    ) -> dict[str, str]:  # fmt: skip
+        if count is None:
+            self.count += 1
+            count = self.count
+        client = json.dumps({"type": "webauthn.get", "challenge": _b64(challenge), "origin": origin}).encode()
+        flags = 0x01 | (0x04 if uv else 0)
+        auth = hashlib.sha256(rp_id.encode()).digest() + bytes([flags]) + count.to_bytes(4, "big")
+        sig = self.key.sign(auth + hashlib.sha256(client).digest(), ec.ECDSA(hashes.SHA256()))
+        return {"credential_id": _b64(self.credential_id), "authenticator_data": _b64(auth),
+                "client_data_json": _b64(client), "signature": _b64(sig)}  # fmt: skip
+
+
+CALL, DIGEST = "0123456789abcdef0123456789", "d" * 64
+
+
+def _check(auth: SoftAuthenticator, assertion: dict[str, str], *, stored: int = 0, stored_count: bool = False) -> int:
+    return verify_assertion(
+        RP, assertion, auth.credential(stored), call_id=CALL, args_digest=DIGEST, stored_count=stored_count
+    )
+
+
+def test_an_assertion_verifies_only_for_this_call_these_arguments_and_this_page() -> None:
+    auth = SoftAuthenticator()
+    assert _check(auth, auth.assertion(challenge_for(CALL, DIGEST))) == 1
+    for bad in (
+        auth.assertion(challenge_for("f" * 26, DIGEST)),  # made for another call: replay
+        auth.assertion(challenge_for(CALL, "e" * 64)),  # other arguments
+        auth.assertion(challenge_for(CALL, DIGEST, "rejected")),  # for a rejection
+        auth.assertion(os.urandom(32)),  # a random challenge (a login, say)
+        auth.assertion(challenge_for(CALL, DIGEST), origin="https://evil.example"),
+        auth.assertion(challenge_for(CALL, DIGEST), rp_id="evil.example"),
+        auth.assertion(challenge_for(CALL, DIGEST), uv=False),  # nobody verified at the authenticator
+    ):
+        with pytest.raises(PasskeyError):
+            _check(auth, bad)
+    other = SoftAuthenticator()  # signed by another authenticator under this credential's id
+    forged = {**other.assertion(challenge_for(CALL, DIGEST)), "credential_id": _b64(auth.credential_id)}
+    with pytest.raises(PasskeyError):
+        _check(auth, forged)
+    with pytest.raises(PasskeyError, match="no passkey assertion"):
+        _check(auth, {"credential_id": _b64(auth.credential_id)})
+
+
+def test_sign_counts_never_go_backwards() -> None:
+    auth = SoftAuthenticator()
+    with pytest.raises(PasskeyError, match="backwards"):
+        _check(auth, auth.assertion(challenge_for(CALL, DIGEST), count=3), stored=5)  # a cloned authenticator
+    with pytest.raises(PasskeyError, match="backwards"):
+        _check(auth, auth.assertion(challenge_for(CALL, DIGEST), count=5), stored=5)
+    assert _check(auth, auth.assertion(challenge_for(CALL, DIGEST), count=0), stored=0) == 0  # no counter at all
+    # the holder's re-check: a count above the recorded one was never accepted by the page
+    with pytest.raises(PasskeyError, match="never recorded"):
+        _check(auth, auth.assertion(challenge_for(CALL, DIGEST), count=9), stored=5, stored_count=True)
+    assert _check(auth, auth.assertion(challenge_for(CALL, DIGEST), count=4), stored=5, stored_count=True) == 4
+
+
+def test_a_passkey_rule_needs_a_name_and_a_public_url() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config('[[rules]]\ntool = "x"\ngate = "hard"\nconfirm = "passkey"\n')
+    assert "rules[0].confirm" in str(e.value)
+    for url in ("http://gk.example.com", "ftp://x", "https://gk.example.com/path?q"):
+        with pytest.raises(ConfigError, match=r"team\.public_url"):
+            parse_config(f'[team]\npublic_url = "{url}"\n')
+    with pytest.raises(ConfigError, match="confirm"):
+        parse_config('[[rules]]\nname = "a"\ntool = "x"\ngate = "hard"\nconfirm = "tty"\n')
+    assert RelyingParty.from_url("http://localhost:8765") == RelyingParty("localhost", "http://localhost:8765")
+
+
+@asynccontextmanager
+async def passkey_gate(home: Path) -> AsyncIterator[Gate]:
+    clock = FakeClock(1_700_000_000.0)
+    async with Store.open(home / "gatekeeper.db", clock) as store:
+        gate = Gate(store, Policy(parse_config(POLICY)), clock, sweep_interval=None, keys=DecisionKeys.for_home(home))
+        async with gate.running():
+            yield gate
+
+
+async def _held(gate: Gate) -> CallRecord:
+    return await gate.store.insert_call(new_call(), state=State.PENDING, deadline_at=gate.clock.now() + 600)
+
+
+def _response(stored: dict[str, str]) -> dict[str, Any]:
+    return {"id": stored["credential_id"], "response": {"authenticatorData": stored["authenticator_data"],
+            "clientDataJSON": stored["client_data_json"], "signature": stored["signature"]}}  # fmt: skip
+
+
+async def test_the_gate_approves_a_passkey_call_only_with_the_reviewers_own_passkey(home: Path) -> None:
+    ann, bob = SoftAuthenticator("web:ann"), SoftAuthenticator("web:bob")
+    async with passkey_gate(home) as gate:
+        for a in (ann, bob):
+            assert await gate.store.passkeys.add(a.credential(), channel="web")
+        rec = await _held(gate)
+        with pytest.raises(PasskeyError, match="needs the reviewer's passkey"):
+            await gate.decide(rec.id, approve(args_digest=rec.args_digest, decided_by="web:ann"))
+        with pytest.raises(PasskeyError, match="no registered passkey of web:ann"):  # bob's passkey, ann's name
+            await gate.decide(rec.id, approve(args_digest=rec.args_digest, decided_by="web:ann",
+                                              passkey=_response(bob.assertion(challenge_for(rec.id, rec.args_digest)))))  # fmt: skip
+        edit = {**rec.arguments, "amount": 1}
+        with pytest.raises(PasskeyError):  # an assertion over the held arguments does not approve an edit
+            await gate.decide(rec.id, approve(args_digest=rec.args_digest, decided_by="web:ann", arguments=edit,
+                                              passkey=_response(ann.assertion(challenge_for(rec.id, rec.args_digest)))))  # fmt: skip
+        assert (await gate.store.get(rec.id)).state == State.PENDING
+        done = await gate.decide(rec.id, approve(args_digest=rec.args_digest, decided_by="web:ann", arguments=edit,
+                                                 passkey=_response(ann.assertion(challenge_for(rec.id, digest(edit))))))  # fmt: skip
+        assert done.state == State.APPROVED and await gate.verify_approval(rec.id) is None
+        assert (await gate.store.passkeys.get(_b64(ann.credential_id)) or ann.credential()).sign_count == ann.count == 2
+        # the same counter again (a replayed or cloned assertion) is refused, even for a fresh challenge
+        rec2 = await _held(gate)
+        with pytest.raises(PasskeyError, match="backwards"):
+            await gate.decide(rec2.id, approve(args_digest=rec2.args_digest, decided_by="web:ann",
+                                               passkey=_response(ann.assertion(challenge_for(rec2.id, rec2.args_digest), count=1))))  # fmt: skip
+
+
+async def test_the_cli_cannot_approve_a_passkey_call(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "gk.toml"
+    cfg.write_text(POLICY)
+    async with passkey_gate(home) as gate:
+        rec = await _held(gate)
+    rc = await anyio.to_thread.run_sync(main, ["approve", rec.id, "--config", str(cfg)])
+    assert rc != 0 and "passkey" in capsys.readouterr().err
+    async with passkey_gate(home) as gate:
+        assert (await gate.store.get(rec.id)).state == State.PENDING
