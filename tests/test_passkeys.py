@@ -6,30 +6,24 @@ The same in real Chromium: tests/reliability/test_passkeys_browser.py.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-import cbor2
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from test_gate import approve, new_call
+from softauthn import SoftAuthenticator as Soft
+from softauthn import as_response, b64
 
 from mcp_gatekeeper.cli import main
 from mcp_gatekeeper.clock import FakeClock
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.errors import ConfigError
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import CallRecord, State, digest
-from mcp_gatekeeper.passkeys import Credential, PasskeyError, RelyingParty, challenge_for, verify_assertion
+from mcp_gatekeeper.models import CallRecord, Decision, NewCall, State, digest
+from mcp_gatekeeper.passkeys import PasskeyError, RelyingParty, challenge_for, verify_assertion
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.signatures import DecisionKeys
 from mcp_gatekeeper.store import Store
@@ -50,37 +44,8 @@ confirm = "passkey"
 """
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-@dataclass
-class SoftAuthenticator:
-    """A P-256 passkey in software: it signs what a browser would ask it to (and what an attacker asks, too)."""
-
-    reviewer: str = "web:ann"
-    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
-    credential_id: bytes = field(default_factory=lambda: os.urandom(16))
-    count: int = 0
-
-    def credential(self, sign_count: int = 0) -> Credential:
-        n = self.key.public_key().public_numbers()
-        cose = cbor2.dumps({1: 2, 3: -7, -1: 1, -2: n.x.to_bytes(32, "big"), -3: n.y.to_bytes(32, "big")})
-        return Credential(_b64(self.credential_id), self.reviewer, cose, sign_count)
-
-    def assertion(
-        self, challenge: bytes, *, origin: str = RP.origin, rp_id: str = RP.rp_id, uv: bool = True,
-        count: int | None = None,
-    ) -> dict[str, str]:  # fmt: skip
-        if count is None:
-            self.count += 1
-            count = self.count
-        client = json.dumps({"type": "webauthn.get", "challenge": _b64(challenge), "origin": origin}).encode()
-        flags = 0x01 | (0x04 if uv else 0)
-        auth = hashlib.sha256(rp_id.encode()).digest() + bytes([flags]) + count.to_bytes(4, "big")
-        sig = self.key.sign(auth + hashlib.sha256(client).digest(), ec.ECDSA(hashes.SHA256()))
-        return {"credential_id": _b64(self.credential_id), "authenticator_data": _b64(auth),
-                "client_data_json": _b64(client), "signature": _b64(sig)}  # fmt: skip
+def SoftAuthenticator(reviewer: str = "web:ann") -> Soft:
+    return Soft(RP, reviewer)
 
 
 CALL, DIGEST = "0123456789abcdef0123456789", "d" * 64
@@ -99,7 +64,7 @@ def test_an_assertion_verifies_only_for_this_call_these_arguments_and_this_page(
         auth.assertion(challenge_for("f" * 26, DIGEST)),  # made for another call: replay
         auth.assertion(challenge_for(CALL, "e" * 64)),  # other arguments
         auth.assertion(challenge_for(CALL, DIGEST, "rejected")),  # for a rejection
-        auth.assertion(os.urandom(32)),  # a random challenge (a login, say)
+        auth.assertion(secrets.token_bytes(32)),  # a random challenge (a login, say)
         auth.assertion(challenge_for(CALL, DIGEST), origin="https://evil.example"),
         auth.assertion(challenge_for(CALL, DIGEST), rp_id="evil.example"),
         auth.assertion(challenge_for(CALL, DIGEST), uv=False),  # nobody verified at the authenticator
@@ -107,11 +72,11 @@ def test_an_assertion_verifies_only_for_this_call_these_arguments_and_this_page(
         with pytest.raises(PasskeyError):
             _check(auth, bad)
     other = SoftAuthenticator()  # signed by another authenticator under this credential's id
-    forged = {**other.assertion(challenge_for(CALL, DIGEST)), "credential_id": _b64(auth.credential_id)}
+    forged = {**other.assertion(challenge_for(CALL, DIGEST)), "credential_id": b64(auth.credential_id)}
     with pytest.raises(PasskeyError):
         _check(auth, forged)
     with pytest.raises(PasskeyError, match="no passkey assertion"):
-        _check(auth, {"credential_id": _b64(auth.credential_id)})
+        _check(auth, {"credential_id": b64(auth.credential_id)})
 
 
 def test_sign_counts_never_go_backwards() -> None:
@@ -153,8 +118,16 @@ async def _held(gate: Gate) -> CallRecord:
 
 
 def _response(stored: dict[str, str]) -> dict[str, Any]:
-    return {"id": stored["credential_id"], "response": {"authenticatorData": stored["authenticator_data"],
-            "clientDataJSON": stored["client_data_json"], "signature": stored["signature"]}}  # fmt: skip
+    return as_response(stored)
+
+
+def new_call() -> NewCall:
+    return NewCall(upstream="shop", tool="issue_refund", arguments={"order_id": "A-17", "amount": 40}, gate="hard",
+                   risk="high", rule="refunds")  # fmt: skip
+
+
+def approve(**kw: Any) -> Decision:
+    return Decision(approve=True, decided_by=kw.pop("decided_by", "ann"), channel=kw.pop("channel", "web"), **kw)
 
 
 async def test_the_gate_approves_a_passkey_call_only_with_the_reviewers_own_passkey(home: Path) -> None:
@@ -176,7 +149,7 @@ async def test_the_gate_approves_a_passkey_call_only_with_the_reviewers_own_pass
         done = await gate.decide(rec.id, approve(args_digest=rec.args_digest, decided_by="web:ann", arguments=edit,
                                                  passkey=_response(ann.assertion(challenge_for(rec.id, digest(edit))))))  # fmt: skip
         assert done.state == State.APPROVED and await gate.verify_approval(rec.id) is None
-        assert (await gate.store.passkeys.get(_b64(ann.credential_id)) or ann.credential()).sign_count == ann.count == 2
+        assert (await gate.store.passkeys.get(b64(ann.credential_id)) or ann.credential()).sign_count == ann.count == 2
         # the same counter again (a replayed or cloned assertion) is refused, even for a fresh challenge
         rec2 = await _held(gate)
         with pytest.raises(PasskeyError, match="backwards"):

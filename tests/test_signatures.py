@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_gate import POLICY, approve, new_call
 
 from mcp_gatekeeper import signatures
 from mcp_gatekeeper.cli import main
@@ -27,12 +26,40 @@ from mcp_gatekeeper.clock import FakeClock
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.errors import ConfigError
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import GENESIS_HASH, CallRecord, State, audit_body, audit_hash, canonical_json, digest
+from mcp_gatekeeper.models import (
+    GENESIS_HASH,
+    CallRecord,
+    Decision,
+    NewCall,
+    State,
+    audit_body,
+    audit_hash,
+    canonical_json,
+    digest,
+)
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.signatures import DecisionFacts, DecisionKeys, Signer, SigningKeyError
 from mcp_gatekeeper.store import Store
 
 pytestmark = pytest.mark.anyio
+
+POLICY = """
+[[rules]]
+name = "refunds"
+tool = "issue_refund"
+gate = "hard"
+"""
+ARGS = {"order_id": "A-17", "amount": 40, "currency": "EUR"}
+
+
+def new_call(arguments: dict[str, Any] | None = None) -> NewCall:
+    return NewCall(upstream="shop", tool="issue_refund", arguments=dict(ARGS if arguments is None else arguments),
+                   gate="hard", risk="high", rule="refunds")  # fmt: skip
+
+
+def approve(**kw: Any) -> Decision:
+    return Decision(approve=True, decided_by=kw.pop("decided_by", "ann"), channel=kw.pop("channel", "web"), **kw)
+
 
 FACTS = DecisionFacts(
     call_id="0123456789abcdef0123456789", decision="approved", args_digest="d" * 64, decided_by="web:ann",

@@ -21,6 +21,7 @@ import anyio
 import mcp.types as types
 import pytest
 from relkit import GK, UI_READY, call_row, db_of, events_of, received, served, text, wrap, write_config
+from softauthn import as_response
 
 from mcp_gatekeeper.models import audit_body, audit_hash, canonical_json, digest
 from mcp_gatekeeper.signatures import DecisionFacts, DecisionKeys
@@ -171,7 +172,7 @@ async def test_a_passkey_confirmed_approval_forwards_and_tampered_ones_do_not(ho
                     # the API without a passkey, and with the first call's assertion: refused by the page
                     r = await _api(page, f"/api/calls/{cid2}/approve", {"args_digest": row2["args_digest"]})
                     assert (r["ok"], r["status"], r["body"]["error"]) == (False, 403, "passkey_refused")
-                    replayed = _as_response(stored)
+                    replayed = as_response(stored)
                     r = await _api(page, f"/api/calls/{cid2}/approve",
                                    {"args_digest": row2["args_digest"], "passkey": replayed})  # fmt: skip
                     assert (r["ok"], r["status"]) == (False, 403), r
@@ -206,15 +207,6 @@ def _audit(db: Path, call_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM audit WHERE call_id = ? ORDER BY seq", (call_id,))]
     finally:
         conn.close()
-
-
-def _as_response(stored: dict[str, str]) -> dict[str, Any]:
-    """A stored assertion as the browser's response shape (what a replay sends)."""
-    return {
-        "id": stored["credential_id"], "rawId": stored["credential_id"], "type": "public-key",
-        "response": {"authenticatorData": stored["authenticator_data"], "clientDataJSON": stored["client_data_json"],
-                     "signature": stored["signature"]},
-    }  # fmt: skip
 
 
 def _stored(response: dict[str, Any]) -> dict[str, str]:
