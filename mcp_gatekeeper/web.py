@@ -59,6 +59,7 @@ from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.reports import audit_export, resolve_zone, stats
 from mcp_gatekeeper.review.render import html_document
 from mcp_gatekeeper.review.weekly import weekly_review
+from mcp_gatekeeper.signatures import SigningKeyError
 from mcp_gatekeeper.slack.interactions import PATH as SLACK_PATH
 from mcp_gatekeeper.slack.interactions import SlackDesk
 from mcp_gatekeeper.slack.interactions import interactions as slack_interactions
@@ -489,6 +490,11 @@ async def _on_passkey(request: Request, exc: Exception) -> Response:
     return _error(403, "passkey_refused", str(exc))
 
 
+async def _on_signing_key(request: Request, exc: Exception) -> Response:
+    log.error("cannot sign a decision: %s", exc)
+    return _error(503, "signing_key_unusable", f"nothing was decided: {exc}")
+
+
 async def _on_store(request: Request, exc: Exception) -> Response:
     log.warning("store unavailable for %s %s: %s", request.method, request.url.path, exc)
     return _error(503, "store_unavailable", "the gatekeeper's store is unavailable; try again")
@@ -557,6 +563,7 @@ def build_app(
             InvalidModificationError: _on_invalid,
             NotAllowedError: webteam.on_not_allowed,
             PasskeyError: _on_passkey,
+            SigningKeyError: _on_signing_key,
             StoreError: _on_store,
         },
     )

@@ -6,6 +6,7 @@ registering (sessions only, a sealed state that expires and cannot be edited, th
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from softauthn import SoftAuthenticator, unb64
 from mcp_gatekeeper.clock import FakeClock
 from mcp_gatekeeper.config import validate_config
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import Approved
+from mcp_gatekeeper.models import Approved, State
 from mcp_gatekeeper.passkeys import RelyingParty, challenge_for
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.signatures import DecisionKeys
@@ -25,7 +26,7 @@ from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.web import build_app
 from mcp_gatekeeper.webauth import load_or_create_token
 
-from .conftest import CONFIG, PORT, Harness, RecordingNotifier, new_call
+from .conftest import CONFIG, PORT, Harness, RecordingNotifier, new_call, refund_args
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +128,14 @@ async def test_without_a_public_url_passkeys_are_off(harness: Harness) -> None:
     headers = await harness.browser_headers()
     r = await harness.client.post("/api/passkeys/register/options", json={}, headers=headers)
     assert (r.status_code, r.json()["error"]) == (409, "passkeys_off")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+async def test_a_signing_key_others_can_read_decides_nothing_through_the_page(ph: Harness) -> None:
+    DecisionKeys.for_home(ph.home).signer()  # made (0600) ...
+    (ph.home / "decision-key").chmod(0o644)  # ... then opened to everyone
+    rec, holder = await ph.hold(new_call(ph.policy, arguments=refund_args(order_id="1")))
+    r = await ph.client.post(f"/api/calls/{rec.id}/reject", json={}, headers=ph.bearer)
+    assert (r.status_code, r.json()["error"]) == (503, "signing_key_unusable")
+    assert "chmod 600" in r.json()["message"]
+    assert (await ph.store.get(rec.id)).state == State.PENDING and not holder.done.is_set()
