@@ -586,12 +586,18 @@ class TeamConfig(_Model):
     """The private key this process signs its decisions with (PEM, mode 0600). Default: ``<home>/decision-key``,
     made on first use."""
     public_url: str | None = None
-    """The approval page's public URL (``https://gk.example.com``): the passkeys' relying party. Needed by every
-    gatekeeper whose rules say ``confirm = "passkey"`` (it re-checks the assertion before forwarding)."""
+    """The passkeys' relying party when it is not ``[ui] public_url``: ``https://NAME``, or ``http://localhost:PORT``
+    for a page on this machine. Every gatekeeper whose rules say ``confirm = "passkey"`` needs one of the two
+    (it re-checks the assertion before forwarding)."""
 
 
 class GatekeeperConfig(_Model):
     """The whole file."""
+
+    @property
+    def passkey_url(self) -> str | None:
+        """The passkeys' relying party: ``[team] public_url``, else the approval service's ``[ui] public_url``."""
+        return self.team.public_url or self.ui.public_url
 
     def card_url(self, call_id: str) -> str | None:
         """Where a human decides a call: the approval page's card (never a credential in the URL); in team mode
@@ -630,8 +636,10 @@ class GatekeeperConfig(_Model):
                 if rule.shadow
             )
         for i, rule in enumerate(self.rules):
-            if rule.confirm == "passkey" and (rule.name is None or self.team.public_url is None):
-                problems.append(f"rules[{i}].confirm: 'passkey' needs the rule to have a name and [team] public_url")
+            if rule.confirm == "passkey" and (rule.name is None or self.passkey_url is None):
+                problems.append(
+                    f"rules[{i}].confirm: 'passkey' needs the rule to have a name and [ui] or [team] public_url"
+                )
         if self.team.public_url is not None and not re.match(
             r"^(https://[^/?#\s]+|http://localhost(:\d+)?)/?$", self.team.public_url
         ):

@@ -445,9 +445,9 @@ class Gate:
         self, rec: CallRecord, assertion: Any, reviewer: str, to_run: str, *, accepting: bool = False
     ) -> tuple[Credential, int]:
         """Verify a passkey assertion over approving ``rec`` with arguments ``to_run`` by ``reviewer``."""
-        url = self.policy.config.team.public_url
+        url = self.policy.config.passkey_url
         if url is None:
-            raise PasskeyError("passkeys need [team] public_url")
+            raise PasskeyError("passkeys need [ui] or [team] public_url")
         found = assertion_of(assertion) if accepting else assertion
         cred = await self.store.passkeys.get(found["credential_id"]) if isinstance(found, dict) else None
         if cred is None or cred.reviewer != reviewer:

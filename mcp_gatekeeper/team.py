@@ -120,6 +120,7 @@ class TeamDesk:
         arguments: dict[str, Any] | None,
         session: str | None,
         reason: str | None = None,
+        passkey: dict[str, Any] | None = None,
     ) -> Step:
         """``reviewer`` approves what they saw (``seen_digest``: the call's arguments, or the current round's
         edit); ``arguments``: an edit. The call is approved once the quorum is met."""
@@ -131,8 +132,9 @@ class TeamDesk:
         tally = await self.store.approvals.tally(rec.id)
         if req.approvals <= 1 and tally.count == 0:
             done = await self._decide(
-                rec, reviewer, tally, seen_digest=seen_digest, arguments=edit, session=session, reason=reason
-            )
+                rec, reviewer, tally, seen_digest=seen_digest, arguments=edit, session=session, reason=reason,
+                passkey=passkey,
+            )  # fmt: skip
             return Step(done, await self.store.approvals.tally(rec.id), req.approvals, decided=True)
         try:
             tally = await self.store.approvals.add(
@@ -154,6 +156,7 @@ class TeamDesk:
             arguments=tally.arguments,
             session=session,
             reason=reason,
+            passkey=passkey,
         )
         return Step(done, tally, req.approvals, decided=True)
 
@@ -167,13 +170,14 @@ class TeamDesk:
         arguments: dict[str, Any] | None,
         session: str | None,
         reason: str | None,
+        passkey: dict[str, Any] | None = None,
     ) -> CallRecord:
         evidence: dict[str, Any] = {"session": session, "account": reviewer.name}
         if tally.count:
             evidence["approvals"] = list(tally.approvers)
         decision = Decision(
             approve=True, decided_by=reviewer.name, channel="web", reason=reason, arguments=arguments,
-            args_digest=seen_digest, evidence=evidence,
+            args_digest=seen_digest, evidence=evidence, passkey=passkey,
         )  # fmt: skip
         try:
             return await self.gate.decide(rec.id, decision)

@@ -25,9 +25,13 @@ REGISTRATION_TTL = 300.0
 
 
 def _rp(request: Request) -> RelyingParty:
-    url = web_state(request).policy.config.team.public_url
+    url = web_state(request).policy.config.passkey_url
     if url is None:
-        raise Problem(409, "passkeys_off", "passkeys need [team] public_url (the page's public URL) in the config")
+        raise Problem(
+            409,
+            "passkeys_off",
+            "passkeys need [ui] public_url or [team] public_url (the page's public URL) in the config",
+        )
     return RelyingParty.from_url(url)
 
 

@@ -189,8 +189,9 @@ async def _decide(request: Request, *, approve: bool) -> Response:
     if arguments is not None and not isinstance(arguments, dict):
         raise Problem(422, "invalid_modification", "arguments must be a JSON object")
     step = await desk.approve(
-        call_id, reviewer, seen_digest=seen, arguments=arguments, session=who.session, reason=reason
-    )
+        call_id, reviewer, seen_digest=seen, arguments=arguments, session=who.session, reason=reason,
+        passkey=body.get("passkey"),  # a `confirm = "passkey"` rule: checked by the gate with the final decision
+    )  # fmt: skip
     st.changes.notify()
     return JSONResponse(
         {**await call_detail(st, step.call), "decided": step.decided, "approvals": step.tally.to_json(step.needed)}
