@@ -17,7 +17,7 @@ import pytest
 from mcp_gatekeeper.clock import FakeClock, SystemClock
 from mcp_gatekeeper.errors import AlreadyDecidedError, StoreError
 from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, new_call_id
-from mcp_gatekeeper.store.pg_schema import MIGRATIONS, SCHEMA, Roles
+from mcp_gatekeeper.store.pg_schema import DECIDE_ARGS, MIGRATIONS, SCHEMA, Roles
 from mcp_gatekeeper.store.postgres import InitReport, PgEngine, check_url, init_database
 
 pytestmark = pytest.mark.anyio
@@ -160,7 +160,7 @@ def _refusal(c: psycopg.Connection[Any], statement: str) -> str:
 def _attempts(cid: str, roles: Roles) -> list[tuple[str, str]]:
     """Every way we could think of for the gatekeeper's role to approve (or fake an approval of) a held call."""
     s = SCHEMA
-    decide_args = f"'{cid}', 'approved', 'd1', 2.0, 'me', 'web', NULL, NULL, '{{}}', '{GENESIS_HASH}', 'x'"
+    decide_args = f"'{cid}', 'approved', 'd1', 2.0, 'me', 'web', NULL, NULL, '{{}}', '{GENESIS_HASH}', 'x', NULL"
     return [
         ("set state approved", f"UPDATE calls SET state = 'approved' WHERE id = '{cid}'"),
         ("set state rejected", f"UPDATE calls SET state = 'rejected' WHERE id = '{cid}'"),
@@ -190,6 +190,22 @@ def _attempts(cid: str, roles: Roles) -> list[tuple[str, str]]:
         ("delete the call", f"DELETE FROM calls WHERE id = '{cid}'"),
         ("call the decision function", f"SELECT * FROM decide({decide_args})"),
         ("call it schema-qualified", f"SELECT * FROM {s}.decide({decide_args})"),
+        ("sign a decision itself", f"UPDATE calls SET decision_sig = '{{}}' WHERE id = '{cid}'"),
+        (
+            "insert a call with a signature",
+            "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at, decision_sig)"
+            " VALUES ('fffc', 'pending', 'shop', 'refund', '{}', 'd', 'hard', 'critical', 1.0, '{}')",
+        ),
+        (
+            "register a passkey",
+            "INSERT INTO passkeys (credential_id, reviewer, public_key, sign_count, created_at)"
+            " VALUES ('mine', 'alice', '00', 0, 1.0)",
+        ),
+        ("rewind a passkey's sign count", "UPDATE passkeys SET sign_count = 0"),
+        ("swap a passkey's key", "UPDATE passkeys SET public_key = '00'"),
+        ("delete a passkey", "DELETE FROM passkeys"),
+        ("move when signing began", "UPDATE signing_since SET seq = 1000000"),
+        ("add when signing began", "INSERT INTO signing_since (seq) VALUES (1000000)"),
         (
             "append an approval event",
             f"INSERT INTO audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
@@ -266,7 +282,9 @@ async def test_the_gatekeeper_role_cannot_approve_by_any_way_we_know(
         # a GRANT of what it does not hold is only a warning in PostgreSQL: check that it granted nothing
         c.execute(f"GRANT UPDATE ON {SCHEMA}.calls TO {roles.gatekeeper}")
     with _connect(pg_admin_dsn) as c:
-        for column in ("decided_by", "modified_arguments", "arguments", "args_digest", "channel", "decided_at"):
+        for column in (
+            "decided_by", "modified_arguments", "arguments", "args_digest", "channel", "decided_at", "decision_sig",
+        ):  # fmt: skip
             assert c.execute(
                 "SELECT has_column_privilege(%s, %s, %s, 'UPDATE')", (roles.gatekeeper, f"{SCHEMA}.calls", column)
             ).fetchone() == (False,)
@@ -274,7 +292,7 @@ async def test_the_gatekeeper_role_cannot_approve_by_any_way_we_know(
             "SELECT has_function_privilege(%s, %s, 'EXECUTE')",
             (
                 roles.gatekeeper,
-                f"{SCHEMA}.decide(text, text, text, double precision, text, text, text, text, text, text, text)",
+                f"{SCHEMA}.decide({DECIDE_ARGS})",
             ),
         ).fetchone() == (False,)
         row = c.execute(
@@ -287,6 +305,11 @@ async def test_the_gatekeeper_role_cannot_approve_by_any_way_we_know(
             "SELECT count(*) FROM audit WHERE event IN ('approved', 'rejected', 'confirmed')"
         ).fetchone() == (0,)
         assert c.execute("SELECT calls_left, revoked_at FROM leases").fetchone() == (0, 5.0)
+        assert c.execute("SELECT count(*) FROM passkeys").fetchone() == (0,)
+        assert c.execute("SELECT decision_sig FROM calls WHERE id = %s", (cid,)).fetchone() == (None,)
+        # the decide function of before 0012_signatures (no signature argument) is gone, not left callable
+        old = ", ".join(["text"] * 3 + ["double precision"] + ["text"] * 7)
+        assert c.execute("SELECT to_regprocedure(%s)", (f"{SCHEMA}.decide({old})",)).fetchone() == (None,)
     assert _chain_ok(pg_admin_dsn) == 1
     # the gatekeeper's own engine cannot decide either
     async with PgEngine.open(gk_url, SystemClock()) as engine:

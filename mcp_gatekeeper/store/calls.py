@@ -174,6 +174,7 @@ class Calls:
             await self._engine.decide_call(
                 call_id, state=State.APPROVED if approve else State.REJECTED, decided_by=decided_by, channel=channel,
                 reason=reason, modified_arguments=modified_arguments, expected_digest=expected_digest, detail=detail,
+                sign=sign,
             )  # fmt: skip
             return await self.get(call_id)
         now = self._engine.clock.now()

@@ -30,6 +30,7 @@ import anyio.lowlevel
 
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import StoreError
+from mcp_gatekeeper.signatures import DecisionFacts
 from mcp_gatekeeper.store.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class DecidesThroughTheDatabase(Protocol):
         modified_arguments: dict[str, Any] | None,
         expected_digest: str | None,
         detail: dict[str, Any] | None = None,
+        sign: Callable[[DecisionFacts], dict[str, Any]] | None = None,
     ) -> str: ...
 
 

@@ -10,10 +10,12 @@ Pure text (no driver import): :mod:`mcp_gatekeeper.store.postgres` runs it. Ever
   outside that table, unless the statement runs as the owner (the ``decide`` function); it cannot write
   ``decided_by``, ``decided_at``, ``channel``, ``modified_arguments`` or the arguments (no UPDATE grant; a new
   call carrying a decision is refused); it cannot append a decision event to the audit chain, create a lease,
-  repin a tool, nor read or write the page's sessions.
+  repin a tool, nor read or write the page's sessions. It reads the reviewers' passkeys and each decision's
+  signature (to check them before forwarding) and writes neither.
 - **approver** (the approval service): reads everything, decides through the ``decide`` function (SECURITY
-  DEFINER: one compare-and-set plus its audit event in one transaction), runs the page's sessions, leases and
-  pins, and recovers a dead gatekeeper's calls as any process does.
+  DEFINER: one compare-and-set plus its audit event and the decision's signature in one transaction), runs the
+  page's sessions, leases, pins and reviewers' passkeys, and recovers a dead gatekeeper's calls as any process
+  does.
 
 The audit table is append-only for everybody (triggers refuse UPDATE, DELETE and TRUNCATE). Every change of a
 call's state sends a ``NOTIFY`` on :data:`CHANNEL` with the call id: a hint for waiters, never the truth.
@@ -321,6 +323,24 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE web_sessions ADD COLUMN account TEXT;
         """,
     ),
+    (
+        "0012_signatures",
+        # each decision's Ed25519 signature (written by the decide function only), the last audit event before
+        # decisions were signed, and the reviewers' passkeys (the approver's to write, the gatekeeper's to read)
+        """
+        ALTER TABLE calls ADD COLUMN decision_sig TEXT;
+        CREATE TABLE signing_since (seq BIGINT NOT NULL);
+        INSERT INTO signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        CREATE TABLE passkeys (
+            credential_id TEXT PRIMARY KEY,
+            reviewer TEXT NOT NULL,
+            public_key TEXT NOT NULL,
+            sign_count BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX passkeys_reviewer ON passkeys (reviewer);
+        """,
+    ),
 )
 
 
@@ -349,7 +369,7 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
         IF NEW.decided_by IS NOT NULL OR NEW.decided_at IS NOT NULL OR NEW.modified_arguments IS NOT NULL
-           OR NEW.channel IS NOT NULL THEN
+           OR NEW.channel IS NOT NULL OR NEW.decision_sig IS NOT NULL THEN
             RAISE EXCEPTION 'call %: only the approval service records a decision', NEW.id
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
@@ -402,9 +422,12 @@ DROP TRIGGER IF EXISTS audit_no_truncate ON {s}.audit;
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON {s}.audit
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.audit_guard();
 
+-- before 0012_signatures the function had no p_decision_sig: drop that one, or it would stay callable beside it
+DROP FUNCTION IF EXISTS {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT);
 CREATE OR REPLACE FUNCTION {s}.decide(
     p_call_id TEXT, p_state TEXT, p_args_digest TEXT, p_now DOUBLE PRECISION, p_decided_by TEXT,
-    p_channel TEXT, p_reason TEXT, p_modified_arguments TEXT, p_detail TEXT, p_prev_hash TEXT, p_hash TEXT
+    p_channel TEXT, p_reason TEXT, p_modified_arguments TEXT, p_detail TEXT, p_prev_hash TEXT, p_hash TEXT,
+    p_decision_sig TEXT
 ) RETURNS TABLE (outcome TEXT, state TEXT)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, {s} AS $f$
 DECLARE
@@ -446,7 +469,7 @@ BEGIN
         RETURN;
     END IF;
     UPDATE {s}.calls c SET state = p_state, decided_at = p_now, decided_by = p_decided_by, channel = p_channel,
-        reason = p_reason, modified_arguments = p_modified_arguments
+        reason = p_reason, modified_arguments = p_modified_arguments, decision_sig = p_decision_sig
         WHERE c.id = p_call_id AND c.state = cur.state AND c.args_digest = cur.args_digest;
     INSERT INTO {s}.audit (at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)
         VALUES (p_now, p_call_id, p_state, p_decided_by, p_channel, cur.args_digest, p_detail, p_prev_hash, p_hash);
@@ -511,6 +534,10 @@ def guards_sql() -> str:
     )
 
 
+DECIDE_ARGS = "TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT"
+"""The decide function's argument types (call, state, digest, time, decider, channel, reason, modified arguments,
+audit detail, previous hash, hash, signature): grants and tests name the function by them."""
+
 GATEKEEPER_UPDATE_CALLS = (
     "state, result, error, finished_at, reason, wait_strategy, capture, deadline_at, instance_id, retry_offered, "
     "session, escalation, attempts, released_from"
@@ -554,16 +581,20 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         f"GRANT SELECT, INSERT ON {s}.tool_definitions TO {gk}, {ap}",  # 0008: the definitions calls were checked against
         f"GRANT UPDATE (shadow_action, shadow_rule, shadow_reason) ON {s}.calls TO {gk}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.notify_links, {s}.seen_signatures TO {gk}, {ap}",  # 0010
+        # 0012: the holder reads the reviewers' passkeys (to re-check an assertion) and when signing began; a
+        # signature is written only by decide, a passkey only by the service
+        f"GRANT SELECT ON {s}.passkeys, {s}.signing_since TO {gk}",
         # the approval service
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
-        f"GRANT EXECUTE ON FUNCTION {s}.decide(TEXT, TEXT, TEXT, DOUBLE PRECISION, TEXT, TEXT, TEXT, TEXT, TEXT,"
-        f" TEXT, TEXT) TO {ap}",
+        f"GRANT EXECUTE ON FUNCTION {s}.decide({DECIDE_ARGS}) TO {ap}",
         f"GRANT INSERT ON {s}.audit TO {ap}",
         f"GRANT INSERT, UPDATE, DELETE ON {s}.web_sessions, {s}.login_codes TO {ap}",
         # 0011: team mode's accounts, login attempts and named approvals are the service's alone (a gatekeeper
         # cannot read a password hash, add an account, or count an approval)
         f"GRANT INSERT, UPDATE, DELETE ON {s}.reviewers, {s}.login_attempts, {s}.call_approvals TO {ap}",
         f"GRANT USAGE ON SEQUENCE {s}.login_attempts_seq_seq, {s}.call_approvals_seq_seq TO {ap}",
+        f"GRANT INSERT ON {s}.passkeys TO {ap}",  # 0012: a reviewer registers a passkey on the service's page
+        f"GRANT UPDATE (sign_count) ON {s}.passkeys TO {ap}",  # the sign count's compare-and-set, nothing else
         f"GRANT INSERT ON {s}.leases TO {ap}",
         f"GRANT UPDATE (revoked_at, revoked_by) ON {s}.leases TO {ap}",
         f"GRANT UPDATE (hash, definition, pinned_at, pinned_by, pending_hash, pending_definition, changed_at)"

@@ -36,6 +36,7 @@ from psycopg import sql
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, StoreError
 from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, canonical_json, digest
+from mcp_gatekeeper.signatures import DecisionFacts
 from mcp_gatekeeper.store.audit import append
 from mcp_gatekeeper.store.engine import Tx
 from mcp_gatekeeper.store.pg_schema import (
@@ -453,33 +454,45 @@ class PgEngine:
         modified_arguments: dict[str, Any] | None,
         expected_digest: str | None,
         detail: dict[str, Any] | None = None,
+        sign: Callable[[DecisionFacts], dict[str, Any]] | None = None,
     ) -> str:
         """The one compare-and-set of a decision (``approved``/``rejected``, or ``confirmed``/``review_failed`` for
         a review) with its audit event, through the schema's ``decide`` function (the gatekeeper's role cannot
-        call it); returns the new state. Late, expired or stale decisions raise :class:`AlreadyDecidedError`."""
+        call it); returns the new state. Late, expired or stale decisions raise :class:`AlreadyDecidedError`.
+
+        ``sign`` signs what is written (as :meth:`~mcp_gatekeeper.store.calls.Calls.decide` does on SQLite): the
+        function stores the signature in the row, and it is in the audit event's detail."""
         now = self.clock.now()
-        d = dict(detail or {})
+        to_run = None if modified_arguments is None else digest(modified_arguments)
+        base = dict(detail or {})
         if reason:
-            d["reason"] = reason
-        if modified_arguments is not None:
-            d["modified_args_digest"] = digest(modified_arguments)
+            base["reason"] = reason
+        if to_run is not None:
+            base["modified_args_digest"] = to_run
 
         def body(c: Tx) -> tuple[str, str | None]:
             row = c.execute("SELECT args_digest FROM calls WHERE id = ?", (call_id,)).fetchone()
             if row is None:
                 raise CallNotFoundError(f"no call with id {call_id!r}")
             held = str(row[0])
+            d, seal = dict(base), None
+            if sign is not None:  # over the held digest: if the reviewer saw another one, decide writes nothing
+                seal = sign(
+                    DecisionFacts(call_id=call_id, decision=str(state), args_digest=to_run or held, decided_by=decided_by,
+                                  channel=channel, decided_at=now)
+                )  # fmt: skip
+                d["signature"] = seal
             tail = c.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             prev = str(tail[0]) if tail else GENESIS_HASH
             body = audit_body(
                 at=now, call_id=call_id, event=state, actor=decided_by, channel=channel, args_digest=held, detail=d
             )
             out = c.execute(
-                "SELECT outcome, state FROM decide(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "SELECT outcome, state FROM decide(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call_id, state, expected_digest if expected_digest is not None else held, now, decided_by,
                     channel, reason, None if modified_arguments is None else canonical_json(modified_arguments),
-                    canonical_json(d), prev, audit_hash(prev, body),
+                    canonical_json(d), prev, audit_hash(prev, body), None if seal is None else canonical_json(seal),
                 ),
             ).fetchone()  # fmt: skip
             return (str(out[0]), out[1]) if out else ("not_found", None)

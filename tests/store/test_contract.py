@@ -849,3 +849,95 @@ async def test_each_call_names_the_host_of_the_gatekeeper_holding_it(backend: Ba
         hosts = await here.queries.hosts_of([mine.id, theirs.id, orphan.id, "nope"])
         assert hosts == {mine.id: socket.gethostname(), theirs.id: "build-02"}
         assert await here.queries.hosts_of([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- signed decisions
+
+
+async def test_a_decision_is_signed_as_it_is_written_and_tampering_breaks_it(backend: BackendUnderTest) -> None:
+    """PostgreSQL decides inside its decide function: the signature made in this process must reach the row and
+    the audit event there as on SQLite, over the time and digest that were written."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mcp_gatekeeper.signatures import Signer, check, check_events, facts_of, key_id
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    trusted = {key_id(signer.public): signer.public}
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        signed_since, before = await store.audit.decision_events()
+        assert before == []
+        rec = await hold(store, clock)
+        modified = {"order_id": "A-17", "amount": 20}
+        with pytest.raises(AlreadyDecidedError):  # a stale decision writes no signature either
+            await store.decide(rec.id, approve=True, decided_by="ann", channel="web", reason=None,
+                               modified_arguments=None, expected_digest="stale", sign=signer.seal)  # fmt: skip
+        assert await store.calls.decision_signature(rec.id) is None
+        done = await store.decide(rec.id, approve=True, decided_by="ann", channel="web", reason="ok",
+                                  modified_arguments=modified, expected_digest=rec.args_digest, sign=signer.seal)  # fmt: skip
+        seal = await store.calls.decision_signature(rec.id)
+        assert isinstance(seal, dict) and seal["at"] == done.decided_at
+        facts = facts_of(
+            call_id=done.id, approved=True, args_digest=done.args_digest, modified_digest=digest(modified),
+            decided_by=done.decided_by, channel=done.channel, decided_at=done.decided_at,
+        )  # fmt: skip
+        assert check(facts, seal, trusted) is None
+        rejected = await hold(store, clock, arguments={"order_id": "B"})
+        await store.decide(rejected.id, approve=False, decided_by="bob", channel="web", reason=None,
+                           modified_arguments=None, expected_digest=None, sign=signer.seal)  # fmt: skip
+        signed_since, events = await store.audit.decision_events()
+        assert [e.event for e in events] == ["approved", "rejected"]
+        assert events[0].detail["signature"] == seal
+        assert check_events(events, signed_since=signed_since, trusted=trusted) == []
+        # behind the store's back: another decider, or a rejection turned approval, no longer matches
+        backend.raw("UPDATE calls SET decided_by = 'mallory' WHERE id = ?", (rec.id,))
+        forged = await store.get(rec.id)
+        assert check(replace(facts, decided_by=forged.decided_by or ""), seal, trusted) is not None
+        backend.raw("UPDATE audit SET event = 'approved' WHERE call_id = ? AND event = 'rejected'", (rejected.id,))
+        _, events = await store.audit.decision_events()
+        assert len(check_events(events, signed_since=signed_since, trusted=trusted)) == 1
+
+
+async def test_an_unsigned_decision_after_signing_began_is_named(backend: BackendUnderTest) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mcp_gatekeeper.signatures import Signer, check_events, key_id
+
+    public = Signer(Ed25519PrivateKey.generate()).public
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        rec = await hold(store, clock)
+        await decide(store, rec.id)  # no signer: as a forger with the approver's grants but not its key would
+        assert await store.calls.decision_signature(rec.id) is None
+        signed_since, events = await store.audit.decision_events()
+        assert signed_since == 0
+        (problem,) = check_events(events, signed_since=signed_since, trusted={key_id(public): public})
+        assert "not signed" in problem
+
+
+async def test_passkeys_are_registered_once_and_their_sign_count_is_compare_and_set(
+    backend: BackendUnderTest,
+) -> None:
+    from mcp_gatekeeper.passkeys import Credential
+
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        cred = Credential(credential_id="cred-1", reviewer="alice", public_key=b"\x01\x02", sign_count=3)
+        assert await one.passkeys.add(cred, channel="web")
+        assert not await two.passkeys.add(replace(cred, reviewer="mallory"), channel="web")  # same id: refused
+        assert await two.passkeys.get("cred-1") == cred
+        assert await one.passkeys.of_reviewer("alice") == [cred]
+        assert await one.passkeys.of_reviewer("mallory") == []
+        assert await one.passkeys.get("nope") is None
+        results: list[bool] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:  # two approvals with one assertion count: one wins
+                for store in (one, two):
+                    tg.start_soon(lambda s=store: _advance(s, results))
+        assert sorted(results) == [False, True]
+        assert (await one.passkeys.get("cred-1")) == replace(cred, sign_count=4)
+        assert [e.event for e in await one.audit_events()] == ["passkey_registered"]
+
+
+async def _advance(store: Store, out: list[bool]) -> None:
+    out.append(await store.passkeys.advance("cred-1", seen=3, new=4))
