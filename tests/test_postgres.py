@@ -626,6 +626,60 @@ async def test_a_gatekeeper_pointed_at_postgres_records_its_calls_there(urls: tu
         assert await store.verify_decision(rec.id) is None  # the holder checks it before forwarding
 
 
+async def test_a_signed_passkey_approval_by_the_service_is_verified_by_the_gatekeepers_role(
+    urls: tuple[str, str], tmp_path: Path, pg_admin_dsn: str
+) -> None:
+    """The approval service (approver role, its own key) decides a ``confirm = "passkey"`` call through the
+    database's decide function; the holder (gatekeeper role, trusting only the service's public key) finds the
+    signature and the passkey assertion and accepts them, and refuses them once the decider is changed."""
+    from softauthn import SoftAuthenticator, as_response
+
+    from mcp_gatekeeper.config import parse_config
+    from mcp_gatekeeper.gate import Gate
+    from mcp_gatekeeper.models import Decision, NewCall, State
+    from mcp_gatekeeper.passkeys import RelyingParty, challenge_for
+    from mcp_gatekeeper.policy import Policy
+    from mcp_gatekeeper.signatures import DecisionKeys, public_text
+    from mcp_gatekeeper.store import Store
+
+    gk, ap = urls
+    clock = SystemClock()
+    policy = Policy(parse_config(
+        '[ui]\nautostart = false\n[team]\npublic_url = "https://gk.example.com"\n'
+        '[[rules]]\nname = "refunds"\ntool = "issue_refund"\ngate = "hard"\nconfirm = "passkey"\n'
+    ))  # fmt: skip
+    (tmp_path / "service").mkdir()
+    (tmp_path / "holder").mkdir()
+    service_keys = DecisionKeys.for_home(tmp_path / "service")
+    holder_keys = DecisionKeys.for_home(tmp_path / "holder", decision_keys=[public_text(service_keys.signer().public)])
+    ann = SoftAuthenticator(RelyingParty.from_url("https://gk.example.com"), "web:ann")
+    async with Store.open(gk, clock) as store, Store.open(ap, clock) as service_store:
+        holder = Gate(store, policy, clock, sweep_interval=None, keys=holder_keys)
+        service = Gate(service_store, policy, clock, sweep_interval=None, keys=service_keys)
+        with pytest.raises(StoreError, match="permission denied"):  # the gatekeeper cannot register a passkey
+            await store.passkeys.add(ann.credential(), channel="web")
+        assert await service_store.passkeys.add(ann.credential(), channel="web")
+        rec = await store.insert_call(
+            NewCall(upstream="shop", tool="issue_refund", arguments={"amount": 40000}, gate="hard", risk="critical",
+                    rule="refunds"),
+            state=State.PENDING, deadline_at=clock.now() + 60,
+        )  # fmt: skip
+        assertion = as_response(ann.assertion(challenge_for(rec.id, rec.args_digest)))
+        done = await service.decide(
+            rec.id, Decision(approve=True, decided_by="web:ann", channel="web", args_digest=rec.args_digest,
+                             passkey=assertion),
+        )  # fmt: skip
+        assert done.state == State.APPROVED
+        seal = await store.calls.decision_signature(rec.id)
+        assert isinstance(seal, dict) and seal["at"] == done.decided_at
+        assert await holder.verify_approval(rec.id) is None  # signed by the trusted key, passkey checked again
+        assert await service.verify_approval(rec.id) is None
+        with _connect(pg_admin_dsn) as c:  # the signed statement's decider changed behind the store's back
+            c.execute("SET session_replication_role = replica")
+            c.execute("UPDATE calls SET decided_by = 'web:mallory' WHERE id = %s", (rec.id,))
+        assert await holder.verify_approval(rec.id) is not None
+
+
 async def test_the_approval_service_recovers_a_dead_gatekeepers_calls(urls: tuple[str, str], pg_admin_dsn: str) -> None:
     from mcp_gatekeeper.models import NewCall, State
     from mcp_gatekeeper.store import Store
