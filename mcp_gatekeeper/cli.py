@@ -658,7 +658,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         own = keys.signer().public
     except SigningKeyError as e:
         print(f"mcp-gatekeeper: {e}", file=sys.stderr)
-        return EXIT_REFUSED
+        return EXIT_UNAVAILABLE if isinstance(e, StoreError) else EXIT_REFUSED  # disk full: try again later
     if args.json:
         _json_out({"public_key": public_text(own), "key_id": key_id(own), "path": str(keys.signing_path),
                    "trusted": list(keys.configured) or [public_text(own)], "retired": list(keys.retired)})  # fmt: skip

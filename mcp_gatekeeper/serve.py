@@ -163,6 +163,9 @@ async def open_runtime(
             recovered = await store.recover_orphans()
             if recovered:
                 log.warning("recovered %d call(s) left by a gatekeeper process that died (never executed)", recovered)
+        keys = decision_keys(config, home)
+        if register:  # made now, not by the first decision (which could come when the disk is full)
+            keys.prepare()
         http = await stack.enter_async_context(httpx2.AsyncClient())
         # the long-running processes tell humans about calls; a one-shot command (list, approve, …) does not
         links = short_links(config, home) if register else None
@@ -178,7 +181,7 @@ async def open_runtime(
             notifier=notifier,
             poll_interval=poll_interval,
             heartbeat_interval=config.heartbeat_interval,
-            keys=decision_keys(config, home),
+            keys=keys,
         )
         desk = (
             slack_desk(config, slack, gate, links, clock, owner=store.instance_id or label) if slack and links else None

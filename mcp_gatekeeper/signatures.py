@@ -6,7 +6,8 @@ arguments, else the call's own), who decided, through which channel, when, and t
 any of them in the database afterwards and the signature no longer matches.
 
 - The **private key** lives in a file (PEM, PKCS#8) readable by its owner only: ``<home>/decision-key``,
-  created on first use with the same atomic private-file-then-link step as the token files, or the file
+  created when a gatekeeper process starts in local mode (else on first use) with the same atomic
+  private-file-then-link step as the token files, or the file
   ``[team] signing_key`` names. A key file that others can read is refused (like ssh): it signs nothing and
   verifies nothing, so a decision made with it never runs.
 - The **trusted public keys**: ``[team] decision_keys`` (the approval service's keys; the gatekeeper then has
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import stat
 from collections.abc import Mapping, Sequence
@@ -34,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mcp_gatekeeper import hostos
-from mcp_gatekeeper.errors import GatekeeperError
+from mcp_gatekeeper.errors import GatekeeperError, StoreError
 from mcp_gatekeeper.models import AuditEvent, canonical_json
 
 KEY_FILE = "decision-key"
@@ -46,6 +48,11 @@ DOMAIN = "mcp-gatekeeper decision v1\n"
 
 class SigningKeyError(GatekeeperError):
     """The signing key cannot be used (unreadable, malformed, or readable by other users)."""
+
+
+class SigningKeyUnavailable(SigningKeyError, StoreError):
+    """The signing key could not be made: the data home cannot be written (disk full, read-only). Like the store
+    being unwritable, nothing is decided and it is worth trying again once the fault is gone (CLI exit 3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +129,8 @@ def _check_private(path: Path) -> None:
 
 def load_private(path: Path, *, create: bool) -> Ed25519PrivateKey:
     """The signing key at ``path`` (created first, mode 0600, when ``create`` and it is missing)."""
-    if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        hostos.publish_new_secret(path, pem.decode("ascii"))  # two processes starting together agree on one
+    if create:
+        make_private(path)
     try:
         _check_private(path)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -138,6 +141,24 @@ def load_private(path: Path, *, create: bool) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"the decision signing key {path} is not an Ed25519 key")
     return key
+
+
+def make_private(path: Path) -> None:
+    """Make a new signing key at ``path`` (mode 0600) unless one is there; :class:`SigningKeyUnavailable` if the
+    file cannot be written."""
+    if path.exists():
+        return
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hostos.publish_new_secret(path, pem.decode("ascii"))  # two processes starting together agree on one
+    except OSError as e:
+        full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise SigningKeyUnavailable(
+            f"cannot create the decision signing key {path}: {e.strerror or e}{full}; nothing was decided"
+        ) from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +220,13 @@ class DecisionKeys:
     ) -> DecisionKeys:  # fmt: skip
         path = Path(signing_key).expanduser() if signing_key else home / KEY_FILE
         return cls(path, signing_key is None, tuple(decision_keys), tuple(retired_keys))
+
+    def prepare(self) -> None:
+        """At a gatekeeper's start: make the home's key now if this process will sign or trust it (local mode),
+        so a decision taken later, when the disk may be full, never has to write a file; raises
+        :class:`SigningKeyUnavailable`. In team mode (``decision_keys``) or with a configured key, nothing."""
+        if self.create and not self.configured:
+            make_private(self.signing_path)
 
     def signer(self) -> Signer:
         """The private key (cached once loaded); raises :class:`SigningKeyError`."""
@@ -272,11 +300,13 @@ __all__ = [
     "DecisionKeys",
     "Signer",
     "SigningKeyError",
+    "SigningKeyUnavailable",
     "check",
     "check_events",
     "facts_of",
     "key_id",
     "load_private",
+    "make_private",
     "parse_public",
     "public_text",
     "statement",

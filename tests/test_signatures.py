@@ -24,7 +24,7 @@ from mcp_gatekeeper import signatures
 from mcp_gatekeeper.cli import main
 from mcp_gatekeeper.clock import FakeClock
 from mcp_gatekeeper.config import parse_config
-from mcp_gatekeeper.errors import ConfigError
+from mcp_gatekeeper.errors import ConfigError, StoreError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import (
     GENESIS_HASH,
@@ -38,7 +38,8 @@ from mcp_gatekeeper.models import (
     digest,
 )
 from mcp_gatekeeper.policy import Policy
-from mcp_gatekeeper.signatures import DecisionFacts, DecisionKeys, Signer, SigningKeyError
+from mcp_gatekeeper.serve import open_runtime
+from mcp_gatekeeper.signatures import DecisionFacts, DecisionKeys, Signer, SigningKeyError, SigningKeyUnavailable
 from mcp_gatekeeper.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -155,6 +156,40 @@ def test_a_key_file_others_can_read_signs_nothing_and_verifies_nothing(tmp_path:
     with pytest.raises(SigningKeyError, match="cannot read"):
         configured.signer()  # a configured path is never created silently
     assert not (tmp_path / "missing.pem").exists()
+
+
+async def test_a_gatekeeper_makes_its_key_at_start_and_only_in_local_mode(tmp_path: Path) -> None:
+    """The key is made when a gatekeeper starts, so the first decision never has to write a file (it may come when
+    the disk is full); a one-shot command does not make it, nor a team-mode holder (it trusts the service's keys)."""
+    with anyio.fail_after(10):
+        async with open_runtime(parse_config(""), home=tmp_path / "once", register=False):
+            assert not (tmp_path / "once" / signatures.KEY_FILE).exists()
+        async with open_runtime(parse_config(""), home=tmp_path / "local"):
+            path = tmp_path / "local" / signatures.KEY_FILE
+            assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
+        service = signatures.public_text(Ed25519PrivateKey.generate().public_key())
+        team = parse_config(f'[team]\ndecision_keys = ["{service}"]\n')
+        async with open_runtime(team, home=tmp_path / "team"):
+            assert not (tmp_path / "team" / signatures.KEY_FILE).exists()
+
+
+async def test_a_key_that_cannot_be_made_decides_nothing_and_is_a_store_fault(tmp_path: Path) -> None:
+    """The home cannot be written (here its place is taken by a file; disk full: tests/reliability/
+    test_storage_faults.py): a clear error that fails closed like an unwritable store, never a crash."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("x")
+    keys = DecisionKeys.for_home(blocked)
+    with pytest.raises(SigningKeyUnavailable, match="cannot create the decision signing key") as e:
+        keys.prepare()
+    assert isinstance(e.value, StoreError) and isinstance(e.value, SigningKeyError)  # CLI exit 3, page 503
+    home = tmp_path / "home"
+    home.mkdir()
+    async with signing_gate(home, keys) as gate:
+        rec = await gate.store.insert_call(new_call(), state=State.PENDING, deadline_at=gate.clock.now() + 600)
+        with pytest.raises(SigningKeyUnavailable):
+            await gate.decide(rec.id, approve(args_digest=rec.args_digest))
+        assert (await gate.store.get(rec.id)).state == State.PENDING  # nothing was decided
+    assert blocked.read_text() == "x"
 
 
 # ---------------------------------------------------------------------------------------------- the database writer
