@@ -54,7 +54,7 @@ from mcp_gatekeeper.serve import (
     own_files,
     run_proxy,
 )
-from mcp_gatekeeper.signatures import SigningKeyError, check_events, key_id, public_text
+from mcp_gatekeeper.signatures import SigningKeyError, check_events, check_step_events, key_id, public_text
 from mcp_gatekeeper.store import Store, default_home
 from mcp_gatekeeper.webauth import LOGIN_TTL, keyed_hash, load_or_create_token, mint_login_url
 from mcp_gatekeeper.webredact import redact
@@ -643,10 +643,16 @@ async def _verify_signatures(rt: Runtime) -> bool:
         print(f"decision signatures cannot be checked: {escape(str(e))}")
         return False
     problems = check_events(events, signed_since=since, trusted=trusted)
+    step_since, steps = await rt.store.audit.step_events()
+    problems += check_step_events(steps, signed_since=step_since, trusted=trusted)
     for line in problems:
         print(escape(line))
     if not problems:
-        print(f"decision signatures valid: {sum(e.seq > since or 'signature' in e.detail for e in events)} decisions")
+        signed = sum(e.seq > step_since or "signature" in e.detail for e in steps)
+        print(
+            f"decision signatures valid: {sum(e.seq > since or 'signature' in e.detail for e in events)} decisions"
+            + (f", {signed} quorum steps" if signed else "")
+        )
     return not problems
 
 

@@ -329,9 +329,14 @@ class Gate:
         detail: dict[str, Any] = {"evidence": decision.evidence} if decision.evidence else {}
         if modified is not None:
             detail["modified"] = True
-        if decision.approve and self._needs_passkey(rec):
+        if decision.approve and self.needs_passkey(rec):
             to_run = rec.args_digest if modified is None else digest(modified)
-            detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
+            need = self.quorum_of(rec, modified)
+            if decision.passkey is not None or (need <= 1 and not await self.store.approvals.steps(rec.id)):
+                detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
+            elif (why := await self.verify_steps(rec, to_run, need=need, passkeys=True)) is not None:
+                # a quorum's passkeys are its steps' (one per approver): without them, nothing is decided
+                raise PasskeyError(f"call {rec.id[:12]} cannot be approved: {why}")
         signer = None if self.keys is None else self.keys.signer()  # an unusable key decides nothing
         done: CallRecord = await self.store.decide(
             rec.id,
@@ -413,7 +418,9 @@ class Gate:
     async def verify_approval(self, call_id: str) -> str | None:
         """Why an approved call must not run, or ``None``: the approval went through ``decide`` (its audit event
         is in the chain and matches the record) and, with :attr:`keys`, it carries a valid signature by a
-        trusted key over what the record now says (call, arguments to run, who, channel, when)."""
+        trusted key over what the record now says (call, arguments to run, who, channel, when). A call whose rule
+        asks for a quorum (``approvals = N``) also needs N valid signed steps (:meth:`verify_steps`); a passkey
+        rule, the approver's assertion (each approver's own, for a quorum)."""
         why = await self.store.verify_decision(call_id)
         if why is not None:
             return why
@@ -428,21 +435,76 @@ class Gate:
             )  # fmt: skip
             if (why := self.keys.check(facts, seal)) is not None:
                 return why
-        if self._needs_passkey(rec):
+        need, passkey = self.quorum_of(rec), self.needs_passkey(rec)
+        if need > 1:
+            return await self.verify_steps(rec, to_run, need=need, passkeys=passkey)
+        if passkey:
             (approval,) = [e for e in await self.store.audit_events(call_id=rec.id) if e.event == "approved"]
+            assertion = approval.detail.get("passkey")
+            if assertion is None and await self.store.approvals.steps(rec.id):
+                # approved by a quorum the service asked for: each step carries its approver's assertion
+                return await self.verify_steps(rec, to_run, need=1, passkeys=True)
             try:
-                await self._check_passkey(rec, approval.detail.get("passkey"), rec.decided_by or "", to_run)
+                await self._check_passkey(rec, assertion, rec.decided_by or "", to_run)
             except PasskeyError as e:
                 return str(e)
         return None
 
-    def _needs_passkey(self, rec: CallRecord) -> bool:
+    def quorum_of(self, rec: CallRecord, arguments: Mapping[str, Any] | None = None) -> int:
+        """How many different reviewers this process's policy says must approve ``rec`` (``approvals = N`` of the
+        rule it was held under, and of the rule its arguments to run, or ``arguments``, match)."""
+        found = [self.policy.rule_named(rec.rule)] if rec.rule else []
+        found.append(self.policy.evaluate(rec.upstream, rec.tool, arguments or rec.forward_arguments).rule_config)
+        return max((r.approvals for r in found if r is not None), default=1)
+
+    async def verify_steps(self, rec: CallRecord, to_run: str, *, need: int, passkeys: bool) -> str | None:
+        """Why the stored approval steps of ``rec`` do not make a quorum of ``need`` for the arguments ``to_run``,
+        or ``None``: ``need`` different reviewers each approved exactly ``to_run`` in the latest round, in steps
+        signed by a trusted key (with :attr:`keys`) and, with ``passkeys``, each with their own assertion by a
+        credential registered to them (no credential counted twice). A step that fails any of it counts for
+        nothing, whoever wrote it."""
+        signed = [
+            s for s in await self.store.approvals.steps(rec.id)
+            if s.call_id == rec.id and (self.keys is None or self.keys.check_step(s.facts(), s.signature) is None)
+        ]  # fmt: skip
+        if not signed:
+            return f"the call needs {need} approval(s) by different reviewers and has no signed approval step"
+        latest = max(s.round for s in signed)
+        counted: set[str] = set()
+        credentials: set[str] = set()
+        problems: list[str] = []
+        for s in signed:
+            if s.round != latest or s.reviewer in counted:
+                continue
+            if s.proposal_digest != to_run:
+                problems.append(f"step {s.step} by {s.reviewer} approved other arguments")
+                continue
+            if passkeys:
+                try:
+                    cred, _ = await self._check_passkey(rec, s.passkey, s.reviewer, to_run, round_=latest)
+                except PasskeyError as e:
+                    problems.append(f"step {s.step} by {s.reviewer}: {e}")
+                    continue
+                if cred.credential_id in credentials:
+                    problems.append(f"step {s.step} by {s.reviewer}: a passkey already counted for another step")
+                    continue
+                credentials.add(cred.credential_id)
+            counted.add(s.reviewer)
+        if len(counted) >= need:
+            return None
+        why = (
+            f"the call needs {need} approvals by different reviewers of the arguments that run"
+            f"{' (each with their own passkey)' if passkeys else ''}; it has {len(counted)} valid signed step(s)"
+        )
+        return why + (f" ({'; '.join(problems[:3])})" if problems else "")
+
+    def needs_passkey(self, rec: CallRecord) -> bool:
         """Does this process's policy say the call's rule needs a passkey (``confirm = "passkey"``)?"""
         rule = self.policy.rule_named(rec.rule) if rec.rule else None
         return rule is not None and rule.confirm == "passkey"
 
     async def _check_passkey(
-        self, rec: CallRecord, assertion: Any, reviewer: str, to_run: str, *, accepting: bool = False
+        self, rec: CallRecord, assertion: Any, reviewer: str, to_run: str, *, accepting: bool = False, round_: int = 0
     ) -> tuple[Credential, int]:
         """Verify a passkey assertion over approving ``rec`` with arguments ``to_run`` by ``reviewer``."""
         url = self.policy.config.passkey_url
@@ -453,18 +515,28 @@ class Gate:
         if cred is None or cred.reviewer != reviewer:
             raise PasskeyError(f"the approval carries no registered passkey of {reviewer}")
         count = verify_assertion(
-            RelyingParty.from_url(url), found, cred, call_id=rec.id, args_digest=to_run, stored_count=not accepting
-        )
+            RelyingParty.from_url(url), found, cred, call_id=rec.id, args_digest=to_run, stored_count=not accepting,
+            round_=round_,
+        )  # fmt: skip
         return cred, count
 
     async def _accept_passkey(self, rec: CallRecord, decision: Decision, to_run: str) -> dict[str, Any]:
         """The approval's passkey assertion, verified and its sign count recorded (raises :class:`PasskeyError`)."""
         if decision.passkey is None:
             raise PasskeyError(f"call {rec.id[:12]} needs the reviewer's passkey to approve (rule {rec.rule!r})")
-        cred, count = await self._check_passkey(rec, decision.passkey, decision.decided_by, to_run, accepting=True)
+        return await self.accept_step_passkey(rec, decision.decided_by, decision.passkey, to_run, round_=0)
+
+    async def accept_step_passkey(
+        self, rec: CallRecord, reviewer: str, assertion: Any, to_run: str, *, round_: int
+    ) -> dict[str, Any]:
+        """``reviewer``'s assertion over approving ``rec`` with ``to_run`` in quorum round ``round_`` (0: a single
+        decision), verified and its sign count recorded: the value to store (raises :class:`PasskeyError`)."""
+        if assertion is None:
+            raise PasskeyError(f"call {rec.id[:12]} needs {reviewer}'s own passkey to approve (rule {rec.rule!r})")
+        cred, count = await self._check_passkey(rec, assertion, reviewer, to_run, accepting=True, round_=round_)
         if not await self.store.passkeys.advance(cred.credential_id, seen=cred.sign_count, new=count):
             raise PasskeyError("the passkey was used for another approval at the same moment; try again")
-        return assertion_of(decision.passkey)
+        return assertion_of(assertion)
 
     async def begin_forward(self, rec: CallRecord, *, from_state: State = State.APPROVED) -> CallRecord | None:
         """CAS approved/allowed → forwarding, written *before* the upstream call (at-most-once).

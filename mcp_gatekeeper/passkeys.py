@@ -74,9 +74,14 @@ class Credential:
     sign_count: int
 
 
-def challenge_for(call_id: str, args_digest: str, decision: str = "approved") -> bytes:
-    """The WebAuthn challenge of deciding ``call_id``: SHA-256 over what is decided (never random)."""
-    return hashlib.sha256(f"{CHALLENGE_DOMAIN}|{call_id}|{args_digest}|{decision}".encode()).digest()
+def challenge_for(call_id: str, args_digest: str, decision: str = "approved", *, round_: int = 0) -> bytes:
+    """The WebAuthn challenge of deciding ``call_id``: SHA-256 over what is decided (never random).
+
+    ``round_``: a quorum step's round of approvals (each edit starts the next, see
+    :mod:`mcp_gatekeeper.store.approvals`), so an assertion given in one round never counts in another; round 0
+    (the call's own arguments, and every single decision) keeps the plain challenge."""
+    text = f"{CHALLENGE_DOMAIN}|{call_id}|{args_digest}|{decision}" + (f"|round={round_}" if round_ else "")
+    return hashlib.sha256(text.encode()).digest()
 
 
 def registration_options(rp: RelyingParty, reviewer: str, existing: list[str]) -> tuple[dict[str, Any], bytes]:
@@ -119,13 +124,15 @@ def verify_registration(rp: RelyingParty, reviewer: str, response: Any, challeng
     )
 
 
-def assertion_options(rp: RelyingParty, call_id: str, args_digest: str, credentials: list[str]) -> dict[str, Any]:
-    """The ``navigator.credentials.get`` options of approving ``call_id`` with these arguments."""
+def assertion_options(
+    rp: RelyingParty, call_id: str, args_digest: str, credentials: list[str], *, round_: int = 0
+) -> dict[str, Any]:
+    """The ``navigator.credentials.get`` options of approving ``call_id`` with these arguments (in ``round_``)."""
     webauthn = _lib()
     structs = webauthn.helpers.structs
     options = webauthn.generate_authentication_options(
         rp_id=rp.rp_id,
-        challenge=challenge_for(call_id, args_digest),
+        challenge=challenge_for(call_id, args_digest, round_=round_),
         allow_credentials=[
             structs.PublicKeyCredentialDescriptor(id=webauthn.base64url_to_bytes(c)) for c in credentials
         ],
@@ -153,9 +160,11 @@ def assertion_of(response: Any) -> dict[str, str]:
 
 
 def verify_assertion(
-    rp: RelyingParty, assertion: Any, credential: Credential, *, call_id: str, args_digest: str, stored_count: bool
-) -> int:
-    """Check a stored assertion over approving ``call_id`` with ``args_digest``; return its sign count.
+    rp: RelyingParty, assertion: Any, credential: Credential, *, call_id: str, args_digest: str, stored_count: bool,
+    round_: int = 0,
+) -> int:  # fmt: skip
+    """Check a stored assertion over approving ``call_id`` with ``args_digest`` (in quorum round ``round_``);
+    return its sign count.
 
     ``stored_count``: the assertion was already accepted and its count recorded (the holder's re-check), so its
     count cannot exceed the credential's (later assertions may have raised it since); otherwise (the page,
@@ -178,7 +187,7 @@ def verify_assertion(
     }
     try:
         verified = webauthn.verify_authentication_response(
-            credential=response, expected_challenge=challenge_for(call_id, args_digest), expected_rp_id=rp.rp_id,
+            credential=response, expected_challenge=challenge_for(call_id, args_digest, round_=round_), expected_rp_id=rp.rp_id,
             expected_origin=rp.origin, credential_public_key=credential.public_key, credential_current_sign_count=0,
             require_user_verification=True,
         )  # fmt: skip

@@ -44,6 +44,8 @@ KEY_FILE = "decision-key"
 PREFIX = "ed25519:"
 DOMAIN = "mcp-gatekeeper decision v1\n"
 """Prepended to every signed statement, so a signature over anything else never verifies as a decision."""
+STEP_DOMAIN = "mcp-gatekeeper approval step v1\n"
+"""Prepended to every signed quorum step: a step never verifies as a decision, nor a decision as a step."""
 
 
 class SigningKeyError(GatekeeperError):
@@ -83,6 +85,36 @@ def statement(facts: DecisionFacts) -> bytes:
         "step": facts.step,
     }
     return (DOMAIN + canonical_json(body)).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class StepFacts:
+    """What one approval step of a quorum (``approvals = N``) says, as its signature covers it."""
+
+    call_id: str
+    proposal_digest: str
+    """Digest of the arguments this step approves (the call's own, or the round's edit)."""
+    reviewer: str
+    step: int
+    """The step's place in its round (1 for the first approval)."""
+    round: int
+    """The round of approvals (0: the call's own arguments; each edit that changes them starts the next)."""
+    at: float
+    channel: str
+
+
+def step_statement(facts: StepFacts) -> bytes:
+    """The bytes a step signature covers (domain-separated canonical JSON)."""
+    body = {
+        "call_id": facts.call_id,
+        "proposal_digest": facts.proposal_digest,
+        "reviewer": facts.reviewer,
+        "step": facts.step,
+        "round": facts.round,
+        "at": facts.at,
+        "channel": facts.channel,
+    }
+    return (STEP_DOMAIN + canonical_json(body)).encode("utf-8")
 
 
 def _b64(data: bytes) -> str:
@@ -177,6 +209,32 @@ class Signer:
         return {"v": 1, "alg": "ed25519", "key": key_id(self.public), "sig": _b64(sig), "at": facts.decided_at,
                 "step": facts.step}  # fmt: skip
 
+    def seal_step(self, facts: StepFacts) -> dict[str, Any]:
+        """The signature record stored with one approval step (its row and its ``approval_given`` event)."""
+        sig = self.key.sign(step_statement(facts))
+        return {"v": 1, "alg": "ed25519", "key": key_id(self.public), "sig": _b64(sig), "at": facts.at,
+                "kind": "step"}  # fmt: skip
+
+
+def _check_seal(seal: Any, message: bytes, trusted: Mapping[str, Ed25519PublicKey], what: str) -> str | None:
+    if not isinstance(seal, dict):
+        return f"the {what} is not signed"
+    if seal.get("v") != 1 or seal.get("alg") != "ed25519":
+        return f"the {what}'s signature is of an unknown kind"
+    key = trusted.get(str(seal.get("key")))
+    if key is None:
+        return f"the {what} was signed by a key that is not trusted ({str(seal.get('key'))[:16]})"
+    try:
+        key.verify(_unb64(str(seal.get("sig"))), message)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return f"the {what}'s signature does not match what the record says"
+    return None
+
+
+def check_step(facts: StepFacts, seal: Any, trusted: Mapping[str, Ed25519PublicKey]) -> str | None:
+    """``None`` if ``seal`` is a valid signature over the approval step ``facts`` by a ``trusted`` key, else why not."""
+    return _check_seal(seal, step_statement(facts), trusted, f"approval step {facts.step} by {facts.reviewer}")
+
 
 def check(facts: DecisionFacts, seal: Any, trusted: Mapping[str, Ed25519PublicKey]) -> str | None:
     """``None`` if ``seal`` is a valid signature over ``facts`` by one of ``trusted`` (by key id), else why not."""
@@ -252,6 +310,13 @@ class DecisionKeys:
             return str(e)
         return check(facts, seal, trusted)
 
+    def check_step(self, facts: StepFacts, seal: Any) -> str | None:
+        try:
+            trusted = self.trusted()
+        except SigningKeyError as e:
+            return str(e)
+        return check_step(facts, seal, trusted)
+
 
 def facts_of(
     *, call_id: str, approved: bool, args_digest: str, modified_digest: str | None, decided_by: str | None,
@@ -294,6 +359,45 @@ def check_events(
     return problems
 
 
+def check_step_events(
+    events: Sequence[AuditEvent], *, signed_since: int, trusted: Mapping[str, Ed25519PublicKey]
+) -> list[str]:
+    """Every quorum step (``approval_given`` event) whose signature fails, one line each (``audit --verify``).
+
+    A step recorded after ``signed_since`` (the last event before steps were signed, migration
+    ``0014_quorum_steps``) must be signed by a key of ``trusted``; an older one is checked if it carries a signature.
+    """
+    problems = []
+    for e in events:
+        seal = e.detail.get("signature")
+        if seal is None and e.seq <= signed_since:
+            continue
+        facts = step_facts_of(
+            call_id=e.call_id, proposal_digest=e.detail.get("proposal_digest"), reviewer=e.actor,
+            step=e.detail.get("step"), round=e.detail.get("round"), at=seal.get("at") if isinstance(seal, dict) else None,
+            channel=e.channel,
+        )  # fmt: skip
+        why = check_step(facts, seal, trusted)
+        if why is not None:
+            problems.append(f"event {e.seq} (approval_given of call {(e.call_id or '')[:12]}): {why}")
+    return problems
+
+
+def step_facts_of(
+    *, call_id: Any, proposal_digest: Any, reviewer: Any, step: Any, round: Any, at: Any, channel: Any
+) -> StepFacts:
+    """The facts of a step as a row or an audit event states them (missing or mistyped values never match)."""
+    return StepFacts(
+        call_id=str(call_id or ""),
+        proposal_digest=str(proposal_digest or ""),
+        reviewer=str(reviewer or ""),
+        step=step if isinstance(step, int) else -1,
+        round=round if isinstance(round, int) else -1,
+        at=float(at) if isinstance(at, (int, float)) else -1.0,
+        channel=str(channel or ""),
+    )
+
+
 __all__ = [
     "KEY_FILE",
     "DecisionFacts",
@@ -301,8 +405,11 @@ __all__ = [
     "Signer",
     "SigningKeyError",
     "SigningKeyUnavailable",
+    "StepFacts",
     "check",
     "check_events",
+    "check_step",
+    "check_step_events",
     "facts_of",
     "key_id",
     "load_private",
@@ -310,4 +417,6 @@ __all__ = [
     "parse_public",
     "public_text",
     "statement",
+    "step_facts_of",
+    "step_statement",
 ]

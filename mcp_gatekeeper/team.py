@@ -8,9 +8,11 @@ The approval service (``mcp-gatekeeper serve``) decides through :class:`TeamDesk
 - **no self-review**: with ``prevent_self_review`` (on unless a rule turns it off) a reviewer linked to the
   principal that made the call (:meth:`Reviewer.linked_to`) cannot decide it;
 - **a quorum**: ``approvals = N`` needs N different reviewers, each approval its own audited step
-  (:mod:`mcp_gatekeeper.store.approvals`); the call is approved (one compare-and-set, so forwarded once) when
-  the N-th arrives, and refused by the first rejection. An approval that edits the arguments starts a new
-  round: the approvals before it were for other arguments.
+  (:mod:`mcp_gatekeeper.store.approvals`), signed by the service's key like a decision and, with
+  ``confirm = "passkey"``, carrying the approver's own passkey assertion; the call is approved (one
+  compare-and-set, so forwarded once) when the N-th arrives, and refused by the first rejection. An approval
+  that edits the arguments starts a new round: the approvals before it were for other arguments. The holder
+  checks every step again before forwarding (:meth:`Gate.verify_approval`).
 
 The requirements come from the service's own config, never from the gatekeeper that holds the call (an
 agent that can edit its gatekeeper's config must not lower them): every rule the call matches, for its own
@@ -100,13 +102,15 @@ class TeamDesk:
     def __init__(self, store: Store, gate: Gate, policy: Policy) -> None:
         self.store, self.gate, self.policy = store, gate, policy
 
-    async def _allowed(self, rec: CallRecord, reviewer: Reviewer, *extra: dict[str, Any]) -> Requirements:
+    async def _allowed(
+        self, rec: CallRecord, reviewer: Reviewer, *extra: dict[str, Any], channel: str = "web"
+    ) -> Requirements:
         req = requirements(self.policy, rec, *extra)
         refused = refusal(req, await self.store.principal_of(rec.id), reviewer)
         if refused is not None:
             code, message = refused
             await self.store.approvals.note_refusal(
-                rec.id, reviewer=reviewer.name, why=code, message=message, channel="web"
+                rec.id, reviewer=reviewer.name, why=code, message=message, channel=channel
             )
             raise NotAllowedError(message, why=code)
         return req
@@ -121,26 +125,36 @@ class TeamDesk:
         session: str | None,
         reason: str | None = None,
         passkey: dict[str, Any] | None = None,
+        channel: str = "web",
     ) -> Step:
         """``reviewer`` approves what they saw (``seen_digest``: the call's arguments, or the current round's
-        edit); ``arguments``: an edit. The call is approved once the quorum is met."""
+        edit); ``arguments``: an edit. The call is approved once the quorum is met. Each approval of a quorum is
+        a step signed by the service's key; with a passkey rule it needs ``passkey``, the approver's own assertion
+        over this round's proposal (:func:`mcp_gatekeeper.passkeys.challenge_for` with the round)."""
         rec = await self.store.find(call_id)
         edit = arguments if arguments is not None and digest(arguments) != rec.args_digest else None
-        req = await self._allowed(rec, reviewer, *([edit] if edit is not None else []))
+        req = await self._allowed(rec, reviewer, *([edit] if edit is not None else []), channel=channel)
         if edit is not None:
             self.gate.check_modification(rec, edit)
         tally = await self.store.approvals.tally(rec.id)
         if req.approvals <= 1 and tally.count == 0:
             done = await self._decide(
                 rec, reviewer, tally, seen_digest=seen_digest, arguments=edit, session=session, reason=reason,
-                passkey=passkey,
+                passkey=passkey, channel=channel,
             )  # fmt: skip
             return Step(done, await self.store.approvals.tally(rec.id), req.approvals, decided=True)
+        proposal = digest(edit) if edit is not None else tally.proposal_digest
+        round_ = tally.next_round(proposal)
+        stored_passkey = None
+        if self.gate.needs_passkey(rec):  # each approver's own assertion, over this round's proposal
+            stored_passkey = await self.gate.accept_step_passkey(rec, reviewer.name, passkey, proposal, round_=round_)
+        signer = None if self.gate.keys is None else self.gate.keys.signer()
         try:
             tally = await self.store.approvals.add(
                 rec.id, reviewer=reviewer.name, seen_digest=seen_digest, arguments=edit,
                 arguments_digest=digest(edit) if edit is not None else None, needed=req.approvals, session=session,
-                channel="web",
+                channel=channel, expected_round=round_, passkey=stored_passkey,
+                sign=None if signer is None else signer.seal_step,
             )  # fmt: skip
         except NotAllowedError:
             tally = await self.store.approvals.tally(rec.id)
@@ -148,16 +162,11 @@ class TeamDesk:
                 raise
         if tally.count < req.approvals:
             return Step(await self.store.get(rec.id), tally, req.approvals, decided=False)
+        # no passkey with the decision: a quorum's passkeys are its steps' (the gate finds them there)
         done = await self._decide(
-            rec,
-            reviewer,
-            tally,
-            seen_digest=tally.call_digest,
-            arguments=tally.arguments,
-            session=session,
-            reason=reason,
-            passkey=passkey,
-        )
+            rec, reviewer, tally, seen_digest=tally.call_digest, arguments=tally.arguments, session=session,
+            reason=reason, channel=channel,
+        )  # fmt: skip
         return Step(done, tally, req.approvals, decided=True)
 
     async def _decide(
@@ -171,12 +180,13 @@ class TeamDesk:
         session: str | None,
         reason: str | None,
         passkey: dict[str, Any] | None = None,
+        channel: str = "web",
     ) -> CallRecord:
         evidence: dict[str, Any] = {"session": session, "account": reviewer.name}
         if tally.count:
             evidence["approvals"] = list(tally.approvers)
         decision = Decision(
-            approve=True, decided_by=reviewer.name, channel="web", reason=reason, arguments=arguments,
+            approve=True, decided_by=reviewer.name, channel=channel, reason=reason, arguments=arguments,
             args_digest=seen_digest, evidence=evidence, passkey=passkey,
         )  # fmt: skip
         try:
@@ -190,12 +200,14 @@ class TeamDesk:
                 raise
             return current
 
-    async def reject(self, call_id: str, reviewer: Reviewer, *, session: str | None, reason: str | None) -> CallRecord:
+    async def reject(
+        self, call_id: str, reviewer: Reviewer, *, session: str | None, reason: str | None, channel: str = "web"
+    ) -> CallRecord:
         """``reviewer`` refuses the call: one rejection is enough, whatever the quorum."""
         rec = await self.store.find(call_id)
-        await self._allowed(rec, reviewer)
+        await self._allowed(rec, reviewer, channel=channel)
         decision = Decision(
-            approve=False, decided_by=reviewer.name, channel="web", reason=reason,
+            approve=False, decided_by=reviewer.name, channel=channel, reason=reason,
             evidence={"session": session, "account": reviewer.name},
         )  # fmt: skip
         return await self.gate.decide(rec.id, decision)

@@ -86,11 +86,15 @@ async def approval_options(request: Request) -> Response:
     arguments = body.get("arguments")
     if arguments is not None and not isinstance(arguments, dict):
         raise Problem(422, "bad_request", "arguments must be a JSON object")
-    to_run = rec.args_digest if arguments is None or digest(arguments) == rec.args_digest else digest(arguments)
+    # a quorum's step approves its round's proposal (the held arguments, or an earlier reviewer's edit), and an
+    # edit starts the next round: the challenge names the round, so an assertion counts in its own round only
+    tally = await st.store.approvals.tally(rec.id)
+    to_run = tally.proposal_digest if arguments is None or digest(arguments) == rec.args_digest else digest(arguments)
+    round_ = tally.next_round(to_run)
     mine = [c.credential_id for c in await st.store.passkeys.of_reviewer(reviewer)]
     if not mine:
         raise Problem(409, "no_passkey", f"{reviewer} has no passkey: register one (Sessions) first")
-    return JSONResponse({"options": assertion_options(rp, rec.id, to_run, mine)})
+    return JSONResponse({"options": assertion_options(rp, rec.id, to_run, mine, round_=round_), "round": round_})
 
 
 def routes() -> list[Route]:

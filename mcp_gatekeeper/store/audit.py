@@ -131,6 +131,16 @@ class AuditLog:
         )
         return int(since[0][0] or 0), [schema.audit_event(r) for r in rows]
 
+    async def step_events(self) -> tuple[int, list[AuditEvent]]:
+        """Every quorum step (``approval_given``), oldest first, and the last event written before steps were
+        signed (migration ``0014_quorum_steps``): the ones after it must carry a signature."""
+        since = await self._engine.read("SELECT MAX(seq) FROM step_signing_since")
+        rows = await self._engine.read(
+            f"SELECT {schema.AUDIT_COLUMNS} FROM audit WHERE event = 'approval_given' AND call_id IS NOT NULL"
+            " ORDER BY seq"
+        )
+        return int(since[0][0] or 0), [schema.audit_event(r) for r in rows]
+
     async def note_problem(self, detail: dict[str, Any], *, instance_id: str | None) -> None:
         """Record a set-up problem a process found at start (audited; shown on the page while it runs)."""
         actor = f"instance:{instance_id}" if instance_id else None

@@ -341,6 +341,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX passkeys_reviewer ON passkeys (reviewer);
         """,
     ),
+    (
+        "0014_quorum_steps",
+        # each approval step of a quorum is signed like a decision (see mcp_gatekeeper.store.approvals): its
+        # round and place in the round, the channel, the signature and, for a passkey rule, the approver's own
+        # assertion; step_signing_since is the last audit event before steps were signed (audit --verify)
+        """
+        ALTER TABLE call_approvals ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE call_approvals ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE call_approvals ADD COLUMN channel TEXT NOT NULL DEFAULT 'web';
+        ALTER TABLE call_approvals ADD COLUMN signature TEXT;
+        ALTER TABLE call_approvals ADD COLUMN passkey TEXT;
+        CREATE TABLE step_signing_since (seq BIGINT NOT NULL);
+        INSERT INTO step_signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        """,
+    ),
 )
 
 
@@ -584,6 +599,8 @@ def grants_sql(roles: Roles, database: str) -> list[str]:
         # 0012: the holder reads the reviewers' passkeys (to re-check an assertion) and when signing began; a
         # signature is written only by decide, a passkey only by the service
         f"GRANT SELECT ON {s}.passkeys, {s}.signing_since TO {gk}",
+        # 0014: the holder reads the signed steps of a quorum (and when their signing began) to check them again
+        f"GRANT SELECT ON {s}.call_approvals, {s}.step_signing_since TO {gk}",
         # the approval service
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {ap}",
         f"GRANT EXECUTE ON FUNCTION {s}.decide({DECIDE_ARGS}) TO {ap}",

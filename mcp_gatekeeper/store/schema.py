@@ -296,6 +296,21 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX passkeys_reviewer ON passkeys (reviewer);
         """,
     ),
+    (
+        "0014_quorum_steps",
+        # each approval step of a quorum is signed like a decision (see mcp_gatekeeper.store.approvals): its
+        # round and place in the round, the channel, the signature and, for a passkey rule, the approver's own
+        # assertion; step_signing_since is the last audit event before steps were signed (audit --verify)
+        """
+        ALTER TABLE call_approvals ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE call_approvals ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE call_approvals ADD COLUMN channel TEXT NOT NULL DEFAULT 'web';
+        ALTER TABLE call_approvals ADD COLUMN signature TEXT;
+        ALTER TABLE call_approvals ADD COLUMN passkey TEXT;
+        CREATE TABLE step_signing_since (seq INTEGER NOT NULL);
+        INSERT INTO step_signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        """,
+    ),
 )
 
 CALL_COLUMNS = (
