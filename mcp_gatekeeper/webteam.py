@@ -190,7 +190,7 @@ async def _decide(request: Request, *, approve: bool) -> Response:
         raise Problem(422, "invalid_modification", "arguments must be a JSON object")
     step = await desk.approve(
         call_id, reviewer, seen_digest=seen, arguments=arguments, session=who.session, reason=reason,
-        passkey=body.get("passkey"),  # a `confirm = "passkey"` rule: checked by the gate with the final decision
+        passkey=body.get("passkey"),  # `confirm = "passkey"`: the approver's own assertion, for their step
     )  # fmt: skip
     st.changes.notify()
     return JSONResponse(
