@@ -767,3 +767,84 @@ async def test_the_gatekeeper_role_cannot_touch_reviewer_accounts_or_count_an_ap
             )
             == "ran"
         )
+
+
+async def test_quorum_steps_signed_by_the_service_are_counted_by_the_gatekeepers_role(
+    urls: tuple[str, str], tmp_path: Path
+) -> None:
+    """``0014_quorum_steps`` on PostgreSQL: the service (approver role) signs each step of a passkey quorum, each
+    with its approver's own assertion; the holder (gatekeeper role, trusting only the service's public key) reads
+    and counts them. A second step written by the approver role straight into ``call_approvals`` (a copy of the
+    first approver's, renamed) makes the service finish the quorum, and the holder refuses it."""
+    from softauthn import SoftAuthenticator, as_response
+
+    from mcp_gatekeeper.config import parse_config
+    from mcp_gatekeeper.gate import Gate
+    from mcp_gatekeeper.models import NewCall, State
+    from mcp_gatekeeper.passkeys import RelyingParty, challenge_for
+    from mcp_gatekeeper.policy import Policy
+    from mcp_gatekeeper.signatures import DecisionKeys, public_text
+    from mcp_gatekeeper.store import Store
+    from mcp_gatekeeper.team import TeamDesk
+
+    gk, ap = urls
+    clock = SystemClock()
+    policy = Policy(parse_config(
+        '[ui]\nautostart = false\n[team]\npublic_url = "https://gk.example.com"\n'
+        '[[rules]]\nname = "refunds"\ntool = "issue_refund"\ngate = "hard"\napprovals = 2\nconfirm = "passkey"\n'
+    ))  # fmt: skip
+    (tmp_path / "service").mkdir()
+    (tmp_path / "holder").mkdir()
+    service_keys = DecisionKeys.for_home(tmp_path / "service")
+    holder_keys = DecisionKeys.for_home(tmp_path / "holder", decision_keys=[public_text(service_keys.signer().public)])
+    rp = RelyingParty.from_url("https://gk.example.com")
+    async with Store.open(gk, clock) as store, Store.open(ap, clock) as service_store:
+        holder = Gate(store, policy, clock, sweep_interval=None, keys=holder_keys)
+        service = Gate(service_store, policy, clock, sweep_interval=None, keys=service_keys)
+        desk = TeamDesk(service_store, service, policy)
+        auths = {}
+        for name in ("alice", "bob"):
+            await service_store.reviewers.add(
+                name, role="reviewer", groups=[], principals=[], password_hash="x", by="cli:root", channel="cli"
+            )
+            auths[name] = SoftAuthenticator(rp, name)
+            assert await service_store.passkeys.add(auths[name].credential(), channel="web")
+
+        async def approve(name: str, call_id: str, args_digest: str) -> Any:
+            who = await service_store.reviewers.get(name)
+            assert who is not None
+            assertion = as_response(auths[name].assertion(challenge_for(call_id, args_digest)))
+            return await desk.approve(
+                call_id, who, seen_digest=args_digest, arguments=None, session=None, passkey=assertion
+            )
+
+        calls = []
+        for amount in (40000, 50000):
+            calls.append(await store.insert_call(
+                NewCall(upstream="shop", tool="issue_refund", arguments={"amount": amount}, gate="hard",
+                        risk="critical", rule="refunds"),
+                state=State.PENDING, deadline_at=clock.now() + 60,
+            ))  # fmt: skip
+        honest, forged = calls
+        assert not (await approve("alice", honest.id, honest.args_digest)).decided
+        assert (await approve("bob", honest.id, honest.args_digest)).decided
+        assert [(s.reviewer, s.step) for s in await store.approvals.steps(honest.id)] == [("alice", 1), ("bob", 2)]
+        assert await holder.verify_approval(honest.id) is None
+
+        await approve("alice", forged.id, forged.args_digest)
+        with _connect(ap) as c:  # the approver's role, past the service
+            c.execute(
+                "INSERT INTO call_approvals (call_id, reviewer, proposal_digest, arguments, session, at, round, step,"
+                " channel, signature, passkey) SELECT call_id, 'bob', proposal_digest, arguments, session, at, round,"
+                " 2, channel, signature, passkey FROM call_approvals WHERE call_id = %s",
+                (forged.id,),
+            )
+        # the service's gate will not decide on a step whose passkey is not bob's; its signature is not bob's either
+        from mcp_gatekeeper.errors import NotAllowedError
+        from mcp_gatekeeper.passkeys import PasskeyError
+
+        with pytest.raises((PasskeyError, NotAllowedError)):
+            await approve("alice", forged.id, forged.args_digest)
+        assert (await store.get(forged.id)).state == State.PENDING
+        why = await holder.verify_steps(forged, forged.args_digest, need=2, passkeys=True)
+        assert why is not None and "1 valid signed step" in why, why
