@@ -42,6 +42,8 @@ class Reviewer:
     created_at: float
     created_by: str
     password_changed_at: float
+    slack: tuple[str, ...] = ()
+    """The Slack members whose clicks are this account's, each ``WORKSPACE/MEMBER`` (Slack's ids)."""
 
     @property
     def admin(self) -> bool:
@@ -67,6 +69,7 @@ class Reviewer:
             "created_at": self.created_at,
             "created_by": self.created_by,
             "password_changed_at": self.password_changed_at,
+            "slack": list(self.slack),
         }
 
 
@@ -84,6 +87,18 @@ def account_problems(name: str, role: str, groups: list[str], principals: list[s
         f"principal {p!r}: printable ASCII without spaces" for p in principals if not _PRINCIPAL.fullmatch(p)
     )
     return problems
+
+
+_SLACK = re.compile(r"[A-Z0-9]{2,32}/[A-Z0-9]{2,32}")
+
+
+def slack_problems(identities: list[str]) -> list[str]:
+    """What is wrong with Slack identities given for an account (``T0123/U0456``: Slack's workspace and member
+    ids, never a name or an email, which anyone can take)."""
+    return [
+        f"slack {s!r}: WORKSPACE/MEMBER, Slack's ids (e.g. T0123ABC/U0456DEF)" for s in identities
+        if not _SLACK.fullmatch(s)
+    ]  # fmt: skip
 
 
 def password_problem(password: str) -> str | None:

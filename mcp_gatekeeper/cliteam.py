@@ -65,18 +65,26 @@ def cmd_users(args: argparse.Namespace) -> int:
                 for r in found:
                     groups = ",".join(r.groups) or "-"
                     linked = ",".join(r.principals) or "-"
-                    print(f"{r.name:<20} {r.role:<9} groups={groups}  principals={linked}")
+                    slack = f"  slack={','.join(r.slack)}" if r.slack else ""
+                    print(f"{r.name:<20} {r.role:<9} groups={groups}  principals={linked}{slack}")
                 return EXIT_OK
             if args.action == "add":
                 problems = accounts.account_problems(args.name, args.role, args.group or [], args.principal or [])
+                problems += accounts.slack_problems(args.slack or [])
                 if problems:
                     raise ConfigError(problems)
                 password = read_password(args)
                 added = await reviewers.add(
                     args.name, role=args.role, groups=args.group or [], principals=args.principal or [],
-                    password_hash=accounts.hash_password(password), by=by, channel="cli",
+                    password_hash=accounts.hash_password(password), by=by, channel="cli", slack=args.slack or [],
                 )  # fmt: skip
                 print(f"added {added.role} {added.name}")
+                return EXIT_OK
+            if args.action == "link-slack":
+                if problems := accounts.slack_problems([args.slack]):
+                    raise ConfigError(problems)
+                account = await reviewers.link_slack(args.name, args.slack, unlink=args.unlink, by=by, channel="cli")
+                print(f"{account.name}: slack {', '.join(account.slack) or '(none)'}")
                 return EXIT_OK
             if args.action == "remove":
                 ended = await reviewers.remove(args.name, by=by, channel="cli")
@@ -107,6 +115,7 @@ def public_host(url: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The approval service: the page and API for every gatekeeper sharing this store, for reviewer accounts."""
     from mcp_gatekeeper import web
+    from mcp_gatekeeper.team import TeamDesk
     from mcp_gatekeeper.webauth import is_loopback
     from mcp_gatekeeper.webhttp import TeamSite
 
@@ -127,9 +136,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             token = web.load_or_create_token(rt.home)
+            if rt.slack is not None:  # Slack's buttons decide as the accounts their members are mapped to
+                rt.slack.team = TeamDesk(rt.store, rt.gate, rt.policy)
             app = web.build_app(
-                store=rt.store, gate=rt.gate, policy=rt.policy, token=token, port=args.port, clock=rt.clock, team=site
-            )
+                store=rt.store, gate=rt.gate, policy=rt.policy, token=token, port=args.port, clock=rt.clock, team=site,
+                links=rt.links if rt.slack is not None else None, slack=rt.slack,
+            )  # fmt: skip
             port: int = await tg.start(
                 lambda task_status: web.serve(
                     app, host=args.host, port=args.port, allow_remote=site.public_host is not None,
@@ -162,7 +174,17 @@ def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argp
         help="an agent principal of this person (agent:NAME, stdio:USER/CLIENT, os:USER); repeatable;"
         " with prevent_self_review they cannot decide its calls",
     )
+    add.add_argument(
+        "--slack",
+        action="append",
+        metavar="TEAM/USER",
+        help="a Slack member (workspace id/member id) whose button clicks are this account's; repeatable",
+    )
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    ln = with_config(acts.add_parser("link-slack", help="map a Slack member to an account (or --unlink it)"))
+    ln.add_argument("name")
+    ln.add_argument("slack", metavar="TEAM/USER", help="Slack's workspace id and member id, e.g. T0123ABC/U0456DEF")
+    ln.add_argument("--unlink", action="store_true", help="remove the mapping instead")
     ls = with_config(acts.add_parser("list", help="list the accounts"))
     ls.add_argument("--json", action="store_true")
     rm = with_config(acts.add_parser("remove", help="remove an account (its sessions end)"))

@@ -215,7 +215,8 @@ def build_slack(config: GatekeeperConfig, http: httpx2.AsyncClient, store: Store
     if sc is None:
         return None
     api = SlackWebAPI(http, api_url=sc.api_url, token=expand_env(sc.bot_token), timeout=sc.timeout)
-    return SlackNotifier(sc.name, api, sc.channel, store)
+    page_only = frozenset(r.name for r in config.rules if r.name is not None and r.confirm == "passkey")
+    return SlackNotifier(sc.name, api, sc.channel, store, page_only=page_only)
 
 
 def slack_desk(

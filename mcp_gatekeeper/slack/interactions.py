@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -26,10 +27,19 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from mcp_gatekeeper.accounts import Reviewer
 from mcp_gatekeeper.clock import Clock
-from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, GatekeeperError, NotifierError, StoreError
+from mcp_gatekeeper.errors import (
+    AlreadyDecidedError,
+    CallNotFoundError,
+    GatekeeperError,
+    NotAllowedError,
+    NotifierError,
+    StoreError,
+)
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import Decision
+from mcp_gatekeeper.passkeys import PasskeyError
 from mcp_gatekeeper.slack.message import (
     APPROVE,
     REASON_BLOCK,
@@ -45,6 +55,7 @@ from mcp_gatekeeper.slack.reviewers import ReviewerDirectory
 from mcp_gatekeeper.slack.signature import WINDOW, verify
 from mcp_gatekeeper.slack.webapi import SlackWebAPI
 from mcp_gatekeeper.store import Store
+from mcp_gatekeeper.team import TeamDesk
 from mcp_gatekeeper.webhttp import web_state
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,10 @@ class SlackDesk:
     gate: Gate
     clock: Clock
     follower: SlackFollower | None = None
+    team: TeamDesk | None = None
+    """On the approval service (``serve``): clicks are reviewer accounts' (the Slack member each account is
+    mapped to, ``users link-slack``), decided through the :class:`TeamDesk` like the page's: groups, no
+    self-review, and a quorum, where a click is one approval step signed by the service."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +212,8 @@ async def _decide(desk: SlackDesk, request: Request, click: _Click) -> Response:
             return JSONResponse({"response_action": "errors", "errors": {REASON_BLOCK: text}})
         return _answer(desk, click, text)
 
+    if desk.team is not None:
+        return await _decide_team(desk, desk.team, request, click, refuse)
     reviewer = desk.reviewers.reviewer_for(click.team, click.user)
     if reviewer is None:
         log.warning("slack: %s/%s is not on the reviewers' list; their click decided nothing", click.team, click.user)
@@ -230,6 +247,61 @@ async def _decide(desk: SlackDesk, request: Request, click: _Click) -> Response:
     web_state(request).changes.notify()  # the page's live views update at once
     if desk.follower is not None:
         desk.follower.nudge()
+    return Response(status_code=200)
+
+
+async def _decide_team(
+    desk: SlackDesk, team: TeamDesk, request: Request, click: _Click, refuse: Callable[[str], Response]
+) -> Response:
+    """A click on the approval service: the account mapped to the clicking Slack member decides, as on the page."""
+    try:
+        account: Reviewer | None = await desk.store.reviewers.by_slack(click.team, click.user)
+    except StoreError as e:
+        log.warning("slack: store unavailable for an interaction: %s", e)
+        return refuse("The approval service could not look you up; nothing was decided. Try the page.")
+    if account is None:
+        log.warning(
+            "slack: %s/%s is linked to no reviewer account; their click decided nothing", click.team, click.user
+        )
+        return refuse("Your Slack account is linked to no reviewer account of this approval service, so your click"
+                      " decided nothing.")  # fmt: skip
+    value = ButtonValue.decode(click.value)
+    if value is None:
+        return refuse("This button is not one the gatekeeper made; nothing was decided.")
+    told = None
+    try:
+        link = await desk.store.notify_link(value.call_id, desk.channel_name)
+        if link is None or (link.target, link.ref) != (click.channel, click.ts):
+            return refuse("This message is not the gatekeeper's message for that call; nothing was decided.")
+        if click.action == APPROVE:
+            step = await team.approve(
+                value.call_id, account, seen_digest=value.args_digest, arguments=None, session=None, channel="slack"
+            )
+            if not step.decided:
+                told = (f"Your approval counts ({step.tally.count} of {step.needed}); another reviewer must approve"
+                        " before the call runs.")  # fmt: skip
+        else:
+            if not click.submitted and click.trigger and await _ask_reason(desk, click, value):
+                return Response(status_code=200)  # the dialog is open; its submission decides
+            await team.reject(
+                value.call_id, account, session=None, reason=click.reason or "rejected in Slack", channel="slack"
+            )
+    except NotAllowedError as e:
+        return refuse(f"{escape(str(e))}; your click decided nothing.")
+    except PasskeyError:
+        return refuse("This call needs your passkey: open it in the page to approve it. Your click decided nothing.")
+    except AlreadyDecidedError as e:
+        return refuse(await _why_not(desk, value.call_id, e))
+    except CallNotFoundError:
+        return refuse("There is no such call; nothing was decided.")
+    except (StoreError, GatekeeperError) as e:
+        log.warning("slack: deciding call %s failed: %s", value.call_id[:8], e)
+        return refuse("The approval service could not record the decision; nothing was decided. Try the page.")
+    web_state(request).changes.notify()
+    if desk.follower is not None:
+        desk.follower.nudge()
+    if told is not None and not click.submitted:
+        return _answer(desk, click, told)
     return Response(status_code=200)
 
 

@@ -109,8 +109,11 @@ def fallback_text(call: CallRecord) -> str:
     return escape(f"[{call.risk}] {headline(call)}: waiting for approval")
 
 
-def held_blocks(call: CallRecord, link: str | None) -> list[dict[str, Any]]:
-    """The message for a held call, with its buttons. A risky call's Approve asks Slack to confirm first."""
+def held_blocks(call: CallRecord, link: str | None, *, decide_here: bool = True) -> list[dict[str, Any]]:
+    """The message for a held call, with its buttons. A risky call's Approve asks Slack to confirm first.
+    ``decide_here=False`` (a rule that asks for a passkey): only "Open in page", where the reviewer gives it."""
+    if not decide_here:
+        return _page_only_blocks(call, link)
     value = ButtonValue(call.id, call.args_digest).encode()
     approve: dict[str, Any] = {
         "type": "button", "action_id": APPROVE, "style": "primary", "value": value, "text": _plain("Approve", 75),
@@ -136,6 +139,20 @@ def held_blocks(call: CallRecord, link: str | None) -> list[dict[str, Any]]:
         {
             "type": "context",
             "elements": [{"type": "mrkdwn", "text": "Approve runs the call once, with exactly these arguments."}],
+        },
+    ]
+
+
+def _page_only_blocks(call: CallRecord, link: str | None) -> list[dict[str, Any]]:
+    opened = [{"type": "button", "action_id": OPEN, "url": link, "text": _plain("Open in page", 75)}] if link else []
+    return [
+        {"type": "header", "text": _plain(headline(call), HEADER_CHARS)},
+        _facts(call),
+        _arguments(call),
+        *([{"type": "actions", "block_id": f"gk_{call.id[:12]}", "elements": opened}] if opened else []),
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": "This call needs the reviewer's passkey: decide it in the page."}],
         },
     ]
 

@@ -31,7 +31,11 @@ RETRY_MOST = 300.0
 class SlackNotifier:
     """A notification channel: ``send`` is called by :class:`~mcp_gatekeeper.notify.Notifications`."""
 
-    def __init__(self, name: str, api: SlackWebAPI, channel: str, store: Store) -> None:
+    def __init__(
+        self, name: str, api: SlackWebAPI, channel: str, store: Store, *, page_only: frozenset[str] = frozenset()
+    ) -> None:
+        self.page_only = page_only
+        """Rules whose calls are decided on the page only (``confirm = "passkey"``: Slack cannot ask for one)."""
         self.name = name
         self.api = api
         self.channel = channel
@@ -57,7 +61,9 @@ class SlackNotifier:
             )
 
     async def _post_held(self, call: CallRecord, url: str | None) -> None:
-        posted = await self.api.post_message(self.channel, fallback_text(call), held_blocks(call, url))
+        posted = await self.api.post_message(
+            self.channel, fallback_text(call), held_blocks(call, url, decide_here=call.rule not in self.page_only)
+        )
         await self.store.add_notify_link(NotifyLink(call.id, self.name, posted.channel, posted.ts))
         self.posted.set()
         self.posted = anyio.Event()

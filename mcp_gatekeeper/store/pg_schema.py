@@ -345,7 +345,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0014_quorum_steps",
         # each approval step of a quorum is signed like a decision (see mcp_gatekeeper.store.approvals): its
         # round and place in the round, the channel, the signature and, for a passkey rule, the approver's own
-        # assertion; step_signing_since is the last audit event before steps were signed (audit --verify)
+        # assertion; step_signing_since is the last audit event before steps were signed (audit --verify);
+        # reviewers.slack: the Slack members (workspace/member ids) whose clicks are this account's
         """
         ALTER TABLE call_approvals ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE call_approvals ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
@@ -354,6 +355,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE call_approvals ADD COLUMN passkey TEXT;
         CREATE TABLE step_signing_since (seq BIGINT NOT NULL);
         INSERT INTO step_signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        ALTER TABLE reviewers ADD COLUMN slack TEXT NOT NULL DEFAULT '[]';
         """,
     ),
 )

@@ -32,6 +32,18 @@ def _end_sessions_of(c: Tx, clock: Any, account: str, *, by: str, channel: str, 
     return ids
 
 
+def _check_slack_free(c: Tx, name: str, identities: Sequence[str]) -> None:
+    """Refuse a Slack member that is another account's: one member's click is one account's, never two."""
+    if not identities:
+        return
+    for other, linked in c.execute("SELECT name, slack FROM reviewers WHERE name <> ?", (name,)).fetchall():
+        taken = set(identities) & set(json.loads(linked or "[]"))
+        if taken:
+            raise NotAllowedError(
+                f"the Slack member {sorted(taken)[0]} is linked to the account {other!r} already", why="slack_taken"
+            )
+
+
 class Reviewers:
     """The ``reviewers`` and ``login_attempts`` tables."""
 
@@ -48,21 +60,27 @@ class Reviewers:
         password_hash: str,
         by: str,
         channel: str,
+        slack: Sequence[str] = (),
     ) -> Reviewer:
-        """A new account (``NotAllowedError`` ``exists`` if the name is taken)."""
+        """A new account (``NotAllowedError`` ``exists`` if the name is taken, ``slack_taken`` if one of its
+        Slack members is another account's)."""
         now = self._engine.clock.now()
 
         def _body(c: Tx) -> Any:
             if c.execute("SELECT 1 FROM reviewers WHERE name = ?", (name,)).fetchall():
                 return False
+            _check_slack_free(c, name, slack)
             c.execute(
                 "INSERT INTO reviewers (name, role, groups, principals, password_hash, created_at, created_by,"
-                " password_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, role, json.dumps(list(groups)), json.dumps(list(principals)), password_hash, now, by, now),
-            )
-            append(c, self._engine.clock, event="account_added", call_id=None, actor=by, channel=channel,
-                detail={"account": name, "role": role, "groups": list(groups), "principals": list(principals)},
+                " password_changed_at, slack) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, role, json.dumps(list(groups)), json.dumps(list(principals)), password_hash, now, by, now,
+                 json.dumps(list(slack))),
             )  # fmt: skip
+            detail = {"account": name, "role": role, "groups": list(groups), "principals": list(principals)}
+            if slack:
+                detail["slack"] = list(slack)
+            append(c, self._engine.clock, event="account_added", call_id=None, actor=by, channel=channel,
+                   detail=detail)  # fmt: skip
             return True
 
         if not await self._engine.write(_body):
@@ -70,6 +88,42 @@ class Reviewers:
         found = await self.get(name)
         assert found is not None  # written just now, and never deleted in between by the one writer
         return found
+
+    async def link_slack(self, name: str, identity: str, *, unlink: bool = False, by: str, channel: str) -> Reviewer:
+        """Map the Slack member ``identity`` (``WORKSPACE/MEMBER``) to account ``name``, or remove the mapping
+        (audited: ``account_slack_linked`` / ``account_slack_unlinked``). ``NotAllowedError``: ``no_account``,
+        ``slack_taken`` (another account's member)."""
+
+        def _body(c: Tx) -> Any:
+            row = c.execute("SELECT slack FROM reviewers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            mine = list(json.loads(row[0] or "[]"))
+            if unlink:
+                if identity not in mine:
+                    return True
+                mine.remove(identity)
+            else:
+                if identity in mine:
+                    return True
+                _check_slack_free(c, name, [identity])
+                mine.append(identity)
+            c.execute("UPDATE reviewers SET slack = ? WHERE name = ?", (json.dumps(mine), name))
+            append(c, self._engine.clock, event="account_slack_unlinked" if unlink else "account_slack_linked",
+                   call_id=None, actor=by, channel=channel, detail={"account": name, "slack": identity})  # fmt: skip
+            return True
+
+        if not await self._engine.write(_body):
+            raise NotAllowedError(f"no account named {name!r}", why="no_account")
+        found = await self.get(name)
+        assert found is not None
+        return found
+
+    async def by_slack(self, team_id: str, user_id: str) -> Reviewer | None:
+        """The account the Slack member ``user_id`` of workspace ``team_id`` is mapped to, or ``None``."""
+        identity = f"{team_id}/{user_id}"
+        found = [r for r in await self.list_reviewers() if identity in r.slack]
+        return found[0] if len(found) == 1 else None
 
     async def get(self, name: str) -> Reviewer | None:
         rows = await self._engine.read(f"SELECT {schema.REVIEWER_COLUMNS} FROM reviewers WHERE name = ?", (name,))

@@ -300,7 +300,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         "0014_quorum_steps",
         # each approval step of a quorum is signed like a decision (see mcp_gatekeeper.store.approvals): its
         # round and place in the round, the channel, the signature and, for a passkey rule, the approver's own
-        # assertion; step_signing_since is the last audit event before steps were signed (audit --verify)
+        # assertion; step_signing_since is the last audit event before steps were signed (audit --verify);
+        # reviewers.slack: the Slack members (workspace/member ids) whose clicks are this account's
         """
         ALTER TABLE call_approvals ADD COLUMN round INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE call_approvals ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
@@ -309,6 +310,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE call_approvals ADD COLUMN passkey TEXT;
         CREATE TABLE step_signing_since (seq INTEGER NOT NULL);
         INSERT INTO step_signing_since (seq) SELECT COALESCE(MAX(seq), 0) FROM audit;
+        ALTER TABLE reviewers ADD COLUMN slack TEXT NOT NULL DEFAULT '[]';
         """,
     ),
 )
@@ -328,7 +330,7 @@ LEASE_COLUMNS = (
 SESSION_COLUMNS = (
     "id, label, host, user_agent, created_at, last_seen_at, expires_at, ends_at, ended_at, ended_by, ended_why, account"
 )
-REVIEWER_COLUMNS = "name, role, groups, principals, created_at, created_by, password_changed_at"
+REVIEWER_COLUMNS = "name, role, groups, principals, created_at, created_by, password_changed_at, slack"
 
 LIVE_OWNER_STATES = (State.PENDING, State.APPROVED, State.FORWARDING, State.ALLOWED)
 RELEASED_STATES = (State.PENDING, State.APPROVED)
@@ -426,7 +428,7 @@ def reviewer(r: Sequence[Any]) -> Reviewer:
     """A row of REVIEWER_COLUMNS as a :class:`Reviewer`."""
     return Reviewer(
         name=r[0], role=r[1], groups=tuple(json.loads(r[2])), principals=tuple(json.loads(r[3])), created_at=r[4],
-        created_by=r[5], password_changed_at=r[6],
+        created_by=r[5], password_changed_at=r[6], slack=tuple(json.loads(r[7] or "[]")),
     )  # fmt: skip
 
 
