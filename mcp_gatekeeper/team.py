@@ -115,6 +115,11 @@ class TeamDesk:
             raise NotAllowedError(message, why=code)
         return req
 
+    async def check(self, call_id: str, reviewer: Reviewer, *, channel: str = "web") -> None:
+        """Refuse now (audited, :class:`NotAllowedError`) if ``reviewer`` may not decide the call at all: before a
+        dialog asks them for a reason, say."""
+        await self._allowed(await self.store.find(call_id), reviewer, channel=channel)
+
     async def approve(
         self,
         call_id: str,

@@ -281,6 +281,8 @@ async def _decide_team(
                 told = (f"Your approval counts ({step.tally.count} of {step.needed}); another reviewer must approve"
                         " before the call runs.")  # fmt: skip
         else:
+            if not click.submitted and click.trigger:
+                await team.check(value.call_id, account, channel="slack")  # no dialog for who may not decide
             if not click.submitted and click.trigger and await _ask_reason(desk, click, value):
                 return Response(status_code=200)  # the dialog is open; its submission decides
             await team.reject(
