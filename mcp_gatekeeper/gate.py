@@ -334,7 +334,7 @@ class Gate:
             need = self.quorum_of(rec, modified)
             if decision.passkey is not None or (need <= 1 and not await self.store.approvals.steps(rec.id)):
                 detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
-            elif (why := await self.verify_steps(rec, to_run, need=need, passkeys=True)) is not None:
+            elif (why := await self.verify_steps(rec, to_run, need=need, passkeys=True, own_key=True)) is not None:
                 # a quorum's passkeys are its steps' (one per approver): without them, nothing is decided
                 raise PasskeyError(f"call {rec.id[:12]} cannot be approved: {why}")
         signer = None if self.keys is None else self.keys.signer()  # an unusable key decides nothing
@@ -457,15 +457,19 @@ class Gate:
         found.append(self.policy.evaluate(rec.upstream, rec.tool, arguments or rec.forward_arguments).rule_config)
         return max((r.approvals for r in found if r is not None), default=1)
 
-    async def verify_steps(self, rec: CallRecord, to_run: str, *, need: int, passkeys: bool) -> str | None:
+    async def verify_steps(
+        self, rec: CallRecord, to_run: str, *, need: int, passkeys: bool, own_key: bool = False
+    ) -> str | None:
         """Why the stored approval steps of ``rec`` do not make a quorum of ``need`` for the arguments ``to_run``,
         or ``None``: ``need`` different reviewers each approved exactly ``to_run`` in the latest round, in steps
-        signed by a trusted key (with :attr:`keys`) and, with ``passkeys``, each with their own assertion by a
-        credential registered to them (no credential counted twice). A step that fails any of it counts for
+        signed by a trusted key (with :attr:`keys`; ``own_key``: this process's own key counts too, for the
+        service checking its own steps before it decides) and, with ``passkeys``, each with their own assertion
+        by a credential registered to them (no credential counted twice). A step that fails any of it counts for
         nothing, whoever wrote it."""
+        check = None if self.keys is None else self.keys.step_checker(own=own_key)
         signed = [
             s for s in await self.store.approvals.steps(rec.id)
-            if s.call_id == rec.id and (self.keys is None or self.keys.check_step(s.facts(), s.signature) is None)
+            if s.call_id == rec.id and (check is None or check(s.facts(), s.signature) is None)
         ]  # fmt: skip
         if not signed:
             return f"the call needs {need} approval(s) by different reviewers and has no signed approval step"

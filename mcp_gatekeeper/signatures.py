@@ -26,7 +26,7 @@ import binascii
 import errno
 import hashlib
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,6 +316,26 @@ class DecisionKeys:
         except SigningKeyError as e:
             return str(e)
         return check_step(facts, seal, trusted)
+
+    def step_checker(self, *, own: bool = False) -> Callable[[StepFacts, Any], str | None]:
+        """:meth:`check_step` with the keys resolved once; ``own``: this process's own key is trusted too (the
+        service checking the steps it signed itself, whatever its ``decision_keys`` say mid-rotation)."""
+        why: str | None = None
+        try:
+            trusted = self.trusted()
+        except SigningKeyError as e:
+            trusted, why = {}, str(e)
+        if own:
+            try:
+                mine = self.signer().public
+            except SigningKeyError:
+                pass
+            else:
+                trusted = {**trusted, key_id(mine): mine}
+        if not trusted and why is not None:
+            problem = why
+            return lambda _facts, _seal: problem
+        return lambda facts, seal: check_step(facts, seal, trusted)
 
 
 def facts_of(

@@ -167,6 +167,18 @@ class TeamDesk:
                 raise
         if tally.count < req.approvals:
             return Step(await self.store.get(rec.id), tally, req.approvals, decided=False)
+        # the rows counted so far may have been written past the service: decide only on steps it signed itself
+        # (the holder checks them all again before forwarding)
+        unsound = await self.gate.verify_steps(
+            rec, tally.proposal_digest, need=req.approvals, passkeys=self.gate.needs_passkey(rec), own_key=True
+        )
+        if unsound is not None:
+            await self.store.approvals.note_refusal(
+                rec.id, reviewer=reviewer.name, why="unverified_steps", message=unsound, channel=channel
+            )
+            raise NotAllowedError(
+                f"the approvals of call {rec.id[:12]} do not add up: {unsound}", why="unverified_steps"
+            )
         # no passkey with the decision: a quorum's passkeys are its steps' (the gate finds them there)
         done = await self._decide(
             rec, reviewer, tally, seen_digest=tally.call_digest, arguments=tally.arguments, session=session,

@@ -183,7 +183,7 @@ async def test_a_step_tampered_with_after_the_quorum_is_refused_by_the_holder(qu
 
 async def _forge_second(quorum: Quorum, attack: str, rec: CallRecord) -> str:
     """Write a second approval into ``call_approvals`` past the service; return who then asks the service to
-    finish the quorum (the service counts the row and signs the decision: only the holder stands in the way)."""
+    finish the quorum (its retry path for a quorum whose decision was lost)."""
     if attack == "unsigned_row":
         quorum.sql(
             "INSERT INTO call_approvals (call_id, reviewer, proposal_digest, at, round, step) VALUES (?, 'bob', ?, 1, 0, 2)",
@@ -222,15 +222,28 @@ async def _forge_second(quorum: Quorum, attack: str, rec: CallRecord) -> str:
 
 
 @pytest.mark.parametrize("attack", ["unsigned_row", "step_duplicated", "step_of_another_call", "step_of_another_round"])
-async def test_a_quorum_completed_past_the_service_is_refused_by_the_holder(quorum: Quorum, attack: str) -> None:
+async def test_a_quorum_completed_past_the_service_is_refused_by_the_service_and_the_holder(
+    quorum: Quorum, attack: str
+) -> None:
     rec = await quorum.hold(refund(5000))
     await quorum.approve("alice", rec)
     finisher = await _forge_second(quorum, attack, rec)
     tally = await quorum.store.approvals.tally(rec.id)
-    assert tally.count == 2  # the service is fooled into counting the row ...
-    done = await quorum.approve(finisher, rec, seen=tally.proposal_digest)  # ... its retry path finishes the quorum
-    assert done.decided and done.call.state == State.APPROVED
-    assert await quorum.service.store.calls.decision_signature(rec.id) is not None  # and signs the decision
+    assert tally.count == 2  # the rows add up to a quorum ...
+    with pytest.raises(NotAllowedError) as refused:  # ... but the service decides only on steps it signed
+        await quorum.approve(finisher, rec, seen=tally.proposal_digest)
+    assert refused.value.why == "unverified_steps"
+    assert (await quorum.store.get(rec.id)).state == State.PENDING
+    (event,) = [e for e in await quorum.store.audit_events(call_id=rec.id) if e.event == "decision_refused"]
+    assert event.detail["why"] == "unverified_steps"
+
+    # a decision signed with the service's key all the same (a service fooled some other way): the holder refuses
+    signer = quorum.service.keys.signer() if quorum.service.keys else None
+    assert signer is not None
+    await quorum.store.decide(
+        rec.id, approve=True, decided_by=finisher, channel="web", reason=None, expected_digest=rec.args_digest,
+        modified_arguments=tally.arguments, sign=signer.seal,
+    )  # fmt: skip
     why = await quorum.holder.verify_approval(rec.id)
     assert why is not None and "needs 2 approvals by different reviewers" in why, why
 
@@ -309,8 +322,8 @@ async def test_a_passkey_quorum_completed_past_the_service_is_refused_by_the_gat
     await _register(quorum, "bob")
     rec = await quorum.hold(wipe())
     await quorum.approve("alice", rec, passkey=_assertion(alice, rec))
-    # bob's step written past the service, with a copy of alice's assertion: the service's gate refuses to
-    # decide on it, and the holder would refuse the call had it been decided
+    # bob's step written past the service, with a copy of alice's assertion: the service refuses to decide on
+    # it, and the holder would refuse the call had it been decided
     quorum.sql(
         "INSERT INTO call_approvals (call_id, reviewer, proposal_digest, at, round, step, channel, signature, passkey)"
         " SELECT call_id, 'bob', proposal_digest, at, round, 2, channel, signature, passkey FROM call_approvals"
