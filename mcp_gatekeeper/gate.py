@@ -19,7 +19,7 @@ from jsonschema.exceptions import SchemaError
 
 from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.config import check_predicates
-from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError, StoreError
+from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError, NotAllowedError, StoreError
 from mcp_gatekeeper.models import (
     Approved,
     CallRecord,
@@ -329,14 +329,25 @@ class Gate:
         detail: dict[str, Any] = {"evidence": decision.evidence} if decision.evidence else {}
         if modified is not None:
             detail["modified"] = True
-        if decision.approve and self.needs_passkey(rec):
+        if decision.approve:
             to_run = rec.args_digest if modified is None else digest(modified)
-            need = self.quorum_of(rec, modified)
-            if decision.passkey is not None or (need <= 1 and not await self.store.approvals.steps(rec.id)):
-                detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
-            elif (why := await self.verify_steps(rec, to_run, need=need, passkeys=True, own_key=True)) is not None:
-                # a quorum's passkeys are its steps' (one per approver): without them, nothing is decided
-                raise PasskeyError(f"call {rec.id[:12]} cannot be approved: {why}")
+            need, passkey = self.quorum_of(rec, modified), self.needs_passkey(rec)
+            if need > 1:
+                # a quorum is its signed steps (mcp_gatekeeper.team), and a passkey rule's passkeys are theirs, one
+                # per approver: an approval without them (the CLI, a local page) decides nothing
+                why = await self.verify_steps(rec, to_run, need=need, passkeys=passkey, own_key=True)
+                if why is not None:
+                    raise NotAllowedError(
+                        f"call {rec.id[:12]} needs {need} approvals by different reviewers, each its own step on the"
+                        f" approval service (mcp-gatekeeper serve): {why}",
+                        why="quorum_required",
+                    )
+            elif passkey:
+                if decision.passkey is not None or not await self.store.approvals.steps(rec.id):
+                    detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
+                elif (why := await self.verify_steps(rec, to_run, need=1, passkeys=True, own_key=True)) is not None:
+                    # the service asked for a quorum this rule does not: its step carries the passkey
+                    raise PasskeyError(f"call {rec.id[:12]} cannot be approved: {why}")
         signer = None if self.keys is None else self.keys.signer()  # an unusable key decides nothing
         done: CallRecord = await self.store.decide(
             rec.id,

@@ -822,6 +822,71 @@ async def test_named_approvals_count_once_per_reviewer_and_an_edit_starts_a_new_
             await one.approvals.tally("nope")
 
 
+async def test_quorum_steps_are_stored_signed_with_their_round_and_read_back(backend: BackendUnderTest) -> None:
+    """``0014_quorum_steps``: each step's round, place, channel, signature and passkey assertion, as written."""
+    from mcp_gatekeeper.signatures import StepFacts
+
+    clock = FakeClock()
+    signed: list[StepFacts] = []
+
+    def sign(facts: StepFacts) -> dict[str, Any]:
+        signed.append(facts)
+        return {"v": 1, "sig": f"s{len(signed)}", "at": facts.at}
+
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        rec = await hold(one, clock)
+        edited = {"order_id": "A-17", "amount": 30}
+
+        async def add(store: Store, who: str, seen: str, args: Any = None, **kw: Any) -> Any:
+            return await store.approvals.add(
+                rec.id, reviewer=who, seen_digest=seen, arguments=args, needed=2, session=None, channel="slack",
+                arguments_digest=digest(args) if args is not None else None, sign=sign, **kw,
+            )  # fmt: skip
+
+        await add(one, "alice", rec.args_digest, passkey={"credential_id": "c1"}, expected_round=0)
+        with pytest.raises(AlreadyDecidedError) as other_round:
+            await add(two, "bob", rec.args_digest, expected_round=1)  # an assertion made for another round
+        assert other_round.value.why == "stale_digest"
+        edit = await add(two, "bob", rec.args_digest, edited, expected_round=1)
+        assert edit.round == 1 and edit.approvers == ("bob",)
+        steps = await one.approvals.steps(rec.id)
+        assert [(s.reviewer, s.round, s.step, s.channel, s.proposal_digest) for s in steps] == [
+            ("alice", 0, 1, "slack", rec.args_digest),
+            ("bob", 1, 1, "slack", digest(edited)),
+        ]
+        assert [s.signature["sig"] for s in steps] == ["s1", "s2"] and steps[0].passkey == {"credential_id": "c1"}
+        assert [s.facts() for s in steps] == signed  # what was signed is what is read back
+        events = [e for e in await two.audit_events(call_id=rec.id) if e.event == "approval_given"]
+        assert [(e.detail["round"], e.detail["step"], e.detail["signature"]["sig"]) for e in events] == [
+            (0, 1, "s1"),
+            (1, 1, "s2"),
+        ]
+        since, all_steps = await two.audit.step_events()
+        assert [e.seq for e in all_steps] == [e.seq for e in events] and since < events[0].seq
+
+
+async def test_a_slack_member_is_one_accounts(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        for name, slack in (("alice", ["T0/U1"]), ("bob", [])):
+            await one.reviewers.add(
+                name, role="reviewer", groups=[], principals=[], password_hash="x", by="cli:root", channel="cli",
+                slack=slack,
+            )  # fmt: skip
+        assert (await two.reviewers.by_slack("T0", "U1")).name == "alice"  # type: ignore[union-attr]
+        with pytest.raises(NotAllowedError) as taken:
+            await two.reviewers.link_slack("bob", "T0/U1", by="cli:root", channel="cli")
+        assert taken.value.why == "slack_taken"
+        assert (await two.reviewers.link_slack("bob", "T0/U2", by="cli:root", channel="cli")).slack == ("T0/U2",)
+        await one.reviewers.link_slack("alice", "T0/U1", unlink=True, by="cli:root", channel="cli")
+        assert await two.reviewers.by_slack("T0", "U1") is None
+        assert (await one.reviewers.by_slack("T0", "U2")).name == "bob"  # type: ignore[union-attr]
+        with pytest.raises(NotAllowedError):
+            await one.reviewers.link_slack("nobody", "T0/U3", by="cli:root", channel="cli")
+        events = [e.event for e in await one.audit_events() if e.event.startswith("account_slack")]
+        assert events == ["account_slack_linked", "account_slack_unlinked"]
+
+
 async def test_concurrent_approvals_on_two_connections_both_count(backend: BackendUnderTest) -> None:
     clock = FakeClock()
     async with backend.open(clock) as one, backend.open(clock) as two:

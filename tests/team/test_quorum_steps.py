@@ -26,7 +26,16 @@ from mcp_gatekeeper.clock import FakeClock
 from mcp_gatekeeper.config import parse_config
 from mcp_gatekeeper.errors import NotAllowedError
 from mcp_gatekeeper.gate import Gate
-from mcp_gatekeeper.models import GENESIS_HASH, CallRecord, NewCall, State, audit_body, audit_hash, canonical_json
+from mcp_gatekeeper.models import (
+    GENESIS_HASH,
+    CallRecord,
+    Decision,
+    NewCall,
+    State,
+    audit_body,
+    audit_hash,
+    canonical_json,
+)
 from mcp_gatekeeper.passkeys import PasskeyError, RelyingParty, challenge_for
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.signatures import DecisionKeys, check_step_events, public_text
@@ -139,6 +148,21 @@ async def test_each_step_is_signed_stored_and_audited_and_the_holder_checks_them
     assert [e.detail["signature"] for e in events] == [s.signature for s in steps]
     since, all_steps = await quorum.store.audit.step_events()
     assert check_step_events(all_steps, signed_since=since, trusted=keys.trusted()) == []
+
+
+async def test_a_quorum_call_is_never_approved_past_its_steps(quorum: Quorum) -> None:
+    """The CLI or a local page decide through the gate directly: without the quorum's signed steps, nothing."""
+    rec = await quorum.hold(refund(5000))
+    await quorum.approve("alice", rec)
+    for by in ("alice", "bob"):
+        with pytest.raises(NotAllowedError) as refused:
+            await quorum.service.decide(
+                rec.id, Decision(approve=True, decided_by=by, channel="cli", args_digest=rec.args_digest)
+            )
+        assert refused.value.why == "quorum_required" and "1 valid signed step" in str(refused.value)
+    assert (await quorum.store.get(rec.id)).state == State.PENDING
+    rejected = await quorum.service.decide(rec.id, Decision(approve=False, decided_by="bob", channel="cli"))
+    assert rejected.state == State.REJECTED  # one rejection is enough, from anywhere
 
 
 async def test_an_edit_starts_a_round_whose_steps_name_it(quorum: Quorum) -> None:
