@@ -70,6 +70,8 @@ class Gate:
         self._sweep_interval = sweep_interval
         self._waiters: dict[str, list[anyio.Event]] = {}
         """Every wait in this process on a call (an identical retry can wait beside the first request)."""
+        self._deadlines: dict[str, float | None] = {}
+        """The deadline the waiters of each call count down to (the watcher wakes them when it moves)."""
         self._have_waiters = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self.reviewed = anyio.Event()
@@ -94,11 +96,9 @@ class Gate:
     async def _watch(self) -> None:
         """Wake this process's waiters when another process decided, expired or escalated their call."""
         version: int | None = None
-        deadlines: dict[str, float | None] = {}
         while True:
             if not self._waiters:
                 self._have_waiters = anyio.Event()
-                deadlines.clear()
                 await self._have_waiters.wait()
             try:
                 current = await self.store.data_version()
@@ -110,12 +110,9 @@ class Gate:
                         if (mark := marks.get(cid)) is None:
                             continue
                         state, deadline = mark
-                        seen = deadlines.setdefault(cid, deadline)
-                        if state != State.PENDING or deadline != seen:  # decided, or an escalation moved it
-                            deadlines[cid] = deadline
+                        # decided, or an escalation moved the deadline its waiters count down to
+                        if state != State.PENDING or deadline != self._deadlines.get(cid, deadline):
                             self._wake(cid)
-                    for gone in set(deadlines) - set(ids):
-                        del deadlines[gone]
             except StoreError:
                 log.warning("store unreadable while watching for decisions; retrying", exc_info=True)
             await self.store.wait_changed(self._poll)
@@ -290,6 +287,7 @@ class Gate:
         ev = anyio.Event()
         mine = self._waiters.setdefault(rec.id, [])
         mine.append(ev)
+        self._deadlines[rec.id] = rec.deadline_at
         self._have_waiters.set()
         wall_left = (rec.deadline_at - self.clock.now()) if rec.deadline_at is not None else float("inf")
         start = self.clock.monotonic()
@@ -320,6 +318,7 @@ class Gate:
                         mine.remove(ev)
                         ev = anyio.Event()
                         mine.append(ev)
+                        self._deadlines[rec.id] = current.deadline_at
                         if current.deadline_at is not None:  # the deadline may have been shortened
                             deadline = self.clock.monotonic() + (current.deadline_at - self.clock.now())
                             stop = min(deadline, start + budget) if budget is not None else deadline
@@ -349,6 +348,7 @@ class Gate:
             mine.remove(ev)
             if not mine and self._waiters.get(rec.id) is mine:
                 del self._waiters[rec.id]
+                self._deadlines.pop(rec.id, None)
         return outcome_of(current)
 
     async def _expire(self, rec: CallRecord) -> CallRecord:
