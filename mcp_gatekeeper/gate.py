@@ -172,9 +172,11 @@ class Gate:
         for rec, level in await sweeps.escalations_due(now):
             rule = self.policy.rule_named(rec.rule)
             if rule is None:
-                continue  # not a rule of this process's policy: left to a process that has it
+                if rec.rule is None:  # held by the defaults, which never escalate
+                    await sweeps.reschedule(rec.id, level=level, escalate_at=None)
+                continue  # a rule this process's policy does not have: left to a process that has it
             steps = rule.escalate
-            reached = level
+            reached, lost = level, False
             for index, step in enumerate(steps, start=1):
                 if index <= reached or now < rec.created_at + step.after:
                     continue
@@ -184,11 +186,12 @@ class Gate:
                     channels=list(step.notify),
                 )  # fmt: skip
                 if claimed is None:
-                    break  # another process claimed it (and goes on from there), or the call was decided
+                    lost = True  # another process claimed it (and goes on from there), or the call was decided
+                    break
                 reached = index
                 self._wake(rec.id)  # a waiter of this process re-reads its (maybe shorter) deadline
                 await self._send_notice(claimed, index, list(step.notify))
-            if reached == level:  # nothing was due after all (a call held before escalate_at existed)
+            if reached == level and not lost:  # nothing was due after all (a call held before escalate_at existed)
                 await sweeps.reschedule(rec.id, level=level, escalate_at=_next_step_at(steps, level, rec))
 
     async def _send_notice(self, rec: CallRecord, level: int, channels: list[str] | None) -> None:

@@ -471,6 +471,37 @@ async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tupl
         upkeep.cancel_scope.cancel()
 
 
+async def test_an_escalation_by_another_gatekeeper_wakes_the_holder_by_notify(urls: tuple[str, str]) -> None:
+    gk, _ = urls
+    cid = _insert_pending(gk, deadline_at=3600.0)
+    async with (
+        PgEngine.open(gk, SystemClock()) as holder,
+        PgEngine.open(gk, FakeClock()) as other,
+        anyio.create_task_group() as upkeep,
+    ):
+        upkeep.start_soon(holder.run_checkpoints)
+        with anyio.fail_after(10):
+            while not holder._signals.listening:
+                await holder.wait_changed(poll=0.05)
+        seen: list[float] = []
+
+        async def wait_for_a_new_deadline() -> None:
+            while True:
+                (deadline,) = (await holder.read("SELECT deadline_at FROM calls WHERE id = ?", (cid,)))[0]
+                if deadline != 3600.0:
+                    seen.append(deadline)
+                    return
+                await holder.wait_changed(poll=60)  # a poll this long would fail the test: NOTIFY must wake it
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_a_new_deadline)
+                sweeps = Sweeps(other, lambda: None)
+                assert await sweeps.claim_escalation(cid, level=1, deadline_at=60.0, escalate_at=None, channels=[])
+        assert seen == [60.0]  # the state did not change; the deadline did, and that is a change waiters hear
+        upkeep.cancel_scope.cancel()
+
+
 async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
     if why := pgcluster.why_unavailable():
         pytest.skip(why)
