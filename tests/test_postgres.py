@@ -471,6 +471,18 @@ async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tupl
         upkeep.cancel_scope.cancel()
 
 
+async def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(urls: tuple[str, str]) -> None:
+    gk, _ = urls
+    busy, free = _insert_pending(gk, deadline_at=1.0), _insert_pending(gk, deadline_at=1.0)
+    with _connect(gk) as c, c.transaction():
+        c.execute("SELECT id FROM calls WHERE id = %s FOR UPDATE", (busy,))  # another sweeper, mid-claim
+        async with PgEngine.open(gk, FakeClock()) as engine:
+            with anyio.fail_after(10):  # it would wait for the lock (until this transaction ends) without SKIP LOCKED
+                assert await Sweeps(engine, lambda: None).expire(2.0, why=lambda _: "late") == [free]
+    async with PgEngine.open(gk, FakeClock()) as engine:
+        assert await Sweeps(engine, lambda: None).expire(2.0, why=lambda _: "late") == [busy]  # released: its turn
+
+
 async def test_an_escalation_by_another_gatekeeper_wakes_the_holder_by_notify(urls: tuple[str, str]) -> None:
     gk, _ = urls
     cid = _insert_pending(gk, deadline_at=3600.0)
