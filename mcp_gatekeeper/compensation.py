@@ -4,9 +4,9 @@ Before forwarding, an optional *capture* call records what the compensation will
 content of a file, say). After a failed review (or a review window that closes, if configured so), the
 rule's *compensation* runs: a tool call on the same or another upstream, its arguments templated from the
 original arguments, result and capture. Each attempt is a claim (:meth:`Sweeps.claim_compensation
-<mcp_gatekeeper.store.sweeps.Sweeps.claim_compensation>`), so one process runs it (one that dies mid-attempt
-hands it back: another process runs it again); failures are retried with backoff, then recorded as ``rollback_failed`` and alerted. Nothing is
-ever silently skipped.
+<mcp_gatekeeper.store.sweeps.Sweeps.claim_compensation>`), so one process runs it (if that process dies
+mid-attempt, another one runs it again); failures are retried with backoff, then recorded as
+``rollback_failed`` and alerted. Nothing is ever silently skipped.
 """
 
 from __future__ import annotations
