@@ -126,10 +126,15 @@ class TeamDesk:
         edit); ``arguments``: an edit. The call is approved once the quorum is met."""
         rec = await self.store.find(call_id)
         edit = arguments if arguments is not None and digest(arguments) != rec.args_digest else None
-        req = await self._allowed(rec, reviewer, *([edit] if edit is not None else []))
+        tally = await self.store.approvals.tally(rec.id)
+        # what this approval is for: the reviewer's edit, else the current round's (a colleague's edit): the rules
+        # of those arguments count too, or one reviewer's edit into a stricter rule would be met by the looser one
+        # (approving it again, or a reviewer outside the stricter rule's groups). A round that changes after this
+        # read is refused by the approval's own compare-and-set (the digest seen).
+        proposal = edit if edit is not None else tally.arguments
+        req = await self._allowed(rec, reviewer, *([proposal] if proposal is not None else []))
         if edit is not None:
             self.gate.check_modification(rec, edit)
-        tally = await self.store.approvals.tally(rec.id)
         if req.approvals <= 1 and tally.count == 0:
             done = await self._decide(
                 rec, reviewer, tally, seen_digest=seen_digest, arguments=edit, session=session, reason=reason,
@@ -142,9 +147,12 @@ class TeamDesk:
                 arguments_digest=digest(edit) if edit is not None else None, needed=req.approvals, session=session,
                 channel="web",
             )  # fmt: skip
-        except NotAllowedError:
+        except NotAllowedError as e:
             tally = await self.store.approvals.tally(rec.id)
             if tally.count < req.approvals:  # a real second try; else: finish a quorum whose decision was lost
+                await self.store.approvals.note_refusal(
+                    rec.id, reviewer=reviewer.name, why=e.why, message=str(e), channel="web"
+                )
                 raise
         if tally.count < req.approvals:
             return Step(await self.store.get(rec.id), tally, req.approvals, decided=False)

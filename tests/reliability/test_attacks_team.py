@@ -1,0 +1,231 @@
+"""An attacker's pass over team mode (issue 12): real processes, a real PostgreSQL server, real HTTP on 127.0.0.1.
+
+Every test builds the deployment an attacker faces: ``db init`` roles on a throwaway PostgreSQL database, reviewer
+accounts made with ``users add``, the approval service (``mcp-gatekeeper serve``, approver role) and a ``wrap``
+process holding an agent's calls to a real upstream (gatekeeper role). Each attack is made as its author would
+make it (a reviewer's browser session, the agent with its gatekeeper's database credentials) and must fail:
+nothing reaches the upstream that no human quorum allowed, the store holds no decision, and the refusal is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx2
+import psycopg
+import pytest
+from harness import FEATURE_SERVER, ROOT, StderrWatcher, gatekeeper, gk_env, wrap_params
+from mcp import Client
+from relkit import PY, received, text, write_config
+
+from mcp_gatekeeper.clock import SystemClock
+from mcp_gatekeeper.hostos import os_user
+from mcp_gatekeeper.models import digest
+from mcp_gatekeeper.store.pg_schema import SCHEMA, Roles
+from mcp_gatekeeper.store.postgres import init_database
+
+pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
+
+SERVING = re.compile(r"approval service: (http://127\.0\.0\.1:\d+)/login")
+PASSWORD = "a-long-enough-password"
+AGENT = f"os:{os_user()}"
+"""Links a reviewer to the agent: every stdio principal of the OS user the test's wrap process runs as."""
+
+ACCOUNTS: dict[str, tuple[list[str], list[str]]] = {
+    "alice": (["ops"], []),
+    "bob": (["ops"], []),
+    "carol": (["support"], []),
+    "mallory": (["ops"], [AGENT]),  # the agent's own person: in the group, but it is her agent's call
+}
+"""name -> (groups, linked principals)."""
+
+RULES = """
+[ui]
+autostart = false
+[[waiting.clients]]
+name = "*"  # the test client waits as long as it takes
+[[rules]]
+name = "etc-notes"
+tool = "write_note"
+when = { path = { under = "/etc" } }
+gate = "hard"
+reviewers = ["ops"]
+approvals = 2
+[[rules]]
+name = "notes"
+tool = "write_note"
+gate = "hard"
+reviewers = ["ops", "support"]
+"""
+
+
+@dataclass
+class Answer:
+    """A call the agent made: its id once held, and the answer the agent got."""
+
+    id: str = ""
+    result: Any = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    async def wait(self) -> Any:
+        with anyio.fail_after(60):
+            await self.done.wait()
+        return self.result
+
+
+@dataclass
+class Deployment:
+    """What the attacker faces (and what the test looks at afterwards)."""
+
+    base: str
+    http: httpx2.AsyncClient
+    agent: Client
+    held: StderrWatcher
+    log: Path
+    gk_url: str
+    admin: str
+    tg: anyio.abc.TaskGroup
+    home: Path
+    config: Path
+    ap_url: str
+
+    async def session(self, name: str, *, as_typed: str | None = None) -> dict[str, str]:
+        """Log ``name`` in as a browser does: the headers its page then sends."""
+        r = await self.http.post(
+            "/login", data={"username": as_typed or name, "password": PASSWORD}, headers={"Origin": self.base}
+        )
+        assert r.status_code == 303, r.text
+        return {"Cookie": r.headers["set-cookie"].split(";")[0], "Origin": self.base,
+                "X-Gatekeeper-Key": r.headers["location"].partition("#key=")[2]}  # fmt: skip
+
+    async def call(self, arguments: dict[str, Any]) -> Answer:
+        """The agent makes a held call (in a task); returns once it is held."""
+        answer = Answer()
+
+        async def run() -> None:
+            answer.result = await self.agent.call_tool("write_note", arguments)
+            answer.done.set()
+
+        self.tg.start_soon(run)
+        answer.id = str(self.row(await self.held.held())["id"])
+        return answer
+
+    def row(self, prefix: str) -> dict[str, Any]:
+        with _admin(self.admin) as c, c.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            rows = cur.execute("SELECT * FROM calls WHERE id LIKE %s", (prefix + "%",)).fetchall()
+        assert len(rows) == 1, rows
+        return dict(rows[0])
+
+    def events(self, call_id: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+        with _admin(self.admin) as c:
+            rows = c.execute("SELECT event, actor, detail FROM audit WHERE call_id = %s ORDER BY seq", (call_id,))
+            return [(e, a, json.loads(d)) for e, a, d in rows.fetchall()]
+
+    def refusals(self, call_id: str) -> list[tuple[str | None, str]]:
+        """Who was refused a decision of this call, and why (``decision_refused`` events)."""
+        return [(actor, d.get("why")) for e, actor, d in self.events(call_id) if e == "decision_refused"]
+
+    def forwarded(self) -> list[dict[str, Any]]:
+        return received(self.log, "write_note")
+
+
+def _admin(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, autocommit=True, options=f"-c search_path={SCHEMA}")
+
+
+async def _users_add(home: Path, cfg: Path, ap_url: str, name: str, groups: list[str], principals: list[str]) -> None:
+    argv = [PY, "-m", "mcp_gatekeeper", "users", "add", name, "--password-stdin", "--config", str(cfg)]
+    argv += [x for g in groups for x in ("--group", g)] + [x for p in principals for x in ("--principal", p)]
+    done = await anyio.run_process(
+        argv, input=(PASSWORD + "\n").encode(), env=gk_env(home, MCP_GATEKEEPER_STORE=ap_url), cwd=str(ROOT),
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+
+
+@asynccontextmanager
+async def deployment(pg_admin_dsn: str, home: Path, tmp_path: Path, rules: str = RULES) -> AsyncIterator[Deployment]:
+    """Roles and schema, the accounts, the approval service and one gatekeeper holding an agent's calls."""
+    tag = secrets.token_hex(3)
+    roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+    report = await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    gk_url, ap_url = report.new_role_urls[roles.gatekeeper], report.new_role_urls[roles.approver]
+    cfg = write_config(tmp_path / "gk.toml", rules)
+    for name, (groups, principals) in ACCOUNTS.items():
+        await _users_add(home, cfg, ap_url, name, groups, principals)
+    log = tmp_path / "calls.jsonl"
+    service_err = StderrWatcher()
+    params = wrap_params(
+        home, cfg, "feat", [PY, str(FEATURE_SERVER), "--call-log", str(log)], MCP_GATEKEEPER_STORE=gk_url
+    )
+    try:
+        async with (
+            await anyio.open_process(
+                [PY, "-m", "mcp_gatekeeper", "serve", "--port", "0", "--config", str(cfg)],
+                env=gk_env(home, MCP_GATEKEEPER_STORE=ap_url), cwd=str(ROOT), stderr=service_err.file,
+            ) as service,
+            gatekeeper(params) as (agent, held),
+            anyio.create_task_group() as tg,
+        ):  # fmt: skip
+            try:
+                with anyio.fail_after(60):
+                    base = (await service_err.wait_for(SERVING)).group(1)
+                async with httpx2.AsyncClient(base_url=base, timeout=60) as http:
+                    yield Deployment(base, http, agent, held, log, gk_url, pg_admin_dsn, tg, home, cfg, ap_url)
+            finally:
+                tg.cancel_scope.cancel()
+                service.terminate()
+    finally:
+        service_err.close()
+
+
+# ---------------------------------------------------------------------------------------------- the quorum
+
+
+async def test_one_reviewer_cannot_meet_a_quorum_by_editing_then_approving_again(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """A note under /tmp needs one approval; alice edits it to /etc (two approvals, ops only) and approves. Her
+    approving again (another session, her name typed otherwise), or carol's (support: may decide /tmp notes, not
+    /etc ones), must not complete the /etc quorum: only a second member of ops does."""
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path) as d:
+            made = await d.call({"path": "/tmp/motd", "content": "hello"})
+            cid = made.id
+            held = d.row(cid)
+            alice, carol = await d.session("alice"), await d.session("carol")
+            edit = {"path": "/etc/motd", "content": "hello"}
+            r = await d.http.post(
+                f"/api/calls/{cid}/approve", json={"args_digest": held["args_digest"], "arguments": edit}, headers=alice
+            )
+            assert r.status_code == 200 and r.json()["decided"] is False, r.text
+            again = [alice, await d.session("alice"), await d.session("alice", as_typed=" ALICE ")]
+            for headers in again:  # the same reviewer, however she signs in
+                r = await d.http.post(f"/api/calls/{cid}/approve", json={"args_digest": digest(edit)}, headers=headers)
+                assert r.status_code == 403 and r.json()["error"] == "already_approved", r.text
+            r = await d.http.post(f"/api/calls/{cid}/approve", json={"args_digest": digest(edit)}, headers=carol)
+            assert r.status_code == 403 and r.json()["error"] == "not_in_group", r.text
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"], row["modified_arguments"], row["decision_sig"]) == (
+                "pending", None, None, None,
+            )  # fmt: skip
+            assert d.forwarded() == []
+            assert d.refusals(cid) == [("alice", "already_approved")] * 3 + [("carol", "not_in_group")]
+            # a second member of ops completes it: the edit runs, once
+            bob = await d.session("bob")
+            r = await d.http.post(f"/api/calls/{cid}/approve", json={"args_digest": digest(edit)}, headers=bob)
+            assert r.status_code == 200 and r.json()["decided"] is True, r.text
+            result = await made.wait()
+    assert not result.is_error, text(result)
+    assert d.forwarded() == [edit]
+    row = d.row(cid)
+    assert (row["state"], row["decided_by"]) == ("forwarded", "bob")
