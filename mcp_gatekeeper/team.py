@@ -111,6 +111,11 @@ class TeamDesk:
             raise NotAllowedError(message, why=code)
         return req
 
+    async def check_reviewer(self, rec: CallRecord, reviewer: Reviewer) -> Requirements:
+        """Refuse (audited, :class:`NotAllowedError`) a reviewer who may not decide ``rec``: outside its rules'
+        groups, or linked to the principal that made it. Reviewing a call that already ran is such a decision."""
+        return await self._allowed(rec, reviewer)
+
     async def approve(
         self,
         call_id: str,

@@ -12,6 +12,8 @@ own, replacing its login, its decisions and its session revocation:
   entry (the one the proxy added) when the request comes from loopback.
 - ``POST /api/calls/{id}/approve|reject`` go through :class:`~mcp_gatekeeper.team.TeamDesk` (groups, no
   self-review, quorum); a refusal is 403 with its ``error`` code and the reason, and is audited.
+- ``POST /api/calls/{id}/review`` (confirming or failing a call an audit gate ran) is a decision too: the same
+  groups and no-self-review, refused and audited alike;
 - ``POST /api/pins/.../repin`` (ending a tool's quarantine) is an admin's step;
 - ``GET /api/calls/{id}`` adds ``team``: the call's requirements, its current round of approvals, and
   whether (and why not) the signed-in reviewer may decide it.
@@ -34,7 +36,7 @@ from mcp_gatekeeper.accounts import Reviewer
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, NotAllowedError
 from mcp_gatekeeper.team import TeamDesk, refusal, requirements
 from mcp_gatekeeper.webauth import clear_cookie_header, is_loopback, open_account_session, session_cookie_header
-from mcp_gatekeeper.webgates import call_detail, repin
+from mcp_gatekeeper.webgates import call_detail, repin, review
 from mcp_gatekeeper.webhttp import Problem, WebState, json_body, principal, reason_of, web_state
 
 MAX_FAILED_PER_ACCOUNT = 5
@@ -235,6 +237,15 @@ async def _revoke_session(request: Request) -> Response:
     return resp
 
 
+async def _review(request: Request) -> Response:
+    """Confirming or failing a call that already ran (an audit gate) is a decision: the desk's groups and
+    no-self-review apply, as for a held call."""
+    st = web_state(request)
+    rec = await st.store.find(request.path_params["call_id"])
+    await TeamDesk(st.store, st.gate, st.policy).check_reviewer(rec, await reviewer_of(request))
+    return await review(request)
+
+
 async def _repin(request: Request) -> Response:
     """Accepting a changed tool definition ends its quarantine for every gatekeeper: an admin's step."""
     if not (await reviewer_of(request)).admin:
@@ -259,5 +270,6 @@ def routes() -> list[Route]:
         Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
         Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),
         Route("/api/calls/{call_id}/reject", _reject, methods=["POST"]),
+        Route("/api/calls/{call_id}/review", _review, methods=["POST"]),
         Route("/api/pins/{upstream}/{tool:path}/repin", _repin, methods=["POST"]),
     ]

@@ -229,3 +229,50 @@ async def test_one_reviewer_cannot_meet_a_quorum_by_editing_then_approving_again
     assert d.forwarded() == [edit]
     row = d.row(cid)
     assert (row["state"], row["decided_by"]) == ("forwarded", "bob")
+
+
+# ---------------------------------------------------------------------------------------------- the local page's routes
+
+AUDITED = (
+    RULES.split("[[rules]]", 1)[0]
+    + """[[rules]]
+name = "var-notes"
+tool = "write_note"
+when = { path = { under = "/var" } }
+gate = "audit"
+irreversible_ok = true
+reviewers = ["ops"]
+[[rules]]"""
+    + RULES.split("[[rules]]", 1)[1]
+)
+
+
+async def test_reviewing_a_call_that_already_ran_is_a_decision_of_the_desk(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """The local page's review route is mounted on the service too: confirming (or failing) an audit-gated call
+    is a decision, so the agent's own person (mallory) and a reviewer outside the rule's groups (carol) are
+    refused and audited, as for a held call; a member of ops confirms it."""
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path, AUDITED) as d:
+            done = await d.agent.call_tool("write_note", {"path": "/var/log/x", "content": "ran"})
+            assert not done.is_error, text(done)
+            with _admin(d.admin) as c:
+                (cid,) = c.execute("SELECT id FROM calls WHERE state = 'under_review'").fetchone()
+            mallory, carol, alice = await d.session("mallory"), await d.session("carol"), await d.session("alice")
+            for who, outcome, why in ((mallory, "confirm", "self_review"), (mallory, "fail", "self_review"),
+                                      (carol, "confirm", "not_in_group")):  # fmt: skip
+                r = await d.http.post(f"/api/calls/{cid}/review", json={"outcome": outcome}, headers=who)
+                assert r.status_code == 403 and r.json()["error"] == why, r.text
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"]) == ("under_review", None)
+            assert d.refusals(cid) == [
+                ("mallory", "self_review"),
+                ("mallory", "self_review"),
+                ("carol", "not_in_group"),
+            ]
+            r = await d.http.post(f"/api/calls/{cid}/review", json={"outcome": "confirm"}, headers=alice)
+            assert r.status_code == 200, r.text
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"]) == ("confirmed", "alice")
+    assert d.forwarded() == [{"path": "/var/log/x", "content": "ran"}]
