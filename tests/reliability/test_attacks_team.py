@@ -276,3 +276,105 @@ async def test_reviewing_a_call_that_already_ran_is_a_decision_of_the_desk(
             row = d.row(cid)
             assert (row["state"], row["decided_by"]) == ("confirmed", "alice")
     assert d.forwarded() == [{"path": "/var/log/x", "content": "ran"}]
+
+
+# ---------------------------------------------------------------------------------------------- the agent, with its gatekeeper's credentials
+
+
+def _try(c: psycopg.Connection[Any], statement: str) -> str:
+    """The SQLSTATE the server refused ``statement`` with, or "ran"."""
+    try:
+        c.execute(statement)
+    except psycopg.Error as e:
+        return e.sqlstate or "?"
+    return "ran"
+
+
+async def test_the_agent_with_its_gatekeepers_database_role_cannot_get_a_call_run(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """The agent read its gatekeeper's database URL. Beside what tests/test_postgres.py tries (writing the
+    decision, calling decide, the guards, roles), it tries the less direct ways: waking the holder with forged
+    NOTIFY payloads, audit events at a chosen position or under look-alike names, the sequences, temporary
+    objects shadowing what the guards call, switching the triggers off for its session, keeping its call alive
+    past its deadline and offering it for a retry, and a forged twin row a retry would attach to. Nothing runs;
+    the held call stays undecided until a reviewer rejects it."""
+    s = SCHEMA
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path) as d:
+            made = await d.call({"path": "/tmp/a", "content": "x"})
+            cid, principal = made.id, d.row(made.id)["principal"]
+            twin_args = {"path": "/tmp/b", "content": "y"}
+            twin = (
+                "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at,"
+                " deadline_at, principal, retry_offered, result, finished_at) VALUES ('@ID', '@STATE', 'feat',"
+                f" 'write_note', '{json.dumps(twin_args)}', '{digest(twin_args)}', 'hard', 'high', 1e10, 1e12,"
+                f" '{principal}', 1, '{{\"content\": []}}', NULL)"
+            )
+            row = "(seq, at, call_id, event, actor, channel, args_digest, detail, prev_hash, hash)"
+            attempts = {
+                "notify the call's id": (f"NOTIFY mcp_gatekeeper_calls, '{cid}'", "ran"),
+                "notify a decision": ("SELECT pg_notify('mcp_gatekeeper_calls', 'approved')", "ran"),
+                "an approval at a chosen seq": (
+                    f"INSERT INTO audit {row} OVERRIDING SYSTEM VALUE VALUES (1000000000, 1e10, '{cid}', 'approved',"
+                    f" 'alice', 'web', 'x', '{{}}', 'x', 'y')",
+                    "42501",
+                ),
+                "an approval under another case": (
+                    f"INSERT INTO audit ({row[6:]} VALUES (1e10, '{cid}', 'Approved', 'alice', 'web', 'x', '{{}}', 'x',"
+                    " 'y')",
+                    "ran",  # an event of no meaning: only 'approved' is an approval (and only decide writes one)
+                ),
+                "move the audit sequence": (f"SELECT setval('{s}.audit_seq_seq', 1)", "42501"),
+                "draw an approval's number": (f"SELECT nextval('{s}.call_approvals_seq_seq')", "42501"),
+                "a temp table": ("CREATE TEMP TABLE calls (id text)", "42501"),
+                "a temp owner_is_current": (
+                    "CREATE FUNCTION pg_temp.owner_is_current() RETURNS boolean LANGUAGE sql AS $$SELECT true$$",
+                    "42501",
+                ),
+                "triggers off for the session": ("SET session_replication_role = replica", "42501"),
+                "its own search_path, then approve": (
+                    f"SET search_path = pg_temp, public, {s}; UPDATE {s}.calls SET state = 'approved'"
+                    f" WHERE id = '{cid}'",
+                    "42501",
+                ),
+                "a plpgsql block that approves": (
+                    f"DO $$BEGIN UPDATE {s}.calls SET state = 'approved' WHERE id = '{cid}'; END$$",
+                    "42501",
+                ),
+                "read a password hash": (f"SELECT password_hash FROM {s}.reviewers", "42501"),
+                "count an approval": (
+                    f"INSERT INTO {s}.call_approvals (call_id, reviewer, proposal_digest, at)"
+                    f" VALUES ('{cid}', 'alice', 'x', 1)",
+                    "42501",
+                ),
+                "read a server file": ("SELECT pg_read_file('/etc/passwd')", "42501"),
+                "run a program": (f"COPY {s}.calls (id) TO PROGRAM 'true'", "42501"),
+                "keep it alive and offer it for a retry": (
+                    f"UPDATE {s}.calls SET deadline_at = 1e12, retry_offered = 1, instance_id = NULL"
+                    f" WHERE id = '{cid}'",
+                    "ran",
+                ),
+                "a forged twin, allowed": (twin.replace("@ID", "f" * 26).replace("@STATE", "allowed"), "ran"),
+                "a forged twin, approved": (twin.replace("@ID", "e" * 26).replace("@STATE", "approved"), "42501"),
+            }
+            with psycopg.connect(d.gk_url, autocommit=True, options=f"-c search_path={s}") as c:
+                outcomes = {name: _try(c, sql) for name, (sql, _) in attempts.items()}
+            assert outcomes == {name: want for name, (_, want) in attempts.items()}
+            # the forged twin: the agent makes the call it stands for; the retry attaches to it, and it never runs
+            retried = await d.agent.call_tool("write_note", twin_args)
+            assert retried.is_error and "f" * 12 in text(retried), text(retried)  # attached to the twin: refused
+            row_now = d.row(cid)
+            assert (row_now["state"], row_now["decided_by"], row_now["decision_sig"]) == ("pending", None, None)
+            assert d.forwarded() == []
+            with _admin(d.admin) as c:
+                assert c.execute(
+                    "SELECT count(*) FROM audit WHERE event IN ('approved', 'rejected', 'confirmed')"
+                ).fetchone() == (0,)
+            # a reviewer's rejection is what decides it
+            bob = await d.session("bob")
+            r = await d.http.post(f"/api/calls/{cid}/reject", json={"reason": "no"}, headers=bob)
+            assert r.status_code == 200, r.text
+            result = await made.wait()
+    assert result.is_error and "no" in text(result)
+    assert d.forwarded() == []
