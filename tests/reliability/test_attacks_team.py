@@ -9,6 +9,7 @@ nothing reaches the upstream that no human quorum allowed, the store holds no de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -377,4 +378,121 @@ async def test_the_agent_with_its_gatekeepers_database_role_cannot_get_a_call_ru
             assert r.status_code == 200, r.text
             result = await made.wait()
     assert result.is_error and "no" in text(result)
+    assert d.forwarded() == []
+
+
+# ---------------------------------------------------------------------------------------------- sessions and the guard
+
+
+def _forged_session(admin: str, sid: str, *, account: str | None, host: str) -> dict[str, str]:
+    """A live session row written straight into the store (as the local page's login link, or a session opened on
+    another page, would leave one): the headers that would present it."""
+    secret, key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    sha = lambda v: hashlib.sha256(v.encode()).hexdigest()  # noqa: E731 - a one-line helper of this function
+    with _admin(admin) as c:
+        c.execute(
+            "INSERT INTO web_sessions (id, secret_hash, key_hash, label, host, created_at, last_seen_at, expires_at,"
+            " ends_at, account) VALUES (%s, %s, %s, %s, %s, 1, extract(epoch from now()), 9e9, 9e9, %s)",
+            (sid, sha(secret), sha(key), account or "root", host, account),
+        )
+    return {"Cookie": f"gk_session_{host.rpartition(':')[2]}={sid}.{secret}", "X-Gatekeeper-Key": key}
+
+
+async def test_sessions_end_for_good_and_never_cross_pages_or_origins(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """A session ends with its logout, its password's change and its account's removal (in every process); a
+    session of the local page (no account), one opened under another Host, a cookie without its page key, a
+    cookie the attacker made up, the ui-token and a login link open nothing on the service; a state change from
+    another origin, or under another Host, is refused; the login throttle counts the peer, whatever
+    X-Forwarded-For says, and a right password does not pass it. Nothing is decided meanwhile."""
+    with anyio.fail_after(300):
+        async with deployment(pg_admin_dsn, home, tmp_path) as d:
+            made = await d.call({"path": "/tmp/a", "content": "x"})
+            cid, args_digest = made.id, d.row(made.id)["args_digest"]
+            approve = f"/api/calls/{cid}/approve"
+            host = d.base.removeprefix("http://")
+
+            async def refused(headers: dict[str, str], status: int, error: str, path: str = approve) -> None:
+                r = await d.http.post(path, json={"args_digest": args_digest}, headers=headers)
+                assert (r.status_code, r.json()["error"]) == (status, error), r.text
+
+            # ended sessions: logout, passwd, remove (the CLI is another process)
+            alice = await d.session("alice")
+            assert (await d.http.post("/api/logout", headers=alice)).status_code == 200
+            await refused(alice, 401, "unauthorized")
+            bob, carol = await d.session("bob"), await d.session("carol")
+            env = gk_env(d.home, MCP_GATEKEEPER_STORE=d.ap_url)
+            for argv, stdin in ((["passwd", "bob", "--password-stdin"], b"another-long-password\n"),
+                                (["remove", "carol"], None)):  # fmt: skip
+                done = await anyio.run_process(
+                    [PY, "-m", "mcp_gatekeeper", "users", *argv, "--config", str(d.config)], input=stdin, env=env,
+                    cwd=str(ROOT), check=False,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr.decode()
+            await refused(bob, 401, "unauthorized")
+            await refused(carol, 401, "unauthorized")
+            r = await d.http.post("/login", data={"username": "bob", "password": PASSWORD}, headers={"Origin": d.base})
+            assert r.status_code == 401  # the old password is gone
+
+            # sessions that are not this service's accounts', or not opened here
+            origin = {"Origin": d.base}
+            await refused(
+                {**_forged_session(d.admin, "aaaa01", account=None, host=host), **origin}, 401, "unauthorized"
+            )
+            other = _forged_session(d.admin, "aaaa02", account="alice", host="127.0.0.1:1")
+            other["Cookie"] = other["Cookie"].replace("gk_session_1=", f"gk_session_{host.rpartition(':')[2]}=")
+            await refused({**other, **origin}, 401, "unauthorized")
+            live = await d.session("mallory")  # a live session, to replay in pieces
+            await refused({"Cookie": live["Cookie"], **origin}, 401, "unauthorized")  # the cookie alone
+            made_up = f"{live['Cookie'].partition('=')[0]}=ffffffffffff.{'A' * 43}"
+            await refused(
+                {"Cookie": made_up, "X-Gatekeeper-Key": live["X-Gatekeeper-Key"], **origin}, 401, "unauthorized"
+            )
+            token = (d.home / "ui-token").read_text().strip() if (d.home / "ui-token").exists() else "t" * 43
+            await refused({"Authorization": f"Bearer {token}"}, 401, "unauthorized")
+            r = await d.http.get(f"/login?token={'A' * 32}")
+            assert r.status_code == 200 and "set-cookie" not in r.headers  # the login form; no session
+
+            # a live session from another origin, or under another Host
+            await refused({**live, "Origin": "http://evil.example"}, 403, "cross_origin")
+            await refused({**live, "Sec-Fetch-Site": "cross-site"}, 403, "cross_origin")
+            await refused({k: v for k, v in live.items() if k != "Origin"}, 403, "cross_origin")
+            await refused({**live, "Host": "evil.example"}, 421, "misdirected")
+            r = await d.http.post(
+                "/login", data={"username": "alice", "password": PASSWORD}, headers={"Origin": "http://evil.example"}
+            )
+            assert r.status_code == 403  # no login CSRF
+
+            # the throttle: the peer is loopback, so X-Forwarded-For is not believed; five misses lock the account
+            for i in range(5):
+                r = await d.http.post(
+                    "/login", data={"username": "alice", "password": "wrong-password-" + str(i)},
+                    headers={"Origin": d.base, "X-Forwarded-For": f"10.0.0.{i}"},
+                )  # fmt: skip
+                assert r.status_code == 401
+            r = await d.http.post(
+                "/login", data={"username": "ALICE", "password": PASSWORD},
+                headers={"Origin": d.base, "X-Forwarded-For": "10.9.9.9"},
+            )  # fmt: skip
+            assert r.status_code == 429 and "set-cookie" not in r.headers
+            with _admin(d.admin) as c:
+                addresses = {r[0] for r in c.execute("SELECT address FROM login_attempts WHERE account = 'alice'")}
+            assert addresses == {"127.0.0.1"}
+
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"]) == ("pending", None)
+            assert d.forwarded() == []
+            assert [e for e, *_ in d.events(cid)] == ["held"]
+            r = await d.http.post(f"/api/calls/{cid}/reject", json={}, headers=live)
+            assert r.status_code == 403 and r.json()["error"] == "self_review"  # rejecting is deciding too
+            r = await d.http.post(
+                "/login", data={"username": "bob", "password": "another-long-password"}, headers={"Origin": d.base}
+            )
+            assert r.status_code == 303, r.text
+            bob = {"Cookie": r.headers["set-cookie"].split(";")[0], "Origin": d.base,
+                   "X-Gatekeeper-Key": r.headers["location"].partition("#key=")[2]}  # fmt: skip
+            r = await d.http.post(f"/api/calls/{cid}/reject", json={}, headers=bob)
+            assert r.status_code == 200, r.text
+            assert (await made.wait()).is_error
     assert d.forwarded() == []
