@@ -113,9 +113,10 @@ async def _login(request: Request) -> Response:
         await st.store.reviewers.note_login(account=account, address=address, ok=False, why="bad name or password")
         return login_page("Wrong reviewer name or password.", username=username, status=401)
     opened = await open_account_session(
-        st.store, account, host=request.headers["host"], user_agent=request.headers.get("user-agent")
-    )
-    if opened is None:  # removed between the check and the session
+        st.store, account, host=request.headers["host"], user_agent=request.headers.get("user-agent"),
+        password_hash=stored,
+    )  # fmt: skip
+    if opened is None:  # removed, or its password changed, between the check and the session
         return login_page("Wrong reviewer name or password.", username=username, status=401)
     await st.store.reviewers.note_login(account=account, address=address, ok=True)
     st.changes.notify()

@@ -28,11 +28,14 @@ from harness import FEATURE_SERVER, ROOT, StderrWatcher, gatekeeper, gk_env, wra
 from mcp import Client
 from relkit import PY, received, text, write_config
 
+from mcp_gatekeeper import accounts
 from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.hostos import os_user
 from mcp_gatekeeper.models import digest
+from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.store.pg_schema import SCHEMA, Roles
 from mcp_gatekeeper.store.postgres import init_database
+from mcp_gatekeeper.webauth import open_account_session
 
 pytestmark = [pytest.mark.reliability, pytest.mark.anyio]
 
@@ -496,3 +499,27 @@ async def test_sessions_end_for_good_and_never_cross_pages_or_origins(
             assert r.status_code == 200, r.text
             assert (await made.wait()).is_error
     assert d.forwarded() == []
+
+
+async def test_a_password_changed_while_its_login_is_checked_opens_no_session(pg_admin_dsn: str) -> None:
+    """The login checks the password (scrypt, tens of milliseconds off the event loop), then opens the session. An
+    admin's ``passwd`` (the password leaked) landing in between ends the account's sessions, so the session the
+    old password is opening must not be opened after it: the opening checks the hash that was checked."""
+    tag = secrets.token_hex(3)
+    roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+    report = await init_database(pg_admin_dsn, SystemClock(), roles=roles)
+    async with Store.open(report.new_role_urls[roles.approver], SystemClock()) as store:
+        await store.reviewers.add(
+            "alice", role="reviewer", groups=["ops"], principals=[], password_hash=accounts.hash_password(PASSWORD),
+            by="cli:root", channel="cli",
+        )  # fmt: skip
+        checked = await store.reviewers.password_hash("alice")  # the login's look, then its scrypt
+        assert accounts.verify_password(PASSWORD, checked)
+        await store.reviewers.set_password("alice", accounts.hash_password("the-new-password"), by="cli:root",
+                                           channel="cli")  # fmt: skip
+        opened = await open_account_session(store, "alice", host="127.0.0.1:1", user_agent=None, password_hash=checked)
+        assert opened is None
+        assert await store.sessions.of_account("alice") == []
+        # with the password of now, it opens
+        now = await store.reviewers.password_hash("alice")
+        assert await open_account_session(store, "alice", host="127.0.0.1:1", user_agent=None, password_hash=now)
