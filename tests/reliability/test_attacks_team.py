@@ -523,3 +523,76 @@ async def test_a_password_changed_while_its_login_is_checked_opens_no_session(pg
         # with the password of now, it opens
         now = await store.reviewers.password_hash("alice")
         assert await open_account_session(store, "alice", host="127.0.0.1:1", user_agent=None, password_hash=now)
+
+
+# ---------------------------------------------------------------------------------------------- hostile labels on the page
+
+CHROMIUM = Path("/usr/bin/chromium")
+HOSTILE = '<img src=x id=pwned onerror="document.title=1">'
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")
+async def test_hostile_labels_written_by_the_agent_are_shown_as_text(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """The agent writes, with its gatekeeper's role, a gatekeeper instance whose host is markup and a held call
+    whose principal, upstream, tool, summary and reasons are markup. A reviewer's real browser shows each as text
+    (the queue, its host/agent filter, the card), creates no element from it, runs nothing."""
+    pytest.importorskip("playwright")
+    from playwright.async_api import async_playwright
+
+    s = SCHEMA
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path) as d:
+            cid = "d" * 26
+            with psycopg.connect(d.gk_url, autocommit=True, options=f"-c search_path={s}") as c:
+                c.execute(
+                    "INSERT INTO instances (id, pid, host, label, started_at, heartbeat_at) VALUES"
+                    " ('evil-instance', 1, %s, %s, extract(epoch from now()), extract(epoch from now()))",
+                    (HOSTILE, HOSTILE),
+                )
+                c.execute(
+                    "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, created_at,"
+                    " deadline_at, instance_id, principal, summary, reasons) VALUES (%s, 'pending', %s, %s, %s, 'd',"
+                    " 'hard', 'high', extract(epoch from now()), extract(epoch from now()) + 600, 'evil-instance',"
+                    " %s, %s, %s)",
+                    (cid, HOSTILE, HOSTILE, json.dumps({"path": HOSTILE}), HOSTILE, HOSTILE, json.dumps([HOSTILE])),
+                )
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=str(CHROMIUM), args=["--headless=new", "--no-sandbox", "--disable-gpu"]
+                )
+                try:
+                    page = await (await browser.new_context()).new_page()
+                    dialogs: list[str] = []
+                    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+                    await page.goto(f"{d.base}/")
+                    await page.wait_for_url("**/login")
+                    await page.fill("#username", "alice")
+                    await page.fill("#password", PASSWORD)
+                    await page.click("#login-btn")
+                    await page.wait_for_selector("#whoami:has-text('alice')")
+                    await page.goto(f"{d.base}/#/queue")
+                    item = page.locator(f".qitem[data-id='{cid}']")
+                    await item.locator(".who").wait_for()
+                    assert HOSTILE in await item.inner_text()  # the markup, as text
+                    options = await page.locator("select.qwho option").evaluate_all("os => os.map((o) => o.value)")
+                    assert f"host:{HOSTILE}" in options and f"agent:{HOSTILE}" in options
+                    await page.select_option("select.qwho", f"host:{HOSTILE}")
+                    await item.wait_for()
+                    assert await page.locator("#pwned").count() == 0
+                    await page.goto(f"{d.base}/#/call/{cid}")
+                    await page.wait_for_selector(f"text={HOSTILE}")
+                    assert await page.locator("#pwned").count() == 0
+                    await page.goto(f"{d.base}/api/weekly-review?key=" + await page.evaluate(
+                        "localStorage.getItem('gk-page-key')"
+                    ))  # fmt: skip
+                    await page.wait_for_load_state()
+                    assert await page.locator("#pwned").count() == 0
+                    assert await page.evaluate("document.title") != "1"
+                    assert dialogs == []
+                finally:
+                    await browser.close()
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"]) == ("pending", None)
