@@ -388,7 +388,7 @@ class Gate:
         detail: dict[str, Any] = {"evidence": decision.evidence} if decision.evidence else {}
         if modified is not None:
             detail["modified"] = True
-        if decision.approve and self._needs_passkey(rec):
+        if decision.approve and self._needs_passkey(rec, modified):
             to_run = rec.args_digest if modified is None else digest(modified)
             detail["passkey"] = await self._accept_passkey(rec, decision, to_run)
         signer = None if self.keys is None else self.keys.signer()  # an unusable key decides nothing
@@ -495,10 +495,9 @@ class Gate:
                 return str(e)
         return None
 
-    def _needs_passkey(self, rec: CallRecord) -> bool:
-        """Does this process's policy say the call's rule needs a passkey (``confirm = "passkey"``)?"""
-        rule = self.policy.rule_named(rec.rule) if rec.rule else None
-        return rule is not None and rule.confirm == "passkey"
+    def _needs_passkey(self, rec: CallRecord, edit: Mapping[str, Any] | None = None) -> bool:
+        """Does this process's policy say approving the call needs a passkey? (:func:`needs_passkey`)"""
+        return needs_passkey(self.policy, rec, edit)
 
     async def _check_passkey(
         self, rec: CallRecord, assertion: Any, reviewer: str, to_run: str, *, accepting: bool = False
@@ -561,6 +560,17 @@ class Gate:
                 )
             except StoreError:
                 log.error("could not record the outcome of %s", rec.id[:8], exc_info=True)
+
+
+def needs_passkey(policy: Policy, rec: CallRecord, edit: Mapping[str, Any] | None = None) -> bool:
+    """Does ``policy`` say approving ``rec`` (with the reviewer's ``edit``) needs a passkey (``confirm =
+    "passkey"``)? The rule it was held under, or a rule its arguments, its approved edit or ``edit`` match here:
+    the rule a row names is written by the gatekeeper's role, and naming a lenient one must not spare the passkey."""
+    rules = [policy.rule_named(rec.rule)] if rec.rule else []
+    for arguments in (rec.arguments, rec.modified_arguments, edit):
+        if arguments is not None:
+            rules.append(policy.evaluate(rec.upstream, rec.tool, arguments).rule_config)
+    return any(rule is not None and rule.confirm == "passkey" for rule in rules)
 
 
 def outcome_of(rec: CallRecord) -> Outcome:

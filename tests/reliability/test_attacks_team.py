@@ -596,3 +596,56 @@ async def test_hostile_labels_written_by_the_agent_are_shown_as_text(
                     await browser.close()
             row = d.row(cid)
             assert (row["state"], row["decided_by"]) == ("pending", None)
+
+
+# ---------------------------------------------------------------------------------------------- passkeys
+
+PASSKEY_RULES = (
+    RULES.split("[[rules]]", 1)[0]
+    + """[team]
+public_url = "http://localhost:8766"
+[[rules]]
+name = "etc-keys"
+tool = "write_note"
+when = { path = { under = "/etc/keys" } }
+gate = "hard"
+confirm = "passkey"
+[[rules]]"""
+    + RULES.split("[[rules]]", 1)[1]
+)
+
+
+async def test_a_row_naming_a_lenient_rule_does_not_spare_the_passkey(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """Whether approving needs the reviewer's passkey is the service's policy over the call's arguments, not the
+    rule named in the row: the agent, with its gatekeeper's role, writes a held call for /etc/keys (passkey) that
+    says it was held under "notes", offered for a retry it would attach to. A reviewer's approval without a
+    passkey is refused, so the agent's retry never runs it."""
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path, PASSKEY_RULES) as d:
+            first = await d.call(
+                {"path": "/tmp/a", "content": "x"}
+            )  # the agent's principal, as its gatekeeper writes it
+            principal = d.row(first.id)["principal"]
+            args = {"path": "/etc/keys/authorized", "content": "ssh-ed25519 AAAA attacker"}
+            cid = "c" * 26
+            with psycopg.connect(d.gk_url, autocommit=True, options=f"-c search_path={SCHEMA}") as c:
+                c.execute(
+                    "INSERT INTO calls (id, state, upstream, tool, arguments, args_digest, gate, risk, rule, created_at,"
+                    " deadline_at, principal, retry_offered) VALUES (%s, 'pending', 'feat', 'write_note', %s, %s,"
+                    " 'hard', 'high', 'notes', extract(epoch from now()), extract(epoch from now()) + 600, %s, 1)",
+                    (cid, json.dumps(args), digest(args), principal),
+                )
+            alice = await d.session("alice")
+            shown = (await d.http.get(f"/api/calls/{cid}", headers=alice)).json()
+            assert shown["confirm"] == "passkey"  # the card asks for it
+            r = await d.http.post(f"/api/calls/{cid}/approve", json={"args_digest": digest(args)}, headers=alice)
+            assert r.status_code == 403 and r.json()["error"] == "passkey_refused", r.text
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"]) == ("pending", None)
+            assert d.forwarded() == []
+            r = await d.http.post(f"/api/calls/{first.id}/reject", json={}, headers=alice)
+            assert r.status_code == 200
+            await first.wait()
+    assert d.forwarded() == []
