@@ -359,6 +359,11 @@ async def test_the_agent_with_its_gatekeepers_database_role_cannot_get_a_call_ru
                     f" WHERE id = '{cid}'",
                     "ran",
                 ),
+                "another call's signature on mine": (
+                    f"UPDATE {s}.calls SET decision_sig = (SELECT max(decision_sig) FROM {s}.calls) WHERE id = '{cid}'",
+                    "42501",
+                ),
+                "a decision at a past time": (f"UPDATE {s}.calls SET decided_at = 1 WHERE id = '{cid}'", "42501"),
                 "a forged twin, allowed": (twin.replace("@ID", "f" * 26).replace("@STATE", "allowed"), "ran"),
                 "a forged twin, approved": (twin.replace("@ID", "e" * 26).replace("@STATE", "approved"), "42501"),
             }
