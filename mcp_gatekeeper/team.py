@@ -154,12 +154,13 @@ class TeamDesk:
             )  # fmt: skip
         except NotAllowedError as e:
             tally = await self.store.approvals.tally(rec.id)
-            if tally.count < req.approvals:  # a real second try; else: finish a quorum whose decision was lost
+            if await self._counted(rec, tally, req) < req.approvals:  # a real second try; else: finish a quorum
+                # whose decision was lost
                 await self.store.approvals.note_refusal(
                     rec.id, reviewer=reviewer.name, why=e.why, message=str(e), channel="web"
                 )
                 raise
-        if tally.count < req.approvals:
+        if await self._counted(rec, tally, req) < req.approvals:
             return Step(await self.store.get(rec.id), tally, req.approvals, decided=False)
         done = await self._decide(
             rec,
@@ -172,6 +173,16 @@ class TeamDesk:
             passkey=passkey,
         )
         return Step(done, tally, req.approvals, decided=True)
+
+    async def _counted(self, rec: CallRecord, tally: Tally, req: Requirements) -> int:
+        """The round's approvals that still count: by accounts that still exist and may still decide the call (a
+        removed account's approval, or one whose groups no longer qualify, does not make up a quorum)."""
+        principal = await self.store.principal_of(rec.id)
+        counted = 0
+        for name in tally.approvers:
+            found = await self.store.reviewers.get(name)
+            counted += found is not None and refusal(req, principal, found) is None
+        return counted
 
     async def _decide(
         self,

@@ -654,3 +654,35 @@ async def test_a_row_naming_a_lenient_rule_does_not_spare_the_passkey(
             assert r.status_code == 200
             await first.wait()
     assert d.forwarded() == []
+
+
+async def test_an_approval_counts_only_while_its_reviewer_may_still_decide(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """alice approves an /etc note (two approvals of ops), then her account is removed (she left; or it was
+    stolen), and an account of the same name is made again, in support. bob's approval is then the only one of
+    the round that counts: the call stays held (and bob rejects it)."""
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path) as d:
+            made = await d.call({"path": "/etc/motd", "content": "hi"})
+            cid, args_digest = made.id, d.row(made.id)["args_digest"]
+            alice = await d.session("alice")
+            r = await d.http.post(f"/api/calls/{cid}/approve", json={"args_digest": args_digest}, headers=alice)
+            assert r.status_code == 200 and r.json()["decided"] is False, r.text
+            env = gk_env(d.home, MCP_GATEKEEPER_STORE=d.ap_url)
+            done = await anyio.run_process(
+                [PY, "-m", "mcp_gatekeeper", "users", "remove", "alice", "--config", str(d.config)], env=env,
+                cwd=str(ROOT), check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr.decode()
+            await _users_add(d.home, d.config, d.ap_url, "alice", ["support"], [])
+            bob = await d.session("bob")
+            r = await d.http.post(f"/api/calls/{cid}/approve", json={"args_digest": args_digest}, headers=bob)
+            assert r.status_code == 200 and r.json()["decided"] is False, r.text
+            row = d.row(cid)
+            assert (row["state"], row["decided_by"]) == ("pending", None)
+            assert d.forwarded() == []
+            r = await d.http.post(f"/api/calls/{cid}/reject", json={}, headers=bob)
+            assert r.status_code == 200, r.text
+            assert (await made.wait()).is_error
+    assert d.forwarded() == []
