@@ -28,6 +28,7 @@ from mcp_gatekeeper.config import RuleConfig
 from mcp_gatekeeper.errors import AlreadyDecidedError, NotAllowedError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, State, digest
+from mcp_gatekeeper.passkeys import PasskeyError
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.store.approvals import Tally
@@ -205,6 +206,11 @@ class TeamDesk:
         )  # fmt: skip
         try:
             return await self.gate.decide(rec.id, decision)
+        except PasskeyError as e:  # no passkey, or one over another call, other arguments, or spent: audited
+            await self.store.approvals.note_refusal(
+                rec.id, reviewer=reviewer.name, why="passkey_refused", message=str(e), channel="web"
+            )
+            raise
         except AlreadyDecidedError:
             if tally.count == 0:
                 raise

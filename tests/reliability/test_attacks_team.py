@@ -26,12 +26,15 @@ import psycopg
 import pytest
 from harness import FEATURE_SERVER, ROOT, StderrWatcher, gatekeeper, gk_env, wrap_params
 from mcp import Client
+from pgcluster import free_port
 from relkit import PY, received, text, write_config
+from softauthn import SoftAuthenticator, as_response
 
 from mcp_gatekeeper import accounts
 from mcp_gatekeeper.clock import SystemClock
 from mcp_gatekeeper.hostos import os_user
 from mcp_gatekeeper.models import digest
+from mcp_gatekeeper.passkeys import RelyingParty, challenge_for
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.store.pg_schema import SCHEMA, Roles
 from mcp_gatekeeper.store.postgres import init_database
@@ -157,7 +160,9 @@ async def _users_add(home: Path, cfg: Path, ap_url: str, name: str, groups: list
 
 
 @asynccontextmanager
-async def deployment(pg_admin_dsn: str, home: Path, tmp_path: Path, rules: str = RULES) -> AsyncIterator[Deployment]:
+async def deployment(
+    pg_admin_dsn: str, home: Path, tmp_path: Path, rules: str = RULES, *, port: int = 0
+) -> AsyncIterator[Deployment]:
     """Roles and schema, the accounts, the approval service and one gatekeeper holding an agent's calls."""
     tag = secrets.token_hex(3)
     roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
@@ -174,7 +179,7 @@ async def deployment(pg_admin_dsn: str, home: Path, tmp_path: Path, rules: str =
     try:
         async with (
             await anyio.open_process(
-                [PY, "-m", "mcp_gatekeeper", "serve", "--port", "0", "--config", str(cfg)],
+                [PY, "-m", "mcp_gatekeeper", "serve", "--port", str(port), "--config", str(cfg)],
                 env=gk_env(home, MCP_GATEKEEPER_STORE=ap_url), cwd=str(ROOT), stderr=service_err.file,
             ) as service,
             gatekeeper(params) as (agent, held),
@@ -686,3 +691,77 @@ async def test_an_approval_counts_only_while_its_reviewer_may_still_decide(
             assert r.status_code == 200, r.text
             assert (await made.wait()).is_error
     assert d.forwarded() == []
+
+
+KEYS_PORT = free_port()
+KEYS = f"http://localhost:{KEYS_PORT}"
+KEY_RULES = (
+    RULES.split("[[rules]]", 1)[0]
+    + f"""[team]
+public_url = "{KEYS}"
+[[rules]]
+name = "etc-keys"
+tool = "write_note"
+when = {{ path = {{ under = "/etc/keys" }} }}
+gate = "hard"
+confirm = "passkey"
+reviewers = ["ops"]
+[[rules]]"""
+    + RULES.split("[[rules]]", 1)[1]
+)
+
+
+async def test_a_passkey_assertion_approves_only_the_call_and_arguments_it_was_made_for(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """alice registers a passkey on the service and approves a call with it. Her assertion over that call does
+    not approve another call, nor the same call with other arguments (another round's), nor again (its sign
+    count was spent); each refusal is audited and nothing runs but the call she confirmed."""
+    with anyio.fail_after(300):
+        async with deployment(pg_admin_dsn, home, tmp_path, KEY_RULES, port=KEYS_PORT) as d:
+            a = await d.call({"path": "/etc/keys/a", "content": "a"})
+            b = await d.call({"path": "/etc/keys/b", "content": "b"})
+            site = {"Host": f"localhost:{KEYS_PORT}", "Origin": KEYS}
+            r = await d.http.post("/login", data={"username": "alice", "password": PASSWORD}, headers=site)
+            assert r.status_code == 303, r.text
+            alice = {**site, "Cookie": r.headers["set-cookie"].split(";")[0],
+                     "X-Gatekeeper-Key": r.headers["location"].partition("#key=")[2]}  # fmt: skip
+            auth = SoftAuthenticator(RelyingParty.from_url(KEYS), reviewer="alice")
+            start = (await d.http.post("/api/passkeys/register/options", json={}, headers=alice)).json()
+            r = await d.http.post(
+                "/api/passkeys/register",
+                json={"state": start["state"], "credential": auth.registration(start["options"]["challenge"])},
+                headers=alice,
+            )
+            assert r.status_code == 200 and r.json()["reviewer"] == "alice", r.text
+            da, db = d.row(a.id)["args_digest"], d.row(b.id)["args_digest"]
+            over_a = auth.assertion(challenge_for(a.id, da))
+            edit = {"path": "/etc/keys/a", "content": "other"}
+
+            async def approve(cid: str, seen: str, assertion: dict[str, str], **extra: Any) -> httpx2.Response:
+                body = {"args_digest": seen, "passkey": as_response(assertion), **extra}
+                return await d.http.post(f"/api/calls/{cid}/approve", json=body, headers=alice)
+
+            for cid, seen, assertion, extra in (
+                (b.id, db, over_a, {}),  # another call
+                (a.id, da, auth.assertion(challenge_for(a.id, digest(edit))), {}),  # other arguments than these
+                (a.id, da, over_a, {"arguments": edit}),  # these arguments, approved as an edit
+            ):
+                r = await approve(cid, seen, assertion, **extra)
+                assert r.status_code == 403 and r.json()["error"] == "passkey_refused", r.text
+            assert d.refusals(b.id) == [("alice", "passkey_refused")]
+            assert d.refusals(a.id) == [("alice", "passkey_refused")] * 2
+            r = await approve(a.id, da, over_a)
+            assert r.status_code == 200 and r.json()["state"] == "approved", r.text
+            assert not (await a.wait()).is_error
+            # the spent assertion, and a fresh one over b with a count already used, open nothing more
+            r = await approve(b.id, db, over_a)
+            assert r.status_code == 403, r.text
+            r = await approve(b.id, db, auth.assertion(challenge_for(b.id, db), count=1))  # over_a's
+            assert r.status_code == 403 and r.json()["error"] == "passkey_refused", r.text
+            row = d.row(b.id)
+            assert (row["state"], row["decided_by"]) == ("pending", None)
+            r = await d.http.post(f"/api/calls/{b.id}/reject", json={}, headers=alice)
+            assert r.status_code == 200, r.text
+            assert (await b.wait()).is_error
+    assert d.forwarded() == [{"path": "/etc/keys/a", "content": "a"}]
