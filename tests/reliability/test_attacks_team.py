@@ -765,3 +765,39 @@ async def test_a_passkey_assertion_approves_only_the_call_and_arguments_it_was_m
             assert r.status_code == 200, r.text
             assert (await b.wait()).is_error
     assert d.forwarded() == [{"path": "/etc/keys/a", "content": "a"}]
+
+
+BRIEF = (
+    RULES.split("[[rules]]", 1)[0]
+    + """[[rules]]
+name = "brief"
+tool = "write_note"
+when = { path = { under = "/srv" } }
+gate = "hard"
+timeout = 3
+[[rules]]"""
+    + RULES.split("[[rules]]", 1)[1]
+)
+
+
+async def test_a_call_past_its_deadline_is_not_approved_even_if_its_row_says_otherwise(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """The agent pushes its held call's deadline (a column its gatekeeper's role may write) a long way off. The
+    gatekeeper holding it still rejects it at its own deadline, and a reviewer's approval after that is refused
+    (409): the call never runs."""
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path, BRIEF) as d:
+            made = await d.call({"path": "/srv/x", "content": "late"})
+            with psycopg.connect(d.gk_url, autocommit=True, options=f"-c search_path={SCHEMA}") as c:
+                c.execute("UPDATE calls SET deadline_at = 1e12 WHERE id = %s", (made.id,))
+            result = await made.wait()
+            assert result.is_error and "not approved in time" in text(result), text(result)
+            alice = await d.session("alice")
+            r = await d.http.post(
+                f"/api/calls/{made.id}/approve", json={"args_digest": d.row(made.id)["args_digest"]}, headers=alice
+            )
+            assert r.status_code == 409, r.text
+            row = d.row(made.id)
+            assert (row["state"], row["decided_by"]) == ("expired", None)
+    assert d.forwarded() == []
