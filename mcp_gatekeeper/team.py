@@ -131,8 +131,10 @@ class TeamDesk:
         """``reviewer`` approves what they saw (``seen_digest``: the call's arguments, or the current round's
         edit); ``arguments``: an edit. The call is approved once the quorum is met."""
         rec = await self.store.find(call_id)
-        edit = arguments if arguments is not None and digest(arguments) != rec.args_digest else None
         tally = await self.store.approvals.tally(rec.id)
+        # an edit is arguments other than the round's proposal: putting a colleague's edit back to the call's own
+        # arguments is an edit too (a new round), never an approval of the colleague's edit
+        edit = arguments if arguments is not None and digest(arguments) != tally.proposal_digest else None
         # what this approval is for: the reviewer's edit, else the current round's (a colleague's edit): the rules
         # of those arguments count too, or one reviewer's edit into a stricter rule would be met by the looser one
         # (approving it again, or a reviewer outside the stricter rule's groups). A round that changes after this

@@ -240,6 +240,35 @@ async def test_one_reviewer_cannot_meet_a_quorum_by_editing_then_approving_again
     assert (row["state"], row["decided_by"]) == ("forwarded", "bob")
 
 
+async def test_undoing_a_colleagues_edit_is_not_counted_as_approving_it(
+    pg_admin_dsn: str, home: Path, tmp_path: Path
+) -> None:
+    """bob edits a /tmp note into an /etc one (two approvals) and approves it. alice, shown his edit, puts the
+    arguments back as the agent made them and approves: that is her approval of the agent's arguments, not a
+    second approval of bob's edit (the page sends the round's digest as what she reviewed, with her arguments)."""
+    with anyio.fail_after(240):
+        async with deployment(pg_admin_dsn, home, tmp_path) as d:
+            original = {"path": "/tmp/motd", "content": "hello"}
+            made = await d.call(original)
+            bob, alice = await d.session("bob"), await d.session("alice")
+            evil = {"path": "/etc/motd", "content": "owned"}
+            r = await d.http.post(
+                f"/api/calls/{made.id}/approve", json={"args_digest": digest(original), "arguments": evil}, headers=bob
+            )
+            assert r.status_code == 200 and r.json()["decided"] is False, r.text
+            r = await d.http.post(
+                f"/api/calls/{made.id}/approve",
+                json={"args_digest": digest(evil), "arguments": original},
+                headers=alice,
+            )
+            assert r.status_code == 200, r.text
+            result = await made.wait()
+    assert not result.is_error, text(result)
+    assert d.forwarded() == [original]
+    row = d.row(made.id)
+    assert (row["state"], row["decided_by"], row["modified_arguments"]) == ("forwarded", "alice", None)
+
+
 # ---------------------------------------------------------------------------------------------- the local page's routes
 
 AUDITED = (
