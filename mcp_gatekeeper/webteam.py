@@ -218,6 +218,15 @@ async def _session(request: Request) -> Response:
     )  # fmt: skip
 
 
+async def _list_sessions(request: Request) -> Response:
+    """A reviewer sees their own live sessions; an admin sees everyone's (whom they may end)."""
+    st, p = web_state(request), principal(request)
+    reviewer = await reviewer_of(request)
+    now = st.clock.now()
+    sessions = [x for x in await st.store.web_sessions(alive_only=True) if reviewer.admin or x.account == reviewer.name]
+    return JSONResponse({"sessions": [{**x.to_json(now), "current": x.id == p.session} for x in sessions], "now": now})
+
+
 async def _revoke_session(request: Request) -> Response:
     """A reviewer ends their own sessions; an admin ends anyone's."""
     st, p = web_state(request), principal(request)
@@ -267,6 +276,7 @@ def routes() -> list[Route]:
         Route("/login", _login_form, methods=["GET"]),
         Route("/login", _login, methods=["POST"]),
         Route("/api/session", _session, methods=["GET"]),
+        Route("/api/sessions", _list_sessions, methods=["GET"]),
         Route("/api/sessions/{session_id}/revoke", _revoke_session, methods=["POST"]),
         Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
         Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),

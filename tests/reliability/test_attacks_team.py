@@ -486,6 +486,8 @@ async def test_sessions_end_for_good_and_never_cross_pages_or_origins(
             other["Cookie"] = other["Cookie"].replace("gk_session_1=", f"gk_session_{host.rpartition(':')[2]}=")
             await refused({**other, **origin}, 401, "unauthorized")
             live = await d.session("mallory")  # a live session, to replay in pieces
+            listed = (await d.http.get("/api/sessions", headers=live)).json()["sessions"]
+            assert [x["account"] for x in listed] == ["mallory"]  # not the other reviewers' sessions
             await refused({"Cookie": live["Cookie"], **origin}, 401, "unauthorized")  # the cookie alone
             made_up = f"{live['Cookie'].partition('=')[0]}=ffffffffffff.{'A' * 43}"
             await refused(
