@@ -3,14 +3,16 @@
 Before forwarding, an optional *capture* call records what the compensation will need (the previous
 content of a file, say). After a failed review (or a review window that closes, if configured so), the
 rule's *compensation* runs: a tool call on the same or another upstream, its arguments templated from the
-original arguments, result and capture. Each attempt is claimed with a compare-and-set, so one process
-runs it; failures are retried with backoff, then recorded as ``rollback_failed`` and alerted. Nothing is
-ever silently skipped.
+original arguments, result and capture. Each attempt is a claim (:meth:`Sweeps.claim_compensation
+<mcp_gatekeeper.store.sweeps.Sweeps.claim_compensation>`), so one process runs it (if that process dies
+mid-attempt, another one runs it again); failures are retried with backoff, then recorded as
+``rollback_failed`` and alerted. Nothing is ever silently skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,23 +84,25 @@ class Compensator:
         return result
 
     async def run(self) -> None:
-        """Forever: pick up failed reviews for our upstreams and run their compensation."""
+        """Forever: pick up failed reviews for our upstreams and run their compensation, whenever the gate rings
+        :attr:`~mcp_gatekeeper.gate.Gate.reviewed` (a review failed here, or its sweep saw one due anywhere); a
+        gate that does not sweep is polled instead."""
         while True:
             try:
                 await self.run_due()
             except StoreError:
                 log.warning("store unusable while looking for compensations; retrying", exc_info=True)
-            with anyio.move_on_after(self._poll):
+            with anyio.move_on_after(math.inf if self.gate.sweeping else self._poll):
                 await self.gate.reviewed.wait()
 
     async def run_due(self) -> int:
         now = self.clock.monotonic()
         ran = 0
-        for rec, attempts in await self.gate.store.compensations_due(list(self._upstreams())):
+        for rec, attempts in await self.gate.store.sweeps.compensations_due(list(self._upstreams())):
             if self._not_before.get(rec.id, 0.0) > now:
                 continue
-            if not await self.gate.store.claim_compensation(rec.id):
-                continue  # another process took it
+            if not await self.gate.store.sweeps.claim_compensation(rec.id):
+                continue  # another process claimed it
             ran += 1
             await self._attempt(rec, attempts + 1)
         return ran

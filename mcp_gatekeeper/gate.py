@@ -9,7 +9,7 @@ signal when another process decides), expires at the deadline (reject, never app
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ import jsonschema
 from jsonschema.exceptions import SchemaError
 
 from mcp_gatekeeper.clock import Clock
-from mcp_gatekeeper.config import check_predicates
+from mcp_gatekeeper.config import EscalationStep, check_predicates
 from mcp_gatekeeper.errors import AlreadyDecidedError, InvalidModificationError, NotAllowedError, StoreError
 from mcp_gatekeeper.models import (
     Approved,
@@ -70,6 +70,8 @@ class Gate:
         self._sweep_interval = sweep_interval
         self._waiters: dict[str, list[anyio.Event]] = {}
         """Every wait in this process on a call (an identical retry can wait beside the first request)."""
+        self._deadlines: dict[str, float | None] = {}
+        """The deadline the waiters of each call count down to (the watcher wakes them when it moves)."""
         self._have_waiters = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self.reviewed = anyio.Event()
@@ -92,6 +94,7 @@ class Gate:
                 tg.cancel_scope.cancel()
 
     async def _watch(self) -> None:
+        """Wake this process's waiters when another process decided, expired or escalated their call."""
         version: int | None = None
         while True:
             if not self._waiters:
@@ -102,10 +105,13 @@ class Gate:
                 if current != version:
                     version = current
                     ids = list(self._waiters)
-                    states = await self.store.states_of(ids)
+                    marks = await self.store.calls.watch_marks(ids)
                     for cid in ids:
-                        st = states.get(cid)
-                        if st is not None and st != State.PENDING:
+                        if (mark := marks.get(cid)) is None:
+                            continue
+                        state, deadline = mark
+                        # decided, or an escalation moved the deadline its waiters count down to
+                        if state != State.PENDING or deadline != self._deadlines.get(cid, deadline):
                             self._wake(cid)
             except StoreError:
                 log.warning("store unreadable while watching for decisions; retrying", exc_info=True)
@@ -119,43 +125,90 @@ class Gate:
             except StoreError:
                 log.warning("store unusable while sweeping held calls; retrying", exc_info=True)
 
+    @property
+    def sweeping(self) -> bool:
+        """Whether :meth:`running` sweeps (then it also rings :attr:`reviewed` while a compensation is due)."""
+        return self._sweep_interval is not None
+
     async def sweep_once(self) -> None:
-        """Expire overdue calls (this process's and released ones), fire due escalation steps, close due review
-        windows, and orphan released approved calls whose client never came back for them."""
+        """This process's share of the sweeper work of every process of the store, each piece a claim
+        (:mod:`mcp_gatekeeper.store.sweeps`): expire overdue calls, fire due escalation steps (and send their
+        notices), close due review windows, orphan released approved calls whose client never came back, and ring
+        :attr:`reviewed` while a compensation is due. Nothing due costs one indexed read."""
         now = self.clock.now()
-        for cid in await self.store.abandon_unclaimed(now, self.policy.config.waiting.retry_grace):
-            self._wake(cid)
-        for rec, level in await self.store.due_pending(self.store.instance_id, now):
-            if rec.deadline_at is not None and now >= rec.deadline_at:
-                await self._expire(rec)
-                self._wake(rec.id)
-                continue
+        grace = self.policy.config.waiting.retry_grace
+        sweeps = self.store.sweeps
+        due = await sweeps.due(now, grace=grace)
+        if not due:
+            return
+        if "abandon" in due:
+            for cid in await self.store.abandon_unclaimed(now, grace):
+                self._wake(cid)
+        if "expire" in due:
+            for cid in await sweeps.expire(now, why=_expiry_reason):
+                self._wake(cid)
+        if "escalate" in due:
+            await self._escalate(now)
+        if "notice" in due:  # steps whose claimant died before it sent their notice
+            for rec, level in await sweeps.claim_open_notices():
+                rule = self.policy.rule_named(rec.rule)
+                steps = rule.escalate if rule else []
+                await self._send_notice(rec, level, list(steps[level - 1].notify) if level <= len(steps) else None)
+        if "review" in due:
+            for rec in await sweeps.reviews_due(now):
+                rule = self.policy.rule_named(rec.rule)
+                if rule is not None and rule.on_review_timeout == "rollback":
+                    to, why = State.REVIEW_FAILED, "nobody reviewed it within its window; rolling back as configured"
+                else:
+                    to, why = State.UNREVIEWED, "nobody reviewed it within its window"
+                if await sweeps.close_review(rec.id, now=now, to_state=to, reason=why) and to == State.REVIEW_FAILED:
+                    due |= {"compensate"}
+        if "compensate" in due:
+            self._ring_reviewed()
+
+    async def _escalate(self, now: float) -> None:
+        """Claim every escalation step that has fallen due (in order), one claim each, and send its notice."""
+        sweeps = self.store.sweeps
+        for rec, level in await sweeps.escalations_due(now):
             rule = self.policy.rule_named(rec.rule)
-            for index, step in enumerate(rule.escalate if rule else [], start=1):
-                if index <= level or now < rec.created_at + step.after:
+            if rule is None:
+                if rec.rule is None:  # held by the defaults, which never escalate
+                    await sweeps.reschedule(rec.id, level=level, escalate_at=None)
+                continue  # a rule this process's policy does not have: left to a process that has it
+            steps = rule.escalate
+            reached, lost = level, False
+            for index, step in enumerate(steps, start=1):
+                if index <= reached or now < rec.created_at + step.after:
                     continue
                 deadline = now + step.timeout if step.timeout is not None else None
-                if await self.store.escalate(rec.id, level=index, deadline_at=deadline, channels=list(step.notify)):
-                    level = index
-                    self._wake(rec.id)  # a waiter re-reads its (maybe shorter) deadline
-                    escalated = getattr(self.notifier, "escalated", None)
-                    if escalated is not None:
-                        try:
-                            await escalated(await self.store.get(rec.id), list(step.notify))
-                        except Exception:  # never blocks or decides
-                            log.warning("escalation notice for %s failed", rec.id[:8], exc_info=True)
-        for rec in await self.store.due_reviews(now):
-            rule = self.policy.rule_named(rec.rule)
-            if rule is not None and rule.on_review_timeout == "rollback":
-                await self.store.transition(
-                    rec.id, [State.UNDER_REVIEW], State.REVIEW_FAILED, event="review_failed", actor="gatekeeper",
-                    channel="timeout", reason="nobody reviewed it within its window; rolling back as configured",
+                claimed = await sweeps.claim_escalation(
+                    rec.id, level=index, deadline_at=deadline, escalate_at=_next_step_at(rule.escalate, index, rec),
+                    channels=list(step.notify),
                 )  # fmt: skip
-            else:
-                await self.store.transition(
-                    rec.id, [State.UNDER_REVIEW], State.UNREVIEWED, event="unreviewed", actor="gatekeeper",
-                    channel="timeout", reason="nobody reviewed it within its window",
-                )  # fmt: skip
+                if claimed is None:
+                    lost = True  # another process claimed it (and goes on from there), or the call was decided
+                    break
+                reached = index
+                self._wake(rec.id)  # a waiter of this process re-reads its (maybe shorter) deadline
+                await self._send_notice(claimed, index, list(step.notify))
+            if reached == level and not lost:  # nothing was due after all (a call held before escalate_at existed)
+                await sweeps.reschedule(rec.id, level=level, escalate_at=_next_step_at(steps, level, rec))
+
+    async def _send_notice(self, rec: CallRecord, level: int, channels: list[str] | None) -> None:
+        """Send the notice of escalation step ``level`` this process claimed, then close the claim (a crash in
+        between leaves it to a survivor, which sends it again). ``channels=None``: the step is not in this
+        process's policy; the claim is closed unsent."""
+        escalated = getattr(self.notifier, "escalated", None)
+        if escalated is not None and channels is not None:
+            try:
+                await escalated(rec, channels)
+            except Exception:  # never blocks or decides
+                log.warning("escalation notice for %s failed", rec.id[:8], exc_info=True)
+        await self.store.sweeps.notice_sent(rec.id, level=level)
+
+    def _ring_reviewed(self) -> None:
+        self.reviewed.set()
+        self.reviewed = anyio.Event()
 
     async def review(self, call_id: str, *, ok: bool, by: str, channel: str, reason: str | None) -> CallRecord:
         """Confirm or fail an audit-gated call that already ran; a failed review triggers its compensation."""
@@ -176,8 +229,7 @@ class Gate:
         if done is None:
             current = await self.store.get(rec.id)
             raise AlreadyDecidedError(f"call {rec.id[:12]} is {current.state}, not under review", state=current.state)
-        self.reviewed.set()
-        self.reviewed = anyio.Event()
+        self._ring_reviewed()
         return done
 
     def _wake(self, call_id: str) -> None:
@@ -201,7 +253,11 @@ class Gate:
 
     async def start_hold(self, new: NewCall, *, timeout: float) -> CallRecord:
         """Record ``new`` as pending with a deadline ``timeout`` seconds away, and tell the humans."""
-        rec = await self.store.insert_call(new, state=State.PENDING, deadline_at=self.clock.now() + timeout)
+        rule = self.policy.rule_named(new.rule) if new.rule else None
+        first = min((step.after for step in rule.escalate), default=None) if rule is not None else None
+        rec = await self.store.insert_call(
+            new, state=State.PENDING, deadline_at=self.clock.now() + timeout, escalate_after=first
+        )
         if self.notifier is not None:
             if self._tg is not None:
                 self._tg.start_soon(self._notify, rec)  # a slow channel never delays or blocks the hold
@@ -234,6 +290,7 @@ class Gate:
         ev = anyio.Event()
         mine = self._waiters.setdefault(rec.id, [])
         mine.append(ev)
+        self._deadlines[rec.id] = rec.deadline_at
         self._have_waiters.set()
         wall_left = (rec.deadline_at - self.clock.now()) if rec.deadline_at is not None else float("inf")
         start = self.clock.monotonic()
@@ -264,6 +321,7 @@ class Gate:
                         mine.remove(ev)
                         ev = anyio.Event()
                         mine.append(ev)
+                        self._deadlines[rec.id] = current.deadline_at
                         if current.deadline_at is not None:  # the deadline may have been shortened
                             deadline = self.clock.monotonic() + (current.deadline_at - self.clock.now())
                             stop = min(deadline, start + budget) if budget is not None else deadline
@@ -293,17 +351,18 @@ class Gate:
             mine.remove(ev)
             if not mine and self._waiters.get(rec.id) is mine:
                 del self._waiters[rec.id]
+                self._deadlines.pop(rec.id, None)
         return outcome_of(current)
 
     async def _expire(self, rec: CallRecord) -> CallRecord:
-        timeout_s = (rec.deadline_at or 0) - rec.created_at
+        current = await self.store.get(rec.id)  # its deadline may have been shortened by an escalation
         done = await self.store.transition(
             rec.id,
             [State.PENDING],
             State.EXPIRED,
             event="expired",
             channel="timeout",
-            reason=f"no decision within {_human_seconds(timeout_s)}; the safe default is to reject",
+            reason=_expiry_reason((current.deadline_at or 0) - current.created_at),
             finished_at=self.clock.now(),
         )
         return done if done is not None else await self.store.get(rec.id)
@@ -331,7 +390,7 @@ class Gate:
             detail["modified"] = True
         if decision.approve:
             to_run = rec.args_digest if modified is None else digest(modified)
-            need, passkey = self.quorum_of(rec, modified), self.needs_passkey(rec)
+            need, passkey = self.quorum_of(rec, modified), self.requires_passkey(rec, modified)
             if need > 1:
                 # a quorum is its signed steps (mcp_gatekeeper.team), and a passkey rule's passkeys are theirs, one
                 # per approver: an approval without them (the CLI, a local page) decides nothing
@@ -446,7 +505,7 @@ class Gate:
             )  # fmt: skip
             if (why := self.keys.check(facts, seal)) is not None:
                 return why
-        need, passkey = self.quorum_of(rec), self.needs_passkey(rec)
+        need, passkey = self.quorum_of(rec), self.requires_passkey(rec)
         if need > 1:
             return await self.verify_steps(rec, to_run, need=need, passkeys=passkey)
         if passkey:
@@ -513,10 +572,9 @@ class Gate:
         )
         return why + (f" ({'; '.join(problems[:3])})" if problems else "")
 
-    def needs_passkey(self, rec: CallRecord) -> bool:
-        """Does this process's policy say the call's rule needs a passkey (``confirm = "passkey"``)?"""
-        rule = self.policy.rule_named(rec.rule) if rec.rule else None
-        return rule is not None and rule.confirm == "passkey"
+    def requires_passkey(self, rec: CallRecord, edit: Mapping[str, Any] | None = None) -> bool:
+        """Does this process's policy say approving the call (with ``edit``) needs a passkey? (:func:`needs_passkey`)"""
+        return needs_passkey(self.policy, rec, edit)
 
     async def _check_passkey(
         self, rec: CallRecord, assertion: Any, reviewer: str, to_run: str, *, accepting: bool = False, round_: int = 0
@@ -591,6 +649,17 @@ class Gate:
                 log.error("could not record the outcome of %s", rec.id[:8], exc_info=True)
 
 
+def needs_passkey(policy: Policy, rec: CallRecord, edit: Mapping[str, Any] | None = None) -> bool:
+    """Does ``policy`` say approving ``rec`` (with the reviewer's ``edit``) needs a passkey (``confirm =
+    "passkey"``)? The rule it was held under, or a rule its arguments, its approved edit or ``edit`` match here:
+    the rule a row names is written by the gatekeeper's role, and naming a lenient one must not spare the passkey."""
+    rules = [policy.rule_named(rec.rule)] if rec.rule else []
+    for arguments in (rec.arguments, rec.modified_arguments, edit):
+        if arguments is not None:
+            rules.append(policy.evaluate(rec.upstream, rec.tool, arguments).rule_config)
+    return any(rule is not None and rule.confirm == "passkey" for rule in rules)
+
+
 def outcome_of(rec: CallRecord) -> Outcome:
     """The outcome a (no longer pending) call stands for."""
     if rec.state in (State.APPROVED, State.FORWARDING, State.FORWARDED, State.FAILED, State.OUTCOME_UNKNOWN):
@@ -605,6 +674,15 @@ def outcome_of(rec: CallRecord) -> Outcome:
     if rec.state == State.ORPHANED:
         return Refused(call=rec, state=rec.state, reason=rec.error or "the gatekeeper holding this call stopped")
     return Refused(call=rec, state=rec.state, reason=rec.reason or f"the call is {rec.state}")
+
+
+def _expiry_reason(held_for: float) -> str:
+    return f"no decision within {_human_seconds(held_for)}; the safe default is to reject"
+
+
+def _next_step_at(steps: Sequence[EscalationStep], reached: int, rec: CallRecord) -> float | None:
+    """When the first escalation step after level ``reached`` falls due (``None``: there is none)."""
+    return min((rec.created_at + step.after for step in steps[reached:]), default=None)
 
 
 def _human_seconds(seconds: float) -> str:

@@ -30,6 +30,7 @@ from mcp_gatekeeper.config import RuleConfig
 from mcp_gatekeeper.errors import AlreadyDecidedError, NotAllowedError
 from mcp_gatekeeper.gate import Gate
 from mcp_gatekeeper.models import CallRecord, Decision, State, digest
+from mcp_gatekeeper.passkeys import PasskeyError
 from mcp_gatekeeper.policy import Policy
 from mcp_gatekeeper.store import Store
 from mcp_gatekeeper.store.approvals import Tally
@@ -120,6 +121,11 @@ class TeamDesk:
         dialog asks them for a reason, say."""
         await self._allowed(await self.store.find(call_id), reviewer, channel=channel)
 
+    async def check_reviewer(self, rec: CallRecord, reviewer: Reviewer) -> Requirements:
+        """Refuse (audited, :class:`NotAllowedError`) a reviewer who may not decide ``rec``: outside its rules'
+        groups, or linked to the principal that made it. Reviewing a call that already ran is such a decision."""
+        return await self._allowed(rec, reviewer)
+
     async def approve(
         self,
         call_id: str,
@@ -137,22 +143,31 @@ class TeamDesk:
         a step signed by the service's key; with a passkey rule it needs ``passkey``, the approver's own assertion
         over this round's proposal (:func:`mcp_gatekeeper.passkeys.challenge_for` with the round)."""
         rec = await self.store.find(call_id)
-        edit = arguments if arguments is not None and digest(arguments) != rec.args_digest else None
-        req = await self._allowed(rec, reviewer, *([edit] if edit is not None else []), channel=channel)
+        tally = await self.store.approvals.tally(rec.id)
+        # an edit is arguments other than the round's proposal: putting a colleague's edit back to the call's own
+        # arguments is an edit too (a new round), never an approval of the colleague's edit
+        edit = arguments if arguments is not None and digest(arguments) != tally.proposal_digest else None
+        # what this approval is for: the reviewer's edit, else the current round's (a colleague's edit): the rules
+        # of those arguments count too, or one reviewer's edit into a stricter rule would be met by the looser one
+        # (approving it again, or a reviewer outside the stricter rule's groups). A round that changes after this
+        # read is refused by the approval's own compare-and-set (the digest seen).
+        proposal = edit if edit is not None else tally.arguments
+        req = await self._allowed(rec, reviewer, *([proposal] if proposal is not None else []), channel=channel)
         if edit is not None:
             self.gate.check_modification(rec, edit)
-        tally = await self.store.approvals.tally(rec.id)
         if req.approvals <= 1 and tally.count == 0:
             done = await self._decide(
                 rec, reviewer, tally, seen_digest=seen_digest, arguments=edit, session=session, reason=reason,
                 passkey=passkey, channel=channel,
             )  # fmt: skip
             return Step(done, await self.store.approvals.tally(rec.id), req.approvals, decided=True)
-        proposal = digest(edit) if edit is not None else tally.proposal_digest
-        round_ = tally.next_round(proposal)
+        proposal_digest = digest(edit) if edit is not None else tally.proposal_digest
+        round_ = tally.next_round(proposal_digest)
         stored_passkey = None
-        if self.gate.needs_passkey(rec):  # each approver's own assertion, over this round's proposal
-            stored_passkey = await self.gate.accept_step_passkey(rec, reviewer.name, passkey, proposal, round_=round_)
+        if self.gate.requires_passkey(rec, edit):  # each approver's own assertion, over this round's proposal
+            stored_passkey = await self.gate.accept_step_passkey(
+                rec, reviewer.name, passkey, proposal_digest, round_=round_
+            )
         signer = None if self.gate.keys is None else self.gate.keys.signer()
         try:
             tally = await self.store.approvals.add(
@@ -161,16 +176,24 @@ class TeamDesk:
                 channel=channel, expected_round=round_, passkey=stored_passkey,
                 sign=None if signer is None else signer.seal_step,
             )  # fmt: skip
-        except NotAllowedError:
+        except NotAllowedError as e:
             tally = await self.store.approvals.tally(rec.id)
-            if tally.count < req.approvals:  # a real second try; else: finish a quorum whose decision was lost
+            if await self._counted(rec, tally, req) < req.approvals:  # a real second try; else: finish a quorum
+                # whose decision was lost
+                await self.store.approvals.note_refusal(
+                    rec.id, reviewer=reviewer.name, why=e.why, message=str(e), channel=channel
+                )
                 raise
-        if tally.count < req.approvals:
+        if await self._counted(rec, tally, req) < req.approvals:
             return Step(await self.store.get(rec.id), tally, req.approvals, decided=False)
         # the rows counted so far may have been written past the service: decide only on steps it signed itself
         # (the holder checks them all again before forwarding)
         unsound = await self.gate.verify_steps(
-            rec, tally.proposal_digest, need=req.approvals, passkeys=self.gate.needs_passkey(rec), own_key=True
+            rec,
+            tally.proposal_digest,
+            need=req.approvals,
+            passkeys=self.gate.requires_passkey(rec, tally.arguments),
+            own_key=True,
         )
         if unsound is not None:
             await self.store.approvals.note_refusal(
@@ -185,6 +208,16 @@ class TeamDesk:
             reason=reason, channel=channel,
         )  # fmt: skip
         return Step(done, tally, req.approvals, decided=True)
+
+    async def _counted(self, rec: CallRecord, tally: Tally, req: Requirements) -> int:
+        """The round's approvals that still count: by accounts that still exist and may still decide the call (a
+        removed account's approval, or one whose groups no longer qualify, does not make up a quorum)."""
+        principal = await self.store.principal_of(rec.id)
+        counted = 0
+        for name in tally.approvers:
+            found = await self.store.reviewers.get(name)
+            counted += found is not None and refusal(req, principal, found) is None
+        return counted
 
     async def _decide(
         self,
@@ -208,6 +241,11 @@ class TeamDesk:
         )  # fmt: skip
         try:
             return await self.gate.decide(rec.id, decision)
+        except PasskeyError as e:  # no passkey, or one over another call, other arguments, or spent: audited
+            await self.store.approvals.note_refusal(
+                rec.id, reviewer=reviewer.name, why="passkey_refused", message=str(e), channel="web"
+            )
+            raise
         except AlreadyDecidedError:
             if tally.count == 0:
                 raise

@@ -624,6 +624,10 @@ async def serve(
         access_log=False,
         lifespan="off",
         server_header=False,
+        # the client address is the peer's: uvicorn would otherwise take X-Forwarded-For from any loopback client
+        # (every local process), and the login throttle counts by address (webteam.client_address reads the
+        # header itself, only from the TLS proxy of a public URL)
+        proxy_headers=False,
         ws="none",
         timeout_graceful_shutdown=2,
     )

@@ -266,10 +266,11 @@ def same_origin_ok(
 
 
 async def open_account_session(
-    store: Store, account: str, *, host: str, user_agent: str | None
+    store: Store, account: str, *, host: str, user_agent: str | None, password_hash: str | None = None
 ) -> tuple[WebSession, str, str] | None:
-    """Team mode: a new session for ``account`` (its password already checked) bound to ``host``:
-    ``(session, cookie value, page key)``, or ``None`` if the account is gone."""
+    """Team mode: a new session for ``account`` (its password already checked against ``password_hash``) bound to
+    ``host``: ``(session, cookie value, page key)``, or ``None`` if the account is gone or its password changed
+    since it was checked (a ``passwd`` ends every session, this one included)."""
     now = store.clock.now()
     sid, secret, key = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     template = WebSession(
@@ -277,5 +278,7 @@ async def open_account_session(
         last_seen_at=now, expires_at=now + SESSION_IDLE, ends_at=now + SESSION_MAX, ended_at=None,
         ended_by=None, ended_why=None, account=account,
     )  # fmt: skip
-    session = await store.sessions.open_for_account(template, secret_hash=_hash(secret), key_hash=_hash(key))
+    session = await store.sessions.open_for_account(
+        template, secret_hash=_hash(secret), key_hash=_hash(key), password_hash=password_hash
+    )
     return (session, f"{sid}.{secret}", key) if session is not None else None

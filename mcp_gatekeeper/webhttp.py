@@ -15,7 +15,7 @@ import anyio
 from starlette.requests import Request
 
 from mcp_gatekeeper.clock import Clock
-from mcp_gatekeeper.gate import Gate
+from mcp_gatekeeper.gate import Gate, needs_passkey
 from mcp_gatekeeper.models import CallRecord, canonical_json
 from mcp_gatekeeper.policy import Policy, json_number, render_summary
 from mcp_gatekeeper.store import Store
@@ -242,8 +242,7 @@ def call_json(rec: CallRecord, *, detail: bool, policy: Policy) -> dict[str, Any
     out["args_bytes"] = len(canonical_json(rec.arguments).encode())
     out.update(headline(policy, rec))
     if detail:
-        rule = policy.rule_named(rec.rule) if rec.rule else None
-        out["confirm"] = rule.confirm if rule is not None else None  # "passkey": approving needs the reviewer's passkey
+        out["confirm"] = "passkey" if needs_passkey(policy, rec) else None  # approving needs the reviewer's passkey
         out["inexact_numbers"] = inexact_numbers(rec.arguments)
         out["secrets"] = {
             key: [h.to_json() for h in find_secrets(value)]

@@ -12,6 +12,8 @@ own, replacing its login, its decisions and its session revocation:
   entry (the one the proxy added) when the request comes from loopback.
 - ``POST /api/calls/{id}/approve|reject`` go through :class:`~mcp_gatekeeper.team.TeamDesk` (groups, no
   self-review, quorum); a refusal is 403 with its ``error`` code and the reason, and is audited.
+- ``POST /api/calls/{id}/review`` (confirming or failing a call an audit gate ran) is a decision too: the same
+  groups and no-self-review, refused and audited alike;
 - ``POST /api/pins/.../repin`` (ending a tool's quarantine) is an admin's step;
 - ``GET /api/calls/{id}`` adds ``team``: the call's requirements, its current round of approvals, and
   whether (and why not) the signed-in reviewer may decide it.
@@ -34,7 +36,7 @@ from mcp_gatekeeper.accounts import Reviewer
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, NotAllowedError
 from mcp_gatekeeper.team import TeamDesk, refusal, requirements
 from mcp_gatekeeper.webauth import clear_cookie_header, is_loopback, open_account_session, session_cookie_header
-from mcp_gatekeeper.webgates import call_detail, repin
+from mcp_gatekeeper.webgates import call_detail, repin, review
 from mcp_gatekeeper.webhttp import Problem, WebState, json_body, principal, reason_of, web_state
 
 MAX_FAILED_PER_ACCOUNT = 5
@@ -111,9 +113,10 @@ async def _login(request: Request) -> Response:
         await st.store.reviewers.note_login(account=account, address=address, ok=False, why="bad name or password")
         return login_page("Wrong reviewer name or password.", username=username, status=401)
     opened = await open_account_session(
-        st.store, account, host=request.headers["host"], user_agent=request.headers.get("user-agent")
-    )
-    if opened is None:  # removed between the check and the session
+        st.store, account, host=request.headers["host"], user_agent=request.headers.get("user-agent"),
+        password_hash=stored,
+    )  # fmt: skip
+    if opened is None:  # removed, or its password changed, between the check and the session
         return login_page("Wrong reviewer name or password.", username=username, status=401)
     await st.store.reviewers.note_login(account=account, address=address, ok=True)
     st.changes.notify()
@@ -215,6 +218,15 @@ async def _session(request: Request) -> Response:
     )  # fmt: skip
 
 
+async def _list_sessions(request: Request) -> Response:
+    """A reviewer sees their own live sessions; an admin sees everyone's (whom they may end)."""
+    st, p = web_state(request), principal(request)
+    reviewer = await reviewer_of(request)
+    now = st.clock.now()
+    sessions = [x for x in await st.store.web_sessions(alive_only=True) if reviewer.admin or x.account == reviewer.name]
+    return JSONResponse({"sessions": [{**x.to_json(now), "current": x.id == p.session} for x in sessions], "now": now})
+
+
 async def _revoke_session(request: Request) -> Response:
     """A reviewer ends their own sessions; an admin ends anyone's."""
     st, p = web_state(request), principal(request)
@@ -233,6 +245,15 @@ async def _revoke_session(request: Request) -> Response:
     if sid == p.session:
         resp.headers.append("set-cookie", clear_cookie_header(st.port, secure=st.secure_cookies))
     return resp
+
+
+async def _review(request: Request) -> Response:
+    """Confirming or failing a call that already ran (an audit gate) is a decision: the desk's groups and
+    no-self-review apply, as for a held call."""
+    st = web_state(request)
+    rec = await st.store.find(request.path_params["call_id"])
+    await TeamDesk(st.store, st.gate, st.policy).check_reviewer(rec, await reviewer_of(request))
+    return await review(request)
 
 
 async def _repin(request: Request) -> Response:
@@ -255,9 +276,11 @@ def routes() -> list[Route]:
         Route("/login", _login_form, methods=["GET"]),
         Route("/login", _login, methods=["POST"]),
         Route("/api/session", _session, methods=["GET"]),
+        Route("/api/sessions", _list_sessions, methods=["GET"]),
         Route("/api/sessions/{session_id}/revoke", _revoke_session, methods=["POST"]),
         Route("/api/calls/{call_id}", _get_call, methods=["GET"]),
         Route("/api/calls/{call_id}/approve", _approve, methods=["POST"]),
         Route("/api/calls/{call_id}/reject", _reject, methods=["POST"]),
+        Route("/api/calls/{call_id}/review", _review, methods=["POST"]),
         Route("/api/pins/{upstream}/{tool:path}/repin", _repin, methods=["POST"]),
     ]

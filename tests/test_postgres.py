@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pgcluster
 import psycopg
 import pytest
 
 from mcp_gatekeeper.clock import FakeClock, SystemClock
 from mcp_gatekeeper.errors import AlreadyDecidedError, StoreError
-from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, new_call_id
+from mcp_gatekeeper.models import GENESIS_HASH, State, audit_body, audit_hash, new_call_id
 from mcp_gatekeeper.store.pg_schema import DECIDE_ARGS, MIGRATIONS, SCHEMA, Roles
 from mcp_gatekeeper.store.postgres import InitReport, PgEngine, check_url, init_database
+from mcp_gatekeeper.store.sweeps import Sweeps
 
 pytestmark = pytest.mark.anyio
 
@@ -422,7 +424,8 @@ async def test_many_sweepers_expire_each_call_exactly_once(urls: tuple[str, str]
     swept: list[list[str]] = []
 
     async def sweeper(engine: PgEngine) -> None:
-        while batch := await engine.expire_due(2.0, limit=3):
+        sweeps = Sweeps(engine, lambda: None)  # four gatekeepers' sweepers, on the gatekeeper's role
+        while batch := await sweeps.expire(2.0, why=lambda _: "late", limit=3):
             swept.append(batch)
 
     engines = [PgEngine.open(gk, FakeClock()) for _ in range(4)]
@@ -468,6 +471,49 @@ async def test_a_decision_wakes_a_waiter_in_another_process_by_notify(urls: tupl
         upkeep.cancel_scope.cancel()
 
 
+async def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(urls: tuple[str, str]) -> None:
+    gk, _ = urls
+    busy, free = _insert_pending(gk, deadline_at=1.0), _insert_pending(gk, deadline_at=1.0)
+    with _connect(gk) as c, c.transaction():
+        c.execute("SELECT id FROM calls WHERE id = %s FOR UPDATE", (busy,))  # another sweeper, mid-claim
+        async with PgEngine.open(gk, FakeClock()) as engine:
+            with anyio.fail_after(10):  # it would wait for the lock (until this transaction ends) without SKIP LOCKED
+                assert await Sweeps(engine, lambda: None).expire(2.0, why=lambda _: "late") == [free]
+    async with PgEngine.open(gk, FakeClock()) as engine:
+        assert await Sweeps(engine, lambda: None).expire(2.0, why=lambda _: "late") == [busy]  # released: its turn
+
+
+async def test_an_escalation_by_another_gatekeeper_wakes_the_holder_by_notify(urls: tuple[str, str]) -> None:
+    gk, _ = urls
+    cid = _insert_pending(gk, deadline_at=3600.0)
+    async with (
+        PgEngine.open(gk, SystemClock()) as holder,
+        PgEngine.open(gk, FakeClock()) as other,
+        anyio.create_task_group() as upkeep,
+    ):
+        upkeep.start_soon(holder.run_checkpoints)
+        with anyio.fail_after(10):
+            while not holder._signals.listening:
+                await holder.wait_changed(poll=0.05)
+        seen: list[float] = []
+
+        async def wait_for_a_new_deadline() -> None:
+            while True:
+                (deadline,) = (await holder.read("SELECT deadline_at FROM calls WHERE id = ?", (cid,)))[0]
+                if deadline != 3600.0:
+                    seen.append(deadline)
+                    return
+                await holder.wait_changed(poll=60)  # a poll this long would fail the test: NOTIFY must wake it
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_a_new_deadline)
+                sweeps = Sweeps(other, lambda: None)
+                assert await sweeps.claim_escalation(cid, level=1, deadline_at=60.0, escalate_at=None, channels=[])
+        assert seen == [60.0]  # the state did not change; the deadline did, and that is a change waiters hear
+        upkeep.cancel_scope.cancel()
+
+
 async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
     if why := pgcluster.why_unavailable():
         pytest.skip(why)
@@ -494,7 +540,7 @@ async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
                     await service.decide_call(cid, state="approved", decided_by="alice", channel="web", reason=None,
                                          modified_arguments=None, expected_digest="d1")  # fmt: skip
                 with pytest.raises(StoreError):
-                    await holder.expire_due(1e12)
+                    await Sweeps(holder, lambda: None).expire(1e12, why=lambda _: "late")
             cluster.start()
             with anyio.fail_after(20):
                 assert await holder.read("SELECT state FROM calls WHERE id = ?", (cid,)) == [("pending",)]
@@ -526,15 +572,19 @@ async def test_review_windows_and_compensations_are_claimed_once_each(urls: tupl
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("UPDATE calls SET state = %s WHERE id = %s", (sneaky, ids[0]))
     async with PgEngine.open(gk, FakeClock()) as one, PgEngine.open(gk, FakeClock()) as two:
-        assert await one.claim("under_review", "review_failed", due_before=4.0) == []  # not due yet
+        assert await Sweeps(one, lambda: None).reviews_due(4.0) == []  # not due yet
         failed: list[str] = []
         rolling: list[str] = []
 
         async def sweep(engine: PgEngine) -> None:
-            while batch := await engine.claim("under_review", "review_failed", due_before=6.0, limit=2):
-                failed.extend(batch)
-            while batch := await engine.claim("review_failed", "rolling_back", upstreams=["a"], limit=1):
-                rolling.extend(batch)
+            sweeps = Sweeps(engine, lambda: None)
+            for rec in await sweeps.reviews_due(6.0):
+                if await sweeps.close_review(rec.id, now=6.0, to_state=State.REVIEW_FAILED, reason="late"):
+                    failed.append(rec.id)
+            await anyio.lowlevel.checkpoint()  # the other sweeper has read the same calls by now
+            for rec, _ in await sweeps.compensations_due(["a"]):
+                if await sweeps.claim_compensation(rec.id):
+                    rolling.append(rec.id)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(sweep, one)

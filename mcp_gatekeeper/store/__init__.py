@@ -11,7 +11,7 @@
   :mod:`~mcp_gatekeeper.store.review` (named reads of the weekly review and the review export),
   :mod:`~mcp_gatekeeper.store.app_nonces` (the MCP Apps decision card's nonces); team mode's
   :mod:`~mcp_gatekeeper.store.reviewers` (accounts, login attempts) and :mod:`~mcp_gatekeeper.store.approvals`
-  (the named approvals of a call that needs several).
+  (the named approvals of a call that needs several); :mod:`~mcp_gatekeeper.store.sweeps` (the sweeper's claims).
 
 :class:`Store` keeps the API the rest of the package uses; each method says which repository answers it.
 Every state change is a compare-and-set and appends a hash-chained audit event in the same transaction.
@@ -50,6 +50,7 @@ from mcp_gatekeeper.store.review import ReviewReads
 from mcp_gatekeeper.store.reviewers import Reviewers
 from mcp_gatekeeper.store.schema import LIVE_OWNER_STATES, MIGRATIONS, RELEASED_STATES
 from mcp_gatekeeper.store.sessions import Sessions
+from mcp_gatekeeper.store.sweeps import Sweeps
 
 __all__ = [
     "CHECKPOINT_EVERY",
@@ -98,6 +99,8 @@ class Store:
         """Team mode's reviewer accounts (used directly: no facade methods)."""
         self.approvals = Approvals(engine)
         """Team mode's named approvals (used directly: no facade methods)."""
+        self.sweeps = Sweeps(engine, lambda: self.instances.instance_id)
+        """The sweeper's claims: expiry, escalation, review windows, compensation (used directly)."""
         self.fsync_every_call = False
         """Also fsync the records of calls that pass without a hold (``[store] fsync_every_call``)."""
 
@@ -150,12 +153,18 @@ class Store:
     # ------------------------------------------------------------------ what depends on this process
 
     async def insert_call(
-        self, new: NewCall, *, state: State, deadline_at: float | None = None, reason: str | None = None
+        self,
+        new: NewCall,
+        *,
+        state: State,
+        deadline_at: float | None = None,
+        reason: str | None = None,
+        escalate_after: float | None = None,
     ) -> CallRecord:
         """:meth:`Calls.insert`, owned by this process."""
         return await self.calls.insert(
             new, state=state, deadline_at=deadline_at, reason=reason, instance_id=self.instance_id,
-            fsync_every_call=self.fsync_every_call,
+            fsync_every_call=self.fsync_every_call, escalate_after=escalate_after,
         )  # fmt: skip
 
     async def finish_call(
@@ -335,26 +344,6 @@ class Store:
     async def holder_instance(self, call_id: str) -> str | None:
         """:meth:`Calls.holder_instance`."""
         return await self.calls.holder_instance(call_id)
-
-    async def due_pending(self, instance_id: str | None, now: float) -> list[tuple[CallRecord, int]]:
-        """:meth:`Calls.due_pending`."""
-        return await self.calls.due_pending(instance_id, now)
-
-    async def escalate(self, call_id: str, *, level: int, deadline_at: float | None, channels: list[str]) -> bool:
-        """:meth:`Calls.escalate`."""
-        return await self.calls.escalate(call_id, level=level, deadline_at=deadline_at, channels=channels)
-
-    async def due_reviews(self, now: float) -> list[CallRecord]:
-        """:meth:`Calls.due_reviews`."""
-        return await self.calls.due_reviews(now)
-
-    async def compensations_due(self, upstreams: Sequence[str]) -> list[tuple[CallRecord, int]]:
-        """:meth:`Calls.compensations_due`."""
-        return await self.calls.compensations_due(upstreams)
-
-    async def claim_compensation(self, call_id: str) -> bool:
-        """:meth:`Calls.claim_compensation`."""
-        return await self.calls.claim_compensation(call_id)
 
     async def capture_of(self, call_id: str) -> Any:
         """:meth:`Calls.capture_of`."""

@@ -1,4 +1,5 @@
-"""Tool calls: recording, reading, the decision's compare-and-set, transitions, retries and the sweepers' reads.
+"""Tool calls: recording, reading, the decision's compare-and-set, transitions and retries (the sweeper's claims
+are :mod:`mcp_gatekeeper.store.sweeps`).
 
 Every state change is a compare-and-set ``UPDATE ... WHERE state IN (...)`` and appends its audit event in the
 same transaction (:func:`mcp_gatekeeper.store.audit.append`).
@@ -32,8 +33,10 @@ class Calls:
         reason: str | None = None,
         instance_id: str | None,
         fsync_every_call: bool = False,
+        escalate_after: float | None = None,
     ) -> CallRecord:
-        """Record a new call (``allowed``, ``denied`` or ``pending``) and its audit event, atomically."""
+        """Record a new call (``allowed``, ``denied`` or ``pending``) and its audit event, atomically.
+        ``escalate_after``: seconds from now to its first escalation step (the sweeper looks at it then)."""
         cid = new_call_id()
         now = self._engine.clock.now()
         args_digest = new.args_digest
@@ -41,7 +44,8 @@ class Calls:
 
         def _body(c: Tx) -> Any:
             c.execute(
-                f"INSERT INTO calls ({schema.CALL_COLUMNS}, session, principal) VALUES ({', '.join('?' * 34)})",
+                f"INSERT INTO calls ({schema.CALL_COLUMNS}, session, principal, escalate_at)"
+                f" VALUES ({', '.join('?' * 35)})",
                 (
                     cid, state.value, new.upstream, new.tool, canonical_json(new.arguments), args_digest, new.gate,
                     new.risk, new.rule, new.tooldef_hash, new.summary, canonical_json(new.effects),
@@ -50,6 +54,7 @@ class Calls:
                     instance_id, now, deadline_at, None, None, None, reason, None, None, None, finished,
                     new.wait_strategy, new.shadow_action, new.shadow_rule, new.shadow_reason,
                     new.client.get("session"), new.client.get("principal"),
+                    None if escalate_after is None else now + escalate_after,
                 ),
             )  # fmt: skip
             append(
@@ -143,6 +148,16 @@ class Calls:
         sql += f" ORDER BY created_at {order}, id {order} LIMIT ?"
         params.append(limit)
         return [schema.call_record(r) for r in await self._engine.read(sql, params)]
+
+    async def watch_marks(self, ids: Sequence[str]) -> dict[str, tuple[State, float | None]]:
+        """Each call's state and deadline: what a waiter is woken for (a decision, or an escalation that moved the
+        deadline)."""
+        if not ids:
+            return {}
+        rows = await self._engine.read(
+            f"SELECT id, state, deadline_at FROM calls WHERE id IN ({schema.placeholders(ids)})", list(ids)
+        )
+        return {r[0]: (State(r[1]), r[2]) for r in rows}
 
     async def states_of(self, ids: Sequence[str]) -> dict[str, State]:
         if not ids:
@@ -426,74 +441,6 @@ class Calls:
             "SELECT COALESCE(instance_id, released_from) FROM calls WHERE id = ?", (call_id,)
         )
         return rows[0][0] if rows else None
-
-    async def due_pending(self, instance_id: str | None, now: float) -> list[tuple[CallRecord, int]]:
-        """This process's pending calls and the released ones (no owner), with their escalation level, oldest first.
-
-        Every live process sweeps the released calls too: expiry and escalation are compare-and-sets, so two
-        sweepers never both act.
-        """
-        rows = await self._engine.read(
-            f"SELECT {schema.CALL_COLUMNS}, escalation FROM calls WHERE state = 'pending' AND (instance_id IS ? OR instance_id IS NULL)"
-            " ORDER BY created_at LIMIT 1000",
-            (instance_id,),
-        )
-        return [(schema.call_record(r[:-1]), int(r[-1])) for r in rows]
-
-    async def escalate(self, call_id: str, *, level: int, deadline_at: float | None, channels: list[str]) -> bool:
-        """Record escalation step ``level`` (once, whoever fires it first) and maybe shorten the deadline."""
-
-        def _body(c: Tx) -> Any:
-            cur = c.execute(
-                "UPDATE calls SET escalation = ?, deadline_at = CASE WHEN ? IS NOT NULL AND ? < deadline_at THEN ? ELSE"
-                " deadline_at END WHERE id = ? AND state = 'pending' AND escalation < ?",
-                (level, deadline_at, deadline_at, deadline_at, call_id, level),
-            )
-            if cur.rowcount != 1:
-                return False
-            append(c, self._engine.clock, event="escalated", call_id=call_id, actor="gatekeeper", channel="timeout",
-                detail={"level": level, "channels": channels, "deadline_at": deadline_at},
-            )  # fmt: skip
-            return True
-
-        done: bool = await self._engine.write(_body)
-        return done
-
-    async def due_reviews(self, now: float) -> list[CallRecord]:
-        rows = await self._engine.read(
-            f"SELECT {schema.CALL_COLUMNS} FROM calls WHERE state = 'under_review' AND deadline_at <= ? LIMIT 1000",
-            (now,),
-        )
-        return [schema.call_record(r) for r in rows]
-
-    async def compensations_due(self, upstreams: Sequence[str]) -> list[tuple[CallRecord, int]]:
-        """Failed reviews whose compensation has not run yet, for these upstreams."""
-        if not upstreams:
-            return []
-        rows = await self._engine.read(
-            f"SELECT {schema.CALL_COLUMNS}, attempts FROM calls WHERE state = 'review_failed' AND upstream IN ({schema.placeholders(upstreams)})"
-            " ORDER BY created_at LIMIT 100",
-            list(upstreams),
-        )
-        return [(schema.call_record(r[:-1]), int(r[-1])) for r in rows]
-
-    async def claim_compensation(self, call_id: str) -> bool:
-        """CAS review_failed → rolling_back: exactly one process runs a compensation attempt."""
-
-        def _body(c: Tx) -> Any:
-            cur = c.execute(
-                "UPDATE calls SET state = 'rolling_back', attempts = attempts + 1 WHERE id = ? AND state = 'review_failed'",
-                (call_id,),
-            )
-            if cur.rowcount != 1:
-                return False
-            append(
-                c, self._engine.clock, event="rolling_back", call_id=call_id, actor="gatekeeper", channel="compensation"
-            )
-            return True
-
-        done: bool = await self._engine.write(_body)
-        return done
 
     async def capture_of(self, call_id: str) -> Any:
         rows = await self._engine.read("SELECT capture FROM calls WHERE id = ?", (call_id,))

@@ -71,6 +71,10 @@ class Engine(Protocol):
     """What the repositories need of a backend (see the module docstring)."""
 
     clock: Clock
+    claim_rows: str
+    """What ends a ``SELECT`` that claims the rows it reads for the rest of its write transaction, skipping rows
+    another process has claimed and not yet committed (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: nothing,
+    its single writer already makes the transaction exclusive)."""
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One read statement's rows; cheap enough for the event loop."""
@@ -158,6 +162,8 @@ def _commit_group(batch: list[tuple[Callable[[sqlite3.Connection], Any], _Slot]]
 
 class SqliteEngine:
     """The SQLite connection of one process. Use :meth:`open` (an async context manager)."""
+
+    claim_rows = ""  # BEGIN IMMEDIATE: one writer at a time, so a row read in a write transaction is its own
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, clock: Clock) -> None:
         self._conn = conn

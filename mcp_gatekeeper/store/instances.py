@@ -13,6 +13,7 @@ from mcp_gatekeeper.models import State, new_call_id
 from mcp_gatekeeper.store import schema
 from mcp_gatekeeper.store.audit import append
 from mcp_gatekeeper.store.engine import Engine, Tx
+from mcp_gatekeeper.store.sweeps import release_claims
 
 
 def _pid_alive(pid: int) -> bool:
@@ -57,6 +58,7 @@ class Instances:
 
         def _body(c: Tx) -> Any:
             self._orphan_calls_of(c, [iid], why="the gatekeeper process holding it shut down")
+            release_claims(c, self._engine.clock, self._engine.claim_rows, [iid], why="its process shut down")
             c.execute("UPDATE instances SET stopped_at = ? WHERE id = ?", (self._engine.clock.now(), iid))
 
         await self._engine.write(_body)
@@ -86,6 +88,8 @@ class Instances:
 
         def _body(c: Tx) -> Any:
             n = self._orphan_calls_of(c, dead, why="the gatekeeper process holding it died")
+            # and the sweeper work it had claimed goes back to the fleet (not counted: nothing of it was lost)
+            release_claims(c, self._engine.clock, self._engine.claim_rows, dead, why="the process running it died")
             for iid in dead:
                 c.execute("UPDATE instances SET stopped_at = COALESCE(stopped_at, ?) WHERE id = ?", (now, iid))
             c.execute(
@@ -112,7 +116,7 @@ class Instances:
         for iid in instance_ids:
             rows = c.execute(
                 f"SELECT id, state, args_digest, retry_offered FROM calls WHERE instance_id = ?"
-                f" AND state IN ({schema.placeholders(schema.LIVE_OWNER_STATES)})",
+                f" AND state IN ({schema.placeholders(schema.LIVE_OWNER_STATES)}){self._engine.claim_rows}",
                 (iid, *schema.LIVE_OWNER_STATES),
             ).fetchall()
             for cid, state, args_digest, retry_offered in rows:
@@ -146,12 +150,13 @@ class Instances:
         return n
 
     async def abandon_unclaimed(self, now: float, grace: float) -> list[str]:
-        """Released approved calls that no retry came back for within deadline + ``grace``: ``orphaned``."""
+        """Released approved calls that no retry came back for within deadline + ``grace``: ``orphaned`` (a claim:
+        processes sweeping at once abandon disjoint calls)."""
 
         def _body(c: Tx) -> Any:
             rows = c.execute(
                 "SELECT id, args_digest FROM calls WHERE state = 'approved' AND instance_id IS NULL"
-                " AND deadline_at IS NOT NULL AND deadline_at + ? <= ? LIMIT 1000",
+                f" AND deadline_at IS NOT NULL AND deadline_at + ? <= ? LIMIT 1000{self._engine.claim_rows}",
                 (grace, now),
             ).fetchall()
             done = []

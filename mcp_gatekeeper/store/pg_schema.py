@@ -18,7 +18,8 @@ Pure text (no driver import): :mod:`mcp_gatekeeper.store.postgres` runs it. Ever
   does.
 
 The audit table is append-only for everybody (triggers refuse UPDATE, DELETE and TRUNCATE). Every change of a
-call's state sends a ``NOTIFY`` on :data:`CHANNEL` with the call id: a hint for waiters, never the truth.
+call's state or deadline (an escalation may shorten it) sends a ``NOTIFY`` on :data:`CHANNEL` with the call id: a
+hint for waiters, never the truth.
 """
 
 from __future__ import annotations
@@ -342,6 +343,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "0013_sweep_claims",
+        # the sweeper's claims (see the SQLite migration of the same name)
+        """
+        ALTER TABLE calls ADD COLUMN escalate_at DOUBLE PRECISION;
+        ALTER TABLE calls ADD COLUMN claimed_by TEXT;
+        ALTER TABLE calls ADD COLUMN claim TEXT;
+        UPDATE calls SET escalate_at = created_at WHERE state = 'pending';
+        CREATE INDEX calls_sweep ON calls (state, deadline_at)
+            WHERE state IN ('pending', 'under_review', 'approved', 'review_failed', 'rolling_back');
+        """,
+    ),
+    (
         "0014_quorum_steps",
         # each approval step of a quorum is signed like a decision (see mcp_gatekeeper.store.approvals): its
         # round and place in the round, the channel, the signature and, for a passkey rule, the approver's own
@@ -416,7 +429,7 @@ BEGIN
 END
 $f$;
 DROP TRIGGER IF EXISTS calls_notify ON {s}.calls;
-CREATE TRIGGER calls_notify AFTER INSERT OR UPDATE OF state ON {s}.calls
+CREATE TRIGGER calls_notify AFTER INSERT OR UPDATE OF state, deadline_at ON {s}.calls
     FOR EACH ROW EXECUTE FUNCTION {s}.calls_notify();
 
 CREATE OR REPLACE FUNCTION {s}.audit_guard() RETURNS trigger
@@ -557,7 +570,7 @@ audit detail, previous hash, hash, signature): grants and tests name the functio
 
 GATEKEEPER_UPDATE_CALLS = (
     "state, result, error, finished_at, reason, wait_strategy, capture, deadline_at, instance_id, retry_offered, "
-    "session, escalation, attempts, released_from"
+    "session, escalation, attempts, released_from, escalate_at, claimed_by, claim"
 )
 """The columns of a call a gatekeeper may change (never the arguments, their digest, or who decided)."""
 

@@ -9,8 +9,8 @@
   their SQLite dialect is translated (:func:`to_postgres`). A lost server makes every read and write raise
   :class:`StoreError` (callers fail closed) until a fresh pool reaches it again. Decisions go through the
   database's ``decide`` function (one compare-and-set plus its audit event; the gatekeeper's role cannot call it).
-  ``LISTEN`` (async psycopg, in the upkeep task) wakes waiters; polling is the fallback. Sweeper claims use
-  ``FOR UPDATE SKIP LOCKED``.
+  ``LISTEN`` (async psycopg, in the upkeep task) wakes waiters; polling is the fallback. Sweeper claims
+  (:mod:`mcp_gatekeeper.store.sweeps`) end their reads with :attr:`PgEngine.claim_rows`, ``FOR UPDATE SKIP LOCKED``.
 
 This is the only module that imports psycopg: the SQLite-only user never loads it.
 """
@@ -37,7 +37,6 @@ from mcp_gatekeeper.clock import Clock
 from mcp_gatekeeper.errors import AlreadyDecidedError, CallNotFoundError, StoreError
 from mcp_gatekeeper.models import GENESIS_HASH, audit_body, audit_hash, canonical_json, digest
 from mcp_gatekeeper.signatures import DecisionFacts
-from mcp_gatekeeper.store.audit import append
 from mcp_gatekeeper.store.engine import Tx
 from mcp_gatekeeper.store.pg_schema import (
     AUDIT_LOCK,
@@ -308,6 +307,8 @@ class PgEngine:
     (the pool checks it); until the server answers again every read and write raises :class:`StoreError`.
     """
 
+    claim_rows = " FOR UPDATE SKIP LOCKED"  # a row another gatekeeper claimed is left to it, never waited for
+
     def __init__(self, pool: psycopg_pool.ConnectionPool[Any], url: str, clock: Clock) -> None:
         self._pool = pool
         self.url = url
@@ -514,64 +515,3 @@ class PgEngine:
                 why="stale_digest",
             )
         raise AlreadyDecidedError(f"call {call_id[:12]} is already {current}", state=current, why="decided")
-
-    # ------------------------------------------------------------------ sweeper work, shared without doubling
-
-    async def expire_due(self, now: float, *, limit: int = 100) -> list[str]:
-        """Expire the pending calls whose deadline passed. Rows another gatekeeper is already sweeping are skipped
-        (``FOR UPDATE SKIP LOCKED``): many gatekeepers share the work and no call is expired twice. (Today every
-        write also holds the audit chain's lock, so claims queue anyway; SKIP LOCKED keeps them right without it.)"""
-
-        def body(c: Tx) -> list[str]:
-            due = c.execute(
-                "SELECT id, args_digest FROM calls WHERE state = 'pending' AND deadline_at <= ?"
-                " ORDER BY deadline_at LIMIT ? FOR UPDATE SKIP LOCKED",
-                (now, limit),
-            ).fetchall()
-            for cid, args_digest in due:
-                c.execute(
-                    "UPDATE calls SET state = 'expired', finished_at = ?,"
-                    " reason = 'no decision before its deadline; the safe default is to reject'"
-                    " WHERE id = ? AND state = 'pending'",
-                    (now, cid),
-                )
-                append(c, self.clock, event="expired", call_id=cid, actor="gatekeeper", channel="timeout",
-                       args_digest=args_digest)  # fmt: skip
-            return [str(r[0]) for r in due]
-
-        return await self.write(body)
-
-    async def claim(
-        self,
-        state: str,
-        to_state: str,
-        *,
-        due_before: float | None = None,
-        upstreams: Sequence[str] | None = None,
-        limit: int = 100,
-    ) -> list[str]:
-        """Move up to ``limit`` calls in ``state`` (whose deadline is before ``due_before``, of these
-        ``upstreams``) to ``to_state``, skipping rows another process holds: the claim of review windows
-        (``under_review`` → ``unreviewed``/``review_failed``) and of compensation work (``review_failed`` →
-        ``rolling_back``, counting the attempt). Each call is claimed by exactly one process."""
-        ups = None if upstreams is None else canonical_json(list(upstreams))
-
-        def body(c: Tx) -> list[str]:
-            rows = c.execute(
-                "SELECT id, args_digest FROM calls WHERE state = ?"
-                " AND (CAST(? AS DOUBLE PRECISION) IS NULL OR deadline_at <= ?)"
-                " AND (CAST(? AS TEXT) IS NULL OR upstream IN (SELECT value FROM json_each(?)))"
-                " ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED",
-                (state, due_before, due_before, ups, ups, limit),
-            ).fetchall()
-            for cid, args_digest in rows:
-                c.execute(
-                    "UPDATE calls SET state = ?, attempts = attempts + (CASE WHEN ? = 'rolling_back' THEN 1 ELSE 0"
-                    " END) WHERE id = ? AND state = ?",
-                    (to_state, to_state, cid, state),
-                )
-                append(c, self.clock, event=to_state, call_id=cid, actor="gatekeeper", channel="sweeper",
-                       args_digest=args_digest)  # fmt: skip
-            return [str(r[0]) for r in rows]
-
-        return await self.write(body)

@@ -297,6 +297,22 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "0013_sweep_claims",
+        # the sweeper's claims (mcp_gatekeeper.store.sweeps): when a held call's next escalation step falls due
+        # (the gate decides it from the rule), and the process doing sweeper work that outlives one transaction
+        # (an escalation notice to send, a compensation running), so that a survivor takes it over if that
+        # process dies; calls_sweep keeps "is anything due?" to the few live calls. A call held before this
+        # migration is looked at once (its escalate_at is its creation)
+        """
+        ALTER TABLE calls ADD COLUMN escalate_at REAL;
+        ALTER TABLE calls ADD COLUMN claimed_by TEXT;
+        ALTER TABLE calls ADD COLUMN claim TEXT;
+        UPDATE calls SET escalate_at = created_at WHERE state = 'pending';
+        CREATE INDEX calls_sweep ON calls (state, deadline_at)
+            WHERE state IN ('pending', 'under_review', 'approved', 'review_failed', 'rolling_back');
+        """,
+    ),
+    (
         "0014_quorum_steps",
         # each approval step of a quorum is signed like a decision (see mcp_gatekeeper.store.approvals): its
         # round and place in the round, the channel, the signature and, for a passkey rule, the approver's own

@@ -68,14 +68,18 @@ class Sessions:
             return None
         return await self.get(session.id)
 
-    async def open_for_account(self, session: WebSession, *, secret_hash: str, key_hash: str) -> WebSession | None:
+    async def open_for_account(
+        self, session: WebSession, *, secret_hash: str, key_hash: str, password_hash: str | None = None
+    ) -> WebSession | None:
         """Open ``session`` for ``session.account`` (team mode, after its password was checked), if that account
-        still exists; audited as the account's ``session_started``."""
+        still exists and (``password_hash``: the hash the login checked) its password was not changed since;
+        audited as the account's ``session_started``."""
         now = self._engine.clock.now()
         s = session
 
         def _body(c: Tx) -> Any:
-            if not c.execute("SELECT 1 FROM reviewers WHERE name = ?", (s.account,)).fetchall():
+            row = c.execute("SELECT password_hash FROM reviewers WHERE name = ?", (s.account,)).fetchone()
+            if row is None or (password_hash is not None and row[0] != password_hash):
                 return None
             c.execute(
                 "DELETE FROM web_sessions WHERE MIN(COALESCE(ended_at, ends_at), expires_at, ends_at) < ?",

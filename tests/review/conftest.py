@@ -67,7 +67,9 @@ class History:
         )  # fmt: skip
         rec = await self.store.insert_call(new, state=State.PENDING, deadline_at=self.clock.now() + 3600)
         if escalate:
-            await self.store.escalate(rec.id, level=1, deadline_at=None, channels=["stderr"])
+            await self.store.sweeps.claim_escalation(
+                rec.id, level=1, deadline_at=None, escalate_at=None, channels=["stderr"]
+            )
         self.clock.advance(wait)
         if decision == "expired":
             out = await self.store.transition(

@@ -347,54 +347,230 @@ async def test_problems_are_shown_while_their_process_runs(backend: BackendUnder
 # ---------------------------------------------------------------------------------------------- sweeping
 
 
-async def test_escalation_fires_once_and_only_shortens(backend: BackendUnderTest) -> None:
+async def test_nothing_due_is_one_read_and_each_kind_of_work_shows(backend: BackendUnderTest) -> None:
     clock = FakeClock()
-    async with backend.open(clock) as one, backend.open(clock) as two:
-        iid = await one.register_instance("one")
-        rec = await hold(one, clock, timeout=600)
-        assert [(r.id, level) for r, level in await one.due_pending(iid, clock.now())] == [(rec.id, 0)]
-        results = [
-            await s.escalate(rec.id, level=1, deadline_at=clock.now() + 60, channels=["slack"]) for s in (one, two)
-        ]
-        assert results == [True, False]  # whoever fires it first
-        assert (await one.get(rec.id)).deadline_at == clock.now() + 60
-        assert await one.escalate(rec.id, level=2, deadline_at=clock.now() + 600, channels=[])  # never lengthens
-        assert (await one.get(rec.id)).deadline_at == clock.now() + 60
-        assert await one.due_pending(iid, clock.now()) == [(await one.get(rec.id), 2)]
-        assert await one.queries.escalation_and_attempts(rec.id) == (2, 0)
-        assert await one.queries.escalation_and_attempts("nope") == (0, 0)
-
-
-async def test_reviews_fall_due_and_a_compensation_is_claimed_once(backend: BackendUnderTest) -> None:
-    clock = FakeClock()
-    async with backend.open(clock) as one, backend.open(clock) as two:
-        rec = await one.insert_call(new_call(gate="audit", risk="medium"), state=State.ALLOWED)
-        await one.transition(rec.id, [State.ALLOWED], State.FORWARDING)
-        await one.finish_call(
-            rec.id, State.FORWARDING, State.FORWARDED, result={}, error=None, detail={}, args_digest=rec.args_digest
-        )
-        await one.transition(
-            rec.id, [State.FORWARDED], State.UNDER_REVIEW, deadline_at=clock.now() + 30, capture={"before": 1}
-        )
-        assert await one.capture_of(rec.id) == {"before": 1}
-        assert await one.due_reviews(clock.now()) == []
+    async with backend.open(clock) as one:
+        await one.register_instance("one")
+        assert await one.sweeps.due(clock.now(), grace=600.0) == frozenset()
+        held = await one.insert_call(new_call(), state=State.PENDING, deadline_at=clock.now() + 60, escalate_after=10)
+        await one.insert_call(new_call(arguments={"a": 1}), state=State.ALLOWED)
+        assert await one.sweeps.due(clock.now(), grace=600.0) == frozenset()  # held, but nothing due yet
+        clock.advance(10)
+        assert await one.sweeps.due(clock.now(), grace=600.0) == {"escalate"}
+        clock.advance(50)
+        assert await one.sweeps.due(clock.now(), grace=600.0) == {"expire"}  # expiry first: it ends the call
+        assert await one.sweeps.expire(clock.now(), why=lambda held_for: f"held {held_for:g} s") == [held.id]
+        assert (await one.get(held.id)).reason == "held 60 s"
+        assert await one.sweeps.due(clock.now(), grace=600.0) == frozenset()
+        audited = await _under_review(one, clock, window=30)
         clock.advance(30)
-        assert [r.id for r in await one.due_reviews(clock.now())] == [rec.id]
-        await one.transition(rec.id, [State.UNDER_REVIEW], State.REVIEW_FAILED)
-        assert await one.compensations_due([]) == []
-        assert await one.compensations_due(["files"]) == []
-        assert [(r.id, n) for r, n in await two.compensations_due(["shop"])] == [(rec.id, 0)]
-        claims: list[bool] = []
+        assert await one.sweeps.due(clock.now(), grace=600.0) == {"review"}
+        assert await one.sweeps.close_review(audited.id, now=clock.now(), to_state=State.REVIEW_FAILED, reason="late")
+        assert await one.sweeps.due(clock.now(), grace=600.0) == {"compensate"}
+        with pytest.raises(ValueError, match="unreviewed or review_failed"):  # a closing window never confirms
+            await one.sweeps.close_review(audited.id, now=clock.now(), to_state=State.CONFIRMED, reason="x")
+
+
+async def _under_review(store: Store, clock: FakeClock, *, window: float, **overrides: Any) -> CallRecord:
+    rec = await store.insert_call(new_call(gate="audit", risk="medium", **overrides), state=State.ALLOWED)
+    await store.transition(rec.id, [State.ALLOWED], State.FORWARDING)
+    await store.finish_call(
+        rec.id, State.FORWARDING, State.FORWARDED, result={}, error=None, detail={}, args_digest=rec.args_digest
+    )
+    moved = await store.transition(
+        rec.id, [State.FORWARDED], State.UNDER_REVIEW, deadline_at=clock.now() + window, capture={"before": 1}
+    )
+    assert moved is not None
+    return moved
+
+
+async def test_two_sweepers_expire_disjoint_calls_each_once(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        await one.register_instance("one")
+        await two.register_instance("two")
+        ids = {(await hold(s, clock, timeout=5, arguments={"n": i})).id for i, s in enumerate([one, two] * 15)}
+        later = await hold(one, clock, timeout=500, arguments={"later": True})
+        clock.advance(5)
+        took: dict[str, list[str]] = {"one": [], "two": []}
+
+        async def sweep(name: str, store: Store) -> None:
+            while batch := await store.sweeps.expire(clock.now(), why=lambda _: "late", limit=4):
+                took[name].extend(batch)
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sweep, "one", one)
+            tg.start_soon(sweep, "two", two)
+        assert not set(took["one"]) & set(took["two"])  # disjoint
+        assert sorted(took["one"] + took["two"]) == sorted(ids)  # every one, once
+        assert (await one.get(later.id)).state == State.PENDING  # not due: untouched
+        expired = [e for e in await one.audit_events(limit=1000) if e.event == "expired"]
+        assert sorted(e.call_id for e in expired) == sorted(ids)  # one event each
+        ok, _, message = await one.verify_audit()
+        assert ok, message
+
+
+async def test_an_escalation_step_is_claimed_once_and_its_notice_stays_with_its_claimant(
+    backend: BackendUnderTest,
+) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        await one.register_instance("one")
+        await two.register_instance("two")
+        rec = await one.insert_call(new_call(), state=State.PENDING, deadline_at=clock.now() + 600, escalate_after=10)
+        assert await one.sweeps.escalations_due(clock.now()) == []
+        clock.advance(10)
+        assert [(r.id, level) for r, level in await two.sweeps.escalations_due(clock.now())] == [(rec.id, 0)]
+        got: list[CallRecord | None] = []
+
+        async def claim(store: Store) -> None:
+            got.append(await store.sweeps.claim_escalation(
+                rec.id, level=1, deadline_at=clock.now() + 60, escalate_at=clock.now() + 100, channels=["oncall"]
+            ))  # fmt: skip
+
         async with anyio.create_task_group() as tg:
             for s in (one, two, one, two):
-                tg.start_soon(lambda s=s: _claim(s, rec.id, claims))
-        assert sorted(claims) == [False, False, False, True]
-        assert (await one.get(rec.id)).state == State.ROLLING_BACK
-        assert await one.queries.escalation_and_attempts(rec.id) == (0, 1)
+                tg.start_soon(claim, s)
+        won = [r for r in got if r is not None]
+        assert len(won) == 1  # whoever claims it first; the others get nothing to send
+        assert won[0].deadline_at == clock.now() + 60
+        assert await one.sweeps.escalations_due(clock.now()) == []  # the next step is at +100
+        assert await one.queries.escalation_and_attempts(rec.id) == (1, 0)
+        # a later step never lengthens the deadline
+        assert await one.sweeps.claim_escalation(
+            rec.id, level=2, deadline_at=clock.now() + 600, escalate_at=None, channels=[]
+        )  # fmt: skip
+        assert (await one.get(rec.id)).deadline_at == clock.now() + 60
+        assert (
+            await two.sweeps.claim_escalation(rec.id, level=2, deadline_at=None, escalate_at=None, channels=[]) is None
+        )
+        events = [e for e in await one.audit_events(call_id=rec.id) if e.event == "escalated"]
+        assert [e.detail["level"] for e in events] == [1, 2]
+        # nobody else takes over a notice whose claimant lives
+        assert await two.sweeps.claim_open_notices() == []
+        await one.sweeps.notice_sent(rec.id, level=2)
+        assert await one.sweeps.due(clock.now(), grace=600.0) == frozenset()
 
 
-async def _claim(store: Store, call_id: str, out: list[bool]) -> None:
-    out.append(await store.claim_compensation(call_id))
+async def test_a_call_held_before_escalate_at_existed_is_rescheduled_not_escalated(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one:
+        rec = await hold(one, clock, timeout=600)
+        backend.raw("UPDATE calls SET escalate_at = created_at WHERE id = ?", (rec.id,))  # as 0013 leaves it
+        assert await one.sweeps.due(clock.now(), grace=600.0) == {"escalate"}
+        assert await one.sweeps.reschedule(rec.id, level=0, escalate_at=clock.now() + 30)
+        assert await one.sweeps.due(clock.now(), grace=600.0) == frozenset()
+        assert not await one.sweeps.reschedule(rec.id, level=1, escalate_at=None)  # the level moved: not ours
+        assert [e.event for e in await one.audit_events(call_id=rec.id)] == ["held"]
+
+
+async def test_review_windows_close_once_and_a_compensation_is_claimed_once(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    async with backend.open(clock) as one, backend.open(clock) as two:
+        await one.register_instance("one")
+        await two.register_instance("two")
+        recs = [await _under_review(one, clock, window=30, arguments={"n": i}) for i in range(6)]
+        assert await one.capture_of(recs[0].id) == {"before": 1}
+        assert await one.sweeps.reviews_due(clock.now()) == []
+        assert not await one.sweeps.close_review(recs[0].id, now=clock.now(), to_state=State.UNREVIEWED, reason="x")
+        clock.advance(30)
+        assert sorted(r.id for r in await two.sweeps.reviews_due(clock.now())) == sorted(r.id for r in recs)
+        closed: list[tuple[str, str]] = []
+
+        async def close(name: str, store: Store) -> None:
+            for r in recs:  # both try every call: the rule said rollback for the even ones
+                to = State.REVIEW_FAILED if recs.index(r) % 2 == 0 else State.UNREVIEWED
+                if await store.sweeps.close_review(r.id, now=clock.now(), to_state=to, reason="nobody reviewed it"):
+                    closed.append((name, r.id))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(close, "one", one)
+            tg.start_soon(close, "two", two)
+        assert sorted(cid for _, cid in closed) == sorted(r.id for r in recs)  # each closed once
+        states = await one.states_of([r.id for r in recs])
+        assert [states[r.id] for r in recs] == [State.REVIEW_FAILED, State.UNREVIEWED] * 3
+        assert (await one.get(recs[0].id)).reason == "nobody reviewed it"
+        failed = [recs[0].id, recs[2].id, recs[4].id]
+        assert await one.sweeps.compensations_due([]) == []
+        assert await one.sweeps.compensations_due(["files"]) == []
+        assert sorted((r.id, n) for r, n in await two.sweeps.compensations_due(["shop"])) == sorted(
+            (cid, 0) for cid in failed
+        )
+        claims: list[tuple[str, str]] = []
+
+        async def claim(name: str, store: Store) -> None:
+            for cid in failed:
+                if await store.sweeps.claim_compensation(cid):
+                    claims.append((name, cid))
+
+        async with anyio.create_task_group() as tg:
+            for name, s in (("one", one), ("two", two), ("one", one), ("two", two)):
+                tg.start_soon(claim, name, s)
+        assert sorted(cid for _, cid in claims) == sorted(failed)  # each attempt claimed once
+        assert await one.queries.escalation_and_attempts(failed[0]) == (0, 1)
+        events = [e.event for e in await one.audit_events(limit=1000) if e.event in ("review_failed", "unreviewed")]
+        assert sorted(events) == ["review_failed"] * 3 + ["unreviewed"] * 3
+
+
+_CLAIMANT = """
+import sys, anyio
+from mcp_gatekeeper.clock import SystemClock
+from mcp_gatekeeper.models import NewCall, State
+from mcp_gatekeeper.store import Store
+
+async def main():
+    async with Store.open(sys.argv[1], SystemClock()) as store:
+        await store.register_instance("claimant")
+        new = NewCall(upstream="shop", tool="issue_refund", arguments={"x": 1}, gate="hard", risk="high", rule="r")
+        held = await store.insert_call(new, state=State.PENDING, deadline_at=store.clock.now() + 3600)
+        await store.mark_retry_offered(held.id, strategy="pending")  # released, not orphaned, when this dies
+        assert await store.sweeps.claim_escalation(held.id, level=1, deadline_at=None, escalate_at=None, channels=["x"])
+        audit = NewCall(upstream="shop", tool="write", arguments={"y": 2}, gate="audit", risk="medium")
+        rec = await store.insert_call(audit, state=State.ALLOWED)
+        await store.transition(rec.id, [State.ALLOWED], State.FORWARDING)
+        await store.finish_call(rec.id, State.FORWARDING, State.FORWARDED, result={}, error=None, detail={},
+                                args_digest=rec.args_digest)
+        await store.transition(rec.id, [State.FORWARDED], State.UNDER_REVIEW, deadline_at=0.0)
+        assert await store.sweeps.close_review(rec.id, now=store.clock.now(), to_state=State.REVIEW_FAILED, reason="x")
+        assert await store.sweeps.claim_compensation(rec.id)
+        print(held.id, rec.id, flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+async def test_the_claims_of_a_killed_process_go_to_a_survivor(backend: BackendUnderTest) -> None:
+    clock = FakeClock()
+    child = subprocess.Popen([sys.executable, "-c", _CLAIMANT, backend.location], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        with anyio.fail_after(60):
+            line = await anyio.to_thread.run_sync(child.stdout.readline)
+        held, rolling = line.split()
+        async with backend.open(clock) as store:
+            await store.register_instance("survivor")
+            assert await store.recover_orphans() == 0  # alive: its claims are its own
+            assert await store.sweeps.claim_open_notices() == []
+            assert await store.sweeps.compensations_due(["shop"]) == []
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            await store.recover_orphans()
+            # the notice it had not sent is the survivor's to send; the attempt it was running is due again
+            assert [(r.id, level) for r, level in await store.sweeps.claim_open_notices()] == [(held, 1)]
+            assert await store.sweeps.claim_open_notices() == []  # once
+            assert [(r.id, n) for r, n in await store.sweeps.compensations_due(["shop"])] == [(rolling, 1)]
+            assert await store.sweeps.claim_compensation(rolling)
+            assert await store.queries.escalation_and_attempts(rolling) == (0, 2)
+            events = [e.event for e in await store.audit_events(call_id=rolling)]
+            assert events[-3:] == ["rolling_back", "rollback_retry", "rolling_back"]
+            ok, _, message = await store.verify_audit()
+            assert ok, message
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
 
 
 # ---------------------------------------------------------------------------------------------- pins and leases
@@ -620,7 +796,9 @@ async def test_the_stats_queries(backend: BackendUnderTest) -> None:
         clock.advance(1)
         await decide(store, modified.id, decided_by="bob", modified_arguments={"m": 0})
         rejected = await hold(store, clock, rule=None, arguments={"r": 1})
-        await store.escalate(rejected.id, level=1, deadline_at=clock.now() + 5, channels=[])
+        await store.sweeps.claim_escalation(
+            rejected.id, level=1, deadline_at=clock.now() + 5, escalate_at=None, channels=[]
+        )
         clock.advance(1)
         await decide(store, rejected.id, approve=False, decided_by="ann")
         clock.advance(900)

@@ -655,8 +655,6 @@ async def test_a_call_whose_client_was_told_to_retry_outlives_its_process(tmp_pa
         assert (await b.get(told.id)).instance_id is None
         assert await b.holder_instance(told.id) == a_id  # its holder's config still applies to deciding it
         assert [e.event for e in await b.audit_events(call_id=told.id)][-1] == "released"
-        # any live process sweeps a released call (expiry, escalation): it is among b's due calls
-        assert told.id in {r.id for r, _ in await b.due_pending(b_id, clock.now())}
         # still decidable until its deadline, by anyone
         assert (await decide(b, told.id)).state == State.APPROVED
         # the forwarding process becomes the owner: if it dies now, recovery finds it
@@ -759,3 +757,31 @@ async def test_a_database_from_before_principals_is_migrated_and_its_calls_belon
         assert await store.principal_of(new.id) == ANN["principal"]
     with raw(path) as db:
         assert "0006_principal" in {r[0] for r in db.execute("SELECT name FROM schema_migrations")}
+
+
+async def test_a_sweep_with_nothing_due_is_one_read_through_the_sweep_index(tmp_path: Path) -> None:
+    """Every gatekeeper sweeps every second: with calls held but nothing due, that is one indexed statement."""
+    from mcp_gatekeeper.config import parse_config
+    from mcp_gatekeeper.gate import Gate
+    from mcp_gatekeeper.policy import Policy
+
+    clock = FakeClock()
+    async with Store.open(tmp_path / "gk.db", clock) as store:
+        await store.register_instance("one")
+        for i in range(50):
+            await hold(store, clock, timeout=600, arguments={"n": i})
+            await store.insert_call(new_call(gate="allow", arguments={"a": i}), state=State.ALLOWED)
+        gate = Gate(store, Policy(parse_config("")), clock, sweep_interval=None)
+        statements: list[str] = []
+        from mcp_gatekeeper.store.engine import SqliteEngine
+
+        assert isinstance(store.engine, SqliteEngine)
+        conn = store.engine.connection
+        await conn._execute(lambda: conn._conn.set_trace_callback(statements.append))  # type: ignore[no-untyped-call]  # aiosqlite's queue, as the engine uses it
+        await gate.sweep_once()
+        await conn._execute(lambda: conn._conn.set_trace_callback(None))  # type: ignore[no-untyped-call]  # as above
+        reads = [s for s in statements if not s.startswith("PRAGMA")]
+        assert len(reads) == 1 and reads[0].startswith("SELECT DISTINCT CASE")
+        with sqlite3.connect(tmp_path / "gk.db") as db:
+            plan = " ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + reads[0]).fetchall())
+        assert "USING INDEX calls_sweep" in plan and "SCAN calls" not in plan

@@ -156,7 +156,9 @@ async def _seed_history(db: Path, policy: Policy) -> None:
             wait = rng.choice([1.2, 1.6, 4, 9, 22, 48, 95, 240])
             if wait > 60:  # still waiting after a minute: the on-call channel is told too
                 clock.advance(60)
-                await store.escalate(rec.id, level=1, deadline_at=None, channels=["oncall"])
+                await store.sweeps.claim_escalation(
+                    rec.id, level=1, deadline_at=None, escalate_at=None, channels=["oncall"]
+                )
                 wait -= 60
             clock.advance(wait)
             fate = rng.random()

@@ -346,7 +346,9 @@ async def test_repin_unknown_tool_is_404_and_odd_names_route(harness: Harness) -
 async def test_escalation_level_and_shorter_deadline_reach_the_page(harness: Harness) -> None:
     rec, _ = await harness.hold(timeout=3600)
     sooner = harness.clock.now() + 300
-    assert await harness.store.escalate(rec.id, level=1, deadline_at=sooner, channels=["oncall"])
+    assert await harness.store.sweeps.claim_escalation(
+        rec.id, level=1, deadline_at=sooner, escalate_at=None, channels=["oncall"]
+    )
     card = (await harness.client.get(f"/api/calls/{rec.id}", headers=harness.bearer)).json()
     assert card["escalation"] == 1 and card["deadline_at"] == sooner
     snap = await live_snapshot(harness.app.state.gk)

@@ -116,8 +116,12 @@ async def test_stats_flag_rules_that_time_out_and_count_escalations(harness: Har
     for i, fate in enumerate(["expire", "approve", "expire", "reject", "approve"]):
         rec, holder = await harness.hold(new_call(harness.policy, arguments=refund_args(order_id=str(i))), timeout=10)
         if i == 0:  # escalated twice; the second step shortens the deadline
-            await harness.store.escalate(rec.id, level=1, deadline_at=None, channels=["stderr"])
-            await harness.store.escalate(rec.id, level=2, deadline_at=harness.clock.now() + 5, channels=["oncall"])
+            await harness.store.sweeps.claim_escalation(
+                rec.id, level=1, deadline_at=None, escalate_at=None, channels=["stderr"]
+            )
+            await harness.store.sweeps.claim_escalation(
+                rec.id, level=2, deadline_at=harness.clock.now() + 5, escalate_at=None, channels=["oncall"]
+            )
         if fate == "expire":
             harness.clock.advance(11)  # type: ignore[attr-defined]
         else:
