@@ -865,6 +865,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.team:
+        from mcp_gatekeeper.teamdemo import run_team_demo
+
+        return run_team_demo(args)
+    if args.auto or args.backend != "auto":
+        raise ConfigError(["demo: --auto and --backend go with --team"])
     from mcp_gatekeeper.demo import run_demo
 
     return run_demo(args)
@@ -1107,6 +1113,20 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="run the demo: an agent, the gatekeeper and a sample order desk")
     de.add_argument("--no-ui", action="store_true", help="do not serve the approval page")
     de.add_argument("--port", type=int, default=None, help="approval page port (default 8765)")
+    de.add_argument(
+        "--team",
+        action="store_true",
+        help="team mode: a throwaway store, the approval service, two gatekeepers and two reviewers",
+    )
+    de.add_argument(
+        "--auto", action="store_true", help="with --team: the reviewers decide by script; exit 0 only if all went right"
+    )
+    de.add_argument(
+        "--backend",
+        choices=["auto", "postgres", "sqlite"],
+        default="auto",
+        help="with --team: the shared store (default: PostgreSQL when installed, else SQLite)",
+    )
     de.set_defaults(func=cmd_demo)
 
     for verb, un in (("install", False), ("uninstall", True)):

@@ -6,7 +6,8 @@
     ├── ConfigError               bad config or policy: every bad field named (CLI exit 2)
     ├── StoreError                database unusable (full, read-only, locked, corrupt, newer schema)
     │   ├── CallNotFoundError     no call with that id (or the prefix is ambiguous)
-    │   └── AlreadyDecidedError   lost a compare-and-set: decided, expired, cancelled or a stale digest
+    │   ├── AlreadyDecidedError   lost a compare-and-set: decided, expired, cancelled or a stale digest
+    │   └── DevClusterError       a throwaway PostgreSQL server (demo --team, tests) cannot be had or started
     ├── InvalidModificationError  edited arguments fail the tool's schema or land in a deny rule
     ├── UpstreamError             upstream unreachable, crashed or timed out
     ├── NotAllowedError           team mode: this reviewer may not do this (groups, own call, counted twice, ...)
@@ -53,6 +54,11 @@ class AlreadyDecidedError(StoreError):
         super().__init__(message)
         self.state = state
         self.why = why
+
+
+class DevClusterError(StoreError):
+    """A throwaway PostgreSQL server (:mod:`mcp_gatekeeper.devcluster`) cannot be had (PostgreSQL not installed,
+    an unsupported platform, no ``postgres`` OS user to run it as) or did not start; the message says which."""
 
 
 class InvalidModificationError(GatekeeperError):

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "accounts": 0,  # team mode's reviewer accounts as values; scrypt password hashes
     # 1: the config file and pure policy
     "config": 1,
+    "devcluster": 1,  # a throwaway PostgreSQL server (demo --team, tests): initdb, pg_ctl, a temp dir
     "argcheck": 1,  # pure: a call's arguments against its tool's inputSchema (jsonschema)
     "policy": 1,
     "predicates": 1,  # pure: one `when` operator on the values a key reaches
@@ -77,6 +78,7 @@ LAYERS: dict[str, int] = {
     "serve": 5,
     "doctor": 5,
     "demo": 5,
+    "teamdemo": 5,  # demo --team: a throwaway store, the approval service, two gatekeepers, two reviewers
     "install": 5,
     "orderdesk": 5,
     # 6: the command line; 7: `python -m mcp_gatekeeper`
