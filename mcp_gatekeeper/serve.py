@@ -171,8 +171,11 @@ async def open_runtime(
         links = short_links(config, home) if register else None
         slack = build_slack(config, http, store) if register else None
         extra: list[Any] = [NtfySender(n, http) for n in config.notify.ntfy]
+        # a shared store (team mode) is decided on a page of another home, which cannot check this home's signed
+        # links: notifications name the call's card there (``[ui] public_url``) instead
+        card = links if key == "the data home" or links is None else config.card_url
         notifier = Notifications.from_config(
-            config.notify, http=http, card_url=links, extra=[*extra, slack] if slack else extra
+            config.notify, http=http, card_url=card, extra=[*extra, slack] if slack else extra
         )
         gate = Gate(
             store,
