@@ -10,6 +10,7 @@ the user's ``config.toml`` (``~/.config/mcp-gatekeeper/`` on Linux, the platform
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -215,7 +216,7 @@ class RuleConfig(_Model):
     gate: Literal["allow", "deny", "hard", "soft", "audit"]
     confirm: Literal["passkey"] | None = None
     """``"passkey"``: an approval needs the reviewer's passkey (WebAuthn) over this call and its arguments;
-    the gatekeeper re-checks it before forwarding. Needs a rule ``name`` and ``[team] public_url``."""
+    the gatekeeper re-checks it before forwarding. Needs a rule ``name`` and ``[ui] public_url`` (the relying party)."""
     risk: Literal["low", "medium", "high", "critical"] | None = None
     summary: str | None = None
     """Plain-words template for the reviewer, e.g. ``"Refund {amount} {currency} on order {order_id}"``."""
@@ -450,7 +451,9 @@ class UiConfig(_Model):
     public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#@\s]+/?$")
     """Where browsers reach the page through your reverse proxy (``https://gk.example.com``): the base of the
     notifications' short links and of their card links, and a Host and Origin the page accepts besides its loopback
-    ones. Team mode: ``mcp-gatekeeper serve`` takes it as its ``--public-url`` (``https://`` only)."""
+    ones. Team mode: ``mcp-gatekeeper serve`` takes it as its ``--public-url`` (``https://`` only), and the
+    gatekeepers' notifications name the call's card there. The passkeys' relying party too (``confirm =
+    "passkey"``): ``https://NAME``, or ``http://localhost:PORT`` for a page on this machine."""
 
 
 class SecurityConfig(_Model):
@@ -585,10 +588,6 @@ class TeamConfig(_Model):
     signing_key: str | None = None
     """The private key this process signs its decisions with (PEM, mode 0600). Default: ``<home>/decision-key``,
     made on first use."""
-    public_url: str | None = None
-    """The passkeys' relying party when it is not ``[ui] public_url``: ``https://NAME``, or ``http://localhost:PORT``
-    for a page on this machine. Every gatekeeper whose rules say ``confirm = "passkey"`` needs one of the two
-    (it re-checks the assertion before forwarding)."""
 
 
 class GatekeeperConfig(_Model):
@@ -596,8 +595,8 @@ class GatekeeperConfig(_Model):
 
     @property
     def passkey_url(self) -> str | None:
-        """The passkeys' relying party: ``[team] public_url``, else the approval service's ``[ui] public_url``."""
-        return self.team.public_url or self.ui.public_url
+        """The passkeys' relying party: the page's public address, ``[ui] public_url`` (one key for one concept)."""
+        return self.ui.public_url
 
     def card_url(self, call_id: str) -> str | None:
         """Where a human decides a call: the approval page's card (never a credential in the URL); in team mode
@@ -637,13 +636,15 @@ class GatekeeperConfig(_Model):
             )
         for i, rule in enumerate(self.rules):
             if rule.confirm == "passkey" and (rule.name is None or self.passkey_url is None):
-                problems.append(
-                    f"rules[{i}].confirm: 'passkey' needs the rule to have a name and [ui] or [team] public_url"
-                )
-        if self.team.public_url is not None and not re.match(
-            r"^(https://[^/?#\s]+|http://localhost(:\d+)?)/?$", self.team.public_url
+                problems.append(f"rules[{i}].confirm: 'passkey' needs the rule to have a name and [ui] public_url")
+        if (
+            any(rule.confirm == "passkey" for rule in self.rules)
+            and self.ui.public_url is not None
+            and not re.match(r"^(https://[^/?#\s]+|http://localhost(:\d+)?)/?$", self.ui.public_url)
         ):
-            problems.append("team.public_url: expected https://host[:port], or http://localhost:port")
+            problems.append(
+                "ui.public_url: passkeys (confirm = 'passkey') need https://host[:port], or http://localhost:port"
+            )
         seen: set[str] = set()
         for i, agent in enumerate(self.agents):
             if agent.name in seen:
@@ -719,6 +720,10 @@ REMOVED_KEYS: dict[tuple[str | int, ...], str] = {
         " protect: run the gatekeeper as another OS user that owns its data home (see the README, 'What a local"
         " gate cannot promise'); CLI decisions are recorded with the OS user and whether stdin was a terminal"
     ),
+    ("team", "public_url"): (
+        "removed: the page's public address is one key, [ui] public_url (also the passkeys' relying party)."
+        " Delete this line and write under [ui]: public_url = {value}"
+    ),
 }
 """Settings that no longer exist, with why and what to do: a security setting is never silently ignored."""
 
@@ -735,7 +740,7 @@ def validate_config(data: Mapping[str, Any], *, text: str = "", source: str = "<
             where = f"line {line}: " if line else ""
             msg = err["msg"]
             if err["type"] == "extra_forbidden" and tuple(err["loc"]) in REMOVED_KEYS:
-                msg = REMOVED_KEYS[tuple(err["loc"])]
+                msg = REMOVED_KEYS[tuple(err["loc"])].replace("{value}", json.dumps(err.get("input")))
             elif err["type"] == "extra_forbidden":
                 msg = "unknown key" + _did_you_mean(err["loc"]) + " (see the config reference in the README)"
             elif msg.startswith("Value error, "):

@@ -582,7 +582,7 @@ class Gate:
         """Verify a passkey assertion over approving ``rec`` with arguments ``to_run`` by ``reviewer``."""
         url = self.policy.config.passkey_url
         if url is None:
-            raise PasskeyError("passkeys need [ui] or [team] public_url")
+            raise PasskeyError("passkeys need [ui] public_url")
         found = assertion_of(assertion) if accepting else assertion
         cred = await self.store.passkeys.get(found["credential_id"]) if isinstance(found, dict) else None
         if cred is None or cred.reviewer != reviewer:

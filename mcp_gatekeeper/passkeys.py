@@ -7,7 +7,7 @@ again, against the reviewer's stored credential public key, before forwarding: a
 arguments changed after it, never runs. Replay across calls is impossible (the challenge names the call); a
 sign count that goes backwards (a cloned authenticator) is refused.
 
-The relying party is the approval page's public URL (``[team] public_url``): its host is the RP id, the URL
+The relying party is the approval page's public URL (``[ui] public_url``): its host is the RP id, the URL
 (scheme, host, port) the origin. WebAuthn needs a secure context: ``https://``, or ``http://localhost``.
 """
 

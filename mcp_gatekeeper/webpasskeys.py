@@ -30,7 +30,7 @@ def _rp(request: Request) -> RelyingParty:
         raise Problem(
             409,
             "passkeys_off",
-            "passkeys need [ui] public_url or [team] public_url (the page's public URL) in the config",
+            "passkeys need [ui] public_url (the page's public URL) in the config",
         )
     return RelyingParty.from_url(url)
 

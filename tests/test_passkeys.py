@@ -34,7 +34,6 @@ RP = RelyingParty.from_url("https://gk.example.com")
 POLICY = """
 [ui]
 autostart = false
-[team]
 public_url = "https://gk.example.com"
 [[rules]]
 name = "refunds"
@@ -96,9 +95,11 @@ def test_a_passkey_rule_needs_a_name_and_a_public_url() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config('[[rules]]\ntool = "x"\ngate = "hard"\nconfirm = "passkey"\n')
     assert "rules[0].confirm" in str(e.value)
+    passkey_rule = '[[rules]]\nname = "a"\ntool = "x"\ngate = "hard"\nconfirm = "passkey"\n'
     for url in ("http://gk.example.com", "ftp://x", "https://gk.example.com/path?q"):
-        with pytest.raises(ConfigError, match=r"team\.public_url"):
-            parse_config(f'[team]\npublic_url = "{url}"\n')
+        with pytest.raises(ConfigError, match=r"ui\.public_url"):
+            parse_config(f'[ui]\npublic_url = "{url}"\n{passkey_rule}')
+    parse_config(f'[ui]\npublic_url = "http://localhost:8765"\n{passkey_rule}')  # a page on this machine
     with pytest.raises(ConfigError, match="confirm"):
         parse_config('[[rules]]\nname = "a"\ntool = "x"\ngate = "hard"\nconfirm = "tty"\n')
     assert RelyingParty.from_url("http://localhost:8765") == RelyingParty("localhost", "http://localhost:8765")
@@ -168,3 +169,23 @@ async def test_the_cli_cannot_approve_a_passkey_call(
     assert rc != 0 and "passkey" in capsys.readouterr().err
     async with passkey_gate(home) as gate:
         assert (await gate.store.get(rec.id)).state == State.PENDING
+
+
+def test_team_public_url_is_refused_naming_its_line_and_the_one_key_to_write_instead() -> None:
+    """One concept, one key: the page's public address is ``[ui] public_url`` (the passkeys' relying party too).
+    A config that still sets the former ``[team] public_url`` fails closed, even beside a valid ``[ui]`` one."""
+    for text, line, value in (
+        ('[ui]\nautostart = false\n\n[team]\npublic_url = "https://gk.example.com"\n', 5, '"https://gk.example.com"'),
+        (
+            '[ui]\npublic_url = "https://a.example"\n[team]\npublic_url = "https://b.example"\n',
+            4,
+            '"https://b.example"',
+        ),
+        ('[team]\n"public_url" = "http://localhost:8765"\n', 2, '"http://localhost:8765"'),
+        ('team.public_url = "https://gk.example.com"\n', 1, '"https://gk.example.com"'),
+    ):
+        with pytest.raises(ConfigError) as e:
+            parse_config(text)
+        (problem,) = e.value.problems
+        assert problem.startswith(f"line {line}: team.public_url: removed"), problem
+        assert problem.endswith(f"write under [ui]: public_url = {value}"), problem

@@ -695,7 +695,7 @@ async def test_a_signed_passkey_approval_by_the_service_is_verified_by_the_gatek
     gk, ap = urls
     clock = SystemClock()
     policy = Policy(parse_config(
-        '[ui]\nautostart = false\n[team]\npublic_url = "https://gk.example.com"\n'
+        '[ui]\nautostart = false\npublic_url = "https://gk.example.com"\n'
         '[[rules]]\nname = "refunds"\ntool = "issue_refund"\ngate = "hard"\nconfirm = "passkey"\n'
     ))  # fmt: skip
     (tmp_path / "service").mkdir()

@@ -52,7 +52,6 @@ def _config(tmp_path: Path, port: int) -> Path:
 [ui]
 autostart = false
 port = {port}
-[team]
 public_url = "http://localhost:{port}"
 [[rules]]
 name = "notes"

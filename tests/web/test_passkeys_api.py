@@ -36,9 +36,9 @@ RP = RelyingParty.from_url(LOCAL)
 
 @pytest.fixture
 async def ph(tmp_path: Any) -> AsyncIterator[Harness]:
-    """The web harness with ``[team] public_url`` set and the refunds rule asking for a passkey."""
+    """The web harness with ``[ui] public_url`` set and the refunds rule asking for a passkey."""
     config = copy.deepcopy(CONFIG)
-    config["team"] = {"public_url": LOCAL}
+    config["ui"] = {**config.get("ui", {}), "public_url": LOCAL}
     config["rules"][0]["confirm"] = "passkey"
     clock = FakeClock()
     policy = Policy(validate_config(config))
