@@ -48,9 +48,9 @@ from mcp_gatekeeper.serve import (
     Runtime,
     build_policy,
     build_shadow,
-    db_path,
     decision_keys,
     open_runtime,
+    open_store,
     own_files,
     run_proxy,
 )
@@ -550,7 +550,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     since, now = _since(args)
 
     async def go() -> ReplaySummary:
-        async with Store.open(db_path(home), SystemClock()) as store:
+        async with open_store(candidate, home) as store:
             return await replay(store, policy, since=since, until=now)
 
     out = anyio.run(go)
@@ -587,7 +587,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     since, now = _since(args)
 
     async def go() -> tuple[list[Suggestion], ShadowComparison]:
-        async with Store.open(db_path(home), SystemClock()) as store:
+        async with open_store(config, home) as store:
             found = await suggestions(store, config, since=since, now=now, own_files=mine)
             return found, await compare(store, since=since, until=now)
 

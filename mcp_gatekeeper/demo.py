@@ -128,17 +128,19 @@ class PageLink:
     for a few minutes, so the demo mints a new one in the shared store (as ``mcp-gatekeeper login`` does)
     rather than repeating the first."""
 
-    def __init__(self, home: Path, origin: str) -> None:
+    def __init__(self, config: Path, home: Path, origin: str) -> None:
+        self._config = config
         self._home = home
         self.origin = origin
         """``http://127.0.0.1:PORT``: where the page is served (as the gatekeeper announced it)."""
 
     async def fresh(self) -> str:
         from mcp_gatekeeper import webauth
-        from mcp_gatekeeper.clock import SystemClock
-        from mcp_gatekeeper.store import Store
+        from mcp_gatekeeper.config import load_config
+        from mcp_gatekeeper.serve import open_store
 
-        async with Store.open(self._home / hostos.DB_FILE, SystemClock()) as store:
+        # the store the gatekeeper opened: [store] url or $MCP_GATEKEEPER_STORE, else the home's file
+        async with open_store(load_config(self._config), self._home) as store:
             return await webauth.mint_login_url(store, self.origin)
 
 
@@ -185,7 +187,7 @@ async def demo_session(
                 sys.stderr.write(line)
                 sys.stderr.flush()
                 if not link and (m := LOGIN_LINE.search(line)):
-                    link.append(PageLink(home, m.group(1)))
+                    link.append(PageLink(config, home, m.group(1)))
                 if m := WAITING_LINE.search(line):
                     tell(f"      … call {m.group(1)} waits for your decision")
                     await reminder("        ")

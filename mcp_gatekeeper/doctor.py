@@ -17,7 +17,8 @@ from mcp import Client
 
 from mcp_gatekeeper import hostos, install, names
 from mcp_gatekeeper.config import GatekeeperConfig, load_config, resolve_config_path
-from mcp_gatekeeper.serve import db_path, open_runtime
+from mcp_gatekeeper.errors import ConfigError
+from mcp_gatekeeper.serve import describe_location, open_runtime, store_location
 from mcp_gatekeeper.store import default_home
 from mcp_gatekeeper.upstream import Upstream, UpstreamHooks
 
@@ -80,9 +81,18 @@ def run_doctor(args: argparse.Namespace) -> int:
     home = default_home()
     rows.append(("ui port", "-", f"{config.ui.host}:{config.ui.port} {_port_state(config.ui.host, config.ui.port)}"))
 
+    try:  # [store] url or $MCP_GATEKEEPER_STORE, as every command opens it
+        location, _key = store_location(config, home)
+        db = describe_location(config, home)
+    except ConfigError as e:
+        location, db = "", "the store"
+        rows.append(("database", FAIL, str(e)))
+    missing = "://" not in location and not Path(location).exists()
+
     async def checks() -> None:
-        db = db_path(home)
-        if not db.exists():
+        if not location:
+            pass
+        elif missing:
             rows.append(("database", "-", f"{db} does not exist yet (created on first use)"))
         else:
             try:

@@ -85,6 +85,33 @@ def store_location(config: GatekeeperConfig, home: Path) -> tuple[str, str]:
     return str(db_path(home)), "the data home"
 
 
+@contextlib.asynccontextmanager
+async def open_store(
+    config: GatekeeperConfig, home: Path | None = None, clock: Clock | None = None
+) -> AsyncIterator[Store]:
+    """Only the store, where :func:`store_location` says (for commands that read it and start nothing else:
+    ``replay``, ``suggest``); every command opens it here or through :func:`open_runtime`, never by path."""
+    location, key = store_location(config, home or default_home())
+    async with Store.open(location, clock or SystemClock(), key=key) as store:
+        yield store
+
+
+def describe_location(config: GatekeeperConfig, home: Path) -> str:
+    """Where the store is, for people: the file's path, or the URL without its password, and which setting said so."""
+    location, key = store_location(config, home)
+    if "://" not in location:
+        return location if key == "the data home" else f"{location} ({key})"
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(location)
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}" if parts.password else f"{parts.username}@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"{urlunsplit((parts.scheme, netloc, parts.path, '', ''))} ({key})"
+
+
 def own_files(
     home: Path, config_path: str | os.PathLike[str] | None, agent_token_files: Sequence[str] = ()
 ) -> OwnFiles:
