@@ -38,6 +38,7 @@ import mcp.types as types
 from mcp import Client
 
 from mcp_gatekeeper import devcluster
+from mcp_gatekeeper.errors import DevClusterError, GatekeeperError
 
 REVIEWERS = {"alice": ("ops", "agent:ci-runner"), "bob": ("ops", None)}
 """Each reviewer's group and the agent principal linked to them (alice runs the CI runner's agent)."""
@@ -88,6 +89,8 @@ reviewers = ["ops"]          # only the group ops decides
 summary = "Delete order #{order_id} for good"
 """
 
+AUTO_LIMIT = 300.0
+"""Seconds ``--auto`` gives the whole script on a loaded machine before it fails."""
 SERVING_PAGE = re.compile(r"approval service: (http://127\.0\.0\.1:\d+)/login")
 HELD_LINE = re.compile(r"\bHELD ([0-9a-f]{8})\b")
 SERVING_MCP = re.compile(r"serving MCP at (http://127\.0\.0\.1:\d+/mcp)")
@@ -147,7 +150,7 @@ class Child:
                     return m
             seen = len(self.lines)
             if self.ended:
-                raise RuntimeError(f"{self.label} exited before it said {pattern.pattern!r}")
+                raise GatekeeperError(f"{self.label} exited before it said {pattern.pattern!r}")
             await self.changed.wait()
 
 
@@ -174,7 +177,9 @@ class Cli:
             check=False,
         )  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"mcp-gatekeeper {args[0]} failed ({done.returncode}): {done.stderr.decode()[-2000:]}")
+            raise GatekeeperError(
+                f"mcp-gatekeeper {args[0]} failed ({done.returncode}): {done.stderr.decode()[-2000:]}"
+            )
         return done.stdout.decode()
 
     async def start(self, label: str, args: list[str], *, env: dict[str, str]) -> Child:
@@ -225,7 +230,7 @@ async def shared_store(root: Path, cli: Cli, say: Callable[[str], None], *, back
             yield Backend("PostgreSQL", gatekeeper_url=urls["gatekeeper"], approver_url=urls["approver"])
         return
     if backend == "postgres":
-        raise RuntimeError(f"--backend postgres: {why}")
+        raise DevClusterError(f"demo --team --backend postgres: {why}")
     print(f"mcp-gatekeeper demo --team: using a shared SQLite store, not PostgreSQL: {why}", file=sys.stderr)
     url = f"sqlite://{(root / 'team.db').as_posix()}"
     say(f"store: a shared SQLite file ({root / 'team.db'}): every gatekeeper can write decisions to it (see README)")
@@ -294,7 +299,7 @@ class Reviewer:
     async def login(cls, http: httpx2.AsyncClient, base: str, name: str, password: str) -> Reviewer:
         r = await http.post(f"{base}/login", data={"username": name, "password": password}, headers={"Origin": base})
         if r.status_code != 303:
-            raise RuntimeError(f"{name} could not sign in: {r.status_code} {r.text[:200]}")
+            raise GatekeeperError(f"{name} could not sign in: {r.status_code} {r.text[:200]}")
         headers = {"Cookie": r.headers["set-cookie"].split(";")[0], "Origin": base,
                    "X-Gatekeeper-Key": r.headers["location"].partition("#key=")[2]}  # fmt: skip
         return cls(http, base, name, headers)
@@ -318,7 +323,7 @@ async def _held(reviewer: Reviewer, gk: Gatekeeper) -> dict[str, Any]:
     prefix = (await gk.process.wait_for(HELD_LINE)).group(1)
     found = [c for c in await reviewer.pending() if str(c.get("id", "")).startswith(prefix)]
     if len(found) != 1:
-        raise RuntimeError(f"{reviewer.name} does not see the call {prefix} that {gk.name} holds")
+        raise GatekeeperError(f"{reviewer.name} does not see the call {prefix} that {gk.name} holds")
     return found[0]
 
 
@@ -440,7 +445,10 @@ async def _with_store(root: Path, cli: Cli, store: Backend, *, auto: bool, say: 
         if not auto:
             say("Decide on the page (sign in as alice or bob). Ctrl-C stops everything and removes it.")
             await anyio.sleep_forever()
-        problems = await auto_review(base, passwords, gks, say, agents_done)
+        problems = [f"the reviewers' script did not finish within {AUTO_LIMIT:.0f} s"]
+        with anyio.move_on_after(AUTO_LIMIT):
+            problems = await auto_review(base, passwords, gks, say, agents_done)
+        tg.cancel_scope.cancel()  # an agent still waiting (a failed run) is not waited for
     refused = results.get("ci-runner/delete_record")
     if refused is None or not refused.is_error:
         problems.append("the CI runner's agent was not told its deletion was rejected")
