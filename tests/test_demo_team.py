@@ -27,6 +27,7 @@ EXPECTED_CHECKS = [
     "bob approves: 2 of 2, the refund runs",
     "alice may not decide her own agent's deletion",
     "bob rejects the deletion",
+    "both agents got their answers",
     "the laptop's order desk received the read and the refund, once",
     "the CI runner's order desk received the read and no deletion",
 ]
