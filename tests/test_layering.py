@@ -138,6 +138,7 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("web", "review"),  # the page serves the weekly review
         ("doctor", "install"),  # doctor reads the client configs install writes
         ("doctor", "serve"),  # and opens the store the way every command does
+        ("demo", "serve"),  # the demo's login links open the store the way every command does (open_store)
     }
 )
 
