@@ -642,10 +642,10 @@ async def test_hostile_labels_written_by_the_agent_are_shown_as_text(
 # ---------------------------------------------------------------------------------------------- passkeys
 
 PASSKEY_RULES = (
-    RULES.split("[[rules]]", 1)[0]
-    + """[team]
-public_url = "http://localhost:8766"
-[[rules]]
+    RULES.split("[[rules]]", 1)[0].replace(
+        "autostart = false", 'autostart = false\npublic_url = "http://localhost:8766"'
+    )
+    + """[[rules]]
 name = "etc-keys"
 tool = "write_note"
 when = { path = { under = "/etc/keys" } }
@@ -727,13 +727,11 @@ async def test_an_approval_counts_only_while_its_reviewer_may_still_decide(
 KEYS_PORT = free_port()
 KEYS = f"http://localhost:{KEYS_PORT}"
 KEY_RULES = (
-    RULES.split("[[rules]]", 1)[0]
-    + f"""[team]
-public_url = "{KEYS}"
-[[rules]]
+    RULES.split("[[rules]]", 1)[0].replace("autostart = false", f'autostart = false\npublic_url = "{KEYS}"')
+    + """[[rules]]
 name = "etc-keys"
 tool = "write_note"
-when = {{ path = {{ under = "/etc/keys" }} }}
+when = { path = { under = "/etc/keys" } }
 gate = "hard"
 confirm = "passkey"
 reviewers = ["ops"]

@@ -58,7 +58,6 @@ def _config(api_url: str) -> str:
     return f"""
 [ui]
 autostart = false
-[team]
 public_url = "https://gk.example.com"
 [notify]
 stderr = false

@@ -54,7 +54,6 @@ def _config(tmp_path: Path, port: int) -> Path:
         f"""
 [ui]
 autostart = false
-[team]
 public_url = "http://localhost:{port}"
 [[rules]]
 name = "notes"

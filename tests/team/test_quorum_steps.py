@@ -48,7 +48,6 @@ pytestmark = pytest.mark.anyio
 CONFIG = """
 [ui]
 autostart = false
-[team]
 public_url = "https://gk.example.com"
 [[rules]]
 name = "big-refunds"
