@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +49,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MCP_GATEKEEPER_HOME", str(h))
     monkeypatch.delenv("MCP_GATEKEEPER_CONFIG", raising=False)
     return h
+
+
+BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgres", id="postgres")]
+
+
+@pytest.fixture(params=BACKENDS)
+def backing(request: pytest.FixtureRequest, home: Path) -> Any:
+    """Where this test's store is (a ``relkit.Backing``): the home's SQLite file, or a fresh database of the
+    session's PostgreSQL server (``pg_admin_dsn``: one server, a database per test) set up by ``db init``."""
+    import anyio
+    import relkit
+
+    if request.param == "sqlite":
+        return relkit.sqlite_backing(relkit.db_of(home))
+    admin = request.getfixturevalue("pg_admin_dsn")
+    return anyio.run(relkit.postgres_backing, admin)

@@ -1,8 +1,9 @@
 """Helpers for the fault and attack suite: real gatekeeper processes, the CLI, and read-only looks at the store.
 
 Waiting is on events: a gatekeeper's stderr lines (``HELD <id>``, ``approval page: ...``, ``serving MCP at ...``),
-replies on a pipe, results of client calls. The store is read with the stdlib ``sqlite3`` in read-only mode,
-so a look never changes what it looks at.
+replies on a pipe, results of client calls. The store is read through a :class:`StoreView`: the SQLite file with
+the stdlib ``sqlite3`` in read-only mode, a PostgreSQL database with the admin's URL; a look never changes what
+it looks at. A :class:`Backing` says where one test's store is and which role each side uses.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -55,39 +57,195 @@ def db_of(home: Path) -> Path:
     return home / "gatekeeper.db"
 
 
-@contextmanager
-def ro(db: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection (``mode=ro``): looking never writes."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        yield conn
-    finally:
-        conn.close()
+@runtime_checkable
+class StoreView(Protocol):
+    """A read-only look at a store from outside the gatekeepers (the test's own connection): the same questions,
+    asked of a SQLite file or of a PostgreSQL database. Statements are written in SQLite's dialect, ``?``
+    placeholders; rows come back as dicts."""
+
+    name: str
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]: ...
+
+    def integrity(self) -> str:
+        """``"ok"`` when the database's own check finds nothing wrong, else what it found."""
+        ...
+
+    def writes_held(self) -> AbstractContextManager[None]:
+        """While inside, the store cannot commit a write (writers queue behind this connection)."""
+        ...
 
 
-def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with ro(db) as conn:
-        return [dict(r) for r in conn.execute(sql, params).fetchall()]
+@dataclass(frozen=True)
+class SqliteView:
+    """The SQLite file, opened read-only (``mode=ro``): looking never writes."""
+
+    db: Path
+    name: str = "sqlite"
+
+    @contextmanager
+    def _ro(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._ro() as conn:
+            return [dict(r) for r in conn.execute(sql, params).fetchall()]
+
+    def integrity(self) -> str:
+        with self._ro() as conn:
+            return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    @contextmanager
+    def writes_held(self) -> Iterator[None]:
+        lock = sqlite3.connect(self.db, isolation_level=None, timeout=10)
+        try:
+            lock.execute("BEGIN IMMEDIATE")  # the store's writers all begin with BEGIN IMMEDIATE
+            yield
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
 
 
-def call_row(db: Path, prefix: str) -> dict[str, Any]:
-    rows = query(db, "SELECT * FROM calls WHERE id >= ? AND id < ? ORDER BY id", (prefix, prefix + "g"))
+@dataclass(frozen=True)
+class PostgresView:
+    """A PostgreSQL team database, read with the admin's URL (never a gatekeeper's or an approver's role)."""
+
+    admin: str
+    name: str = "postgres"
+
+    def _connect(self) -> Any:
+        import psycopg  # only the PostgreSQL tests load it
+
+        from mcp_gatekeeper.store.pg_schema import SCHEMA
+
+        return psycopg.connect(self.admin, autocommit=True, options=f"-c search_path={SCHEMA}", connect_timeout=10)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        from mcp_gatekeeper.store.postgres import to_postgres
+
+        with self._connect() as conn:
+            cur = conn.execute(to_postgres(sql).encode(), params)
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def integrity(self) -> str:
+        """amcheck's ``bt_index_check`` of every index of the store's schema (heap and index agree), and every
+        table read to its end."""
+        from psycopg import sql
+
+        from mcp_gatekeeper.store.pg_schema import SCHEMA
+
+        with self._connect() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            indexes = conn.execute(
+                "SELECT c.oid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_am a ON a.oid = c.relam WHERE c.relnamespace = %s::regnamespace AND a.amname = 'btree'",
+                (SCHEMA,),
+            ).fetchall()
+            for oid, name in indexes:
+                try:
+                    conn.execute("SELECT bt_index_check(%s, true)", (oid,))
+                except Exception as e:  # a corrupt index: say which (psycopg's errors are all Exceptions)
+                    return f"index {name}: {e}"
+            for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (SCHEMA,)).fetchall():
+                conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+        return "ok" if indexes else "no indexes found to check"
+
+    @contextmanager
+    def writes_held(self) -> Iterator[None]:
+        from mcp_gatekeeper.store.pg_schema import AUDIT_LOCK
+
+        with self._connect() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (AUDIT_LOCK,))  # every write takes it first (PgEngine)
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (AUDIT_LOCK,))
+
+
+Where = Path | StoreView
+"""What the look-ups take: a store view, or the path of a SQLite file (the older tests' way)."""
+
+
+def view_of(where: Where) -> StoreView:
+    return where if isinstance(where, StoreView) else SqliteView(where)
+
+
+def query(db: Where, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    return view_of(db).query(sql, params)
+
+
+def call_row(db: Where, prefix: str) -> dict[str, Any]:
+    rows = query(db, "SELECT * FROM calls WHERE id LIKE ? ORDER BY id", (prefix + "%",))  # ids are hex
     assert len(rows) == 1, f"expected one call with id prefix {prefix!r}, found {len(rows)}"
     return rows[0]
 
 
-def audit_of(db: Path, call_id: str) -> list[dict[str, Any]]:
+def audit_of(db: Where, call_id: str) -> list[dict[str, Any]]:
     return query(db, "SELECT * FROM audit WHERE call_id = ? ORDER BY seq", (call_id,))
 
 
-def events_of(db: Path, call_id: str) -> list[str]:
+def events_of(db: Where, call_id: str) -> list[str]:
     return [e["event"] for e in audit_of(db, call_id)]
 
 
-def integrity(db: Path) -> str:
-    with ro(db) as conn:
-        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+def integrity(db: Where) -> str:
+    return view_of(db).integrity()
+
+
+@dataclass(frozen=True)
+class Backing:
+    """Where one test's gatekeepers keep their store: the home's SQLite file, or a fresh PostgreSQL database.
+
+    On PostgreSQL the gatekeepers (``wrap`` processes, in-process holders) use the gatekeeper role's URL and every
+    decider (the CLI, a Gate deciding as the approval service does) the approver role's; the test reads with the
+    admin's. On SQLite all of them are the one file.
+    """
+
+    name: str
+    view: StoreView
+    holder: str
+    """What a gatekeeper's :meth:`Store.open` takes."""
+    approver: str
+    """What a decider's :meth:`Store.open` takes."""
+    env_var: bool = False
+    """Whether processes are pointed at the store by ``$MCP_GATEKEEPER_STORE`` (else: the home's file)."""
+
+    def _env(self, home: Path, location: str) -> dict[str, str]:
+        return env_for(home, MCP_GATEKEEPER_STORE=location) if self.env_var else env_for(home)
+
+    def holder_env(self, home: Path) -> dict[str, str]:
+        return self._env(home, self.holder)
+
+    def approver_env(self, home: Path) -> dict[str, str]:
+        return self._env(home, self.approver)
+
+
+def sqlite_backing(db: Path) -> Backing:
+    """The SQLite file ``db`` (a gatekeeper process's is :func:`db_of` its home)."""
+    return Backing("sqlite", SqliteView(db), holder=str(db), approver=str(db))
+
+
+async def postgres_backing(admin: str) -> Backing:
+    """``db init`` on the fresh database ``admin`` names, with roles of its own."""
+    from mcp_gatekeeper.store.pg_schema import Roles
+    from mcp_gatekeeper.store.postgres import init_database
+
+    tag = secrets.token_hex(4)
+    roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+    report = await init_database(admin, SystemClock(), roles=roles)
+    return Backing(
+        "postgres",
+        PostgresView(admin),
+        holder=report.new_role_urls[roles.gatekeeper],
+        approver=report.new_role_urls[roles.approver],
+        env_var=True,
+    )
 
 
 def call_log(path: Path) -> list[dict[str, Any]]:
@@ -133,7 +291,7 @@ def sigkill(pids: list[int]) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def instance_pid(db: Path, label: str) -> int:
+def instance_pid(db: Where, label: str) -> int:
     """The pid of the live gatekeeper process registered under ``label`` (``wrap NAME``, ``run``, ``ui``)."""
     rows = query(
         db, "SELECT pid FROM instances WHERE label = ? AND stopped_at IS NULL ORDER BY started_at DESC", (label,)
@@ -194,14 +352,19 @@ class Watcher(StderrWatcher):
 
 
 @asynccontextmanager
-async def wrap(home: Path, config: Path, name: str, log: Path, **client_kw: Any) -> AsyncIterator[GK]:
-    """``mcp-gatekeeper wrap --name NAME -- feature_server --call-log LOG`` started as an MCP client would."""
-    params = wrap_params(home, config, name, [PY, str(FEATURE_SERVER), "--call-log", str(log)])
+async def wrap(
+    home: Path, config: Path, name: str, log: Path, *, store: Backing | None = None, **client_kw: Any
+) -> AsyncIterator[GK]:
+    """``mcp-gatekeeper wrap --name NAME -- feature_server --call-log LOG`` started as an MCP client would (on
+    ``store``'s holder side; by default the home's SQLite file)."""
+    store = store or sqlite_backing(db_of(home))
+    extra = {"MCP_GATEKEEPER_STORE": store.holder} if store.env_var else {}
+    params = wrap_params(home, config, name, [PY, str(FEATURE_SERVER), "--call-log", str(log)], **extra)
     watcher = Watcher()
     client_kw.setdefault("mode", "legacy")
     try:
         async with Client(stdio_client(params, errlog=watcher.file), **client_kw) as client:
-            yield GK(client, watcher, instance_pid(db_of(home), f"wrap {name}"), name)
+            yield GK(client, watcher, instance_pid(store.view, f"wrap {name}"), name)
     finally:
         watcher.close()
 
@@ -368,7 +531,7 @@ class KeyedNotifier:
 
 @dataclass
 class Stack:
-    db: Path
+    backing: Backing
     store: Store
     notifier: KeyedNotifier
     upstream: FeatureServer
@@ -380,14 +543,15 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(tmp_path: Path, config_text: str) -> AsyncIterator[Stack]:
-    """The holding side: store, gate (with its cross-process watcher), proxy, in-process upstream, SDK client."""
+async def stack(tmp_path: Path, config_text: str, backing: Backing | None = None) -> AsyncIterator[Stack]:
+    """The holding side: store, gate (with its cross-process watcher), proxy, in-process upstream, SDK client;
+    on ``backing``'s holder side (by default a SQLite file of its own)."""
     config = parse_config(config_text)
     clock = SystemClock()
     notifier = KeyedNotifier()
     upstream = build_server(None)
-    db = tmp_path / "gk.db"
-    async with Store.open(db, clock) as store:
+    backing = backing or sqlite_backing(tmp_path / "gk.db")
+    async with Store.open(backing.holder, clock) as store:
         await store.register_instance("holder")
         gate = Gate(store, Policy(config), clock, notifier=notifier)
         proxy = Proxy(config=config, policy=gate.policy, gate=gate, clock=clock)
@@ -396,4 +560,4 @@ async def stack(tmp_path: Path, config_text: str) -> AsyncIterator[Stack]:
         async with gate.running(), up.running():
             await up.connect()
             async with Client(proxy.build_server(), mode="legacy") as client:
-                yield Stack(db, store, notifier, upstream, client, gate.policy)
+                yield Stack(backing, store, notifier, upstream, client, gate.policy)

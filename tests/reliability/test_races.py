@@ -1,7 +1,8 @@
 """B1: two approvers at once → exactly one wins and the call runs once. B3: approval vs expiry at the deadline.
 
-The in-process variants run the real proxy (SDK client → gatekeeper Server → feature upstream) against a real
-SQLite file; the deciders are separate Store connections and Gates in their own threads and event loops, released
+Every test runs on both backends (``backing``): a real SQLite file, and a PostgreSQL database where the holders use
+the gatekeeper role and the deciders the approver role. The in-process variants run the real proxy (SDK client →
+gatekeeper Server → feature upstream); the deciders are separate Store connections and Gates in their own threads and event loops, released
 together by a barrier, as two processes would be. The cross-process variants race real CLI processes against a
 real ``wrap`` process, released together by closing one pipe they all wait on.
 """
@@ -27,10 +28,9 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from harness import ROOT
 from relkit import (
     PY,
+    Backing,
     call_row,
     cli,
-    db_of,
-    env_for,
     events_of,
     query,
     received,
@@ -69,15 +69,15 @@ NOTES_HELD_1S = NOTES_HELD + 'timeout = "1s"\n'
 class Decider:
     """An approver with its own thread, event loop, Store connection and Gate (as another process would have)."""
 
-    def __init__(self, name: str, db: Path, policy: Policy, barrier: threading.Barrier) -> None:
-        self.name, self.db, self.policy, self.barrier = name, db, policy, barrier
+    def __init__(self, name: str, location: str, policy: Policy, barrier: threading.Barrier) -> None:
+        self.name, self.location, self.policy, self.barrier = name, location, policy, barrier
         self.jobs: queue.Queue[tuple[str, Decision] | None] = queue.Queue()
         self.results: queue.Queue[CallRecord | BaseException] = queue.Queue()
         self.thread = threading.Thread(target=anyio.run, args=(self._main,), name=f"decider-{name}", daemon=True)
 
     async def _main(self) -> None:
         try:
-            async with Store.open(self.db, SystemClock()) as store:
+            async with Store.open(self.location, SystemClock()) as store:
                 gate = Gate(store, self.policy, store.clock)
                 while (job := self.jobs.get()) is not None:  # this loop has nothing else to run while it waits
                     call_id, decision = job
@@ -107,14 +107,14 @@ def decision(kind: str, who: str, rec: CallRecord) -> Decision:
 PAIRS = (("approve", "approve"), ("approve", "reject"), ("approve", "modify"), ("reject", "modify"))
 
 
-async def test_b1_double_decision_x500_exactly_one_wins_and_runs_once(tmp_path: Path) -> None:
+async def test_b1_double_decision_x500_exactly_one_wins_and_runs_once(tmp_path: Path, backing: Backing) -> None:
     rng = random.Random(int(os.environ.get("GK_SEED", "1")))
     wins = {"b": 0, "c": 0}
     approved_runs = 0
     with anyio.fail_after(120):
-        async with stack(tmp_path, NOTES_HELD) as s:
+        async with stack(tmp_path, NOTES_HELD, backing) as s:
             barrier = threading.Barrier(2)
-            b, c = Decider("b", s.db, s.policy, barrier), Decider("c", s.db, s.policy, barrier)
+            b, c = (Decider(n, backing.approver, s.policy, barrier) for n in "bc")
             b.thread.start()
             c.thread.start()
             try:
@@ -166,7 +166,7 @@ async def test_b1_double_decision_x500_exactly_one_wins_and_runs_once(tmp_path: 
                 "SELECT call_id FROM audit WHERE event IN ('approved', 'rejected') GROUP BY call_id HAVING COUNT(*) > 1"
             )
             ok, _, msg = await s.store.verify_audit()
-    print(f"B1 in-process: {B1_ITERATIONS} races, wins {wins}, {approved_runs} approved and run once")
+    print(f"B1 in-process ({backing.name}): {B1_ITERATIONS} races, wins {wins}, {approved_runs} approved and run once")
     assert len(ran) == approved_runs and len({x["arguments"]["path"] for x in ran}) == approved_runs
     assert twice == []  # one decision event per call
     assert ok, msg
@@ -203,8 +203,8 @@ class CliLoop:
     err: BufferedByteReceiveStream
 
     @classmethod
-    async def start(cls, home: Path) -> CliLoop:
-        proc = await anyio.open_process([PY, "-c", CLI_LOOP], env=env_for(home), cwd=str(ROOT), start_new_session=True)
+    async def start(cls, env: dict[str, str]) -> CliLoop:
+        proc = await anyio.open_process([PY, "-c", CLI_LOOP], env=env, cwd=str(ROOT), start_new_session=True)
         assert proc.stdout is not None and proc.stderr is not None
         return cls(proc, BufferedByteReceiveStream(proc.stdout), BufferedByteReceiveStream(proc.stderr))
 
@@ -229,11 +229,12 @@ class CliLoop:
 
 
 @contextlib.asynccontextmanager
-async def cli_loops(home: Path, n: int) -> AsyncIterator[list[CliLoop]]:
+async def cli_loops(env: dict[str, str], n: int) -> AsyncIterator[list[CliLoop]]:
+    """``n`` CLI processes with ``env`` (on PostgreSQL: the approver role's store)."""
     loops: list[CliLoop] = []
     try:
         for _ in range(n):
-            loops.append(await CliLoop.start(home))
+            loops.append(await CliLoop.start(env))
         yield loops
     finally:
         for loop in loops:
@@ -242,17 +243,17 @@ async def cli_loops(home: Path, n: int) -> AsyncIterator[list[CliLoop]]:
                 await loop.proc.wait()
 
 
-async def test_b1_cross_process_two_cli_approvers_race(home: Path, tmp_path: Path) -> None:
+async def test_b1_cross_process_two_cli_approvers_race(home: Path, tmp_path: Path, backing: Backing) -> None:
     cfg = write_config(tmp_path / "gk.toml", NOTES_HELD)
-    db = db_of(home)
+    db = backing.view
     log = tmp_path / "calls.jsonl"
     results: dict[str, types.CallToolResult] = {}
     done: dict[str, anyio.Event] = {f"/x/{i}": anyio.Event() for i in range(B1_CLI_ITERATIONS)}
     wins = [0, 0]
     with anyio.fail_after(120):
         async with (
-            cli_loops(home, 2) as racers,
-            wrap(home, cfg, "feat", log) as gk,
+            cli_loops(backing.approver_env(home), 2) as racers,
+            wrap(home, cfg, "feat", log, store=backing) as gk,
             anyio.create_task_group() as calls,
         ):
 
@@ -293,20 +294,22 @@ async def test_b1_cross_process_two_cli_approvers_race(home: Path, tmp_path: Pat
                 assert events.count("approved") + events.count("rejected") == 1
     paths_run = [a["path"] for a in received(log, "write_note")]
     assert len(paths_run) == len(set(paths_run))  # I2 across the whole run
-    print(f"B1 cross-process: {B1_CLI_ITERATIONS} races between two CLI processes, wins {wins}")
-    rc, out, _ = await cli(home, "audit", "--verify", config=cfg)
+    print(f"B1 cross-process ({backing.name}): {B1_CLI_ITERATIONS} races between two CLI processes, wins {wins}")
+    rc, out, _ = await cli(home, "audit", "--verify", config=cfg, env=backing.approver_env(home))
     assert rc == 0, out
 
 
 # ---------------------------------------------------------------------------------------------- B3: approval vs expiry
 
 
-async def test_b3_approval_at_the_deadline_either_runs_once_or_expires_never_both(tmp_path: Path) -> None:
+async def test_b3_approval_at_the_deadline_either_runs_once_or_expires_never_both(
+    tmp_path: Path, backing: Backing
+) -> None:
     rng = random.Random(int(os.environ.get("GK_SEED", "3")))
     outcomes: list[tuple[str, str, bool, types.CallToolResult]] = []
     refusals: list[str] = []
     with anyio.fail_after(90):
-        async with stack(tmp_path, NOTES_HELD_1S) as s, Store.open(s.db, SystemClock()) as other:
+        async with stack(tmp_path, NOTES_HELD_1S, backing) as s, Store.open(backing.approver, SystemClock()) as other:
             approver = Gate(other, s.policy, other.clock)  # another connection, as the CLI or the page would use
 
             async def one(path: str) -> None:
@@ -354,21 +357,24 @@ async def test_b3_approval_at_the_deadline_either_runs_once_or_expires_never_bot
                     with pytest.raises(AlreadyDecidedError):
                         await approver.decide(cid, Decision(approve=True, decided_by="late", channel="test"))
             ok, _, msg = await s.store.verify_audit()
-    print(f"B3 in-process: {len(outcomes)} approvals at the deadline: {counts}")
+    print(f"B3 in-process ({backing.name}): {len(outcomes)} approvals at the deadline: {counts}")
     assert len(outcomes) == B3_ROUNDS * B3_CALLS_PER_ROUND
     assert set(refusals) <= {"expired", "decided"}, refusals  # late: past the deadline, or already expired
     assert ok, msg
 
 
-async def test_b3_cross_process_cli_approval_at_the_deadline(home: Path, tmp_path: Path) -> None:
+async def test_b3_cross_process_cli_approval_at_the_deadline(home: Path, tmp_path: Path, backing: Backing) -> None:
     rng = random.Random(int(os.environ.get("GK_SEED", "5")))
     cfg = write_config(tmp_path / "gk.toml", NOTES_HELD_1S)
-    db = db_of(home)
+    db = backing.view
     log = tmp_path / "calls.jsonl"
     results: dict[str, types.CallToolResult] = {}
     verdicts: list[tuple[str, str, int, str]] = []
     with anyio.fail_after(90):
-        async with cli_loops(home, B3_CLI_LANES) as approvers, wrap(home, cfg, "feat", log) as gk:
+        async with (
+            cli_loops(backing.approver_env(home), B3_CLI_LANES) as approvers,
+            wrap(home, cfg, "feat", log, store=backing) as gk,
+        ):
             for r in range(B3_CLI_ROUNDS):
                 async with anyio.create_task_group() as tg:
 
@@ -400,8 +406,8 @@ async def test_b3_cross_process_cli_approval_at_the_deadline(home: Path, tmp_pat
             assert row["state"] == "expired" and results[path].is_error
             assert "not approved in time" in text(results[path])
             assert {"path": path, "content": "c"} not in received(log, "write_note")
-    print(f"B3 cross-process: {len(verdicts)} CLI approvals at the deadline: {counts}")
+    print(f"B3 cross-process ({backing.name}): {len(verdicts)} CLI approvals at the deadline: {counts}")
     assert len(verdicts) == B3_CLI_LANES * B3_CLI_ROUNDS
     assert query(db, "SELECT id FROM calls WHERE state IN ('pending', 'approved', 'forwarding')") == []
-    rc, out, _ = await cli(home, "audit", "--verify", config=cfg)
+    rc, out, _ = await cli(home, "audit", "--verify", config=cfg, env=backing.approver_env(home))
     assert rc == 0, out
