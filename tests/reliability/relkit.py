@@ -435,12 +435,14 @@ class RawStdio:
 
 
 @asynccontextmanager
-async def raw_wrap(home: Path, config: Path, log: Path) -> AsyncIterator[RawStdio]:
+async def raw_wrap(
+    home: Path, config: Path, log: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[RawStdio]:
     """Start ``wrap`` with pipes we write raw bytes to; initialized (handshake era) when yielded."""
     watcher = Watcher()
     argv = [PY, "-m", "mcp_gatekeeper", "wrap", "--config", str(config), "--name", "feat", "--"]
     argv += [PY, str(FEATURE_SERVER), "--call-log", str(log)]
-    proc = await anyio.open_process(argv, stderr=watcher.file, env=env_for(home), cwd=str(ROOT))
+    proc = await anyio.open_process(argv, stderr=watcher.file, env=env or env_for(home), cwd=str(ROOT))
     raw = RawStdio(proc, watcher)
     try:
         async with anyio.create_task_group() as tg:
