@@ -5,8 +5,10 @@ Afterwards: ``PRAGMA integrity_check`` is ok, the audit chain verifies, every re
 exactly one final state, nothing ran twice, nothing ran without an approval, every decision and every result
 the clients were told about is in the store.
 
-The default run does 20 kills (two lanes of 10, ~30 s); ``GK_SLOW=1`` runs the slow variant with 100 kills.
-``GK_SEED`` fixes the random schedule (it is printed).
+The default run does 20 kills (two lanes of 10, ~30 s) on both backends (``backing``: the home's SQLite file, and
+a PostgreSQL database where the ``wrap`` processes use the gatekeeper role and the reviewer the approver role);
+``GK_SLOW=1`` runs the slow variant with 100 kills (SQLite). ``GK_SEED`` fixes the random schedule (it is
+printed).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from relkit import (
     CLIENT_GONE,
     GK,
     LIVE_STATES,
+    Backing,
+    StoreView,
     call_log,
     cli,
     db_of,
     integrity,
     query,
     sigkill,
+    sqlite_backing,
     text,
     wrap,
     write_config,
@@ -127,11 +132,19 @@ async def decide_all(gk: GK, gate: Gate, rng: random.Random, ledger: Ledger) -> 
 
 
 async def lane_loop(
-    lane: int, kills: int, home: Path, cfg: Path, log: Path, gate: Gate, rng: random.Random, ledger: Ledger
+    lane: int,
+    kills: int,
+    home: Path,
+    backing: Backing,
+    cfg: Path,
+    log: Path,
+    gate: Gate,
+    rng: random.Random,
+    ledger: Ledger,
 ) -> None:
     for _ in range(kills):
         leftovers: list[int] = []
-        async with wrap(home, cfg, f"lane{lane}", log) as gk, anyio.create_task_group() as clients:
+        async with wrap(home, cfg, f"lane{lane}", log, store=backing) as gk, anyio.create_task_group() as clients:
             for kind in ("echo", "slow-allowed", "write_note", "slow-held"):
                 clients.start_soon(traffic, gk, kind, lane, ledger)
             async with anyio.create_task_group() as reviewer:
@@ -144,22 +157,22 @@ async def lane_loop(
         sigkill(leftovers)
 
 
-def rows_by_marker(db: Path) -> dict[str, list[dict[str, Any]]]:
+def rows_by_marker(db: StoreView) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for row in query(db, "SELECT id, tool, state, gate, arguments FROM calls"):
         out.setdefault(marker_of(row["tool"], json.loads(row["arguments"])), []).append(row)
     return out
 
 
-async def crash_loop(home: Path, tmp_path: Path, kills: int) -> None:
+async def crash_loop(home: Path, tmp_path: Path, kills: int, backing: Backing) -> None:
     seed = int(os.environ.get("GK_SEED", random.randrange(1 << 30)))
-    print(f"A5 crash loop: {kills} kills, GK_SEED={seed}")
+    print(f"A5 crash loop ({backing.name}): {kills} kills, GK_SEED={seed}")
     cfg = write_config(tmp_path / "gk.toml", CONFIG)
-    db = db_of(home)
+    db = backing.view
     logs = [tmp_path / f"calls-{lane}.jsonl" for lane in range(LANES)]
     ledger = Ledger()
     with anyio.fail_after(60 + kills * 6):
-        async with Store.open(db, SystemClock()) as store:
+        async with Store.open(backing.approver, SystemClock()) as store:
             # the reviewer signs with the home's key, as `mcp-gatekeeper approve` would: an unsigned approval
             # is refused by the holder (tests/test_signatures.py), which is not what this test is about
             gate = Gate(store, Policy(parse_config(CONFIG)), store.clock, keys=DecisionKeys.for_home(home))
@@ -167,15 +180,24 @@ async def crash_loop(home: Path, tmp_path: Path, kills: int) -> None:
                 for lane in range(LANES):
                     share = kills // LANES + (1 if lane < kills % LANES else 0)
                     tg.start_soon(
-                        lane_loop, lane, share, home, cfg, logs[lane], gate, random.Random(seed + lane), ledger
+                        lane_loop,
+                        lane,
+                        share,
+                        home,
+                        backing,
+                        cfg,
+                        logs[lane],
+                        gate,
+                        random.Random(seed + lane),
+                        ledger,
                     )
         # one more process starts (recovering every dead one's calls) and stops cleanly
-        async with wrap(home, cfg, "after", tmp_path / "calls-after.jsonl") as gk:
+        async with wrap(home, cfg, "after", tmp_path / "calls-after.jsonl", store=backing) as gk:
             await gk.client.list_tools()
     assert ledger.kills == kills
 
     assert integrity(db) == "ok"
-    rc, out, _ = await cli(home, "audit", "--verify", config=cfg)
+    rc, out, _ = await cli(home, "audit", "--verify", config=cfg, env=backing.approver_env(home))
     assert rc == 0, out  # the chain, and every decision's signature
     refused = query(db, "SELECT call_id FROM audit WHERE event = 'unverified_approval'")
     assert not refused, refused  # the reviewer's signed approvals are all trusted by the holders
@@ -233,10 +255,10 @@ async def crash_loop(home: Path, tmp_path: Path, kills: int) -> None:
     assert told["ok"] > 0 and ledger.decisions  # the loop did real work between the crashes
 
 
-async def test_a5_crash_loop_20_kills(home: Path, tmp_path: Path) -> None:
-    await crash_loop(home, tmp_path, 20)
+async def test_a5_crash_loop_20_kills(home: Path, tmp_path: Path, backing: Backing) -> None:
+    await crash_loop(home, tmp_path, 20, backing)
 
 
 @pytest.mark.slow
 async def test_a5_crash_loop_100_kills(home: Path, tmp_path: Path) -> None:
-    await crash_loop(home, tmp_path, 100)
+    await crash_loop(home, tmp_path, 100, sqlite_backing(db_of(home)))
