@@ -326,3 +326,62 @@ async def test_a_gatekeeper_that_loses_the_database_holds_and_allows_nothing_the
     assert "while-down" not in str(rows) and "/down" not in str(rows)
     rc, out, e = await _cli(home, ap_url, "audit", "--verify", config=cfg)
     assert rc == 0, out + e
+
+
+SLOW_ALLOWED = """
+[ui]
+autostart = false
+[[waiting.clients]]
+name = "*"
+[[rules]]
+name = "slow-passes"
+tool = "slow"
+gate = "allow"
+"""
+
+
+async def test_a_call_that_finishes_while_the_database_is_gone_is_replied_only_once_its_outcome_is_recorded(
+    home: Path, tmp_path: Path, killable: tuple[pgcluster.Cluster, str]
+) -> None:
+    """README, how a call flows: record, upstream, record the result, reply. The server dies while an allowed call
+    runs upstream: the reply waits until the outcome is in the store (once the server is back), so what the client
+    was told and what the store says never disagree."""
+    cluster, admin = killable
+    tag = secrets.token_hex(3)
+    roles = Roles(gatekeeper=f"gk_{tag}", approver=f"ap_{tag}", owner=f"own_{tag}")
+    report = await init_database(admin, SystemClock(), roles=roles)
+    view = PostgresView(admin)
+    cfg = write_config(tmp_path / "gk.toml", SLOW_ALLOWED)
+    log = tmp_path / "calls.jsonl"
+    upstream = [PY, str(FEATURE_SERVER), "--call-log", str(log)]
+    params = wrap_params(home, cfg, "outcome", upstream, MCP_GATEKEEPER_STORE=report.new_role_urls[roles.gatekeeper])
+    args = {"steps": 3, "delay": 0.2}
+    result: list[types.CallToolResult] = []
+    answered, inside = anyio.Event(), anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if (message or "").startswith("step "):  # the upstream is running it: 'allowed' is recorded
+            inside.set()
+
+    with anyio.fail_after(150):
+        async with gatekeeper(params) as (client, _), anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                result.append(await client.call_tool("slow", args, progress_callback=on_progress))
+                answered.set()
+
+            tg.start_soon(call)
+            await inside.wait()
+            await anyio.to_thread.run_sync(cluster.kill)
+            # the upstream finishes in well under a second; the store cannot take its outcome while the server is gone
+            with anyio.move_on_after(8.0):  # the behaviour under test: does the reply wait for the record?
+                await answered.wait()
+            answered_while_down = answered.is_set()
+            await anyio.to_thread.run_sync(cluster.start)
+            await answered.wait()
+
+    assert received(log, "slow") == [args]  # run once
+    assert not result[0].is_error, text(result[0])
+    assert not answered_while_down, "the client had the result while the store could not record it"
+    (row,) = view.query("SELECT state FROM calls WHERE tool = 'slow'")
+    assert row["state"] == "forwarded"  # what the client was told is what the store says
