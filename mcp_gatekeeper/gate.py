@@ -40,6 +40,10 @@ from mcp_gatekeeper.store import Store
 
 log = logging.getLogger(__name__)
 
+OUTCOME_PATIENCE = 60.0
+"""How long (seconds) :meth:`Gate.finish` keeps trying to record a forwarded call's outcome while the store is
+unusable (a PostgreSQL server restarting, a full disk) before it gives up: the reply waits for the record."""
+
 Tick = Callable[[CallRecord, float], Awaitable[None]]
 """Called every heartbeat while a call waits: ``(call, seconds_left)``."""
 
@@ -625,28 +629,38 @@ class Gate:
     async def finish(
         self, rec: CallRecord, *, result: dict[str, Any] | None, error: str | None, unknown: bool = False
     ) -> None:
-        """Record how a forwarded call ended; shielded so a cancellation cannot lose it."""
+        """Record how a forwarded call ended; shielded so a cancellation cannot lose it. While the store is unusable
+        it keeps trying (up to :data:`OUTCOME_PATIENCE`), so the caller replies only once the outcome is recorded."""
         if unknown:
             state = State.OUTCOME_UNKNOWN
         elif error is not None:
             state = State.FAILED
         else:
             state = State.FORWARDED
+        give_up, delay = self.clock.monotonic() + OUTCOME_PATIENCE, 0.1
         with anyio.CancelScope(shield=True):
-            try:
-                await self.store.finish_call(
-                    rec.id,
-                    rec.state if rec.state in (State.FORWARDING, State.ALLOWED) else State.FORWARDING,
-                    state,
-                    result=result,
-                    error=error,
-                    detail={"is_error": bool(result and result.get("isError"))}
-                    if result is not None
-                    else {"error": error},
-                    args_digest=rec.args_digest,
-                )
-            except StoreError:
-                log.error("could not record the outcome of %s", rec.id[:8], exc_info=True)
+            while True:
+                try:
+                    await self.store.finish_call(
+                        rec.id,
+                        rec.state if rec.state in (State.FORWARDING, State.ALLOWED) else State.FORWARDING,
+                        state,
+                        result=result,
+                        error=error,
+                        detail={"is_error": bool(result and result.get("isError"))}
+                        if result is not None
+                        else {"error": error},
+                        args_digest=rec.args_digest,
+                    )
+                    return
+                except StoreError:
+                    # the upstream has run it: a reply the store cannot back would disagree with it (I3, I5)
+                    if self.clock.monotonic() >= give_up:
+                        log.error("could not record the outcome of %s; giving up", rec.id[:8], exc_info=True)
+                        return
+                    log.warning("could not record the outcome of %s yet; retrying", rec.id[:8])
+                await self.clock.sleep_until(self.clock.monotonic() + delay)  # back-off, not a synchronisation
+                delay = min(delay * 2, 2.0)
 
 
 def needs_passkey(policy: Policy, rec: CallRecord, edit: Mapping[str, Any] | None = None) -> bool:
