@@ -3,7 +3,12 @@
 Two gatekeepers on the gatekeeper role share a throwaway server; decisions come from the CLI on the approver
 role. The server is stopped the hard way (``pg_ctl stop -m immediate``) while calls are held and a decision is
 being made, then started again: nothing runs without a decision, nothing runs twice, nothing is lost, and a
-gatekeeper holding the gatekeeper role's credentials cannot approve its own call.
+gatekeeper holding the gatekeeper role's credentials cannot approve its own call. A gatekeeper that loses its
+server holds and allows nothing that needs a record, stays up and reconnects by itself; a call that finishes
+upstream meanwhile is replied only once its outcome is recorded.
+
+The tests that stop the server share one throwaway server of this module (a fresh database each); the others use
+the session's (``pg_admin_dsn``). The race, ``kill -9`` and crash-loop tests run on PostgreSQL too (``backing``).
 """
 
 from __future__ import annotations
