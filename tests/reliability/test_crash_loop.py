@@ -171,7 +171,7 @@ async def crash_loop(home: Path, tmp_path: Path, kills: int, backing: Backing) -
     db = backing.view
     logs = [tmp_path / f"calls-{lane}.jsonl" for lane in range(LANES)]
     ledger = Ledger()
-    with anyio.fail_after(60 + kills * 6):
+    with anyio.fail_after(120 + kills * 12):  # generous: two lanes of processes on a loaded machine
         async with Store.open(backing.approver, SystemClock()) as store:
             # the reviewer signs with the home's key, as `mcp-gatekeeper approve` would: an unsigned approval
             # is refused by the holder (tests/test_signatures.py), which is not what this test is about
