@@ -116,7 +116,7 @@ async def test_killing_the_database_mid_flight_runs_nothing_undecided_nothing_tw
         upstream = [PY, str(FEATURE_SERVER), "--call-log", str(log)]
         return wrap_params(home, cfg, name, upstream, MCP_GATEKEEPER_STORE=gk_url)
 
-    with anyio.fail_after(120):
+    with anyio.fail_after(300):
         async with (
             gatekeeper(params("team-a", log_a)) as (a, a_err),
             gatekeeper(params("team-b", log_b)) as (b, b_err),
@@ -228,7 +228,7 @@ async def test_an_approval_from_inside_the_agents_client_is_refused_in_team_mode
     upstream = [PY, str(FEATURE_SERVER), "--call-log", str(log)]
     params = wrap_params(home, cfg, "team", upstream, MCP_GATEKEEPER_STORE=gk_url)
     result: list[types.CallToolResult] = []
-    with anyio.fail_after(60):
+    with anyio.fail_after(180):
         async with (
             gatekeeper(params, elicitation_callback=approve_in_client) as (client, err),
             anyio.create_task_group() as tg,
@@ -286,7 +286,7 @@ async def test_a_gatekeeper_that_loses_the_database_holds_and_allows_nothing_the
     upstream = [PY, str(FEATURE_SERVER), "--call-log", str(log)]
     params = wrap_params(home, cfg, "lost", upstream, MCP_GATEKEEPER_STORE=gk_url)
     after: list[types.CallToolResult] = []
-    with anyio.fail_after(150):
+    with anyio.fail_after(300):
         async with gatekeeper(params) as (client, err):
             before = await client.call_tool("echo", {"text": "before"})
             assert not before.is_error, text(before)
@@ -368,7 +368,7 @@ async def test_a_call_that_finishes_while_the_database_is_gone_is_replied_only_o
         if (message or "").startswith("step "):  # the upstream is running it: 'allowed' is recorded
             inside.set()
 
-    with anyio.fail_after(150):
+    with anyio.fail_after(300):
         async with gatekeeper(params) as (client, _), anyio.create_task_group() as tg:
 
             async def call() -> None:

@@ -9,7 +9,6 @@ tool refresh is made to wait on the store (another connection holds the write lo
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import anyio
@@ -35,21 +34,16 @@ async def test_a_concurrent_tools_list_does_not_make_a_real_tool_unknown(tmp_pat
         async with stack(tmp_path, CONFIG) as s:
             page = await s.client.list_tools()  # a client that reads page 1 only (slow is on page 2)
             assert "slow" not in [t.name for t in page.tools] and page.next_cursor
-            lock = sqlite3.connect(s.db, isolation_level=None, timeout=10)
-            try:
-                lock.execute("BEGIN IMMEDIATE")  # the store is briefly busy (another process is writing)
-                async with anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
 
-                    async def call() -> None:
-                        results.append(await s.client.call_tool("slow", {"steps": 0, "delay": 0}))
+                async def call() -> None:
+                    results.append(await s.client.call_tool("slow", {"steps": 0, "delay": 0}))
 
+                with s.backing.view.writes_held():  # the store is briefly busy (another process is writing)
                     tg.start_soon(call)
                     await anyio.wait_all_tasks_blocked()  # the call has re-listed the tools, and waits to pin them
                     tg.start_soon(s.client.list_tools)
                     await anyio.wait_all_tasks_blocked()  # the client's page-1 listing replaced the cache
-                    lock.execute("ROLLBACK")
-            finally:
-                lock.close()
             ran = [c for c in s.upstream.state.calls if c["tool"] == "slow"]
     assert not results[0].is_error, text(results[0])
     assert len(ran) == 1
