@@ -326,3 +326,23 @@ async def instrument_commits(conn: Any) -> list[float]:
 
     conn._execute = execute
     return commits
+
+
+# ---------------------------------------------------------------------------------------------- the load section
+
+LOAD_BEGIN, LOAD_END = "<!-- load.md: begin -->", "<!-- load.md: end -->"
+"""bench/load.py's section sits between these in README.md; bench/run.py puts load.md back when it rewrites."""
+
+
+def splice_load(readme: Path, section: str) -> None:
+    """Put ``section`` (bench/load.py's Markdown) into ``readme`` between the load markers (appended at first)."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    block = f"{LOAD_BEGIN}\n{section.rstrip()}\n{LOAD_END}"
+    if LOAD_BEGIN in text and LOAD_END in text:
+        head, _, rest = text.partition(LOAD_BEGIN)
+        text = head + block + rest.partition(LOAD_END)[2]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text)

@@ -66,7 +66,6 @@ SERVING_SERVICE = re.compile(r"approval service: (http://127\.0\.0\.1:\d+)/login
 PASSWORD = "load-bench-password-1"
 REJECT_EVERY, MODIFY_EVERY = 15, 40
 RACE_EVERY = 30
-LOAD_BEGIN, LOAD_END = "<!-- load.md: begin -->", "<!-- load.md: end -->"
 BACKENDS = ("postgres", "sqlite")
 
 
@@ -691,20 +690,6 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def splice(readme: Path, section: str) -> None:
-    """Put ``section`` into ``readme`` between the load markers (appended the first time)."""
-    if not readme.exists():
-        return
-    text = readme.read_text()
-    block = f"{LOAD_BEGIN}\n{section.rstrip()}\n{LOAD_END}"
-    if LOAD_BEGIN in text and LOAD_END in text:
-        head, _, rest = text.partition(LOAD_BEGIN)
-        text = head + block + rest.partition(LOAD_END)[2]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    readme.write_text(text)
-
-
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -765,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         C.dump_json(out / "load.json", {"meta": meta, "results": results})
     section = markdown(meta, results)
     (out / "load.md").write_text(section)
-    splice(out / "README.md", section)
+    C.splice_load(out / "README.md", section)
     print(section)
     bad = [
         b for b, r in results.items() if r["double_executions"] or r["lost"] or r["unanswered"] or r["wrong_answers"]

@@ -802,6 +802,8 @@ def load(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def write(out: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
     pngs = plots(out, results)
     (out / "README.md").write_text(markdown(meta, results, pngs))
+    if (out / "load.md").exists():  # bench/load.py's figures (a run of their own) survive a rewrite
+        C.splice_load(out / "README.md", (out / "load.md").read_text())
     slim = copy.deepcopy(results)
     raw: dict[str, Any] = {}
     for name, r in (_get(slim, "passthrough", "configs") or {}).items():
