@@ -514,6 +514,32 @@ async def test_an_escalation_by_another_gatekeeper_wakes_the_holder_by_notify(ur
         upkeep.cancel_scope.cancel()
 
 
+async def test_a_notify_that_comes_while_the_waiter_reads_is_not_lost(urls: tuple[str, str]) -> None:
+    """The gate's watcher reads, then waits: a decision's NOTIFY that arrives between the two must still wake it
+    (it used to wait for the next NOTIFY, or the poll: up to a second after the last decision of a burst)."""
+    gk, ap = urls
+    cid = _insert_pending(gk)
+    async with (
+        PgEngine.open(gk, SystemClock()) as holder,
+        PgEngine.open(ap, SystemClock()) as service,
+        anyio.create_task_group() as upkeep,
+    ):
+        upkeep.start_soon(holder.run_checkpoints)
+        with anyio.fail_after(10):
+            while not holder._signals.listening:
+                await holder.wait_changed(poll=0.05)
+        assert await holder.read("SELECT state FROM calls WHERE id = ?", (cid,)) == [("pending",)]  # the read
+        arrived = holder._signals.changed
+        await service.decide_call(cid, state="rejected", decided_by="bob", channel="web", reason="no",
+                                  modified_arguments=None, expected_digest="d1")  # fmt: skip
+        with anyio.fail_after(10):
+            await arrived.wait()  # the NOTIFY is in, and nobody was waiting for it
+        with anyio.fail_after(10):  # a poll of 60 s: only the NOTIFY already in can end this wait in time
+            await holder.wait_changed(poll=60)
+        assert await holder.read("SELECT state FROM calls WHERE id = ?", (cid,)) == [("rejected",)]
+        upkeep.cancel_scope.cancel()
+
+
 async def test_losing_the_server_fails_closed_and_the_pool_reconnects() -> None:
     if why := pgcluster.why_unavailable():
         pytest.skip(why)

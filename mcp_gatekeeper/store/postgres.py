@@ -315,6 +315,8 @@ class PgEngine:
         self.where = redact(url)
         self.clock = clock
         self._signals = _Signals()
+        self._waited = 0
+        """The signal count when :meth:`wait_changed` last returned: a NOTIFY after it was missed by nobody."""
         self._sizes = (8, 5.0)
         self._lost = False
 
@@ -437,10 +439,16 @@ class PgEngine:
     async def wait_changed(self, poll: float = LISTEN_POLL) -> None:
         """Return after the next NOTIFY of a change to any call; at the latest after ``LISTEN_POLL`` seconds while
         the listener is up, or ``poll`` seconds while it is down (the polling fallback). Either way the caller
-        reads the state from the table: a NOTIFY is only a hint."""
-        changed = self._signals.changed
-        with anyio.move_on_after(max(poll, LISTEN_POLL) if self._signals.listening else poll):
-            await changed.wait()
+        reads the state from the table: a NOTIFY is only a hint.
+
+        A NOTIFY that came while the caller was reading (after the previous wait returned) is not lost: the wait
+        returns at once, so the caller reads again. (Exact for one watcher per engine, the gate's; another caller
+        at worst reads once more, or waits for the next signal as before.)"""
+        if self._signals.count == self._waited:
+            changed = self._signals.changed
+            with anyio.move_on_after(max(poll, LISTEN_POLL) if self._signals.listening else poll):
+                await changed.wait()
+        self._waited = self._signals.count
 
     # ------------------------------------------------------------------ decisions (the approval service's role)
 
