@@ -42,6 +42,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,8 @@ class Params:
     host_labels: bool = True
     pg_admin_url: str | None = None
     max_connections: int = 400
+    keep: bool = False
+    """Keep each backend's work directory (logs, homes, call logs) instead of removing it."""
 
 
 def intended(seq: int) -> str:
@@ -368,9 +371,22 @@ async def login(http: httpx2.AsyncClient, base: str, name: str) -> dict[str, str
             "Origin": base}  # fmt: skip
 
 
-async def reviewer(r: int, base: str, p: Params, tally: Tally, done: anyio.Event) -> None:
+async def queue_filled(base: str, want: int, p: Params, full: anyio.Event) -> None:
+    """Set ``full`` once ``want`` calls are pending (the agents' first wave is held): reviewers start then."""
+    async with httpx2.AsyncClient(base_url=base, timeout=120) as http:
+        headers = await login(http, base, "rev0")
+        while True:
+            page = await http.get("/api/calls", params={"state": "pending", "limit": 1}, headers=headers)
+            if page.json()["counts"].get("pending", 0) >= want:
+                full.set()
+                return
+            await anyio.sleep(p.poll)
+
+
+async def reviewer(r: int, base: str, p: Params, tally: Tally, done: anyio.Event, full: anyio.Event) -> None:
     async with httpx2.AsyncClient(base_url=base, timeout=120) as http:
         headers = await login(http, base, f"rev{r}")
+        await full.wait()
         while not done.is_set():
             page = await http.get(
                 "/api/calls", params={"state": "pending", "limit": 200, "order": "asc"}, headers=headers
@@ -496,18 +512,20 @@ async def run_backend(backend: str, p: Params, work: Path, progress: Callable[[s
             path = f"/load/{backend}/g{i:02d}/{n:06d}"
             tally.sent[path] = Sent(i, path, f"note {n} {secrets.token_hex(4)}")
             per[i].append(path)
-        done = anyio.Event()
+        done, full = anyio.Event(), anyio.Event()
         load_before = os.getloadavg()
         t0 = time.time()
         with anyio.fail_after(p.timeout):
             async with anyio.create_task_group() as tg:
+                tg.start_soon(queue_filled, base, min(p.calls, p.inflight * p.gatekeepers), p, full)
                 for r in range(p.reviewers):
-                    tg.start_soon(reviewer, r, base, p, tally, done)
+                    tg.start_soon(reviewer, r, base, p, tally, done, full)
                 async with anyio.create_task_group() as agents:
                     for i in range(p.gatekeepers):
                         agents.start_soon(agent, i, urls[i], setup.tokens[i], per[i], p, tally)
                 done.set()
         t1 = time.time()
+        t_full = min((at for _w, at, _r in tally.decided.values()), default=t1)
         load_after = os.getloadavg()
         progress(f"   {backend}: {p.calls} calls answered in {t1 - t0:.1f} s; checking")
         calls = await all_calls(base)
@@ -524,8 +542,8 @@ async def run_backend(backend: str, p: Params, work: Path, progress: Callable[[s
         result = check(tally, calls, executions)
         result["phases_ms"] = phases(calls, events)
         result.update(
-            backend=backend, store=setup.store.split("@")[-1].strip(), wall_s=t1 - t0,
-            decided_per_s=len(tally.decided) / (t1 - t0) if t1 > t0 else None,
+            backend=backend, store=setup.store.split("@")[-1].strip(), wall_s=t1 - t0, fill_s=t_full - t0,
+            decided_per_s=len(tally.decided) / (t1 - t_full) if t1 > t_full else None,
             loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in load_after],
             hosts=sorted(h for h in hosts if h), instances=len(first_of_each), host_labels=labels,
         )  # fmt: skip
@@ -546,6 +564,7 @@ def check(tally: Tally, calls: list[dict[str, Any]], executions: list[dict[str, 
     states: Counter[str] = Counter()
     unanswered = wrong_answer = 0
     from_store: list[float] = []
+    samples: list[tuple[float, float]] = []
     from_response: list[float] = []
     decisions: Counter[str] = Counter()
     for path, s in tally.sent.items():
@@ -574,6 +593,7 @@ def check(tally: Tally, calls: list[dict[str, Any]], executions: list[dict[str, 
             )  # fmt: skip
             if len(es) == 1 and rec["decided_at"] is not None:
                 from_store.append((es[0]["at"] - rec["decided_at"]) * 1000)
+                samples.append((rec["decided_at"], (es[0]["at"] - rec["decided_at"]) * 1000))
                 if rec["id"] in tally.decided:
                     from_response.append((es[0]["at"] - tally.decided[rec["id"]][1]) * 1000)
         if not ok:
@@ -601,7 +621,19 @@ def check(tally: Tally, calls: list[dict[str, Any]], executions: list[dict[str, 
         "problems": (problems + tally.other_errors)[:30],
         "decision_to_upstream_ms": C.summary(from_store),
         "response_to_upstream_ms": C.summary(from_response),
+        "by_tenth": by_tenth(samples),
+        "raw": sorted(samples),
     }
+
+
+def by_tenth(samples: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """Decision -> upstream over the run: p50 and p95 of each tenth of the decisions in time order."""
+    ordered = [ms for _at, ms in sorted(samples)]
+    if len(ordered) < 10:
+        return []
+    size = len(ordered) // 10
+    return [{"p50": C.pct(ordered[i * size : (i + 1) * size], 50), "p95": C.pct(ordered[i * size : (i + 1) * size], 95)}
+            for i in range(10)]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -619,12 +651,13 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         "## Team mode under load (bench/load.py)",
         "",
         f"{p['gatekeepers']} `run --http` gatekeeper processes, {p['calls']:,} held calls spread evenly over them"
-        f" (at most {p['inflight']} open per gatekeeper), {p['reviewers']} reviewers deciding at once through the"
+        f" (each agent keeps {p['inflight']} open, replacing each answered call with a new one), {p['reviewers']} reviewers deciding at once through the"
         " approval service (`serve`) over its HTTP API; upstream: tests/upstreams/feature_server.py, one per"
         ' gatekeeper. Each agent\'s SDK v2 client waits for its answer (`[[waiting.clients]] name = "*"`, no'
         f" budget: the request stays open until the decision). Every {REJECT_EVERY}th call is rejected, every"
         f" {MODIFY_EVERY}th approved with modified arguments, the rest approved; about 1 in {RACE_EVERY} is tried"
-        " by two reviewers.",
+        " by two reviewers. The reviewers start once the agents' first wave is held (a full queue), so a"
+        " burst of holds being written does not sit in front of the first decisions.",
         "",
         "**Decision → upstream** is from the call's `decided_at` in the store (the approval service's clock at its"
         " compare-and-set) to the upstream's own `time.time()` when the tool ran (same machine, same clock); the"
@@ -645,8 +678,11 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     row("samples", lat("decision_to_upstream_ms", "n"))
     for q in ("p50", "p95"):
         row(f"approve response → upstream {q} (ms)", lat("response_to_upstream_ms", q))
-    row("wall time (s)", lambda r: r.get("wall_s"))
-    row("calls decided per s", lambda r: r.get("decided_per_s"))
+    row(
+        "wall time (s): whole run / until the first wave was held",
+        lambda r: f"{fmt(r.get('wall_s'))} / {fmt(r.get('fill_s'))}",
+    )
+    row("calls decided per s (first decision to last answer)", lambda r: r.get("decided_per_s"))
     row("calls / in store / executions", lambda r: f"{r.get('calls')} / {r.get('in_store')} / {r.get('executions')}")
     row("final states", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r.get("states", {}).items())))
     row("double executions", lambda r: r.get("double_executions"))
@@ -674,6 +710,12 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                 f"- {name}, where the time goes after `decided_at` (audit events' times, ms p50 / p95): "
                 + ", ".join(f"{k} {v['p50']:.0f} / {v['p95']:.0f}" for k, v in shown)
             )
+    for name, r in results.items():
+        if r.get("by_tenth"):
+            lines.append(
+                f"- {name}, decision → upstream over the run (p50 / p95 ms of each tenth of the decisions, in order): "
+                + ", ".join(f"{t['p50']:.0f} / {t['p95']:.0f}" for t in r["by_tenth"])
+            )
     goal = results.get("postgres", {}).get("decision_to_upstream_ms", {}).get("p95")
     if goal is not None:
         verdict = "met" if goal <= 200 else "missed"
@@ -696,11 +738,16 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
 async def run(p: Params, progress: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for backend in p.backends:
-        with tempfile.TemporaryDirectory(prefix=f"gk-load-{backend}-") as d:
-            work = Path(d)
+        work = Path(tempfile.mkdtemp(prefix=f"gk-load-{backend}-"))
+        try:
             t = time.perf_counter()
             results[backend] = await run_backend(backend, p, work, progress)
             progress(f"   {backend}: done in {time.perf_counter() - t:.0f} s")
+        finally:
+            if p.keep:
+                progress(f"   {backend}: logs and homes kept in {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
     return results
 
 
@@ -713,6 +760,7 @@ def options(argv: list[str] | None) -> tuple[Params, argparse.Namespace]:
     ap.add_argument("--backend", choices=[*BACKENDS, "both"], default="both")
     ap.add_argument("--quick", action="store_true", help="3 gatekeepers, 60 calls, 2 reviewers")
     ap.add_argument("--pg-admin-url", default=None, help="an admin URL of a server to use instead of a throwaway one")
+    ap.add_argument("--keep", action="store_true", help="keep the work directories (process logs, homes, call logs)")
     ap.add_argument("--no-host-labels", dest="host_labels", action="store_false")
     ap.add_argument("--out", default=None, help="directory of load.md (default bench/, --quick: bench/.out/quick/)")
     a = ap.parse_args(argv)
@@ -720,7 +768,7 @@ def options(argv: list[str] | None) -> tuple[Params, argparse.Namespace]:
     p = Params(
         gatekeepers=a.gatekeepers or small[0], calls=a.calls or small[1], reviewers=a.reviewers or small[2],
         inflight=a.inflight, backends=BACKENDS if a.backend == "both" else (a.backend,), host_labels=a.host_labels,
-        pg_admin_url=a.pg_admin_url,
+        pg_admin_url=a.pg_admin_url, keep=a.keep,
     )  # fmt: skip
     return p, a
 
