@@ -472,6 +472,41 @@ def phases(calls: list[dict[str, Any]], events: list[tuple[str, str, float]]) ->
     return {e: C.summary(xs) for e, xs in sorted(out.items(), key=lambda kv: C.median(kv[1]))}
 
 
+async def sample_waits(admin: str, until: anyio.Event, every: float = 0.5) -> dict[str, Any]:
+    """What the database's sessions are doing, sampled while the run lasts (pg_stat_activity and pg_locks): a
+    profile of where server-side time goes. Sessions holding the audit chain's lock are told apart from those
+    waiting for it; "waiting for its client" is a session inside a transaction whose process has not yet sent
+    the next statement."""
+    import psycopg
+
+    seen: Counter[str] = Counter()
+    samples = 0
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as c:
+        while not until.is_set():
+            cur = await c.execute(
+                "SELECT COALESCE(a.wait_event_type, 'CPU'), COALESCE(a.wait_event, '-'), a.state,"
+                " EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)"
+                " FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+                " AND a.state <> 'idle'"
+            )
+            for kind, event, state, holds in await cur.fetchall():
+                if kind == "Lock" and event == "advisory":
+                    what = "waiting for the audit chain's lock"
+                elif state == "idle in transaction":
+                    what = "in a transaction, waiting for its client"
+                else:
+                    what = f"running ({kind}/{event})" if kind != "CPU" else "running (CPU)"
+                seen[what + (" [holds the chain lock]" if holds else "")] += 1
+            samples += 1
+            with anyio.move_on_after(every):
+                await until.wait()
+    return {"samples": samples, "per_sample": {k: round(v / max(samples, 1), 2) for k, v in seen.most_common(8)}}
+
+
+async def keep_result(into: dict[str, Any], fn: Callable[..., Any], *args: Any) -> None:
+    into.update(await fn(*args))
+
+
 async def run_backend(backend: str, p: Params, work: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         role_urls = None
@@ -513,10 +548,13 @@ async def run_backend(backend: str, p: Params, work: Path, progress: Callable[[s
             tally.sent[path] = Sent(i, path, f"note {n} {secrets.token_hex(4)}")
             per[i].append(path)
         done, full = anyio.Event(), anyio.Event()
+        waits: dict[str, Any] = {}
         load_before = os.getloadavg()
         t0 = time.time()
         with anyio.fail_after(p.timeout):
             async with anyio.create_task_group() as tg:
+                if admin is not None:
+                    tg.start_soon(keep_result, waits, sample_waits, admin, done)
                 tg.start_soon(queue_filled, base, min(p.calls, p.inflight * p.gatekeepers), p, full)
                 for r in range(p.reviewers):
                     tg.start_soon(reviewer, r, base, p, tally, done, full)
@@ -541,6 +579,7 @@ async def run_backend(backend: str, p: Params, work: Path, progress: Callable[[s
                 executions += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         result = check(tally, calls, executions)
         result["phases_ms"] = phases(calls, events)
+        result["db_sessions"] = waits
         result.update(
             backend=backend, store=setup.store.split("@")[-1].strip(), wall_s=t1 - t0, fill_s=t_full - t0,
             decided_per_s=len(tally.decided) / (t1 - t_full) if t1 > t_full else None,
@@ -715,6 +754,12 @@ def markdown(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"- {name}, decision → upstream over the run (p50 / p95 ms of each tenth of the decisions, in order): "
                 + ", ".join(f"{t['p50']:.0f} / {t['p95']:.0f}" for t in r["by_tenth"])
+            )
+    for name, r in results.items():
+        if (db := r.get("db_sessions")) and db.get("per_sample"):
+            lines.append(
+                f"- {name}, the database's sessions over {db['samples']} samples (average number in each state): "
+                + ", ".join(f"{k} {v}" for k, v in db["per_sample"].items())
             )
     goal = results.get("postgres", {}).get("decision_to_upstream_ms", {}).get("p95")
     if goal is not None:

@@ -309,15 +309,15 @@ class Calls:
             params.append(canonical_json(v) if k in ("result", "capture") and v is not None else v)
 
         def _body(c: Tx) -> Any:
-            cur = c.execute(
-                f"UPDATE calls SET {', '.join(sets)} WHERE id = ? AND state IN ({schema.placeholders(from_states)})",
+            # the row comes back with the update: one round trip fewer while the chain's lock is held
+            rows = c.execute(
+                f"UPDATE calls SET {', '.join(sets)} WHERE id = ? AND state IN ({schema.placeholders(from_states)})"
+                f" RETURNING {schema.CALL_COLUMNS}",
                 (*params, call_id, *from_states),
-            )
-            if cur.rowcount != 1:
+            ).fetchall()
+            if len(rows) != 1:
                 return None
-            rec = schema.call_record(
-                c.execute(f"SELECT {schema.CALL_COLUMNS} FROM calls WHERE id = ?", (call_id,)).fetchone()
-            )
+            rec = schema.call_record(rows[0])
             append(
                 c,
                 self._engine.clock,

@@ -189,6 +189,40 @@ async def test_an_approval_written_behind_the_stores_back_is_not_verified(backen
         assert "modified arguments differ" in (await store.verify_decision(other.id) or "")
 
 
+async def test_a_transition_holds_the_write_lock_for_three_statements(
+    backend: BackendUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write waits for the one before it (SQLite's write lock, PostgreSQL's audit chain lock), and a
+    gatekeeper's process answers each statement in turn: a transition sends the move with its row coming back,
+    the chain's tail, and the event; no read-back of the row in between."""
+    clock = FakeClock()
+    async with backend.open(clock) as store:
+        rec = await hold(store, clock)
+        await decide(store, rec.id)
+        engine, sent = store.engine, []
+        real = engine.write
+
+        class Counting:
+            def __init__(self, tx: Any) -> None:
+                self.tx = tx
+
+            def execute(self, statement: str, parameters: Any = (), /) -> Any:
+                sent.append(statement.split()[0])
+                return self.tx.execute(statement, parameters)
+
+        async def counting(fn: Any, **kw: Any) -> Any:
+            return await real(lambda tx: fn(Counting(tx)), **kw)
+
+        monkeypatch.setattr(engine, "write", counting)
+        moved = await store.transition(rec.id, [State.APPROVED], State.FORWARDING, detail={"n": 1})
+        assert moved is not None and moved.state == State.FORWARDING and moved.id == rec.id
+        assert moved.decided_at is not None and moved.arguments == rec.arguments  # the whole row came back
+        assert sent == ["UPDATE", "SELECT", "INSERT"]
+        sent.clear()
+        assert await store.transition(rec.id, [State.APPROVED], State.FORWARDING) is None
+        assert sent == ["UPDATE"]  # lost the compare-and-set: nothing more
+
+
 async def test_transitions_are_compare_and_set(backend: BackendUnderTest) -> None:
     clock = FakeClock()
     async with backend.open(clock) as store:
