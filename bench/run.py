@@ -6,6 +6,9 @@
 The default run takes about 6-8 minutes on the 2-core reference machine. ``--quick`` is a smoke run of a
 minute or two; it writes to bench/.out/quick/ unless ``--out`` says otherwise, so it never overwrites the
 published figures.
+
+The team-mode load test is a run of its own (minutes, many processes): ``bench/load.py`` writes bench/load.md,
+and every README.md written here keeps that section (between its markers) when a load.md sits beside it.
 """
 
 from __future__ import annotations
