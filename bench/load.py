@@ -840,7 +840,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         meta["duration_s"] = time.perf_counter() - t0
         meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        raw = {b: r.pop("raw", None) for b, r in results.items()}  # (decided_at, ms) pairs: not committed
         C.dump_json(out / "load.json", {"meta": meta, "results": results})
+        C.dump_json(C.OUT / "load-raw.json", raw)
     section = markdown(meta, results)
     (out / "load.md").write_text(section)
     C.splice_load(out / "README.md", section)
