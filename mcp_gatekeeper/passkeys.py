@@ -128,11 +128,16 @@ def assertion_options(
     rp: RelyingParty, call_id: str, args_digest: str, credentials: list[str], *, round_: int = 0
 ) -> dict[str, Any]:
     """The ``navigator.credentials.get`` options of approving ``call_id`` with these arguments (in ``round_``)."""
+    return options_over(rp, challenge_for(call_id, args_digest, round_=round_), credentials)
+
+
+def options_over(rp: RelyingParty, challenge: bytes, credentials: list[str]) -> dict[str, Any]:
+    """The ``navigator.credentials.get`` options of an assertion over ``challenge`` by one of ``credentials``."""
     webauthn = _lib()
     structs = webauthn.helpers.structs
     options = webauthn.generate_authentication_options(
         rp_id=rp.rp_id,
-        challenge=challenge_for(call_id, args_digest, round_=round_),
+        challenge=challenge,
         allow_credentials=[
             structs.PublicKeyCredentialDescriptor(id=webauthn.base64url_to_bytes(c)) for c in credentials
         ],
@@ -170,6 +175,19 @@ def verify_assertion(
     count cannot exceed the credential's (later assertions may have raised it since); otherwise (the page,
     accepting it now) it must exceed the recorded count unless both are 0 (authenticators without a counter).
     """
+    return verify_over(
+        rp, assertion, credential, challenge=challenge_for(call_id, args_digest, round_=round_),
+        stored_count=stored_count,
+    )  # fmt: skip
+
+
+def verify_over(
+    rp: RelyingParty, assertion: Any, credential: Credential, *, challenge: bytes, stored_count: bool
+) -> int:
+    """Check an assertion (the stored shape) over ``challenge``; return its sign count (see :func:`verify_assertion`).
+
+    Also the proof of the account before a new passkey is registered: an assertion over the random challenge the
+    page sealed for that registration."""
     webauthn = _lib()
     if not isinstance(assertion, dict) or any(not isinstance(assertion.get(k), str) for k in ASSERTION_FIELDS):
         raise PasskeyError("the decision carries no passkey assertion")
@@ -187,12 +205,12 @@ def verify_assertion(
     }
     try:
         verified = webauthn.verify_authentication_response(
-            credential=response, expected_challenge=challenge_for(call_id, args_digest, round_=round_), expected_rp_id=rp.rp_id,
+            credential=response, expected_challenge=challenge, expected_rp_id=rp.rp_id,
             expected_origin=rp.origin, credential_public_key=credential.public_key, credential_current_sign_count=0,
             require_user_verification=True,
         )  # fmt: skip
     except (webauthn.helpers.exceptions.InvalidAuthenticationResponse, ValueError, KeyError, TypeError) as e:
-        raise PasskeyError(f"the passkey assertion does not match this approval: {e}") from e
+        raise PasskeyError(f"the passkey assertion does not match what it was asked for: {e}") from e
     count: int = verified.new_sign_count
     if stored_count:
         if count > credential.sign_count:

@@ -81,6 +81,27 @@ async def _login_form(request: Request) -> Response:
     return login_page("Your session has ended: log in again." if ended else None)
 
 
+async def check_password(
+    st: WebState, account: str, password: str, *, address: str, why: str
+) -> tuple[str | None, str | None]:
+    """Check ``account``'s password under the login throttle: ``(None, its stored hash)`` if right, else
+    ``("rate_limited", None)`` (too many failures, for the account or from ``address``, within
+    :data:`LOGIN_WINDOW`) or ``("wrong_password", None)``. Every failure is counted toward the lockout and
+    audited (``login_failed``, with ``why``)."""
+    by_account, by_address = await st.store.reviewers.failed_logins(
+        account=account, address=address, since=st.clock.now() - LOGIN_WINDOW
+    )
+    if by_account >= MAX_FAILED_PER_ACCOUNT or by_address >= MAX_FAILED_PER_ADDRESS:
+        await st.store.reviewers.note_login(account=account, address=address, ok=False, why="rate_limited")
+        return "rate_limited", None
+    stored = await st.store.reviewers.password_hash(account)
+    ok = await anyio.to_thread.run_sync(accounts.verify_password, password[: accounts.MAX_PASSWORD], stored)
+    if not ok:
+        await st.store.reviewers.note_login(account=account, address=address, ok=False, why=why)
+        return "wrong_password", None
+    return None, stored
+
+
 async def _login(request: Request) -> Response:
     st = web_state(request)
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
@@ -97,20 +118,14 @@ async def _login(request: Request) -> Response:
         return login_page("Enter your reviewer name and password.", username=username, status=400)
     address = client_address(request, st)
     account = username[:64]
-    by_account, by_address = await st.store.reviewers.failed_logins(
-        account=account, address=address, since=st.clock.now() - LOGIN_WINDOW
-    )
-    if by_account >= MAX_FAILED_PER_ACCOUNT or by_address >= MAX_FAILED_PER_ADDRESS:
-        await st.store.reviewers.note_login(account=account, address=address, ok=False, why="rate_limited")
+    checked, stored = await check_password(st, account, password, address=address, why="bad name or password")
+    if checked == "rate_limited":
         minutes = int(LOGIN_WINDOW // 60)
         return login_page(
             f"Too many failed logins: wait up to {minutes} minutes, or ask an admin to reset the password.",
             username=username, status=429,
         )  # fmt: skip
-    stored = await st.store.reviewers.password_hash(account)
-    ok = await anyio.to_thread.run_sync(accounts.verify_password, password[: accounts.MAX_PASSWORD], stored)
-    if not ok:
-        await st.store.reviewers.note_login(account=account, address=address, ok=False, why="bad name or password")
+    if checked == "wrong_password":
         return login_page("Wrong reviewer name or password.", username=username, status=401)
     opened = await open_account_session(
         st.store, account, host=request.headers["host"], user_agent=request.headers.get("user-agent"),

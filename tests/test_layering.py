@@ -95,6 +95,7 @@ SAME_LAYER_OK: frozenset[tuple[str, str]] = frozenset(
         ("web", "reports"),
         ("web", "webpasskeys"),
         ("webpasskeys", "webhttp"),
+        ("webpasskeys", "webteam"),  # a registration's password proof: the login's check and throttle
         ("fastlane", "proxy"),  # the lane serves what Proxy.plan_fast passes, through Proxy.run_fast
         ("fastlane", "plan"),  # and names the Plan it carries
         ("proxy", "plan"),

@@ -39,6 +39,15 @@ class Passkeys:
         done: bool = await self._engine.write(_body)
         return done
 
+    async def note_refused(self, reviewer: str, *, channel: str, why: str, message: str) -> None:
+        """Audit a refused registration (``passkey_registration_refused``): no fresh proof of the account, say."""
+
+        def _body(c: Tx) -> None:
+            append(c, self._engine.clock, event="passkey_registration_refused", call_id=None, actor=reviewer[:64],
+                   channel=channel, detail={"why": why, "message": message})  # fmt: skip
+
+        await self._engine.write(_body)
+
     async def of_reviewer(self, reviewer: str) -> list[Credential]:
         rows = await self._engine.read(
             f"SELECT {_COLUMNS} FROM passkeys WHERE reviewer = ? ORDER BY created_at", (reviewer,)

@@ -756,7 +756,9 @@ async def test_a_passkey_assertion_approves_only_the_call_and_arguments_it_was_m
             alice = {**site, "Cookie": r.headers["set-cookie"].split(";")[0],
                      "X-Gatekeeper-Key": r.headers["location"].partition("#key=")[2]}  # fmt: skip
             auth = SoftAuthenticator(RelyingParty.from_url(KEYS), reviewer="alice")
-            start = (await d.http.post("/api/passkeys/register/options", json={}, headers=alice)).json()
+            # registering needs her password again (a session alone registers nothing: tests/team/test_passkey_reauth)
+            proof = {"password": PASSWORD}
+            start = (await d.http.post("/api/passkeys/register/options", json=proof, headers=alice)).json()
             r = await d.http.post(
                 "/api/passkeys/register",
                 json={"state": start["state"], "credential": auth.registration(start["options"]["challenge"])},
