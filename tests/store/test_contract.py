@@ -1214,6 +1214,14 @@ async def test_passkeys_are_registered_once_and_their_sign_count_is_compare_and_
         assert sorted(results) == [False, True]
         assert (await one.passkeys.get("cred-1")) == replace(cred, sign_count=4)
         assert [e.event for e in await one.audit_events()] == ["passkey_registered"]
+        # a refused registration (no fresh proof of the account) is audited, on either backend
+        await two.passkeys.note_refused("mallory", channel="web", why="proof_required", message="no password")
+        last = (await one.audit_events())[-1]
+        assert (last.event, last.actor, last.detail) == (
+            "passkey_registration_refused",
+            "mallory",
+            {"why": "proof_required", "message": "no password"},
+        )
 
 
 async def _advance(store: Store, out: list[bool]) -> None:
