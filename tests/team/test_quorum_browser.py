@@ -94,7 +94,9 @@ async def _reviewer(browser: Any, base: str, name: str) -> Any:
     await page.fill("#password", PASSWORD)
     await page.click("#login-btn")
     await page.wait_for_selector(f"#whoami:has-text('{name}')")
-    await page.click("#passkey-register")
+    await page.click("#passkey-register")  # the service asks for the password again before registering
+    await page.fill("dialog#passkey-proof #passkey-password", PASSWORD)
+    await page.click("#passkey-proof-ok")
     await page.wait_for_selector("#toast:has-text('Passkey registered')")
     return page
 
