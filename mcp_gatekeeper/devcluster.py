@@ -12,6 +12,7 @@ install. :meth:`Cluster.stop` stops the server and deletes everything it wrote. 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import secrets
 import shutil
@@ -23,12 +24,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
 
 from mcp_gatekeeper.errors import DevClusterError
+from mcp_gatekeeper.hostos import is_windows
 
 SERVER_TIMEOUT = 120.0
 """Seconds any one server command (initdb, pg_ctl) may take on a loaded machine."""
@@ -51,21 +54,21 @@ def _as_root() -> bool:
 
 
 def _postgres_user() -> tuple[int, int] | None:
-    """The uid and gid of the ``postgres`` OS user, if there is one."""
-    if sys.platform == "win32":
+    """The uid and gid of the ``postgres`` OS user, if there is one (never on Windows: no ``pwd`` module)."""
+    try:
+        pwd: Any = importlib.import_module("pwd")  # POSIX only: imported by name, so every platform type-checks
+    except ImportError:
         return None
-    import pwd
-
     try:
         pg = pwd.getpwnam("postgres")
     except KeyError:
         return None
-    return pg.pw_uid, pg.pw_gid
+    return int(pg.pw_uid), int(pg.pw_gid)
 
 
 def why_unavailable() -> str | None:
     """None when a throwaway server can be started here, else why not (in words a user can act on)."""
-    if sys.platform == "win32":
+    if is_windows():
         return "a throwaway PostgreSQL server is started on Linux and macOS only"
     if bin_dir() is None:
         return "PostgreSQL is not installed (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql)"
@@ -168,8 +171,9 @@ class Cluster:
 def _give_to_postgres(*paths: Path) -> None:
     user = _postgres_user()
     if _as_root() and user is not None:
+        chown: Any = getattr(os, "chown")  # noqa: B009 -- POSIX only (as root, so never on Windows); by name, so every platform type-checks
         for p in paths:
-            os.chown(p, *user)
+            chown(p, *user)
 
 
 def start_cluster() -> Cluster:

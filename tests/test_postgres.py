@@ -866,7 +866,7 @@ async def test_quorum_steps_signed_by_the_service_are_counted_by_the_gatekeepers
     gk, ap = urls
     clock = SystemClock()
     policy = Policy(parse_config(
-        '[ui]\nautostart = false\n[team]\npublic_url = "https://gk.example.com"\n'
+        '[ui]\nautostart = false\npublic_url = "https://gk.example.com"\n'
         '[[rules]]\nname = "refunds"\ntool = "issue_refund"\ngate = "hard"\napprovals = 2\nconfirm = "passkey"\n'
     ))  # fmt: skip
     (tmp_path / "service").mkdir()

@@ -37,9 +37,9 @@ RP = RelyingParty.from_url(SITE)
 
 @pytest.fixture
 async def team(tmp_path: Path) -> AsyncIterator[Team]:
-    """The approval service with ``[team] public_url`` (passkeys on), reached at ``localhost``."""
+    """The approval service with ``[ui] public_url`` (passkeys on), reached at ``localhost``."""
     config = copy.deepcopy(TEAM_CONFIG)
-    config["team"] = {"public_url": SITE}
+    config["ui"] = {**config.get("ui", {}), "public_url": SITE}
     clock = FakeClock()
     policy = Policy(validate_config(config))
     home = tmp_path / "home"

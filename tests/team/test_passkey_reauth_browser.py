@@ -54,7 +54,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     port = _free_port()
     base = f"http://localhost:{port}"  # WebAuthn's secure context over plain HTTP: localhost only
     config = copy.deepcopy(TEAM_CONFIG)
-    config["team"] = {"public_url": base}
+    config["ui"] = {**config.get("ui", {}), "public_url": base}
     clock = SystemClock()
     policy = Policy(validate_config(config))
     home = tmp_path / "home"
