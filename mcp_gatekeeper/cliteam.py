@@ -107,7 +107,9 @@ def public_host(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
         raise ConfigError(
-            [f"--public-url {url!r}: give the https:// address of the TLS reverse proxy, e.g. https://gk.example.com"]
+            [
+                f"--public-url {url!r}: give the https:// address of the TLS reverse proxy, e.g. https://gk.example.com (or http://localhost:PORT for this machine alone)"
+            ]
         )
     return parts.netloc.lower()
 
@@ -121,7 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args)
     url = args.public_url or config.ui.public_url
-    site = TeamSite(public_host=public_host(url) if url else None)
+    # http://localhost:PORT is this machine's own address (no proxy; browsers treat it as a secure context, so it
+    # serves passkeys): the service then stays on loopback, as without a public URL
+    local = url is not None and urlsplit(url).scheme == "http" and urlsplit(url).hostname == "localhost"
+    site = TeamSite(public_host=public_host(url) if url and not local else None)
     if not is_loopback(args.host) and site.public_host is None:
         raise ConfigError(
             [f"--host {args.host!r}: the approval service listens beyond loopback only behind a TLS reverse proxy;"

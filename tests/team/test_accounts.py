@@ -88,6 +88,9 @@ def test_serve_listens_beyond_loopback_only_behind_an_https_public_url(home: Pat
     for url in ("http://gk.example.com", "https://", "https://gk.example.com/approvals", "https://u:p@gk.example.com"):
         bad = _gk(home, "serve", "--host", EVERY_INTERFACE, "--public-url", url)
         assert bad.returncode == 2 and "--public-url" in bad.stderr, url
+    # http://localhost:PORT is this machine alone (passkeys' secure context without a proxy): never beyond loopback
+    local = _gk(home, "serve", "--host", EVERY_INTERFACE, "--public-url", "http://localhost:8766")
+    assert local.returncode == 2 and "--public-url" in local.stderr
 
 
 def test_notifications_link_to_the_services_card_when_it_has_a_public_url() -> None:
