@@ -68,7 +68,7 @@ def _postgres_user() -> tuple[int, int] | None:
 
 def why_unavailable() -> str | None:
     """None when a throwaway server can be started here, else why not (in words a user can act on)."""
-    if is_windows():
+    if is_windows(sys.platform):  # read now, not at import (tests stand in for another platform)
         return "a throwaway PostgreSQL server is started on Linux and macOS only"
     if bin_dir() is None:
         return "PostgreSQL is not installed (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql)"
